@@ -1,0 +1,472 @@
+//! The disk tier: a segmented log on memory-mapped files.
+//!
+//! One file per blob does not scale (file creation and fsync cost milliseconds), so blobs are
+//! appended as records to large preallocated segment files by one writer at a time and read through
+//! shared mappings without copying. The in-memory index is rebuilt at start from the index files of
+//! sealed segments plus a scan of the open one (`recovery.rs`). Eviction drops whole segments, oldest
+//! first; blobs read or found while they sit in the oldest quarter of a nearly full log are copied
+//! forward into the open segment, so hot blobs survive (a pseudo-LRU, as in Buildbarn's local store).
+//! Blobs larger than `max_record` are files of their own under `large/`, in the same budget.
+//! The same log serves the CAS (keys checked against sizes) and the action cache (any value).
+
+mod index;
+mod large;
+mod record;
+mod recovery;
+mod segment;
+mod sync;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+
+pub use self::index::{Index, Loc};
+use self::large::{LargeEntry, LargeWriter};
+use self::record::{record_len, Header};
+use self::segment::{IndexEntry, Segment};
+pub use self::sync::SyncPolicy;
+use self::sync::{GroupCommit, SyncSource};
+use crate::digest::{Digest, Key};
+use crate::error::{Result, StoreError};
+use crate::store::{slice_range, ActionCacheStore, Blob, BlobStore, BlobWriter, BufferedWriter, Counters, StoreStats};
+
+/// Payloads up to this size are copied next to their header and written with one system call.
+const COALESCE_LIMIT: usize = 64 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    /// Bytes on disk at most: segments (counted whole) plus large files.
+    pub max_size: u64,
+    pub segment_size: u64,
+    /// Payloads larger than this become files of their own.
+    pub max_record: u64,
+    pub sync: SyncPolicy,
+}
+
+impl DiskConfig {
+    pub fn validate(&self) -> Result<()> {
+        let fail = |msg: String| Err(StoreError::Config(format!("disk tier at {}: {msg}", self.path.display())));
+        if self.segment_size < 64 * 1024 || self.segment_size > u32::MAX as u64 {
+            return fail(format!("segment_size {} must be between 64KiB and 4GiB", self.segment_size));
+        }
+        if self.max_record == 0 || self.max_record > self.segment_size / 4 {
+            return fail(format!("max_record {} must be between 1 byte and segment_size / 4", self.max_record));
+        }
+        if self.max_size < 2 * self.segment_size {
+            return fail(format!("max_size {} must hold at least two segments of {}", self.max_size, self.segment_size));
+        }
+        Ok(())
+    }
+
+    fn max_segments(&self) -> u64 {
+        self.max_size / self.segment_size
+    }
+}
+
+/// A handle to one disk log; clones share it.
+#[derive(Clone)]
+pub struct DiskLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: DiskConfig,
+    large_dir: PathBuf,
+    state: RwLock<State>,
+    writer: Mutex<Writer>,
+    commits: Arc<GroupCommit>,
+    counters: Counters,
+}
+
+/// What readers look at.
+struct State {
+    index: Index,
+    segments: BTreeMap<u32, Arc<Segment>>,
+    large: HashMap<Key, LargeEntry>,
+    large_bytes: u64,
+}
+
+/// The append position; held only by the one writer at a time.
+struct Writer {
+    open: Arc<Segment>,
+    offset: u64,
+    /// The open segment's records, for its index file when it is sealed.
+    entries: Vec<IndexEntry>,
+    seq: u64,
+    reserved_large: u64,
+}
+
+impl SyncSource for Inner {
+    fn latest(&self) -> (u64, Arc<Segment>) {
+        let w = self.writer.lock();
+        (w.seq, w.open.clone())
+    }
+}
+
+/// Where a stored value was found, for copy-forward.
+enum Found {
+    Segment(Loc),
+    Large(LargeEntry),
+}
+
+impl DiskLog {
+    /// Opens (or creates) the log, rebuilding its index from what is on disk.
+    pub fn open(cfg: DiskConfig) -> Result<DiskLog> {
+        cfg.validate()?;
+        let recovered = recovery::recover(&cfg)?;
+        let inner = Arc::new(Inner {
+            large_dir: cfg.path.join("large"),
+            state: RwLock::new(recovered.state),
+            writer: Mutex::new(recovered.writer),
+            commits: GroupCommit::new(),
+            counters: Counters::default(),
+            cfg,
+        });
+        inner
+            .commits
+            .start(Arc::downgrade(&inner), inner.cfg.sync)
+            .map_err(|e| StoreError::io(&inner.cfg.path, e))?;
+        let log = DiskLog { inner };
+        {
+            let mut w = log.inner.writer.lock();
+            log.make_room(&mut w, 0)?;
+        }
+        Ok(log)
+    }
+
+    pub fn config(&self) -> &DiskConfig {
+        &self.inner.cfg
+    }
+
+    fn large_dir(&self) -> &Path {
+        &self.inner.large_dir
+    }
+
+    fn syncs_writes(&self) -> bool {
+        self.inner.cfg.sync == SyncPolicy::Always
+    }
+
+    /// Number of values and heap bytes of the index (for the memory target and metrics).
+    pub fn index_usage(&self) -> (usize, usize) {
+        let st = self.inner.state.read();
+        (st.index.len() + st.large.len(), st.index.heap_bytes())
+    }
+
+    /// Makes every acknowledged append durable (used at shutdown).
+    pub fn flush(&self) -> Result<()> {
+        let open = self.inner.writer.lock().open.clone();
+        open.sync()
+    }
+
+    /// The stored value for `key` and where it was, or `None`. Damaged records count as absent and
+    /// are dropped from the index.
+    fn lookup(&self, key: &Key) -> Option<(Bytes, Found)> {
+        let (segment, loc) = {
+            let st = self.inner.state.read();
+            match st.index.get(key) {
+                Some(loc) => (st.segments.get(&loc.segment)?.clone(), loc),
+                None => {
+                    let entry = *st.large.get(key)?;
+                    drop(st);
+                    return match large::read_large(self.large_dir(), key) {
+                        Some(data) => Some((data, Found::Large(entry))),
+                        None => {
+                            self.forget_large(key, "missing or damaged");
+                            None
+                        }
+                    };
+                }
+            }
+        };
+        match segment.payload(loc, key) {
+            Some(data) => Some((data, Found::Segment(loc))),
+            None => {
+                if segment.header_at(loc.offset).is_some_and(|h| h.key == *key) {
+                    tracing::warn!(segment = %segment.path.display(), offset = loc.offset, "damaged record dropped");
+                    self.inner.state.write().index.remove(key, loc);
+                }
+                None
+            }
+        }
+    }
+
+    fn forget_large(&self, key: &Key, why: &str) {
+        let mut st = self.inner.state.write();
+        if let Some(entry) = st.large.remove(key) {
+            st.large_bytes -= entry.size;
+            tracing::warn!(key = %hex::encode(key.hash), "large blob {why}; dropped");
+        }
+    }
+
+    /// Whether a value last placed in segment `seq` is at risk of eviction soon: the log is at least
+    /// three quarters full and the value sits in its oldest quarter.
+    fn is_old(&self, seq: u32) -> bool {
+        let st = self.inner.state.read();
+        let Some(&oldest) = st.segments.keys().next() else { return false };
+        let max_segments = self.inner.cfg.max_segments();
+        let used = st.segments.len() as u64 + st.large_bytes / self.inner.cfg.segment_size;
+        used * 4 >= max_segments * 3 && u64::from(seq.saturating_sub(oldest)) < (max_segments / 4).max(1)
+    }
+
+    /// Copies a value forward so that it survives the eviction of its segment.
+    fn refresh(&self, key: &Key, data: &Bytes, found: &Found) {
+        let seq = match found {
+            Found::Segment(loc) => loc.segment,
+            Found::Large(entry) => entry.seq,
+        };
+        if !self.is_old(seq) {
+            return;
+        }
+        let result = match found {
+            Found::Segment(_) => self.append(key, data).map(|_| ()),
+            Found::Large(_) => {
+                let open = self.inner.writer.lock().open.id;
+                if let Some(entry) = self.inner.state.write().large.get_mut(key) {
+                    entry.seq = open;
+                }
+                let now = std::time::SystemTime::now();
+                std::fs::File::options()
+                    .write(true)
+                    .open(large::large_path(self.large_dir(), key))
+                    .and_then(|f| f.set_modified(now))
+                    .map_err(|e| StoreError::io(self.large_dir(), e))
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!("copy-forward failed: {e}");
+        }
+    }
+
+    /// Appends one record and publishes it in the index; returns its sequence number for durability.
+    fn append(&self, key: &Key, payload: &[u8]) -> Result<u64> {
+        let mut w = self.inner.writer.lock();
+        let rec = record_len(payload.len() as u64);
+        if w.offset + rec > w.open.len() {
+            self.roll(&mut w)?;
+        }
+        let header = Header::new(*key, payload).encode();
+        if payload.len() <= COALESCE_LIMIT {
+            let mut buf = Vec::with_capacity(header.len() + payload.len());
+            buf.extend_from_slice(&header);
+            buf.extend_from_slice(payload);
+            w.open.write_at(w.offset, &buf)?;
+        } else {
+            w.open.write_at(w.offset + header.len() as u64, payload)?;
+            w.open.write_at(w.offset, &header)?;
+        }
+        let loc = Loc { segment: w.open.id, offset: w.offset as u32, len: payload.len() as u32 };
+        w.offset += rec;
+        w.entries.push(IndexEntry { key: *key, offset: loc.offset, len: loc.len });
+        w.seq += 1;
+        let mut st = self.inner.state.write();
+        let State { index, segments, .. } = &mut *st;
+        index.insert(*key, loc, |l| segments.get(&l.segment).and_then(|s| s.header_at(l.offset)).map(|h| h.key));
+        Ok(w.seq)
+    }
+
+    /// Seals the open segment (sync, index file) and opens the next, evicting to make room.
+    fn roll(&self, w: &mut Writer) -> Result<()> {
+        w.open.sync()?;
+        segment::write_index(&self.inner.cfg.path, w.open.id, &w.entries)?;
+        self.make_room(w, self.inner.cfg.segment_size)?;
+        let next = Arc::new(Segment::create(&self.inner.cfg.path, w.open.id + 1, self.inner.cfg.segment_size)?);
+        self.inner.state.write().segments.insert(next.id, next.clone());
+        w.open = next;
+        w.offset = 0;
+        w.entries.clear();
+        Ok(())
+    }
+
+    /// Evicts the oldest segments and large files until `extra` more bytes fit in the budget.
+    fn make_room(&self, w: &mut Writer, extra: u64) -> Result<()> {
+        loop {
+            let victim = {
+                let st = self.inner.state.read();
+                let used = st.segments.len() as u64 * self.inner.cfg.segment_size + st.large_bytes + w.reserved_large;
+                if used + extra <= self.inner.cfg.max_size {
+                    return Ok(());
+                }
+                let oldest_segment = st.segments.keys().next().copied().filter(|&id| id != w.open.id);
+                let oldest_large = st.large.iter().min_by_key(|(_, e)| e.seq).map(|(k, e)| (*k, e.seq));
+                match (oldest_segment, oldest_large) {
+                    (Some(seg), Some((key, seq))) if seq < seg => Err(key),
+                    (Some(seg), _) => Ok(seg),
+                    (None, Some((key, _))) => Err(key),
+                    (None, None) => {
+                        return Err(StoreError::Config(format!(
+                            "disk tier at {} cannot make room for {extra} bytes within max_size {}",
+                            self.inner.cfg.path.display(),
+                            self.inner.cfg.max_size
+                        )))
+                    }
+                }
+            };
+            match victim {
+                Ok(segment) => self.evict_segment(segment),
+                Err(key) => self.evict_large(&key),
+            }
+        }
+    }
+
+    fn evict_segment(&self, id: u32) {
+        let removed = {
+            let mut st = self.inner.state.write();
+            st.segments.remove(&id);
+            st.index.remove_segment(id)
+        };
+        self.inner.counters.evictions.fetch_add(removed as u64, std::sync::atomic::Ordering::Relaxed);
+        let _ = std::fs::remove_file(segment::segment_path(&self.inner.cfg.path, id));
+        let _ = std::fs::remove_file(segment::index_path(&self.inner.cfg.path, id));
+        tracing::debug!(segment = id, blobs = removed, "evicted segment");
+    }
+
+    fn evict_large(&self, key: &Key) {
+        let mut st = self.inner.state.write();
+        if let Some(entry) = st.large.remove(key) {
+            st.large_bytes -= entry.size;
+            self.inner.counters.evictions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let _ = std::fs::remove_file(large::large_path(self.large_dir(), key));
+    }
+
+    /// Reserves budget for a large blob and starts writing it.
+    fn large_writer(&self, digest: &Digest) -> Result<LargeWriter> {
+        let limit = self.inner.cfg.max_size - self.inner.cfg.segment_size;
+        if digest.size > limit {
+            return Err(StoreError::TooLarge { digest: *digest, store: format!("disk tier at {}", self.inner.cfg.path.display()), limit });
+        }
+        {
+            let mut w = self.inner.writer.lock();
+            self.make_room(&mut w, digest.size)?;
+            w.reserved_large += digest.size;
+        }
+        LargeWriter::create(self.clone(), digest.key(), digest.size)
+    }
+
+    fn register_large(&self, key: Key, size: u64, reserved: u64) {
+        let mut w = self.inner.writer.lock();
+        w.reserved_large -= reserved;
+        let mut st = self.inner.state.write();
+        if let Some(old) = st.large.insert(key, LargeEntry { size, seq: w.open.id }) {
+            st.large_bytes -= old.size;
+        }
+        st.large_bytes += size;
+    }
+
+    fn release_reservation(&self, reserved: u64) {
+        self.inner.writer.lock().reserved_large -= reserved;
+    }
+
+    /// Appends and, under the `always` policy, waits for the group commit that covers the append.
+    async fn append_durably(&self, key: &Key, payload: &[u8]) -> Result<()> {
+        let seq = self.append(key, payload)?;
+        if self.syncs_writes() {
+            self.inner.commits.wait(seq).await?;
+        }
+        Ok(())
+    }
+
+    fn present(&self, digest: &Digest) -> bool {
+        self.lookup(&digest.key()).is_some_and(|(data, _)| data.len() as u64 == digest.size)
+    }
+}
+
+#[async_trait]
+impl BlobStore for DiskLog {
+    async fn contains(&self, digests: &[Digest]) -> Result<Vec<bool>> {
+        let mut found = Vec::with_capacity(digests.len());
+        let mut old = Vec::new();
+        {
+            let st = self.inner.state.read();
+            for digest in digests {
+                let key = digest.key();
+                let seq = match st.index.get(&key) {
+                    Some(loc) if u64::from(loc.len) == digest.size && st.segments.contains_key(&loc.segment) => {
+                        Some(loc.segment)
+                    }
+                    _ => st.large.get(&key).filter(|e| e.size == digest.size).map(|e| e.seq),
+                };
+                found.push(seq.is_some());
+                if let Some(seq) = seq {
+                    old.push((*digest, seq));
+                }
+            }
+        }
+        for (digest, seq) in old {
+            if self.is_old(seq) {
+                if let Some((data, at)) = self.lookup(&digest.key()) {
+                    self.refresh(&digest.key(), &data, &at);
+                }
+            }
+        }
+        for hit in &found {
+            self.inner.counters.hit(*hit);
+        }
+        Ok(found)
+    }
+
+    async fn read(&self, digest: &Digest, offset: u64, limit: Option<u64>) -> Result<Option<Blob>> {
+        let key = digest.key();
+        let found = self.lookup(&key).filter(|(data, _)| data.len() as u64 == digest.size);
+        self.inner.counters.hit(found.is_some());
+        Ok(found.map(|(data, at)| {
+            self.refresh(&key, &data, &at);
+            Blob::Bytes(slice_range(&data, offset, limit))
+        }))
+    }
+
+    async fn write(&self, digest: &Digest, data: Bytes) -> Result<()> {
+        if self.present(digest) {
+            return Ok(());
+        }
+        if digest.size <= self.inner.cfg.max_record {
+            return self.append_durably(&digest.key(), &data).await;
+        }
+        let mut writer = Box::new(self.large_writer(digest)?);
+        writer.append(data).await?;
+        writer.commit().await
+    }
+
+    async fn writer(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {
+        if digest.size > self.inner.cfg.max_record {
+            return Ok(Box::new(self.large_writer(digest)?));
+        }
+        let this = self.clone();
+        let digest = *digest;
+        Ok(Box::new(BufferedWriter::new(digest.size, move |data| async move { this.write(&digest, data).await })))
+    }
+
+    fn stats(&self) -> StoreStats {
+        let st = self.inner.state.read();
+        let bytes = st.segments.len() as u64 * self.inner.cfg.segment_size + st.large_bytes;
+        self.inner.counters.snapshot((st.index.len() + st.large.len()) as u64, bytes)
+    }
+}
+
+#[async_trait]
+impl ActionCacheStore for DiskLog {
+    async fn get(&self, key: &Key) -> Result<Option<Bytes>> {
+        let found = self.lookup(key);
+        self.inner.counters.hit(found.is_some());
+        Ok(found.map(|(data, at)| {
+            self.refresh(key, &data, &at);
+            data
+        }))
+    }
+
+    async fn put(&self, key: &Key, value: Bytes) -> Result<()> {
+        if value.len() as u64 > self.inner.cfg.max_record {
+            let digest = Digest { function: key.function, hash: key.hash, size: value.len() as u64 };
+            return Err(StoreError::TooLarge { digest, store: "the disk action cache".into(), limit: self.inner.cfg.max_record });
+        }
+        self.append_durably(key, &value).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

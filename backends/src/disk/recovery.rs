@@ -1,0 +1,176 @@
+//! Start-up: rebuild the index from what is on disk, trusting nothing blindly.
+//!
+//! Sealed segments load their index files (a few bytes per blob, no payload reads); a segment whose
+//! index file is missing or damaged is scanned instead. The open (newest) segment is always scanned
+//! record by record with payload checksums, the scan stops at the first record that is not intact
+//! (a torn tail), and whatever follows it is zeroed so that no stale bytes can ever be mistaken for
+//! a record. Index files without their segment, temporary files and unreadable large files are
+//! removed. A record that is damaged later is caught by the checksum check on every read.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::index::{Index, Loc};
+use super::large::{self, LargeEntry};
+use super::record::{record_len, Header, HEADER_LEN};
+use super::segment::{self, IndexEntry, Segment};
+use super::{DiskConfig, State, Writer};
+use crate::digest::Key;
+use crate::error::{Result, StoreError};
+
+pub struct Recovered {
+    pub state: State,
+    pub writer: Writer,
+}
+
+pub fn recover(cfg: &DiskConfig) -> Result<Recovered> {
+    let dir = &cfg.path;
+    let large_dir = dir.join("large");
+    std::fs::create_dir_all(&large_dir).map_err(|e| StoreError::io(&large_dir, e))?;
+
+    let mut segment_ids = Vec::new();
+    let mut index_ids = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))? {
+        let entry = entry.map_err(|e| StoreError::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(id) = name.strip_suffix(".seg").and_then(|s| s.parse::<u32>().ok()) {
+            segment_ids.push(id);
+        } else if let Some(id) = name.strip_suffix(".idx").and_then(|s| s.parse::<u32>().ok()) {
+            index_ids.push(id);
+        } else if name.ends_with(".idx.tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    segment_ids.sort_unstable();
+    for id in index_ids.iter().filter(|id| segment_ids.binary_search(id).is_err()) {
+        tracing::warn!(segment = id, "index file without its segment removed");
+        let _ = std::fs::remove_file(segment::index_path(dir, *id));
+    }
+
+    let mut segments = BTreeMap::new();
+    let mut index = Index::with_capacity(estimate_blobs(dir, &segment_ids));
+    let open_id = segment_ids.last().copied();
+    let mut open_entries = Vec::new();
+    let mut open_end = 0;
+    for &id in &segment_ids {
+        let seg = Arc::new(Segment::open(dir, id)?);
+        let entries = if Some(id) == open_id {
+            let (entries, end) = scan(&seg);
+            zero_tail(&seg, end)?;
+            open_end = end;
+            entries
+        } else {
+            match segment::read_index(dir, id) {
+                Some(entries) => entries,
+                None => {
+                    let (entries, _) = scan(&seg);
+                    tracing::warn!(segment = id, records = entries.len(), "index file missing or damaged; segment scanned");
+                    segment::write_index(dir, id, &entries)?;
+                    entries
+                }
+            }
+        };
+        segments.insert(id, seg);
+        for e in &entries {
+            let loc = Loc { segment: id, offset: e.offset, len: e.len };
+            index.insert(e.key, loc, |l| segments.get(&l.segment).and_then(|s| s.header_at(l.offset)).map(|h| h.key));
+        }
+        if Some(id) == open_id {
+            open_entries = entries;
+        }
+    }
+
+    let open = match open_id {
+        Some(id) => segments[&id].clone(),
+        None => {
+            let seg = Arc::new(Segment::create(dir, 0, cfg.segment_size)?);
+            segments.insert(0, seg.clone());
+            seg
+        }
+    };
+    let (large, large_bytes) = recover_large(&large_dir, &segments)?;
+    Ok(Recovered {
+        state: State { index, segments, large, large_bytes },
+        writer: Writer { open, offset: open_end, entries: open_entries, seq: 0, reserved_large: 0 },
+    })
+}
+
+/// Reads records from the start of a segment until the first one that is not intact.
+pub fn scan(seg: &Segment) -> (Vec<IndexEntry>, u64) {
+    let bytes = seg.bytes();
+    let mut entries = Vec::new();
+    let mut offset = 0usize;
+    while let Some(header) = bytes.get(offset..).and_then(Header::decode) {
+        let Ok(len) = u32::try_from(header.payload_len) else { break };
+        let start = offset + HEADER_LEN;
+        let Some(payload) = bytes.get(start..start + len as usize) else { break };
+        if !header.check_payload(payload) {
+            break;
+        }
+        entries.push(IndexEntry { key: header.key, offset: offset as u32, len });
+        offset += record_len(header.payload_len) as usize;
+    }
+    (entries, offset as u64)
+}
+
+/// Zeroes everything after the last intact record of the open segment, if anything is there.
+fn zero_tail(seg: &Segment, end: u64) -> Result<()> {
+    let bytes = seg.bytes();
+    let Some(tail) = bytes.get(end as usize..) else { return Ok(()) };
+    let Some(last_dirty) = tail.iter().rposition(|&b| b != 0) else { return Ok(()) };
+    tracing::warn!(segment = seg.id, offset = end, "torn tail after the last intact record cut off");
+    let zeros = vec![0u8; 1 << 20];
+    let mut offset = end;
+    let stop = end + last_dirty as u64 + 1;
+    while offset < stop {
+        let n = (stop - offset).min(zeros.len() as u64);
+        seg.write_at(offset, &zeros[..n as usize])?;
+        offset += n;
+    }
+    seg.sync()
+}
+
+/// A capacity hint from the sizes of the index files, so the table is not rebuilt while loading.
+fn estimate_blobs(dir: &Path, ids: &[u32]) -> usize {
+    ids.iter()
+        .filter_map(|&id| std::fs::metadata(segment::index_path(dir, id)).ok())
+        .map(|m| (m.len() / 41) as usize)
+        .sum()
+}
+
+/// Lists the large files, dropping temporaries and anything without an intact header. A file's place
+/// in the eviction order comes from its modification time against those of the segments.
+fn recover_large(dir: &Path, segments: &BTreeMap<u32, Arc<Segment>>) -> Result<(HashMap<Key, LargeEntry>, u64)> {
+    let segment_times: Vec<(u32, SystemTime)> = segments
+        .values()
+        .filter_map(|s| Some((s.id, s.file.metadata().ok()?.modified().ok()?)))
+        .collect();
+    let oldest = segments.keys().next().copied().unwrap_or(0);
+    let mut large = HashMap::new();
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))? {
+        let entry = entry.map_err(|e| StoreError::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let header = large::parse_large_name(&name)
+            .filter(|_| !large::is_temporary(&name))
+            .and_then(|key| Some((key, large::read_large_header(&path)?)))
+            .filter(|(key, header)| header.key == *key);
+        let Some((key, header)) = header else {
+            tracing::warn!(file = %path.display(), "unexpected or damaged file in large/ removed");
+            let _ = std::fs::remove_file(&path);
+            continue;
+        };
+        let modified = entry.metadata().and_then(|m| m.modified()).ok();
+        let seq = segment_times
+            .iter()
+            .take_while(|(_, t)| modified.is_some_and(|m| *t <= m))
+            .last()
+            .map_or(oldest, |(id, _)| *id);
+        total += header.payload_len;
+        large.insert(key, LargeEntry { size: header.payload_len, seq });
+    }
+    Ok((large, total))
+}

@@ -1,0 +1,179 @@
+//! One segment file of the log: preallocated to a fixed size, appended to with `pwrite` by the single
+//! writer, read through a shared read-only memory mapping. A reader holding the `Arc<Segment>` keeps
+//! the mapping valid even after eviction deletes the file.
+//!
+//! When a segment is sealed, its index file (`N.idx`: the keys, offsets and lengths of its records,
+//! with a checksum) is written beside it, so that start-up reads a few bytes per blob instead of
+//! scanning the whole log.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use memmap2::Mmap;
+
+use super::index::Loc;
+use super::record::{Header, HEADER_LEN};
+use crate::digest::{DigestFunction, Key};
+use crate::error::{Result, StoreError};
+
+pub struct Segment {
+    pub id: u32,
+    pub path: PathBuf,
+    pub file: File,
+    map: Arc<Mmap>,
+}
+
+/// Lets a `Bytes` borrow straight from a mapping (zero-copy reads).
+struct MapOwner(Arc<Mmap>);
+
+impl AsRef<[u8]> for MapOwner {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+pub fn segment_path(dir: &Path, id: u32) -> PathBuf {
+    dir.join(format!("{id:010}.seg"))
+}
+
+pub fn index_path(dir: &Path, id: u32) -> PathBuf {
+    dir.join(format!("{id:010}.idx"))
+}
+
+impl Segment {
+    /// Creates and preallocates a new, zero-filled segment.
+    pub fn create(dir: &Path, id: u32, size: u64) -> Result<Segment> {
+        let path = segment_path(dir, id);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| StoreError::io(&path, e))?;
+        preallocate(&file, size).map_err(|e| {
+            let _ = std::fs::remove_file(&path);
+            StoreError::io(&path, e)
+        })?;
+        Segment::map(id, path, file)
+    }
+
+    /// Opens an existing segment file.
+    pub fn open(dir: &Path, id: u32) -> Result<Segment> {
+        let path = segment_path(dir, id);
+        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| StoreError::io(&path, e))?;
+        Segment::map(id, path, file)
+    }
+
+    fn map(id: u32, path: PathBuf, file: File) -> Result<Segment> {
+        // SAFETY: segment files belong to this process's data directory; the log only appends past
+        // the records it has published, so mapped bytes that a reader sees never change under it.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| StoreError::io(&path, e))?;
+        Ok(Segment { id, path, file, map: Arc::new(map) })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.file.write_all_at(data, offset).map_err(|e| StoreError::io(&self.path, e))
+    }
+
+    pub fn sync(&self) -> Result<()> {
+        self.file.sync_data().map_err(|e| StoreError::io(&self.path, e))
+    }
+
+    pub fn header_at(&self, offset: u32) -> Option<Header> {
+        Header::decode(self.map.get(offset as usize..)?)
+    }
+
+    /// The payload at `loc` if its header names `key` and its checksum holds: a damaged record is
+    /// reported as absent, never served.
+    pub fn payload(&self, loc: Loc, key: &Key) -> Option<Bytes> {
+        let header = self.header_at(loc.offset)?;
+        let start = loc.offset as usize + HEADER_LEN;
+        let end = start.checked_add(loc.len as usize)?;
+        let payload = self.map.get(start..end)?;
+        if header.key != *key || !header.check_payload(payload) {
+            return None;
+        }
+        Some(Bytes::from_owner(MapOwner(self.map.clone())).slice(start..end))
+    }
+}
+
+/// Reserves the file's blocks up front so that a full disk shows at segment creation, not as a
+/// failed append in the middle of a record.
+fn preallocate(file: &File, size: u64) -> std::io::Result<()> {
+    let len = libc::off_t::try_from(size).map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: a plain system call on an open descriptor.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    match rc {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(size),
+        err => Err(std::io::Error::from_raw_os_error(err)),
+    }
+}
+
+/// One entry of an index file.
+#[derive(Clone, Copy, Debug)]
+pub struct IndexEntry {
+    pub key: Key,
+    pub offset: u32,
+    pub len: u32,
+}
+
+const ENTRY_LEN: usize = 41;
+const INDEX_MAGIC: &[u8; 8] = b"STRIDX01";
+
+/// Writes a sealed segment's index file atomically (temporary file, then rename).
+pub fn write_index(dir: &Path, id: u32, entries: &[IndexEntry]) -> Result<()> {
+    let mut buf = Vec::with_capacity(16 + entries.len() * ENTRY_LEN);
+    buf.extend_from_slice(INDEX_MAGIC);
+    buf.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    for e in entries {
+        buf.push(e.key.function.tag());
+        buf.extend_from_slice(&e.key.hash);
+        buf.extend_from_slice(&e.offset.to_le_bytes());
+        buf.extend_from_slice(&e.len.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&buf);
+    buf.extend_from_slice(&crc.to_le_bytes());
+    let path = index_path(dir, id);
+    let tmp = path.with_extension("idx.tmp");
+    std::fs::write(&tmp, &buf).map_err(|e| StoreError::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))
+}
+
+/// Reads an index file; `None` when it is missing or damaged (the caller then scans the segment).
+pub fn read_index(dir: &Path, id: u32) -> Option<Vec<IndexEntry>> {
+    let buf = std::fs::read(index_path(dir, id)).ok()?;
+    let (body, crc) = buf.split_at_checked(buf.len().checked_sub(4)?)?;
+    if crc32fast::hash(body).to_le_bytes() != crc || body.get(..8)? != INDEX_MAGIC {
+        return None;
+    }
+    let count = u64::from_le_bytes(body.get(8..16)?.try_into().ok()?) as usize;
+    let entries = body.get(16..)?;
+    if entries.len() != count.checked_mul(ENTRY_LEN)? {
+        return None;
+    }
+    entries
+        .chunks_exact(ENTRY_LEN)
+        .map(|e| {
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&e[1..33]);
+            Some(IndexEntry {
+                key: Key { function: DigestFunction::from_tag(e[0])?, hash },
+                offset: u32::from_le_bytes(e[33..37].try_into().ok()?),
+                len: u32::from_le_bytes(e[37..41].try_into().ok()?),
+            })
+        })
+        .collect()
+}

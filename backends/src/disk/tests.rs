@@ -1,0 +1,221 @@
+//! Disk log tests: persistence, crash recovery (torn tail, damaged records, files removed behind the
+//! log's back), eviction by segment with copy-forward, large blobs.
+
+use std::path::Path;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::digest::DigestFunction;
+
+const SEG: u64 = 64 * 1024;
+
+fn config(dir: &Path, max_size: u64, sync: SyncPolicy) -> DiskConfig {
+    DiskConfig { path: dir.to_path_buf(), max_size, segment_size: SEG, max_record: SEG / 4, sync }
+}
+
+fn blob(i: u32, len: usize) -> (Digest, Bytes) {
+    let mut data: Vec<u8> = (0..len).map(|j| (i as usize * 31 + j) as u8).collect();
+    data[..4].copy_from_slice(&i.to_le_bytes());
+    (DigestFunction::Sha256.digest_of(&data), Bytes::from(data))
+}
+
+async fn read_all(log: &DiskLog, d: &Digest) -> Option<Bytes> {
+    match log.read(d, 0, None).await.unwrap()? {
+        Blob::Bytes(b) => Some(b),
+        Blob::Stream(_) => panic!("the disk tier returns whole buffers"),
+    }
+}
+
+#[tokio::test]
+async fn survives_restart_with_sealed_and_open_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs: Vec<_> = (0..100).map(|i| blob(i, 3000)).collect();
+    {
+        let log = DiskLog::open(config(dir.path(), 1 << 30, SyncPolicy::Always)).unwrap();
+        for (d, data) in &blobs {
+            log.write(d, data.clone()).await.unwrap();
+        }
+        assert!(log.inner.state.read().segments.len() > 2, "the test needs sealed segments");
+    }
+    let log = DiskLog::open(config(dir.path(), 1 << 30, SyncPolicy::Always)).unwrap();
+    for (d, data) in &blobs {
+        assert_eq!(read_all(&log, d).await.as_ref(), Some(data));
+    }
+    let digests: Vec<_> = blobs.iter().map(|(d, _)| *d).collect();
+    assert!(log.contains(&digests).await.unwrap().iter().all(|&x| x));
+    let wrong_size = Digest { size: 2999, ..digests[0] };
+    assert_eq!(log.contains(&[wrong_size]).await.unwrap(), vec![false]);
+    assert!(log.read(&wrong_size, 0, None).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn torn_tail_is_cut_and_later_writes_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d1, b1) = blob(1, 1000);
+    let (d2, b2) = blob(2, 1000);
+    let end;
+    {
+        let log = DiskLog::open(config(dir.path(), 1 << 30, SyncPolicy::Always)).unwrap();
+        log.write(&d1, b1.clone()).await.unwrap();
+        log.write(&d2, b2.clone()).await.unwrap();
+        end = log.inner.writer.lock().offset;
+    }
+    // Simulate a crash in the middle of the second record: its last bytes never reached the disk,
+    // and garbage follows the tail.
+    let seg = segment::segment_path(dir.path(), 0);
+    let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(&[0u8; 100], end - 100).unwrap();
+    file.write_all_at(b"garbage after the tail", end + 64).unwrap();
+    drop(file);
+
+    let log = DiskLog::open(config(dir.path(), 1 << 30, SyncPolicy::Always)).unwrap();
+    assert_eq!(read_all(&log, &d1).await, Some(b1.clone()));
+    assert_eq!(read_all(&log, &d2).await, None, "a torn record is never served");
+    let (d3, b3) = blob(3, 500);
+    log.write(&d3, b3.clone()).await.unwrap();
+    log.write(&d2, b2.clone()).await.unwrap();
+    drop(log);
+    let log = DiskLog::open(config(dir.path(), 1 << 30, SyncPolicy::Always)).unwrap();
+    for (d, b) in [(d1, b1), (d2, b2), (d3, b3)] {
+        assert_eq!(read_all(&log, &d).await, Some(b));
+    }
+}
+
+#[tokio::test]
+async fn damaged_record_is_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs: Vec<_> = (0..60).map(|i| blob(i, 3000)).collect();
+    let log = DiskLog::open(config(dir.path(), 1 << 30, SyncPolicy::Never)).unwrap();
+    for (d, data) in &blobs {
+        log.write(d, data.clone()).await.unwrap();
+    }
+    // Flip a byte in the payload of the first blob behind the log's back (a sealed segment).
+    let seg = segment::segment_path(dir.path(), 0);
+    let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(b"X", record::HEADER_LEN as u64 + 10).unwrap();
+    drop(file);
+    assert_eq!(read_all(&log, &blobs[0].0).await, None);
+    assert_eq!(read_all(&log, &blobs[1].0).await, Some(blobs[1].1.clone()));
+    drop(log);
+    let log = DiskLog::open(config(dir.path(), 1 << 30, SyncPolicy::Never)).unwrap();
+    assert_eq!(read_all(&log, &blobs[0].0).await, None);
+    for (d, data) in &blobs[1..] {
+        assert_eq!(read_all(&log, d).await.as_ref(), Some(data));
+    }
+}
+
+#[tokio::test]
+async fn removed_segment_and_index_files_are_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs: Vec<_> = (0..60).map(|i| blob(i, 3000)).collect();
+    {
+        let log = DiskLog::open(config(dir.path(), 1 << 30, SyncPolicy::Never)).unwrap();
+        for (d, data) in &blobs {
+            log.write(d, data.clone()).await.unwrap();
+        }
+        // Removed while running: readers keep the mapping, so what is served is still right.
+        std::fs::remove_file(segment::segment_path(dir.path(), 0)).unwrap();
+        assert_eq!(read_all(&log, &blobs[0].0).await, Some(blobs[0].1.clone()));
+    }
+    // Segment 1 loses its index file: it is scanned instead.
+    std::fs::remove_file(segment::index_path(dir.path(), 1)).unwrap();
+    let log = DiskLog::open(config(dir.path(), 1 << 30, SyncPolicy::Never)).unwrap();
+    let present = log.contains(&blobs.iter().map(|(d, _)| *d).collect::<Vec<_>>()).await.unwrap();
+    let in_segment_0 = SEG as usize / record::record_len(3000) as usize;
+    assert!(present[..in_segment_0].iter().all(|&p| !p));
+    assert!(present[in_segment_0..].iter().all(|&p| p));
+    for (d, data) in &blobs[in_segment_0..] {
+        assert_eq!(read_all(&log, d).await.as_ref(), Some(data));
+    }
+    assert!(!segment::index_path(dir.path(), 0).exists(), "the orphaned index file is removed");
+}
+
+#[tokio::test]
+async fn evicts_whole_segments_and_keeps_hot_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let max = 8 * SEG;
+    let log = DiskLog::open(config(dir.path(), max, SyncPolicy::Never)).unwrap();
+    let (hot, hot_data) = blob(0, 3000);
+    log.write(&hot, hot_data.clone()).await.unwrap();
+    for i in 1..400 {
+        let (d, data) = blob(i, 3000);
+        log.write(&d, data).await.unwrap();
+        // The client keeps asking about the hot blob, as Bazel's FindMissingBlobs does.
+        assert_eq!(log.contains(&[hot]).await.unwrap(), vec![true], "hot blob lost after {i} writes");
+    }
+    let stats = log.stats();
+    assert!(stats.bytes <= max, "{} bytes used, budget {max}", stats.bytes);
+    assert!(stats.evictions > 0);
+    assert_eq!(read_all(&log, &hot).await, Some(hot_data));
+    assert!(log.contains(&[blob(1, 3000).0]).await.unwrap() == vec![false], "cold blobs are evicted");
+    let files = std::fs::read_dir(dir.path()).unwrap().filter(|e| {
+        e.as_ref().unwrap().path().extension().is_some_and(|x| x == "seg")
+    });
+    assert!(files.count() as u64 <= max / SEG);
+}
+
+#[tokio::test]
+async fn large_blobs_live_in_files_under_the_same_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let max = 8 * SEG;
+    let (big, big_data) = blob(7, 3 * SEG as usize);
+    {
+        let log = DiskLog::open(config(dir.path(), max, SyncPolicy::Always)).unwrap();
+        let mut writer = log.writer(&big).await.unwrap();
+        for chunk in big_data.chunks(10_000) {
+            writer.append(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        writer.commit().await.unwrap();
+        assert_eq!(read_all(&log, &big).await, Some(big_data.clone()));
+        let part = log.read(&big, 5, Some(7)).await.unwrap().unwrap().into_bytes().await.unwrap();
+        assert_eq!(part, big_data.slice(5..12));
+
+        // An abandoned upload leaves nothing behind.
+        let (other, _) = blob(8, 2 * SEG as usize);
+        let mut writer = log.writer(&other).await.unwrap();
+        writer.append(Bytes::from_static(b"partial")).await.unwrap();
+        drop(writer);
+        assert_eq!(std::fs::read_dir(dir.path().join("large")).unwrap().count(), 1);
+
+        // Too large for the budget at all.
+        let huge = Digest { size: max, ..other };
+        assert!(matches!(log.writer(&huge).await, Err(StoreError::TooLarge { .. })));
+    }
+    let log = DiskLog::open(config(dir.path(), max, SyncPolicy::Always)).unwrap();
+    assert_eq!(log.contains(&[big]).await.unwrap(), vec![true]);
+    assert_eq!(read_all(&log, &big).await, Some(big_data));
+    // Filling the log evicts the large file in its turn.
+    for i in 100..300 {
+        let (d, data) = blob(i, 3000);
+        log.write(&d, data).await.unwrap();
+    }
+    assert_eq!(log.contains(&[big]).await.unwrap(), vec![false]);
+    assert!(log.stats().bytes <= max);
+}
+
+#[tokio::test]
+async fn action_cache_entries_are_replaced_by_newer_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = DigestFunction::Blake3.digest_of(b"action").key();
+    {
+        let log = DiskLog::open(config(dir.path(), 1 << 30, SyncPolicy::Always)).unwrap();
+        log.put(&key, Bytes::from_static(b"first")).await.unwrap();
+        log.put(&key, Bytes::from_static(b"second")).await.unwrap();
+        assert_eq!(log.get(&key).await.unwrap(), Some(Bytes::from_static(b"second")));
+    }
+    let log = DiskLog::open(config(dir.path(), 1 << 30, SyncPolicy::Always)).unwrap();
+    assert_eq!(log.get(&key).await.unwrap(), Some(Bytes::from_static(b"second")));
+}
+
+#[test]
+fn bad_configuration_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1 << 30, SyncPolicy::Never);
+    cfg.max_record = SEG;
+    assert!(matches!(DiskLog::open(cfg), Err(StoreError::Config(_))));
+    let cfg = config(dir.path(), SEG, SyncPolicy::Never);
+    assert!(matches!(DiskLog::open(cfg), Err(StoreError::Config(_))));
+}

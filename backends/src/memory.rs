@@ -1,0 +1,126 @@
+//! The memory tier: a `moka` cache weighted by blob size and bounded in bytes, with TinyLFU admission
+//! so that one large scan does not flush the hot set. Meant for small blobs; the tier stack's size
+//! classes decide what reaches it. The same type serves as an action-cache tier.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use moka::future::Cache;
+
+use crate::digest::{Digest, Key};
+use crate::error::Result;
+use crate::store::{slice_range, ActionCacheStore, Blob, BlobStore, BlobWriter, BufferedWriter, Counters, StoreStats};
+
+/// What an entry costs beyond its bytes (key, `Bytes` header, cache bookkeeping), so that a flood of
+/// tiny blobs cannot exceed the budget.
+const ENTRY_OVERHEAD: u64 = 96;
+
+#[derive(Clone)]
+pub struct MemoryStore {
+    cache: Cache<Key, Bytes>,
+    counters: Arc<Counters>,
+}
+
+impl MemoryStore {
+    pub fn new(max_bytes: u64) -> Self {
+        let counters = Arc::new(Counters::default());
+        let evictions = counters.clone();
+        let cache = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|_key: &Key, value: &Bytes| {
+                u32::try_from(value.len() as u64 + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+            })
+            .eviction_listener(move |_key, _value, cause| {
+                if cause.was_evicted() {
+                    evictions.evictions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+            .build();
+        MemoryStore { cache, counters }
+    }
+
+    /// Looks a blob up; an entry whose length disagrees with the digest is not the blob asked for.
+    async fn lookup(&self, digest: &Digest) -> Option<Bytes> {
+        let found = self.cache.get(&digest.key()).await.filter(|b| b.len() as u64 == digest.size);
+        self.counters.hit(found.is_some());
+        found
+    }
+
+    async fn insert(&self, key: Key, data: Bytes) {
+        self.cache.insert(key, data).await;
+    }
+}
+
+#[async_trait]
+impl BlobStore for MemoryStore {
+    async fn contains(&self, digests: &[Digest]) -> Result<Vec<bool>> {
+        let mut found = Vec::with_capacity(digests.len());
+        for digest in digests {
+            found.push(self.lookup(digest).await.is_some());
+        }
+        Ok(found)
+    }
+
+    async fn read(&self, digest: &Digest, offset: u64, limit: Option<u64>) -> Result<Option<Blob>> {
+        Ok(self.lookup(digest).await.map(|data| Blob::Bytes(slice_range(&data, offset, limit))))
+    }
+
+    async fn write(&self, digest: &Digest, data: Bytes) -> Result<()> {
+        self.insert(digest.key(), data).await;
+        Ok(())
+    }
+
+    async fn writer(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {
+        let this = self.clone();
+        let key = digest.key();
+        Ok(Box::new(BufferedWriter::new(digest.size, move |data| async move {
+            this.insert(key, data).await;
+            Ok(())
+        })))
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.counters.snapshot(self.cache.entry_count(), self.cache.weighted_size())
+    }
+}
+
+#[async_trait]
+impl ActionCacheStore for MemoryStore {
+    async fn get(&self, key: &Key) -> Result<Option<Bytes>> {
+        let found = self.cache.get(key).await;
+        self.counters.hit(found.is_some());
+        Ok(found)
+    }
+
+    async fn put(&self, key: &Key, value: Bytes) -> Result<()> {
+        self.insert(*key, value).await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::DigestFunction;
+
+    #[tokio::test]
+    async fn stores_reads_and_bounds_bytes() {
+        let store = MemoryStore::new(64 * 1024);
+        let d = DigestFunction::Sha256.digest_of(b"abc");
+        store.write(&d, Bytes::from_static(b"abc")).await.unwrap();
+        assert_eq!(store.contains(&[d]).await.unwrap(), vec![true]);
+        let got = store.read(&d, 1, Some(1)).await.unwrap().unwrap().into_bytes().await.unwrap();
+        assert_eq!(&got[..], b"b");
+        // The same hash with another size is another blob.
+        let other = Digest { size: 4, ..d };
+        assert_eq!(store.contains(&[other]).await.unwrap(), vec![false]);
+        for i in 0..200u32 {
+            let data = vec![i as u8; 1024];
+            let d = DigestFunction::Sha256.digest_of(&data);
+            store.write(&d, Bytes::from(data)).await.unwrap();
+        }
+        store.cache.run_pending_tasks().await;
+        assert!(store.stats().bytes <= 64 * 1024);
+    }
+}

@@ -1,0 +1,137 @@
+//! The one storage trait. Every tier (memory, disk, and later S3 and remote) implements `BlobStore`
+//! for the CAS and `ActionCacheStore` for the action cache; behaviour is added by wrapping stores,
+//! never by teaching a tier about its neighbours.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+use crate::digest::{Digest, Key};
+use crate::error::Result;
+
+/// What a read returns: local tiers hand out one (often zero-copy) `Bytes`; remote tiers stream.
+pub enum Blob {
+    Bytes(Bytes),
+    Stream(BoxStream<'static, Result<Bytes>>),
+}
+
+impl Blob {
+    /// Collects the blob into one buffer. Only for blobs known to be small.
+    pub async fn into_bytes(self) -> Result<Bytes> {
+        match self {
+            Blob::Bytes(bytes) => Ok(bytes),
+            Blob::Stream(mut chunks) => {
+                let mut buf = Vec::new();
+                while let Some(chunk) = chunks.next().await {
+                    buf.extend_from_slice(&chunk?);
+                }
+                Ok(Bytes::from(buf))
+            }
+        }
+    }
+}
+
+/// A streaming write of one blob whose digest is known up front. Bytes are verified by the caller
+/// before `commit`; dropping the writer without committing stores nothing.
+#[async_trait]
+pub trait BlobWriter: Send {
+    async fn append(&mut self, chunk: Bytes) -> Result<()>;
+    async fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// A content-addressable blob store (one tier, or a composition of tiers).
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Which blobs are present; a hit refreshes the blob's age.
+    async fn contains(&self, digests: &[Digest]) -> Result<Vec<bool>>;
+    /// `offset` is at most `digest.size` (the caller checks); `limit` None reads to the end.
+    async fn read(&self, digest: &Digest, offset: u64, limit: Option<u64>) -> Result<Option<Blob>>;
+    /// Stores a blob whose bytes the caller has verified.
+    async fn write(&self, digest: &Digest, data: Bytes) -> Result<()>;
+    /// Starts a streaming write of a verified-as-it-goes blob (ByteStream uploads).
+    async fn writer(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>>;
+    fn stats(&self) -> StoreStats;
+}
+
+/// Action results keyed by the action digest's key. Values are encoded `ActionResult` messages.
+#[async_trait]
+pub trait ActionCacheStore: Send + Sync + 'static {
+    async fn get(&self, key: &Key) -> Result<Option<Bytes>>;
+    async fn put(&self, key: &Key, value: Bytes) -> Result<()>;
+}
+
+/// A writer that gathers the chunks of a small blob and hands the whole to a closure on commit.
+pub struct BufferedWriter<F> {
+    buf: Vec<u8>,
+    on_commit: F,
+}
+
+impl<F> BufferedWriter<F> {
+    pub fn new(expected_size: u64, on_commit: F) -> Self {
+        let capacity = usize::try_from(expected_size).unwrap_or(0).min(16 << 20);
+        BufferedWriter { buf: Vec::with_capacity(capacity), on_commit }
+    }
+}
+
+#[async_trait]
+impl<F, Fut> BlobWriter for BufferedWriter<F>
+where
+    F: FnOnce(Bytes) -> Fut + Send,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    async fn append(&mut self, chunk: Bytes) -> Result<()> {
+        self.buf.extend_from_slice(&chunk);
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        let this = *self;
+        (this.on_commit)(Bytes::from(this.buf)).await
+    }
+}
+
+/// A snapshot of a store's counters, for logs and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub blobs: u64,
+    pub bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+}
+
+/// Hit, miss and eviction counters shared by the tiers.
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub evictions: AtomicU64,
+}
+
+impl Counters {
+    pub fn hit(&self, hit: bool) {
+        let counter = if hit { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self, blobs: u64, bytes: u64) -> StoreStats {
+        StoreStats {
+            blobs,
+            bytes,
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The part of `data` that a read of `offset` and `limit` asks for.
+pub fn slice_range(data: &Bytes, offset: u64, limit: Option<u64>) -> Bytes {
+    let len = data.len() as u64;
+    let start = offset.min(len);
+    let end = limit.map_or(len, |l| start.saturating_add(l).min(len));
+    data.slice(start as usize..end as usize)
+}
