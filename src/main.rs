@@ -1,1 +1,101 @@
-fn main(){}
+//! The `strata` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use strata::config::{Config, DEFAULT_CONFIG};
+use strata::server::Server;
+
+#[derive(Parser)]
+#[command(name = "strata", version, about = "A remote build cache speaking REAPI v2")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the configured instances (the embedded all-in-one configuration without --config).
+    Serve {
+        /// A YAML configuration file (see config/ for examples).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// HOST:PORT to listen on, overriding the configuration.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Directory for the disk tiers, overriding the configuration's data_dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("strata: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve { config, listen, data_dir } => runtime.block_on(serve(config, listen, data_dir)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("strata: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathBuf>) -> Result<(), String> {
+    let mut config = match &config {
+        Some(path) => Config::load(path),
+        None => Config::parse(DEFAULT_CONFIG, "the embedded default configuration"),
+    }
+    .map_err(|e| e.to_string())?;
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
+    }
+    let server = Server::build(&config).map_err(|e| e.to_string())?;
+    let listener = Server::bind(&config.listen).await.map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "strata serving");
+    server.serve(listener, shutdown_signal()).await.map_err(|e| e.to_string())?;
+    tracing::info!("strata stopped cleanly");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: finishing calls in flight");
+}

@@ -1,0 +1,322 @@
+//! The YAML configuration: schema, defaults, `${VAR}` substitution, sizes such as `512MiB`, and
+//! validation whose errors name the offending key and file. Unknown keys are errors.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The configuration `strata serve` runs with when given none: everything on 127.0.0.1, memory in
+/// front of a disk log under the data directory, on the empty instance name.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/all-in-one.yaml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The address to serve gRPC on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Where relative tier paths live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The largest batch request (BatchUpdateBlobs, BatchReadBlobs) the server accepts.
+    #[serde(default = "default_max_batch")]
+    pub max_batch_total_size: ByteSize,
+    /// How long an interrupted ByteStream upload can be resumed.
+    #[serde(default = "default_upload_ttl", with = "duration")]
+    pub resumable_upload_ttl: Duration,
+    /// Named storage stacks that instances refer to.
+    pub storage: BTreeMap<String, StorageConfig>,
+    pub instances: Vec<InstanceConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub cas: Vec<TierConfig>,
+    pub action_cache: Vec<TierConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    pub name: String,
+    pub storage: String,
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Service {
+    /// ContentAddressableStorage and ByteStream.
+    Cas,
+    ActionCache,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TierConfig {
+    Memory(MemoryTierConfig),
+    Disk(DiskTierConfig),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryTierConfig {
+    pub max_size: ByteSize,
+    #[serde(default)]
+    pub min_blob: Option<ByteSize>,
+    /// Blobs above this size skip the memory tier (default 1MiB).
+    #[serde(default)]
+    pub max_blob: Option<ByteSize>,
+    #[serde(default = "yes")]
+    pub promote: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskTierConfig {
+    /// A directory, relative to `data_dir` unless absolute.
+    pub path: PathBuf,
+    pub max_size: ByteSize,
+    #[serde(default = "default_segment_size")]
+    pub segment_size: ByteSize,
+    /// Blobs above this size are stored as files of their own (default segment_size / 16).
+    #[serde(default)]
+    pub max_record: Option<ByteSize>,
+    /// `always` (group commit before acknowledging), `never`, or an interval such as `100ms`.
+    #[serde(default = "default_sync")]
+    pub sync: String,
+    #[serde(default)]
+    pub min_blob: Option<ByteSize>,
+    #[serde(default)]
+    pub max_blob: Option<ByteSize>,
+    #[serde(default = "yes")]
+    pub promote: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_listen() -> String {
+    "127.0.0.1:50051".into()
+}
+fn default_data_dir() -> PathBuf {
+    "strata-data".into()
+}
+fn default_max_batch() -> ByteSize {
+    ByteSize(4 << 20)
+}
+fn default_upload_ttl() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_segment_size() -> ByteSize {
+    ByteSize(256 << 20)
+}
+fn default_sync() -> String {
+    "always".into()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{origin}: environment variable ${{{name}}} is not set")]
+    UnsetVariable { origin: String, name: String },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+impl Config {
+    /// Loads a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses configuration text; `origin` names it in errors (a file name, or "the default").
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let text = substitute_env(text, origin)?;
+        let invalid = |message: String| ConfigError::Invalid { origin: origin.to_string(), message };
+        let config: Config = yaml_serde::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        config.validate().map_err(invalid)?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.listen
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("listen: {:?} is not HOST:PORT ({e})", self.listen))?;
+        if self.max_batch_total_size.0 < 64 * 1024 {
+            return Err(format!("max_batch_total_size: {} is below the minimum of 64KiB", self.max_batch_total_size));
+        }
+        if self.instances.is_empty() {
+            return Err("instances: at least one instance is needed".into());
+        }
+        let mut names = HashSet::new();
+        for (i, instance) in self.instances.iter().enumerate() {
+            let key = format!("instances[{i}]");
+            if !names.insert(instance.name.as_str()) {
+                return Err(format!("{key}.name: instance {:?} is defined twice", instance.name));
+            }
+            check_instance_name(&instance.name).map_err(|e| format!("{key}.name: {e}"))?;
+            if !self.storage.contains_key(&instance.storage) {
+                return Err(format!(
+                    "{key}.storage: no storage named {:?} (defined: {})",
+                    instance.storage,
+                    self.storage.keys().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        let mut disk_paths = HashSet::new();
+        for (name, storage) in &self.storage {
+            for (kind, tiers) in [("cas", &storage.cas), ("action_cache", &storage.action_cache)] {
+                if tiers.is_empty() {
+                    return Err(format!("storage.{name}.{kind}: at least one tier is needed"));
+                }
+                for (i, tier) in tiers.iter().enumerate() {
+                    let key = format!("storage.{name}.{kind}[{i}]");
+                    if let TierConfig::Disk(disk) = tier {
+                        if !disk_paths.insert(self.data_path(&disk.path)) {
+                            return Err(format!("{key}.path: {} is used by another disk tier", disk.path.display()));
+                        }
+                        parse_sync(&disk.sync).map_err(|e| format!("{key}.sync: {e}"))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A tier path resolved against `data_dir`.
+    pub fn data_path(&self, path: &Path) -> PathBuf {
+        self.data_dir.join(path)
+    }
+}
+
+/// Instance names may have several `/`-separated segments, but none may be a keyword of the
+/// ByteStream resource names, or the names could not be parsed.
+pub fn check_instance_name(name: &str) -> Result<(), String> {
+    const RESERVED: [&str; 7] = ["blobs", "uploads", "actions", "actionResults", "operations", "capabilities", "compressed-blobs"];
+    if name.is_empty() {
+        return Ok(());
+    }
+    for segment in name.split('/') {
+        if segment.is_empty() || RESERVED.contains(&segment) {
+            return Err(format!("{name:?} is not a valid instance name (empty segment or reserved word {segment:?})"));
+        }
+    }
+    Ok(())
+}
+
+/// The disk tier's sync policy from its configuration string.
+pub fn parse_sync(text: &str) -> Result<strata_backends::disk::SyncPolicy, String> {
+    use strata_backends::disk::SyncPolicy;
+    match text {
+        "always" => Ok(SyncPolicy::Always),
+        "never" => Ok(SyncPolicy::Never),
+        other => parse_duration(other)
+            .map(SyncPolicy::Interval)
+            .map_err(|_| format!("{other:?} is not `always`, `never` or an interval such as `100ms`")),
+    }
+}
+
+/// Replaces each `${NAME}` with the variable's value; an unset variable is an error naming it.
+fn substitute_env(text: &str, origin: &str) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(ConfigError::Invalid { origin: origin.into(), message: "unterminated ${ in the file".into() });
+        };
+        let name = &after[..end];
+        let value = std::env::var(name)
+            .map_err(|_| ConfigError::UnsetVariable { origin: origin.into(), name: name.into() })?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A byte count written as an integer or with a unit: `512MiB`, `4 GiB`, `100kB`, `1024`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes", self.0)
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a size such as 512MiB"))?;
+        let multiplier: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "kB" | "KB" => 1000,
+            "KiB" => 1 << 10,
+            "MB" => 1000_000,
+            "MiB" => 1 << 20,
+            "GB" => 1000_000_000,
+            "GiB" => 1 << 30,
+            "TB" => 1000_000_000_000,
+            "TiB" => 1 << 40,
+            other => return Err(format!("unknown unit {other:?} in {text:?} (use B, KiB, MiB, GiB, TiB, kB, MB, GB, TB)")),
+        };
+        number.checked_mul(multiplier).map(ByteSize).ok_or_else(|| format!("{text:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses `250ms`, `10s`, `5m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 100ms or 10s"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{text:?} is not a duration such as 100ms, 10s, 5m or 1h")),
+    }
+}
+
+mod duration {
+    use std::time::Duration;
+
+    use serde::Deserialize;
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        super::parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests;

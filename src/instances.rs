@@ -1,0 +1,59 @@
+//! The instance names a server answers to, and what each one serves. Requests name an instance; an
+//! unknown name or a service the instance does not offer is the client's error, told plainly.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use strata_backends::ActionCacheStore;
+use tonic::Status;
+
+use crate::cas::Cas;
+
+pub struct Instance {
+    pub name: String,
+    pub cas: Option<Cas>,
+    /// The action cache, with the CAS its entries' outputs are checked against.
+    pub action_cache: Option<(Arc<dyn ActionCacheStore>, Cas)>,
+}
+
+pub struct Instances {
+    by_name: HashMap<String, Arc<Instance>>,
+    /// The largest batch request accepted, as advertised in the capabilities.
+    pub max_batch_total_size: u64,
+}
+
+impl Instances {
+    pub fn new(instances: Vec<Instance>, max_batch_total_size: u64) -> Self {
+        let by_name = instances.into_iter().map(|i| (i.name.clone(), Arc::new(i))).collect();
+        Instances { by_name, max_batch_total_size }
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Arc<Instance>, Status> {
+        self.by_name.get(name).ok_or_else(|| {
+            let mut known: Vec<String> = self.by_name.keys().map(|k| format!("{k:?}")).collect();
+            known.sort();
+            Status::invalid_argument(format!(
+                "unknown instance name {name:?}; this server serves {}",
+                known.join(", ")
+            ))
+        })
+    }
+
+    pub fn cas(&self, name: &str) -> Result<&Cas, Status> {
+        self.get(name)?
+            .cas
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented(format!("instance {name:?} does not serve the CAS")))
+    }
+
+    pub fn action_cache(&self, name: &str) -> Result<&(Arc<dyn ActionCacheStore>, Cas), Status> {
+        self.get(name)?
+            .action_cache
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented(format!("instance {name:?} does not serve the action cache")))
+    }
+
+    pub fn any_serves(&self, pick: impl Fn(&Instance) -> bool) -> bool {
+        self.by_name.values().any(|i| pick(i))
+    }
+}

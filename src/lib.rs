@@ -1,0 +1,11 @@
+//! Strata: a remote build cache speaking REAPI v2. The binary (`main.rs`) is a thin command line over
+//! this library, so that tests start the very same server in-process.
+
+pub mod cas;
+pub mod config;
+pub mod instances;
+pub mod resource;
+pub mod server;
+pub mod services;
+pub mod status;
+pub mod storage;

@@ -1,0 +1,103 @@
+//! Builds a server from a configuration and runs it until shutdown. Shutdown stops accepting calls,
+//! lets calls in flight finish, then syncs the disk logs so that nothing acknowledged is lost.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2::action_cache_server::ActionCacheServer;
+use bazel_remote_apis::build::bazel::remote::execution::v2::capabilities_server::CapabilitiesServer;
+use bazel_remote_apis::build::bazel::remote::execution::v2::content_addressable_storage_server::ContentAddressableStorageServer;
+use bazel_remote_apis::google::bytestream::byte_stream_server::ByteStreamServer;
+use strata_backends::disk::DiskLog;
+use strata_backends::StoreError;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::cas::Cas;
+use crate::config::{Config, Service};
+use crate::instances::{Instance, Instances};
+use crate::services::action_cache::ActionCacheService;
+use crate::services::bytestream::ByteStreamService;
+use crate::services::capabilities::CapabilitiesService;
+use crate::services::cas::CasService;
+use crate::storage;
+
+/// Room for protobuf framing around a maximal batch.
+const MESSAGE_OVERHEAD: usize = 1 << 20;
+
+pub struct Server {
+    instances: Arc<Instances>,
+    disks: Vec<DiskLog>,
+    upload_ttl: std::time::Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("storage: {0}")]
+    Storage(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl Server {
+    pub fn build(config: &Config) -> Result<Server, ServeError> {
+        let built = storage::build(config)?;
+        let mut instances = Vec::new();
+        for ic in &config.instances {
+            let stack = &built.stacks[&ic.storage];
+            let cas = Cas::new(stack.cas.clone());
+            instances.push(Instance {
+                name: ic.name.clone(),
+                cas: ic.services.contains(&Service::Cas).then(|| cas.clone()),
+                action_cache: ic.services.contains(&Service::ActionCache).then(|| (stack.action_cache.clone(), cas)),
+            });
+        }
+        Ok(Server {
+            instances: Arc::new(Instances::new(instances, config.max_batch_total_size.0)),
+            disks: built.disks,
+            upload_ttl: config.resumable_upload_ttl,
+        })
+    }
+
+    /// Binds the configured address.
+    pub async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
+        TcpListener::bind(addr).await.map_err(|source| ServeError::Listen { addr: addr.to_string(), source })
+    }
+
+    /// Serves on `listener` until `shutdown` completes.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let max_message = self.instances.max_batch_total_size as usize + MESSAGE_OVERHEAD;
+        let instances = self.instances.clone();
+        let mut router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(CapabilitiesServer::new(CapabilitiesService { instances: instances.clone() }));
+        if instances.any_serves(|i| i.cas.is_some()) {
+            router = router
+                .add_service(
+                    ContentAddressableStorageServer::new(CasService { instances: instances.clone() })
+                        .max_decoding_message_size(max_message)
+                        .max_encoding_message_size(max_message),
+                )
+                .add_service(
+                    ByteStreamServer::new(ByteStreamService::new(instances.clone(), self.upload_ttl))
+                        .max_decoding_message_size(max_message)
+                        .max_encoding_message_size(max_message),
+                );
+        }
+        if instances.any_serves(|i| i.action_cache.is_some()) {
+            router = router.add_service(
+                ActionCacheServer::new(ActionCacheService { instances: instances.clone() })
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(max_message),
+            );
+        }
+        let incoming = TcpListenerStream::new(listener);
+        router.serve_with_incoming_shutdown(incoming, shutdown).await?;
+        for disk in &self.disks {
+            disk.flush()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,231 @@
+//! ByteStream Read and Write of CAS blobs, and QueryWriteStatus.
+//!
+//! Writes stream into the storage as they arrive (large blobs are never held whole in memory) and are
+//! hashed on the way; only a blob whose size and hash match its resource name is committed. An upload
+//! interrupted before `finish_write` is parked for `resumable_upload_ttl`, so the client can ask
+//! QueryWriteStatus and continue from the committed size. A blob that is already stored is
+//! acknowledged at once with its full size.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bazel_remote_apis::google::bytestream::byte_stream_server::ByteStream;
+use bazel_remote_apis::google::bytestream::{
+    QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest, WriteResponse,
+};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use parking_lot::Mutex;
+use strata_backends::{Blob, BlobWriter, Digest, Hasher};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::instances::Instances;
+use crate::resource::{parse_read, parse_write};
+use crate::status;
+
+/// Bytes per ReadResponse: well under every client's default 4 MiB message limit.
+const READ_CHUNK: usize = 1 << 20;
+
+pub struct ByteStreamService {
+    pub instances: Arc<Instances>,
+    uploads: Mutex<HashMap<String, Parked>>,
+    upload_ttl: Duration,
+}
+
+/// An upload in progress: what has been received so far, hashed and handed to the storage.
+struct Upload {
+    digest: Digest,
+    hasher: Hasher,
+    writer: Box<dyn BlobWriter>,
+    committed: u64,
+}
+
+struct Parked {
+    upload: Upload,
+    since: Instant,
+}
+
+type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResponse, Status>> + Send>>;
+
+impl ByteStreamService {
+    pub fn new(instances: Arc<Instances>, upload_ttl: Duration) -> Self {
+        ByteStreamService { instances, uploads: Mutex::new(HashMap::new()), upload_ttl }
+    }
+
+    /// Takes the parked upload of this name, dropping (and so discarding) any that expired.
+    fn unpark(&self, name: &str) -> Option<Upload> {
+        let mut uploads = self.uploads.lock();
+        let ttl = self.upload_ttl;
+        uploads.retain(|_, p| p.since.elapsed() < ttl);
+        uploads.remove(name).map(|p| p.upload)
+    }
+
+    fn park(&self, name: String, upload: Upload) {
+        self.uploads.lock().insert(name, Parked { upload, since: Instant::now() });
+    }
+
+    /// Receives the messages of one Write call into `upload`. Returns the upload unfinished when the
+    /// client stopped before `finish_write`, or `None` once the blob is committed.
+    async fn receive(
+        &self,
+        name: &str,
+        mut upload: Upload,
+        first: WriteRequest,
+        stream: &mut Streaming<WriteRequest>,
+    ) -> Result<Option<Upload>, (Option<Upload>, Status)> {
+        let mut next = Some(first);
+        loop {
+            let msg = match next.take() {
+                Some(msg) => msg,
+                None => match stream.message().await {
+                    Ok(Some(msg)) => msg,
+                    Ok(None) => return Ok(Some(upload)),
+                    Err(e) => return Err((Some(upload), e)),
+                },
+            };
+            if !msg.resource_name.is_empty() && msg.resource_name != name {
+                return Err((None, Status::invalid_argument(format!(
+                    "resource_name changed within one Write call, from {name:?} to {:?}",
+                    msg.resource_name
+                ))));
+            }
+            if msg.write_offset != upload.committed as i64 {
+                return Err((None, Status::invalid_argument(format!(
+                    "write_offset {} does not follow the {} bytes committed so far",
+                    msg.write_offset, upload.committed
+                ))));
+            }
+            let received = upload.committed + msg.data.len() as u64;
+            if received > upload.digest.size {
+                return Err((None, Status::invalid_argument(format!(
+                    "blob {}: received {received} bytes or more, but the resource name declares {}",
+                    upload.digest, upload.digest.size
+                ))));
+            }
+            if !msg.data.is_empty() {
+                upload.hasher.update(&msg.data);
+                upload.writer.append(Bytes::from(msg.data)).await.map_err(|e| (None, status::from_store(e)))?;
+                upload.committed = received;
+            }
+            if msg.finish_write {
+                let Upload { digest, hasher, writer, committed } = upload;
+                hasher.verify(&digest, committed).map_err(|e| (None, status::from_digest(e)))?;
+                writer.commit().await.map_err(|e| (None, status::from_store(e)))?;
+                return Ok(None);
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ByteStream for ByteStreamService {
+    type ReadStream = ReadStream;
+
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadStream>, Status> {
+        let req = request.into_inner();
+        let resource = parse_read(&req.resource_name)?;
+        let cas = self.instances.cas(&resource.instance)?;
+        let digest = resource.digest;
+        if req.read_offset < 0 || req.read_limit < 0 {
+            return Err(Status::invalid_argument(format!(
+                "read_offset {} and read_limit {} must not be negative",
+                req.read_offset, req.read_limit
+            )));
+        }
+        let offset = req.read_offset as u64;
+        if offset > digest.size {
+            return Err(Status::out_of_range(format!(
+                "read_offset {offset} is past the end of blob {digest} ({} bytes)",
+                digest.size
+            )));
+        }
+        let limit = (req.read_limit > 0).then_some(req.read_limit as u64);
+        let blob = cas
+            .read(&digest, offset, limit)
+            .await
+            .map_err(status::from_store)?
+            .ok_or_else(|| Status::not_found(format!("blob {digest} not found")))?;
+        let stream: ReadStream = match blob {
+            Blob::Bytes(data) if data.is_empty() => Box::pin(futures::stream::once(async { Ok(ReadResponse::default()) })),
+            Blob::Bytes(data) => Box::pin(futures::stream::unfold(data, |mut rest| async move {
+                if rest.is_empty() {
+                    return None;
+                }
+                let chunk = rest.split_to(rest.len().min(READ_CHUNK));
+                Some((Ok(ReadResponse { data: chunk.to_vec() }), rest))
+            })),
+            Blob::Stream(chunks) => Box::pin(chunks.map(|chunk| {
+                chunk.map(|data| ReadResponse { data: data.to_vec() }).map_err(status::from_store)
+            })),
+        };
+        Ok(Response::new(stream))
+    }
+
+    async fn write(&self, request: Request<Streaming<WriteRequest>>) -> Result<Response<WriteResponse>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("Write stream ended before its first message"))?;
+        let name = first.resource_name.clone();
+        let resource = parse_write(&name)?;
+        let cas = self.instances.cas(&resource.instance)?;
+        let digest = resource.digest;
+        let done = WriteResponse { committed_size: digest.size as i64 };
+        if cas.contains(&[digest]).await.map_err(status::from_store)?.first() == Some(&true) {
+            return Ok(Response::new(done));
+        }
+        let upload = match self.unpark(&name) {
+            Some(upload) => upload,
+            None if first.write_offset == 0 => Upload {
+                digest,
+                hasher: digest.function.hasher(),
+                writer: cas.writer(&digest).await.map_err(status::from_store)?,
+                committed: 0,
+            },
+            None => {
+                return Err(Status::invalid_argument(format!(
+                    "write_offset {}: there is no interrupted upload named {name:?} to resume; start at 0",
+                    first.write_offset
+                )))
+            }
+        };
+        match self.receive(&name, upload, first, &mut stream).await {
+            Ok(None) => Ok(Response::new(done)),
+            Ok(Some(unfinished)) => {
+                let committed = unfinished.committed as i64;
+                self.park(name, unfinished);
+                Ok(Response::new(WriteResponse { committed_size: committed }))
+            }
+            Err((unfinished, status)) => {
+                if let Some(upload) = unfinished {
+                    self.park(name, upload);
+                }
+                Err(status)
+            }
+        }
+    }
+
+    async fn query_write_status(
+        &self,
+        request: Request<QueryWriteStatusRequest>,
+    ) -> Result<Response<QueryWriteStatusResponse>, Status> {
+        let name = request.into_inner().resource_name;
+        let resource = parse_write(&name)?;
+        let cas = self.instances.cas(&resource.instance)?;
+        let digest = resource.digest;
+        if cas.contains(&[digest]).await.map_err(status::from_store)?.first() == Some(&true) {
+            return Ok(Response::new(QueryWriteStatusResponse { committed_size: digest.size as i64, complete: true }));
+        }
+        let uploads = self.uploads.lock();
+        match uploads.get(&name) {
+            Some(parked) if parked.since.elapsed() < self.upload_ttl => Ok(Response::new(QueryWriteStatusResponse {
+                committed_size: parked.upload.committed as i64,
+                complete: false,
+            })),
+            _ => Err(Status::not_found(format!("no upload named {name:?} is in progress or stored"))),
+        }
+    }
+}

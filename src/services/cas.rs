@@ -1,0 +1,231 @@
+//! ContentAddressableStorage: FindMissingBlobs, BatchUpdateBlobs, BatchReadBlobs and GetTree.
+//! Batches report one status per blob; a batch over the advertised size is refused whole.
+
+use std::collections::{HashSet, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use bazel_remote_apis::build::bazel::remote::execution::v2::content_addressable_storage_server::ContentAddressableStorage;
+use bytes::Bytes;
+use futures::Stream;
+use prost::Message;
+use reapi::{batch_read_blobs_response, batch_update_blobs_response};
+use strata_backends::{Digest, DigestFunction};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{digest_function, parse_digest, to_proto};
+use crate::cas::Cas;
+use crate::instances::Instances;
+use crate::status;
+
+/// Directories per GetTree page when the client does not say.
+const DEFAULT_TREE_PAGE: usize = 1000;
+
+pub struct CasService {
+    pub instances: Arc<Instances>,
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl CasService {
+    fn check_batch_size(&self, total: u64, what: &str) -> Result<(), Status> {
+        let limit = self.instances.max_batch_total_size;
+        if total > limit {
+            return Err(Status::resource_exhausted(format!(
+                "{what} of {total} bytes exceeds max_batch_total_size_bytes ({limit}); split the batch or use ByteStream"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl ContentAddressableStorage for CasService {
+    async fn find_missing_blobs(
+        &self,
+        request: Request<reapi::FindMissingBlobsRequest>,
+    ) -> Result<Response<reapi::FindMissingBlobsResponse>, Status> {
+        let req = request.into_inner();
+        let cas = self.instances.cas(&req.instance_name)?;
+        let function = digest_function(req.digest_function)?;
+        let digests = req
+            .blob_digests
+            .iter()
+            .enumerate()
+            .map(|(i, d)| parse_digest(function, Some(d), &format!("blob_digests[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let present = cas.contains(&digests).await.map_err(status::from_store)?;
+        let missing = digests.iter().zip(present).filter(|(_, p)| !p).map(|(d, _)| to_proto(d)).collect();
+        Ok(Response::new(reapi::FindMissingBlobsResponse { missing_blob_digests: missing }))
+    }
+
+    async fn batch_update_blobs(
+        &self,
+        request: Request<reapi::BatchUpdateBlobsRequest>,
+    ) -> Result<Response<reapi::BatchUpdateBlobsResponse>, Status> {
+        let req = request.into_inner();
+        let cas = self.instances.cas(&req.instance_name)?;
+        let function = digest_function(req.digest_function)?;
+        self.check_batch_size(req.requests.iter().map(|r| r.data.len() as u64).sum(), "BatchUpdateBlobs")?;
+        let writes = req.requests.into_iter().enumerate().map(|(i, r)| async move {
+            let result = async {
+                let digest = parse_digest(function, r.digest.as_ref(), &format!("requests[{i}].digest"))?;
+                if r.compressor != reapi::compressor::Value::Identity as i32 {
+                    return Err(Status::invalid_argument(format!(
+                        "requests[{i}]: compressor {} is not supported; this server accepts identity only",
+                        r.compressor
+                    )));
+                }
+                cas.put(&digest, Bytes::from(r.data)).await.map_err(status::from_store)
+            }
+            .await;
+            batch_update_blobs_response::Response {
+                digest: r.digest,
+                status: Some(result.map_or_else(|e| status::to_rpc(&e), |()| status::ok_rpc())),
+            }
+        });
+        // Concurrent writes share the disk log's group commits instead of waiting for one each.
+        let responses = futures::future::join_all(writes).await;
+        Ok(Response::new(reapi::BatchUpdateBlobsResponse { responses }))
+    }
+
+    async fn batch_read_blobs(
+        &self,
+        request: Request<reapi::BatchReadBlobsRequest>,
+    ) -> Result<Response<reapi::BatchReadBlobsResponse>, Status> {
+        let req = request.into_inner();
+        let cas = self.instances.cas(&req.instance_name)?;
+        let function = digest_function(req.digest_function)?;
+        let digests = req
+            .digests
+            .iter()
+            .enumerate()
+            .map(|(i, d)| parse_digest(function, Some(d), &format!("digests[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.check_batch_size(digests.iter().map(|d| d.size).sum(), "BatchReadBlobs")?;
+        let reads = digests.iter().map(|digest| async move {
+            let (data, status) = match cas.read_whole(digest).await {
+                Ok(Some(data)) => (data.to_vec(), status::ok_rpc()),
+                Ok(None) => (Vec::new(), status::to_rpc(&Status::not_found(format!("blob {digest} not found")))),
+                Err(e) => (Vec::new(), status::to_rpc(&status::from_store(e))),
+            };
+            batch_read_blobs_response::Response {
+                digest: Some(to_proto(digest)),
+                data,
+                compressor: reapi::compressor::Value::Identity as i32,
+                status: Some(status),
+            }
+        });
+        let responses = futures::future::join_all(reads).await;
+        Ok(Response::new(reapi::BatchReadBlobsResponse { responses }))
+    }
+
+    type GetTreeStream = ResponseStream<reapi::GetTreeResponse>;
+
+    async fn get_tree(&self, request: Request<reapi::GetTreeRequest>) -> Result<Response<Self::GetTreeStream>, Status> {
+        let req = request.into_inner();
+        let cas = self.instances.cas(&req.instance_name)?.clone();
+        let function = digest_function(req.digest_function)?;
+        let root = parse_digest(function, req.root_digest.as_ref(), "root_digest")?;
+        if req.page_size < 0 {
+            return Err(Status::invalid_argument(format!("page_size {} is negative", req.page_size)));
+        }
+        let page_size = if req.page_size == 0 { DEFAULT_TREE_PAGE } else { req.page_size as usize };
+        let skip = match req.page_token.as_str() {
+            "" => 0,
+            token => token.parse::<usize>().map_err(|_| {
+                Status::invalid_argument(format!("page_token {token:?} was not issued by this server"))
+            })?,
+        };
+        let root_dir = load_directory(&cas, &root).await?.ok_or_else(|| {
+            Status::not_found(format!("root directory {root} not found"))
+        })?;
+        let (tx, rx) = mpsc::channel(2);
+        let max_page_bytes = self.instances.max_batch_total_size as usize;
+        tokio::spawn(walk_tree(cas, function, root, root_dir, skip, page_size, max_page_bytes, tx));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn split_blob(&self, _: Request<reapi::SplitBlobRequest>) -> Result<Response<reapi::SplitBlobResponse>, Status> {
+        Err(Status::unimplemented("SplitBlob is not supported by this server (no chunking)"))
+    }
+
+    type GetChunkMappingStream = ResponseStream<reapi::GetChunkMappingResponse>;
+
+    async fn get_chunk_mapping(
+        &self,
+        _: Request<reapi::GetChunkMappingRequest>,
+    ) -> Result<Response<Self::GetChunkMappingStream>, Status> {
+        Err(Status::unimplemented("GetChunkMapping is not supported by this server (no chunking)"))
+    }
+
+    async fn splice_blob(&self, _: Request<reapi::SpliceBlobRequest>) -> Result<Response<reapi::SpliceBlobResponse>, Status> {
+        Err(Status::unimplemented("SpliceBlob is not supported by this server (no chunking)"))
+    }
+
+    async fn register_chunk_mapping(
+        &self,
+        _: Request<Streaming<reapi::RegisterChunkMappingRequest>>,
+    ) -> Result<Response<reapi::RegisterChunkMappingResponse>, Status> {
+        Err(Status::unimplemented("RegisterChunkMapping is not supported by this server (no chunking)"))
+    }
+}
+
+/// Reads and decodes a Directory; `None` when absent.
+async fn load_directory(cas: &Cas, digest: &Digest) -> Result<Option<reapi::Directory>, Status> {
+    let Some(data) = cas.read_whole(digest).await.map_err(status::from_store)? else { return Ok(None) };
+    reapi::Directory::decode(data)
+        .map(Some)
+        .map_err(|e| Status::invalid_argument(format!("blob {digest} is not a Directory message: {e}")))
+}
+
+/// Walks the tree breadth first (each distinct directory once), skipping the `skip` directories that
+/// earlier pages returned, and sends pages of at most `page_size` directories and `max_page_bytes`.
+/// Parts of the tree that are missing or not Directory messages are left out, as the protocol asks.
+#[allow(clippy::too_many_arguments)]
+async fn walk_tree(
+    cas: Cas,
+    function: DigestFunction,
+    root: Digest,
+    root_dir: reapi::Directory,
+    skip: usize,
+    page_size: usize,
+    max_page_bytes: usize,
+    tx: mpsc::Sender<Result<reapi::GetTreeResponse, Status>>,
+) {
+    let mut seen = HashSet::from([root]);
+    let mut queue = VecDeque::from([root_dir]);
+    let mut position = 0usize;
+    let mut page = Vec::new();
+    let mut page_bytes = 0usize;
+    while let Some(dir) = queue.pop_front() {
+        for child in &dir.directories {
+            let Ok(digest) = parse_digest(function, child.digest.as_ref(), "directory") else { continue };
+            if seen.insert(digest) {
+                if let Ok(Some(d)) = load_directory(&cas, &digest).await {
+                    queue.push_back(d);
+                }
+            }
+        }
+        position += 1;
+        if position <= skip {
+            continue;
+        }
+        let len = dir.encoded_len();
+        if !page.is_empty() && (page.len() >= page_size || page_bytes + len > max_page_bytes) {
+            let response = reapi::GetTreeResponse {
+                directories: std::mem::take(&mut page),
+                next_page_token: (position - 1).to_string(),
+            };
+            page_bytes = 0;
+            if tx.send(Ok(response)).await.is_err() {
+                return;
+            }
+        }
+        page_bytes += len;
+        page.push(dir);
+    }
+    let _ = tx.send(Ok(reapi::GetTreeResponse { directories: page, next_page_token: String::new() })).await;
+}

@@ -1,0 +1,29 @@
+//! The gRPC services, one file each. They are thin: parse and validate the request, call the CAS or
+//! action cache, map errors through `crate::status`. Digests from requests are parsed here only.
+
+pub mod action_cache;
+pub mod bytestream;
+pub mod capabilities;
+pub mod cas;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use strata_backends::{Digest, DigestFunction};
+use tonic::Status;
+
+use crate::status;
+
+/// The digest function a request names (its `digest_function` field; unset means SHA-256).
+pub fn digest_function(value: i32) -> Result<DigestFunction, Status> {
+    DigestFunction::from_proto(value).map_err(status::from_digest)
+}
+
+/// Parses a digest of a request; `what` names the field in the error message.
+pub fn parse_digest(function: DigestFunction, digest: Option<&reapi::Digest>, what: &str) -> Result<Digest, Status> {
+    let digest = digest.ok_or_else(|| Status::invalid_argument(format!("{what}: digest missing")))?;
+    Digest::parse(function, &digest.hash, digest.size_bytes)
+        .map_err(|e| Status::invalid_argument(format!("{what}: {e}")))
+}
+
+pub fn to_proto(digest: &Digest) -> reapi::Digest {
+    reapi::Digest { hash: digest.hash_hex(), size_bytes: digest.size as i64 }
+}

@@ -1,0 +1,94 @@
+//! Builds the storage trees that the configuration describes. This is the only code that knows how
+//! tiers are stacked; everything else sees a `BlobStore` and an `ActionCacheStore`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use strata_backends::action_cache::TieredActionCache;
+use strata_backends::disk::{DiskConfig, DiskLog};
+use strata_backends::memory::MemoryStore;
+use strata_backends::tiered::{Tier, TieredStore};
+use strata_backends::{ActionCacheStore, BlobStore, StoreError};
+
+use crate::config::{parse_sync, Config, DiskTierConfig, TierConfig};
+
+/// The memory tier keeps blobs up to this size unless configured otherwise.
+const DEFAULT_MEMORY_MAX_BLOB: u64 = 1 << 20;
+
+/// One named storage stack: a CAS and an action cache.
+pub struct Storage {
+    pub cas: Arc<dyn BlobStore>,
+    pub action_cache: Arc<dyn ActionCacheStore>,
+}
+
+/// Every storage stack of the configuration, plus the disk logs to flush at shutdown.
+pub struct Built {
+    pub stacks: BTreeMap<String, Storage>,
+    pub disks: Vec<DiskLog>,
+}
+
+pub fn build(config: &Config) -> Result<Built, StoreError> {
+    let mut built = Built { stacks: BTreeMap::new(), disks: Vec::new() };
+    for (name, stack) in &config.storage {
+        let mut cas_tiers = Vec::new();
+        for (i, tier) in stack.cas.iter().enumerate() {
+            let label = format!("storage.{name}.cas[{i}]");
+            cas_tiers.push(match tier {
+                TierConfig::Memory(m) => Tier {
+                    name: label,
+                    store: Arc::new(MemoryStore::new(m.max_size.0)),
+                    min_blob: m.min_blob.map_or(0, |s| s.0),
+                    max_blob: m.max_blob.map_or(DEFAULT_MEMORY_MAX_BLOB, |s| s.0),
+                    promote: m.promote,
+                    durable: false,
+                },
+                TierConfig::Disk(d) => {
+                    let log = open_disk(config, d, &label)?;
+                    built.disks.push(log.clone());
+                    Tier {
+                        name: label,
+                        store: Arc::new(log),
+                        min_blob: d.min_blob.map_or(0, |s| s.0),
+                        max_blob: d.max_blob.map_or(u64::MAX, |s| s.0),
+                        promote: d.promote,
+                        durable: true,
+                    }
+                }
+            });
+        }
+        let mut ac_tiers: Vec<(String, Arc<dyn ActionCacheStore>)> = Vec::new();
+        for (i, tier) in stack.action_cache.iter().enumerate() {
+            let label = format!("storage.{name}.action_cache[{i}]");
+            let store: Arc<dyn ActionCacheStore> = match tier {
+                TierConfig::Memory(m) => Arc::new(MemoryStore::new(m.max_size.0)),
+                TierConfig::Disk(d) => {
+                    let log = open_disk(config, d, &label)?;
+                    built.disks.push(log.clone());
+                    Arc::new(log)
+                }
+            };
+            ac_tiers.push((label, store));
+        }
+        built.stacks.insert(
+            name.clone(),
+            Storage { cas: Arc::new(TieredStore::new(cas_tiers)?), action_cache: Arc::new(TieredActionCache::new(ac_tiers)?) },
+        );
+    }
+    Ok(built)
+}
+
+fn open_disk(config: &Config, disk: &DiskTierConfig, label: &str) -> Result<DiskLog, StoreError> {
+    let sync = parse_sync(&disk.sync).map_err(|e| StoreError::Config(format!("{label}.sync: {e}")))?;
+    let segment_size = disk.segment_size.0;
+    let cfg = DiskConfig {
+        path: config.data_path(&disk.path),
+        max_size: disk.max_size.0,
+        segment_size,
+        max_record: disk.max_record.map_or(segment_size / 16, |s| s.0),
+        sync,
+    };
+    DiskLog::open(cfg).map_err(|e| match e {
+        StoreError::Config(msg) => StoreError::Config(format!("{label}: {msg}")),
+        other => other,
+    })
+}
