@@ -36,7 +36,10 @@ pub struct Config {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
+    // Tiers are written `- memory: {...}`, a one-key map per tier rather than YAML tags.
+    #[serde(with = "yaml_serde::with::singleton_map_recursive")]
     pub cas: Vec<TierConfig>,
+    #[serde(with = "yaml_serde::with::singleton_map_recursive")]
     pub action_cache: Vec<TierConfig>,
 }
 

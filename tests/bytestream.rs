@@ -1,0 +1,213 @@
+//! ByteStream over gRPC: reads with offsets and limits, streamed and resumed writes, and the errors a
+//! client can provoke (malformed names, wrong hash, too few or too many bytes, bad offsets).
+
+mod common;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
+use bazel_remote_apis::google::bytestream::{QueryWriteStatusRequest, ReadRequest, WriteRequest, WriteResponse};
+use common::*;
+use tonic::transport::Channel;
+use tonic::Code;
+
+fn blob_name(instance: &str, d: &reapi::Digest) -> String {
+    let prefix = if instance.is_empty() { String::new() } else { format!("{instance}/") };
+    format!("{prefix}blobs/{}/{}", d.hash, d.size_bytes)
+}
+
+fn upload_name(instance: &str, uuid: &str, d: &reapi::Digest) -> String {
+    let prefix = if instance.is_empty() { String::new() } else { format!("{instance}/") };
+    format!("{prefix}uploads/{uuid}/blobs/{}/{}", d.hash, d.size_bytes)
+}
+
+async fn read(bs: &mut ByteStreamClient<Channel>, name: String, offset: i64, limit: i64) -> Result<Vec<u8>, tonic::Status> {
+    let mut stream = bs.read(ReadRequest { resource_name: name, read_offset: offset, read_limit: limit }).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(msg) = stream.message().await? {
+        out.extend_from_slice(&msg.data);
+    }
+    Ok(out)
+}
+
+/// Sends `data` as a sequence of messages starting at `offset`, the last one with `finish`.
+async fn write(bs: &mut ByteStreamClient<Channel>, name: &str, offset: usize, data: &[u8], chunk: usize, finish: bool) -> Result<WriteResponse, tonic::Status> {
+    let mut messages = Vec::new();
+    let mut at = offset;
+    let chunks: Vec<&[u8]> = if data.is_empty() { vec![&[][..]] } else { data.chunks(chunk).collect() };
+    let n = chunks.len();
+    for (i, c) in chunks.into_iter().enumerate() {
+        messages.push(WriteRequest {
+            resource_name: if i == 0 { name.to_string() } else { String::new() },
+            write_offset: at as i64,
+            finish_write: finish && i == n - 1,
+            data: c.to_vec(),
+        });
+        at += c.len();
+    }
+    bs.write(futures::stream::iter(messages)).await.map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn write_then_read_with_offsets_and_limits() {
+    let server = TestServer::start().await;
+    let mut bs = server.bytestream().await;
+    for (seed, len) in [(1u32, 1000usize), (2, 200_000), (3, 3 << 20)] {
+        // 1000 bytes: memory and disk; 200 KB: a large file on disk; 3 MiB: several read chunks.
+        let data = content(seed, len);
+        let d = sha256(&data);
+        let resp = write(&mut bs, &upload_name("team/a", "u1", &d), 0, &data, 64 * 1024, true).await.unwrap();
+        assert_eq!(resp.committed_size, len as i64);
+        assert_eq!(read(&mut bs, blob_name("team/a", &d), 0, 0).await.unwrap(), data);
+        assert_eq!(read(&mut bs, blob_name("team/a", &d), 10, 20).await.unwrap(), data[10..30]);
+        // A limit past the end is allowed; an offset at the end reads nothing.
+        assert_eq!(read(&mut bs, blob_name("team/a", &d), len as i64 - 5, 100).await.unwrap(), data[len - 5..]);
+        assert!(read(&mut bs, blob_name("team/a", &d), len as i64, 0).await.unwrap().is_empty());
+        let err = read(&mut bs, blob_name("team/a", &d), len as i64 + 1, 0).await.unwrap_err();
+        assert_eq!(err.code(), Code::OutOfRange);
+    }
+}
+
+#[tokio::test]
+async fn read_errors() {
+    let server = TestServer::start().await;
+    let mut bs = server.bytestream().await;
+    let absent = sha256(b"never stored");
+    assert_eq!(read(&mut bs, blob_name("", &absent), 0, 0).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(read(&mut bs, blob_name("", &absent), -1, 0).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(read(&mut bs, blob_name("", &absent), 0, -1).await.unwrap_err().code(), Code::InvalidArgument);
+    for bad in ["", "blobs", "blobs/abc/1", &format!("blobs/{}/x", absent.hash), &format!("compressed-blobs/zstd/{}/12", absent.hash)] {
+        let err = read(&mut bs, bad.to_string(), 0, 0).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+        assert!(err.message().contains("resource name"), "{}", err.message());
+    }
+    let err = read(&mut bs, blob_name("unknown", &absent), 0, 0).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    // The empty blob always exists.
+    assert!(read(&mut bs, blob_name("", &sha256(b"")), 0, 0).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn wrong_hash_or_size_stores_nothing() {
+    let server = TestServer::start().await;
+    let mut bs = server.bytestream().await;
+    let mut cas = server.cas().await;
+    for len in [100usize, 150_000] {
+        let data = content(10 + len as u32, len);
+        let d = sha256(&data);
+        let mut other = data.clone();
+        other[len / 2] ^= 0xff;
+        let err = write(&mut bs, &upload_name("", "a", &d), 0, &other, 32 * 1024, true).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("hashes to"), "{}", err.message());
+
+        let err = write(&mut bs, &upload_name("", "b", &d), 0, &data[..len - 1], 32 * 1024, true).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("declares"), "{}", err.message());
+
+        let mut longer = data.clone();
+        longer.push(0);
+        let err = write(&mut bs, &upload_name("", "c", &d), 0, &longer, 32 * 1024, true).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+
+        assert_eq!(missing(&mut cas, "", vec![d.clone()]).await, vec![d.clone()]);
+        assert_eq!(read(&mut bs, blob_name("", &d), 0, 0).await.unwrap_err().code(), Code::NotFound);
+    }
+    // No temporary files are left on disk by the failed large uploads.
+    let large = std::fs::read_dir(server.data_dir.join("cas/large")).unwrap().count();
+    assert_eq!(large, 0);
+}
+
+#[tokio::test]
+async fn malformed_writes_are_rejected() {
+    let server = TestServer::start().await;
+    let mut bs = server.bytestream().await;
+    let data = content(20, 100);
+    let d = sha256(&data);
+    for bad in [
+        format!("blobs/{}/{}", d.hash, d.size_bytes),
+        format!("uploads/blobs/{}/{}", d.hash, d.size_bytes),
+        format!("uploads/u/blobs/{}", d.hash),
+        format!("uploads/u/blobs/md5/{}/{}", d.hash, d.size_bytes),
+        format!("uploads/u/blobs/{}/-5", d.hash),
+    ] {
+        let err = write(&mut bs, &bad, 0, &data, 1000, true).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+    }
+    // A first message that does not start at 0 (and resumes nothing).
+    let err = write(&mut bs, &upload_name("", "u", &d), 10, &data[10..], 1000, true).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    // Offsets that skip bytes.
+    let messages = vec![
+        WriteRequest { resource_name: upload_name("", "u", &d), write_offset: 0, finish_write: false, data: data[..50].to_vec() },
+        WriteRequest { resource_name: String::new(), write_offset: 60, finish_write: true, data: data[60..].to_vec() },
+    ];
+    assert_eq!(bs.write(futures::stream::iter(messages)).await.unwrap_err().code(), Code::InvalidArgument);
+    // An empty stream.
+    let err = bs.write(futures::stream::iter(Vec::<WriteRequest>::new())).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let mut cas = server.cas().await;
+    assert_eq!(missing(&mut cas, "", vec![d.clone()]).await.len(), 1);
+}
+
+#[tokio::test]
+async fn interrupted_upload_resumes_from_the_committed_size() {
+    let server = TestServer::start().await;
+    let mut bs = server.bytestream().await;
+    let data = content(30, 300_000);
+    let d = sha256(&data);
+    let name = upload_name("", "resume-me", &d);
+
+    let err = bs.query_write_status(QueryWriteStatusRequest { resource_name: name.clone() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // The client sends the first 100 KB and then its stream ends without finish_write.
+    let first = write(&mut bs, &name, 0, &data[..100_000], 25_000, false).await.unwrap();
+    assert_eq!(first.committed_size, 100_000);
+    let status = bs.query_write_status(QueryWriteStatusRequest { resource_name: name.clone() }).await.unwrap().into_inner();
+    assert_eq!((status.committed_size, status.complete), (100_000, false));
+
+    // Resuming at a wrong offset is refused; at the committed size it completes.
+    let err = write(&mut bs, &name, 0, &data, 25_000, true).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let first = write(&mut bs, &name, 0, &data[..100_000], 25_000, false).await.unwrap();
+    assert_eq!(first.committed_size, 100_000);
+    let done = write(&mut bs, &name, 100_000, &data[100_000..], 25_000, true).await.unwrap();
+    assert_eq!(done.committed_size, 300_000);
+    assert_eq!(read(&mut bs, blob_name("", &d), 0, 0).await.unwrap(), data);
+    let status = bs.query_write_status(QueryWriteStatusRequest { resource_name: name }).await.unwrap().into_inner();
+    assert_eq!((status.committed_size, status.complete), (300_000, true));
+}
+
+#[tokio::test]
+async fn uploading_a_stored_blob_returns_at_once_with_its_size() {
+    let server = TestServer::start().await;
+    let mut bs = server.bytestream().await;
+    let data = content(40, 5000);
+    let d = sha256(&data);
+    write(&mut bs, &upload_name("", "x", &d), 0, &data, 5000, true).await.unwrap();
+    // The second upload sends only its first chunk; the server answers without waiting for the rest.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(WriteRequest { resource_name: upload_name("", "y", &d), write_offset: 0, finish_write: false, data: data[..100].to_vec() })
+        .await
+        .unwrap();
+    let resp = bs.write(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    assert_eq!(resp.committed_size, 5000);
+    drop(tx);
+    // The empty blob, likewise.
+    let resp = write(&mut bs, &upload_name("", "z", &sha256(b"")), 0, b"", 1, true).await.unwrap();
+    assert_eq!(resp.committed_size, 0);
+}
+
+#[tokio::test]
+async fn blake3_resource_names() {
+    let server = TestServer::start().await;
+    let mut bs = server.bytestream().await;
+    let data = content(50, 90_000);
+    let d = blake3(&data);
+    let name = format!("uploads/u/blobs/blake3/{}/{}/trailing/metadata", d.hash, d.size_bytes);
+    write(&mut bs, &name, 0, &data, 30_000, true).await.unwrap();
+    let read_name = format!("blobs/blake3/{}/{}", d.hash, d.size_bytes);
+    assert_eq!(read(&mut bs, read_name, 0, 0).await.unwrap(), data);
+    // Without the function segment the hash is taken as SHA-256: not found.
+    assert_eq!(read(&mut bs, blob_name("", &d), 0, 0).await.unwrap_err().code(), Code::NotFound);
+}
