@@ -234,9 +234,14 @@ fn substitute_env(text: &str, origin: &str) -> Result<String, ConfigError> {
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
-            return Err(ConfigError::Invalid { origin: origin.into(), message: "unterminated ${ in the file".into() });
-        };
+        let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+        if end == 0 || !after[end..].starts_with('}') {
+            let line = text[..text.len() - rest.len() + start].matches('\n').count() + 1;
+            return Err(ConfigError::Invalid {
+                origin: origin.into(),
+                message: format!("line {line}: unterminated or malformed ${{...}}: write ${{NAME}} with letters, digits and _"),
+            });
+        }
         let name = &after[..end];
         let value = std::env::var(name)
             .map_err(|_| ConfigError::UnsetVariable { origin: origin.into(), name: name.into() })?;

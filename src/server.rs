@@ -11,6 +11,7 @@ use bazel_remote_apis::google::bytestream::byte_stream_server::ByteStreamServer;
 use strata_backends::disk::DiskLog;
 use strata_backends::StoreError;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::cas::Cas;
@@ -21,6 +22,9 @@ use crate::services::bytestream::ByteStreamService;
 use crate::services::capabilities::CapabilitiesService;
 use crate::services::cas::CasService;
 use crate::storage;
+
+/// How long calls in flight may take to finish after a shutdown signal.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Room for protobuf framing around a maximal batch.
 const MESSAGE_OVERHEAD: usize = 1 << 20;
@@ -94,7 +98,21 @@ impl Server {
             );
         }
         let incoming = TcpListenerStream::new(listener);
-        router.serve_with_incoming_shutdown(incoming, shutdown).await?;
+        let signalled = Arc::new(Notify::new());
+        let notify = signalled.clone();
+        let serving = router.serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            notify.notify_one();
+        });
+        // A client that keeps its connection open must not keep the server from stopping.
+        let grace = async {
+            signalled.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            result = serving => result?,
+            () = grace => tracing::warn!("calls still open {SHUTDOWN_GRACE:?} after the shutdown signal; stopping anyway"),
+        }
         for disk in &self.disks {
             disk.flush()?;
         }

@@ -1,1 +1,127 @@
+//! Configuration parsing and validation: every mistake a user can make gets an error that names the
+//! key (and file), and every example in config/ parses and builds.
 
+use super::*;
+use crate::server::Server;
+
+fn parse(text: &str) -> Result<Config, String> {
+    Config::parse(text, "test.yaml").map_err(|e| e.to_string())
+}
+
+const MINIMAL: &str = r#"
+storage:
+  s:
+    cas: [ { memory: { max_size: 1MiB } } ]
+    action_cache: [ { memory: { max_size: 1MiB } } ]
+instances:
+  - { name: "", storage: s, services: [cas, action_cache] }
+"#;
+
+#[test]
+fn defaults_fill_in() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.listen, "127.0.0.1:50051");
+    assert_eq!(c.max_batch_total_size, ByteSize(4 << 20));
+    assert_eq!(c.data_dir, PathBuf::from("strata-data"));
+}
+
+#[test]
+fn every_example_parses_and_builds() {
+    std::env::set_var("STRATA_MEMORY", "64MiB");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let mut config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let data = tempfile::tempdir().unwrap();
+        config.data_dir = data.path().to_path_buf();
+        Server::build(&config).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        seen += 1;
+    }
+    assert!(seen >= 3);
+    let default = Config::parse(DEFAULT_CONFIG, "default").unwrap();
+    assert_eq!(default.listen, "127.0.0.1:50051");
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    let err = parse(&format!("{MINIMAL}\nlisten_port: 5")).unwrap_err();
+    assert!(err.contains("test.yaml") && err.contains("listen_port"), "{err}");
+    let err = parse(&MINIMAL.replace("max_size: 1MiB } } ]\n    action", "max_size: 1MiB, colour: red } } ]\n    action")).unwrap_err();
+    assert!(err.contains("colour"), "{err}");
+    let err = parse(&MINIMAL.replace("{ memory: { max_size: 1MiB } } ]\n    action", "{ ramdisk: { max_size: 1MiB } } ]\n    action")).unwrap_err();
+    assert!(err.contains("ramdisk"), "{err}");
+}
+
+#[test]
+fn environment_variables_are_substituted_or_named() {
+    std::env::set_var("STRATA_TEST_LISTEN", "127.0.0.1:6000");
+    let c = parse(&format!("listen: ${{STRATA_TEST_LISTEN}}\n{MINIMAL}")).unwrap();
+    assert_eq!(c.listen, "127.0.0.1:6000");
+    let err = parse(&format!("listen: ${{STRATA_TEST_UNSET_VARIABLE}}\n{MINIMAL}")).unwrap_err();
+    assert!(err.contains("STRATA_TEST_UNSET_VARIABLE") && err.contains("not set"), "{err}");
+    let err = parse(&format!("listen: ${{OOPS\n{MINIMAL}")).unwrap_err();
+    assert!(err.contains("unterminated") && err.contains("line 1"), "{err}");
+}
+
+#[test]
+fn sizes_and_durations() {
+    assert_eq!("512MiB".parse::<ByteSize>(), Ok(ByteSize(512 << 20)));
+    assert_eq!("4 GiB".parse::<ByteSize>(), Ok(ByteSize(4 << 30)));
+    assert_eq!("100kB".parse::<ByteSize>(), Ok(ByteSize(100_000)));
+    assert_eq!("1024".parse::<ByteSize>(), Ok(ByteSize(1024)));
+    assert!("12XB".parse::<ByteSize>().unwrap_err().contains("unknown unit"));
+    assert!("MiB".parse::<ByteSize>().is_err());
+    assert!("99999999999TiB".parse::<ByteSize>().unwrap_err().contains("too large"));
+    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    assert!(parse_duration("soon").is_err());
+    let err = parse(&MINIMAL.replace("max_size: 1MiB } } ]\n    action", "max_size: lots } } ]\n    action")).unwrap_err();
+    assert!(err.contains("lots"), "{err}");
+}
+
+#[test]
+fn invalid_values_name_their_key() {
+    let cases = [
+        (format!("listen: nowhere\n{MINIMAL}"), "listen"),
+        (format!("max_batch_total_size: 10\n{MINIMAL}"), "max_batch_total_size"),
+        (MINIMAL.replace("storage: s", "storage: t"), "instances[0].storage"),
+        (MINIMAL.replace("name: \"\"", "name: \"a/blobs\""), "instances[0].name"),
+        (MINIMAL.replace("instances:\n  - { name: \"\", storage: s, services: [cas, action_cache] }", "instances: []"), "instances"),
+        (MINIMAL.replace("services: [cas, action_cache]", "services: [cas, execution_v9]"), "execution_v9"),
+        (MINIMAL.replace("cas: [ { memory: { max_size: 1MiB } } ]", "cas: []"), "storage.s.cas"),
+        (
+            MINIMAL.replace(
+                "cas: [ { memory: { max_size: 1MiB } } ]",
+                "cas: [ { disk: { path: d, max_size: 1GiB, sync: sometimes } } ]",
+            ),
+            "storage.s.cas[0].sync",
+        ),
+        (
+            MINIMAL.replace(
+                "cas: [ { memory: { max_size: 1MiB } } ]\n    action_cache: [ { memory: { max_size: 1MiB } } ]",
+                "cas: [ { disk: { path: d, max_size: 1GiB } } ]\n    action_cache: [ { disk: { path: d, max_size: 1GiB } } ]",
+            ),
+            "storage.s.action_cache[0].path",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = parse(&text).unwrap_err();
+        assert!(err.contains(key), "expected {key:?} in: {err}");
+    }
+}
+
+#[test]
+fn impossible_disk_geometry_fails_at_build_with_the_tier_named() {
+    let text = MINIMAL.replace(
+        "cas: [ { memory: { max_size: 1MiB } } ]",
+        "cas: [ { disk: { path: d, max_size: 1GiB, segment_size: 1MiB, max_record: 1MiB } } ]",
+    );
+    let mut config = parse(&text).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    config.data_dir = data.path().to_path_buf();
+    let err = Server::build(&config).err().unwrap().to_string();
+    assert!(err.contains("storage.s.cas[0]") && err.contains("max_record"), "{err}");
+}

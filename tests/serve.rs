@@ -1,0 +1,130 @@
+//! The server as users run it: data survives a restart, `strata serve` shuts down cleanly on SIGTERM
+//! without losing acknowledged writes, and a bad configuration stops it with a readable error.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use bazel_remote_apis::build::bazel::remote::execution::v2::content_addressable_storage_client::ContentAddressableStorageClient;
+use bazel_remote_apis::google::bytestream::{ReadRequest, WriteRequest};
+use common::*;
+
+#[tokio::test]
+async fn blobs_and_action_results_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = content(1, 500);
+    let large = content(2, 700_000);
+    let action = sha256(b"persistent action");
+    let result = reapi::ActionResult { output_files: vec![reapi::OutputFile { path: "o".into(), digest: Some(sha256(&small)), ..Default::default() }], ..Default::default() };
+    {
+        let server = TestServer::start_in(TEST_CONFIG, dir.path()).await;
+        let mut cas = server.cas().await;
+        upload(&mut cas, "", &[&small]).await;
+        let mut bs = server.bytestream().await;
+        let d = sha256(&large);
+        let name = format!("uploads/x/blobs/{}/{}", d.hash, d.size_bytes);
+        let messages: Vec<_> = large
+            .chunks(100_000)
+            .enumerate()
+            .map(|(i, c)| WriteRequest { resource_name: name.clone(), write_offset: (i * 100_000) as i64, finish_write: (i + 1) * 100_000 >= large.len(), data: c.to_vec() })
+            .collect();
+        bs.write(futures::stream::iter(messages)).await.unwrap();
+        let mut ac = server.action_cache().await;
+        ac.update_action_result(reapi::UpdateActionResultRequest { action_digest: Some(action.clone()), action_result: Some(result.clone()), ..Default::default() })
+            .await
+            .unwrap();
+        server.stop().await;
+    }
+    let server = TestServer::start_in(TEST_CONFIG, dir.path()).await;
+    let mut cas = server.cas().await;
+    assert!(missing(&mut cas, "", vec![sha256(&small), sha256(&large)]).await.is_empty());
+    let mut bs = server.bytestream().await;
+    let d = sha256(&large);
+    let mut stream = bs.read(ReadRequest { resource_name: format!("blobs/{}/{}", d.hash, d.size_bytes), read_offset: 0, read_limit: 0 }).await.unwrap().into_inner();
+    let mut got = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        got.extend(m.data);
+    }
+    assert_eq!(got, large);
+    let mut ac = server.action_cache().await;
+    let got = ac.get_action_result(reapi::GetActionResultRequest { action_digest: Some(action), ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!(got, result);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn spawn_strata(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+async fn connect(port: u16) -> ContentAddressableStorageClient<tonic::transport::Channel> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match ContentAddressableStorageClient::connect(format!("http://127.0.0.1:{port}")).await {
+            Ok(client) => return client,
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("strata did not start listening on port {port}: {e}"),
+        }
+    }
+}
+
+async fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "strata did not stop after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_binary_serves_the_embedded_default_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let blobs: Vec<Vec<u8>> = (0..50).map(|i| content(100 + i, 3000)).collect();
+    let mut child = spawn_strata(&["serve", "--listen", &listen, "--data-dir", data_dir]);
+    {
+        let mut cas = connect(port).await;
+        let refs: Vec<&[u8]> = blobs.iter().map(|b| b.as_slice()).collect();
+        upload(&mut cas, "", &refs).await;
+    }
+    let status = terminate(&mut child).await;
+    assert!(status.success(), "strata exited with {status}");
+    assert!(dir.path().join("cas").is_dir(), "the default configuration keeps its disk log under --data-dir");
+
+    let mut child = spawn_strata(&["serve", "--listen", &listen, "--data-dir", data_dir]);
+    let mut cas = connect(port).await;
+    assert!(missing(&mut cas, "", blobs.iter().map(|b| sha256(b)).collect()).await.is_empty());
+    assert!(terminate(&mut child).await.success());
+}
+
+#[test]
+fn a_bad_configuration_file_is_reported_and_nothing_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, "listen: 127.0.0.1:0\nstorage: {}\ninstances: []\nbogus_key: 1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_strata")).args(["serve", "--config", path.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.yaml") && stderr.contains("bogus_key"), "{stderr}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_strata")).args(["serve", "--config", "/nonexistent/strata.yaml"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read configuration file"));
+}
