@@ -203,14 +203,20 @@ impl DiskLog {
         }
     }
 
-    /// Whether a value last placed in segment `seq` is at risk of eviction soon: the log is at least
-    /// three quarters full and the value sits in its oldest quarter.
-    fn is_old(&self, seq: u32) -> bool {
-        let st = self.inner.state.read();
-        let Some(&oldest) = st.segments.keys().next() else { return false };
+    /// Values last placed in a segment below the returned id are at risk of eviction soon: the log is
+    /// at least three quarters full and they sit in its oldest quarter.
+    fn old_before(&self, st: &State) -> u32 {
+        let Some(&oldest) = st.segments.keys().next() else { return 0 };
         let max_segments = self.inner.cfg.max_segments();
         let used = st.segments.len() as u64 + st.large_bytes / self.inner.cfg.segment_size;
-        used * 4 >= max_segments * 3 && u64::from(seq.saturating_sub(oldest)) < (max_segments / 4).max(1)
+        if used * 4 < max_segments * 3 {
+            return 0;
+        }
+        oldest.saturating_add(u32::try_from((max_segments / 4).max(1)).unwrap_or(u32::MAX))
+    }
+
+    fn is_old(&self, seq: u32) -> bool {
+        seq < self.old_before(&self.inner.state.read())
     }
 
     /// Copies a value forward so that it survives the eviction of its segment.
@@ -383,6 +389,7 @@ impl BlobStore for DiskLog {
         let mut old = Vec::new();
         {
             let st = self.inner.state.read();
+            let old_before = self.old_before(&st);
             for digest in digests {
                 let key = digest.key();
                 let seq = match st.index.get(&key) {
@@ -392,16 +399,15 @@ impl BlobStore for DiskLog {
                     _ => st.large.get(&key).filter(|e| e.size == digest.size).map(|e| e.seq),
                 };
                 found.push(seq.is_some());
-                if let Some(seq) = seq {
-                    old.push((*digest, seq));
+                if seq.is_some_and(|s| s < old_before) {
+                    old.push(key);
                 }
             }
         }
-        for (digest, seq) in old {
-            if self.is_old(seq) {
-                if let Some((data, at)) = self.lookup(&digest.key()) {
-                    self.refresh(&digest.key(), &data, &at);
-                }
+        // Hot blobs in the oldest part of the log are copied forward, outside the index lock.
+        for key in old {
+            if let Some((data, at)) = self.lookup(&key) {
+                self.refresh(&key, &data, &at);
             }
         }
         for hit in &found {
