@@ -211,3 +211,16 @@ async fn blake3_resource_names() {
     // Without the function segment the hash is taken as SHA-256: not found.
     assert_eq!(read(&mut bs, blob_name("", &d), 0, 0).await.unwrap_err().code(), Code::NotFound);
 }
+
+#[tokio::test]
+async fn query_write_status_errors() {
+    let server = TestServer::start().await;
+    let mut bs = server.bytestream().await;
+    for bad in ["", "blobs/abc/1", "uploads/u/blobs/abc/1"] {
+        let err = bs.query_write_status(QueryWriteStatusRequest { resource_name: bad.into() }).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+    }
+    let d = sha256(b"unknown upload");
+    let err = bs.query_write_status(QueryWriteStatusRequest { resource_name: upload_name("nope", "u", &d) }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "unknown instance");
+}

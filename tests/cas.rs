@@ -209,6 +209,13 @@ async fn get_tree_walks_pages_and_resumes_from_a_token() {
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = get_tree(&mut cas, sha256(b"no such directory"), 0, String::new()).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
+    let err = get_tree(&mut cas, reapi::Digest { hash: "nothex".into(), size_bytes: 1 }, 0, String::new()).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    // A root that is not a Directory message.
+    let not_a_dir = vec![0xffu8; 7];
+    upload(&mut cas, "", &[&not_a_dir]).await;
+    let err = get_tree(&mut cas, sha256(&not_a_dir), 0, String::new()).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
 }
 
 #[tokio::test]

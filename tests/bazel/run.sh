@@ -9,6 +9,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 strata=${1:-$here/../../target/debug/strata}
+strata=$(realpath "$strata" 2>/dev/null || echo "$strata")
 [ -x "$strata" ] || { echo "strata binary not found at $strata (run cargo build first)" >&2; exit 1; }
 command -v bazel >/dev/null || { echo "bazel not found: apt-get install bazel-bootstrap" >&2; exit 1; }
 
