@@ -15,7 +15,7 @@ use strata_backends::{Digest, DigestFunction};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{digest_function, parse_digest, to_proto};
+use super::{digest_function, parse_digest, parse_digests, to_proto};
 use crate::cas::Cas;
 use crate::instances::Instances;
 use crate::status;
@@ -50,12 +50,7 @@ impl ContentAddressableStorage for CasService {
         let req = request.into_inner();
         let cas = self.instances.cas(&req.instance_name)?;
         let function = digest_function(req.digest_function)?;
-        let digests = req
-            .blob_digests
-            .iter()
-            .enumerate()
-            .map(|(i, d)| parse_digest(function, Some(d), &format!("blob_digests[{i}]")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let digests = parse_digests(function, &req.blob_digests, "blob_digests")?;
         let present = cas.contains(&digests).await.map_err(status::from_store)?;
         let missing = digests.iter().zip(present).filter(|(_, p)| !p).map(|(d, _)| to_proto(d)).collect();
         Ok(Response::new(reapi::FindMissingBlobsResponse { missing_blob_digests: missing }))
@@ -98,12 +93,7 @@ impl ContentAddressableStorage for CasService {
         let req = request.into_inner();
         let cas = self.instances.cas(&req.instance_name)?;
         let function = digest_function(req.digest_function)?;
-        let digests = req
-            .digests
-            .iter()
-            .enumerate()
-            .map(|(i, d)| parse_digest(function, Some(d), &format!("digests[{i}]")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let digests = parse_digests(function, &req.digests, "digests")?;
         self.check_batch_size(digests.iter().map(|d| d.size).sum(), "BatchReadBlobs")?;
         let reads = digests.iter().map(|digest| async move {
             let (data, status) = match cas.read_whole(digest).await {

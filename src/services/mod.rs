@@ -24,6 +24,11 @@ pub fn parse_digest(function: DigestFunction, digest: Option<&reapi::Digest>, wh
         .map_err(|e| Status::invalid_argument(format!("{what}: {e}")))
 }
 
+/// Parses a repeated digest field; an error names the entry (`field[i]`).
+pub fn parse_digests(function: DigestFunction, digests: &[reapi::Digest], field: &str) -> Result<Vec<Digest>, Status> {
+    digests.iter().enumerate().map(|(i, d)| parse_digest(function, Some(d), &format!("{field}[{i}]"))).collect()
+}
+
 pub fn to_proto(digest: &Digest) -> reapi::Digest {
     reapi::Digest { hash: digest.hash_hex(), size_bytes: digest.size as i64 }
 }
