@@ -1,6 +1,7 @@
 //! Strata: a remote build cache speaking REAPI v2. The binary (`main.rs`) is a thin command line over
 //! this library, so that tests start the very same server in-process.
 
+pub mod bench;
 pub mod cas;
 pub mod config;
 pub mod instances;

@@ -28,6 +28,8 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Drive a REAPI endpoint (Strata or another server) with load and report throughput and latency.
+    Bench(strata::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve { config, listen, data_dir } => runtime.block_on(serve(config, listen, data_dir)),
+        Command::Bench(args) => runtime.block_on(bench(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,6 +78,17 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "strata serving");
     server.serve(listener, shutdown_signal()).await.map_err(|e| e.to_string())?;
     tracing::info!("strata stopped cleanly");
+    Ok(())
+}
+
+async fn bench(args: strata::bench::BenchArgs) -> Result<(), String> {
+    let json = args.json;
+    let report = strata::bench::run(args).await.map_err(|e| e.to_string())?;
+    if json {
+        println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
+    } else {
+        print!("{}", report.table());
+    }
     Ok(())
 }
 

@@ -1,0 +1,166 @@
+//! The benchmark's side of the wire: connections to the endpoint and the few calls every scenario
+//! shares (capabilities, batch upload, streamed ByteStream write).
+
+use std::time::Duration;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use bazel_remote_apis::build::bazel::remote::execution::v2::action_cache_client::ActionCacheClient;
+use bazel_remote_apis::build::bazel::remote::execution::v2::capabilities_client::CapabilitiesClient;
+use bazel_remote_apis::build::bazel::remote::execution::v2::content_addressable_storage_client::ContentAddressableStorageClient;
+use bazel_remote_apis::build::bazel::remote::execution::v2::execution_client::ExecutionClient;
+use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
+use bazel_remote_apis::google::bytestream::WriteRequest;
+use strata_backends::Digest;
+use tonic::transport::{Channel, Endpoint};
+
+use super::blobs::UniqueBlob;
+use super::{BenchError, Plan};
+use crate::services::to_proto;
+
+const MAX_MESSAGE: usize = 256 << 20;
+const WRITE_CHUNK: usize = 1 << 20;
+
+/// One client's connection and stubs.
+#[derive(Clone)]
+pub struct Client {
+    pub cas: ContentAddressableStorageClient<Channel>,
+    pub bytestream: ByteStreamClient<Channel>,
+    pub action_cache: ActionCacheClient<Channel>,
+    pub execution: ExecutionClient<Channel>,
+    pub capabilities: CapabilitiesClient<Channel>,
+}
+
+pub async fn connect(endpoint: &str) -> Result<Client, BenchError> {
+    let url = match endpoint.split_once("://") {
+        Some(("grpc" | "http", rest)) => format!("http://{rest}"),
+        Some(("grpcs" | "https", _)) => return Err(BenchError::Usage("TLS endpoints are not supported by strata bench yet".into())),
+        _ => return Err(BenchError::Usage(format!("endpoint {endpoint:?}: expected grpc://HOST:PORT"))),
+    };
+    let unreachable = |message: String| BenchError::Unreachable { endpoint: endpoint.to_string(), message };
+    let channel = Endpoint::from_shared(url)
+        .map_err(|e| BenchError::Usage(format!("endpoint {endpoint:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| unreachable(format!("{e} ({})", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())))?;
+    Ok(Client {
+        cas: ContentAddressableStorageClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE),
+        bytestream: ByteStreamClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE),
+        action_cache: ActionCacheClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE),
+        execution: ExecutionClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE),
+        capabilities: CapabilitiesClient::new(channel),
+    })
+}
+
+/// One connection per client, and the endpoint's capabilities.
+pub async fn connect_all(plan: &Plan) -> Result<(Vec<Client>, reapi::ServerCapabilities), BenchError> {
+    let mut clients = Vec::new();
+    for _ in 0..plan.args.concurrency {
+        clients.push(connect(&plan.args.endpoint).await?);
+    }
+    let request = reapi::GetCapabilitiesRequest { instance_name: plan.args.instance.clone() };
+    let caps = tokio::time::timeout(Duration::from_secs(10), clients[0].capabilities.clone().get_capabilities(request))
+        .await
+        .map_err(|_| BenchError::Unreachable { endpoint: plan.args.endpoint.clone(), message: "GetCapabilities timed out".into() })?
+        .map_err(|s| BenchError::Unsupported { endpoint: plan.args.endpoint.clone(), message: format!("GetCapabilities: {}", s.message()) })?
+        .into_inner();
+    let cache = caps.cache_capabilities.as_ref().ok_or_else(|| BenchError::Unsupported {
+        endpoint: plan.args.endpoint.clone(),
+        message: format!("instance {:?} has no CAS", plan.args.instance),
+    })?;
+    if !cache.digest_functions.contains(&plan.function.to_proto()) {
+        return Err(BenchError::Unsupported {
+            endpoint: plan.args.endpoint.clone(),
+            message: format!("digest function {} is not supported", plan.function.name()),
+        });
+    }
+    Ok((clients, caps))
+}
+
+/// The largest batch the endpoint accepts (0 in its capabilities means no stated limit).
+pub fn max_batch(caps: &reapi::ServerCapabilities) -> u64 {
+    match caps.cache_capabilities.as_ref().map_or(0, |c| c.max_batch_total_size_bytes) {
+        n if n > 0 => n as u64,
+        _ => 4 << 20,
+    }
+}
+
+pub fn instance_prefix(instance: &str) -> String {
+    if instance.is_empty() { String::new() } else { format!("{instance}/") }
+}
+
+/// The function segment of resource names: omitted for SHA-256, as REAPI requires.
+pub fn function_segment(digest: &Digest) -> String {
+    match digest.function {
+        strata_backends::DigestFunction::Sha256 => String::new(),
+        f => format!("{}/", f.name()),
+    }
+}
+
+pub fn batch_request(plan: &Plan, blobs: &[UniqueBlob]) -> reapi::BatchUpdateBlobsRequest {
+    reapi::BatchUpdateBlobsRequest {
+        instance_name: plan.args.instance.clone(),
+        requests: blobs
+            .iter()
+            .map(|b| reapi::batch_update_blobs_request::Request { digest: Some(to_proto(&b.digest)), data: b.to_vec(), compressor: 0 })
+            .collect(),
+        digest_function: plan.function.to_proto(),
+    }
+}
+
+/// Uploads blobs in batches; any failed blob is an error.
+pub async fn upload_batch(client: &mut Client, plan: &Plan, blobs: &[UniqueBlob]) -> Result<(), String> {
+    let resp = client.cas.batch_update_blobs(batch_request(plan, blobs)).await.map_err(|s| format!("BatchUpdateBlobs: {}", s.message()))?;
+    for r in resp.into_inner().responses {
+        let status = r.status.unwrap_or_default();
+        if status.code != 0 {
+            return Err(format!("BatchUpdateBlobs: blob status {}: {}", status.code, status.message));
+        }
+    }
+    Ok(())
+}
+
+/// Streams one blob through ByteStream Write in 1 MiB messages, built lazily.
+pub async fn write_blob(client: &mut Client, plan: &Plan, blob: &UniqueBlob, upload_id: &str) -> Result<(), String> {
+    let d = &blob.digest;
+    let name = format!(
+        "{}uploads/{upload_id}/blobs/{}{}/{}",
+        instance_prefix(&plan.args.instance),
+        function_segment(d),
+        d.hash_hex(),
+        d.size
+    );
+    let body = blob.body.clone();
+    let tail = blob.tail.clone();
+    let total = d.size;
+    let messages = futures::stream::unfold(0u64, move |offset| {
+        let (body, tail, name) = (body.clone(), tail.clone(), name.clone());
+        async move {
+            if offset >= total && total > 0 {
+                return None;
+            }
+            let body_len = body.len() as u64;
+            let data = if offset < body_len {
+                let end = (offset + WRITE_CHUNK as u64).min(body_len);
+                body.slice(offset as usize..end as usize).to_vec()
+            } else {
+                tail.to_vec()
+            };
+            let next = offset + data.len() as u64;
+            let message = WriteRequest {
+                resource_name: if offset == 0 { name } else { String::new() },
+                write_offset: offset as i64,
+                finish_write: next >= total,
+                data,
+            };
+            Some((message, if next == offset { u64::MAX } else { next }))
+        }
+    });
+    let resp = client.bytestream.write(messages).await.map_err(|s| format!("ByteStream.Write: {}", s.message()))?;
+    let committed = resp.into_inner().committed_size;
+    if committed != total as i64 {
+        return Err(format!("ByteStream.Write committed {committed} of {total} bytes"));
+    }
+    Ok(())
+}
