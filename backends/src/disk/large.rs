@@ -8,6 +8,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -19,12 +20,14 @@ use crate::digest::{DigestFunction, Key};
 use crate::error::{Result, StoreError};
 use crate::store::BlobWriter;
 
-/// A large blob known to the log: its size and the segment id that was open when it was last written
-/// or used, which places it in the eviction order.
+/// A large blob known to the log: its size, the segment id that was open when it was last written or
+/// used (its place among the segments in the eviction order) and when that was (its place among the
+/// other large blobs, which often share a segment id).
 #[derive(Clone, Copy, Debug)]
 pub struct LargeEntry {
     pub size: u64,
     pub seq: u32,
+    pub used: SystemTime,
 }
 
 pub fn large_path(dir: &Path, key: &Key) -> PathBuf {

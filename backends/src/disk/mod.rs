@@ -232,10 +232,11 @@ impl DiskLog {
             Found::Segment(_) => self.append(key, data).map(|_| ()),
             Found::Large(_) => {
                 let open = self.inner.writer.lock().open.id;
+                let now = std::time::SystemTime::now();
                 if let Some(entry) = self.inner.state.write().large.get_mut(key) {
                     entry.seq = open;
+                    entry.used = now;
                 }
-                let now = std::time::SystemTime::now();
                 std::fs::File::options()
                     .write(true)
                     .open(large::large_path(self.large_dir(), key))
@@ -298,7 +299,7 @@ impl DiskLog {
                     return Ok(());
                 }
                 let oldest_segment = st.segments.keys().next().copied().filter(|&id| id != w.open.id);
-                let oldest_large = st.large.iter().min_by_key(|(_, e)| e.seq).map(|(k, e)| (*k, e.seq));
+                let oldest_large = st.large.iter().min_by_key(|(_, e)| (e.seq, e.used)).map(|(k, e)| (*k, e.seq));
                 match (oldest_segment, oldest_large) {
                     (Some(seg), Some((key, seq))) if seq < seg => Err(key),
                     (Some(seg), _) => Ok(seg),
@@ -358,7 +359,8 @@ impl DiskLog {
         let mut w = self.inner.writer.lock();
         w.reserved_large -= reserved;
         let mut st = self.inner.state.write();
-        if let Some(old) = st.large.insert(key, LargeEntry { size, seq: w.open.id }) {
+        let entry = LargeEntry { size, seq: w.open.id, used: std::time::SystemTime::now() };
+        if let Some(old) = st.large.insert(key, entry) {
             st.large_bytes -= old.size;
         }
         st.large_bytes += size;

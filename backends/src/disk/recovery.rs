@@ -170,7 +170,8 @@ fn recover_large(dir: &Path, segments: &BTreeMap<u32, Arc<Segment>>) -> Result<(
             .last()
             .map_or(oldest, |(id, _)| *id);
         total += header.payload_len;
-        large.insert(key, LargeEntry { size: header.payload_len, seq });
+        let used = modified.unwrap_or(SystemTime::UNIX_EPOCH);
+        large.insert(key, LargeEntry { size: header.payload_len, seq, used });
     }
     Ok((large, total))
 }

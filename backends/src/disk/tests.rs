@@ -219,3 +219,21 @@ fn bad_configuration_is_rejected() {
     let cfg = config(dir.path(), SEG, SyncPolicy::Never);
     assert!(matches!(DiskLog::open(cfg), Err(StoreError::Config(_))));
 }
+
+#[tokio::test]
+async fn large_blobs_alone_are_evicted_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let max = 8 * SEG;
+    let log = DiskLog::open(config(dir.path(), max, SyncPolicy::Never)).unwrap();
+    // Only large blobs: the open segment never rolls, so they all share one segment id.
+    let blobs: Vec<_> = (0..12).map(|i| blob(200 + i, SEG as usize)).collect();
+    for (i, (d, data)) in blobs.iter().enumerate() {
+        log.write(d, data.clone()).await.unwrap();
+        assert_eq!(log.contains(&[*d]).await.unwrap(), vec![true], "the blob just written (#{i}) was evicted");
+    }
+    let present = log.contains(&blobs.iter().map(|(d, _)| *d).collect::<Vec<_>>()).await.unwrap();
+    let kept = present.iter().filter(|&&p| p).count();
+    assert!(kept >= 6, "{present:?}");
+    assert!(present[12 - kept..].iter().all(|&p| p), "the newest survive: {present:?}");
+    assert!(present[..12 - kept].iter().all(|&p| !p), "the oldest go first: {present:?}");
+}

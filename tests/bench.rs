@@ -1,0 +1,72 @@
+//! `strata bench` against a Strata started in the test: every scenario runs briefly with non-zero
+//! throughput and no errors; a stopped endpoint and a missing capability fail clearly.
+
+mod common;
+
+use common::TestServer;
+use strata::bench::{run, BenchArgs, BenchError};
+
+fn args(endpoint: String, scenario: &str) -> BenchArgs {
+    BenchArgs {
+        endpoint,
+        instance: String::new(),
+        scenario: scenario.into(),
+        duration: 0.5,
+        warmup: 0.1,
+        concurrency: 2,
+        digest_function: "sha256".into(),
+        large_size: "2MiB".into(),
+        small_size: "1KiB".into(),
+        batch: 50,
+        find_missing: 1000,
+        json: true,
+        quiet: true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_runs_without_errors() {
+    let server = TestServer::start().await;
+    for scenario in ["baseline", "write-large", "read-large", "write-small", "read-small", "find-missing", "ac-hit", "mixed"] {
+        for function in ["sha256", "blake3"] {
+            let mut a = args(format!("grpc://{}", server.addr), scenario);
+            a.digest_function = function.into();
+            let report = run(a).await.unwrap_or_else(|e| panic!("{scenario}/{function}: {e}"));
+            assert_eq!(report.errors, 0, "{scenario}/{function}: {:?}", report.first_error);
+            assert!(report.ops > 0 && report.ops_per_sec > 0.0, "{scenario}/{function}: no operations");
+            assert!(report.p50_ms > 0.0 && report.p50_ms <= report.p99_ms);
+            let json = serde_json::to_value(&report).unwrap();
+            for key in ["scenario", "ops_per_sec", "bytes_per_sec", "p50_ms", "p90_ms", "p99_ms", "errors"] {
+                assert!(json.get(key).is_some(), "JSON lacks {key}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stopped_endpoint_fails_clearly() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let err = run(args(format!("grpc://127.0.0.1:{port}"), "ac-hit")).await.unwrap_err();
+    assert!(matches!(err, BenchError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
+}
+
+#[tokio::test]
+async fn missing_capabilities_and_bad_arguments_are_reported() {
+    let server = TestServer::start().await;
+    let endpoint = format!("grpc://{}", server.addr);
+    let err = run(args(endpoint.clone(), "execute")).await.unwrap_err();
+    assert!(matches!(err, BenchError::Unsupported { .. }) && err.to_string().contains("execution"), "{err}");
+    let err = run(args(endpoint.clone(), "teleport")).await.unwrap_err();
+    assert!(matches!(err, BenchError::Usage(_)) && err.to_string().contains("teleport"), "{err}");
+    let mut a = args(endpoint.clone(), "write-small");
+    a.batch = 5000;
+    a.small_size = "4KiB".into();
+    assert!(run(a).await.unwrap_err().to_string().contains("batch limit"));
+    let mut a = args(endpoint.clone(), "ac-hit");
+    a.instance = "nope".into();
+    assert!(matches!(run(a).await.unwrap_err(), BenchError::Unsupported { .. }));
+    let mut a = args("http//oops".into(), "ac-hit");
+    a.concurrency = 1;
+    assert!(matches!(run(a).await.unwrap_err(), BenchError::Usage(_)));
+}
