@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of Strata and BuildGrid 0.4.4 on this machine, in one run, with `strata bench`
+# as the client for both. Starts both servers on 127.0.0.1 (in-memory storage each), warms them up,
+# runs every scenario RUNS times against each, measures the raw-TCP baseline in the same run, stops
+# what it started and writes BENCHMARKS.md (medians). Takes about 8 minutes with the defaults.
+#
+# Usage: benches/compare.sh            env: RUNS=3 DURATION=5 CONCURRENCY=8 LARGE_SIZE=16MiB
+#                                           BUILDGRID_PEER=<path to shared/peers/buildgrid>
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+peer=${BUILDGRID_PEER:-$root/../shared/peers/buildgrid}
+runs=${RUNS:-3}
+duration=${DURATION:-5}
+concurrency=${CONCURRENCY:-8}
+large=${LARGE_SIZE:-16MiB}
+out=$root/BENCHMARKS.md
+results=$(mktemp -d)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+echo "== building Strata (release) and setting up BuildGrid"
+(cd "$root" && cargo build --release -q)
+strata=$root/target/release/strata
+"$peer/setup.sh" >"$results/setup.log" 2>&1 || { cat "$results/setup.log"; exit 1; }
+peer_home=${PEER_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/strata-peers/buildgrid}
+
+strata_port=$(free_port)
+bgd_port=$(free_port)
+strata_pid=""
+bot_pid=""
+bgd_started=""
+cleanup() {
+    [ -n "$strata_pid" ] && kill "$strata_pid" 2>/dev/null || true
+    [ -n "$bot_pid" ] && kill "$bot_pid" 2>/dev/null || true
+    [ -n "$bgd_started" ] && "$peer/stop.sh" "$bgd_port" >/dev/null 2>&1 || true
+    rm -rf "$results"
+}
+trap cleanup EXIT
+
+echo "== starting Strata on $strata_port and BuildGrid on $bgd_port"
+STRATA_MEMORY=6GiB STRATA_LOG=warn "$strata" serve --config "$root/config/memory-only.yaml" \
+    --listen "127.0.0.1:$strata_port" 2>"$results/strata.log" &
+strata_pid=$!
+"$peer/start.sh" "$bgd_port" server.yaml >"$results/bgd-start.log" 2>&1 || { cat "$results/bgd-start.log"; exit 1; }
+bgd_started=1
+"$peer_home/.venv/bin/python" "$peer/bot.py" --remote "http://127.0.0.1:$bgd_port" --bots 8 >"$results/bot.log" 2>&1 &
+bot_pid=$!
+
+bench() { # server endpoint label scenario [extra args...]
+    local server=$1 endpoint=$2 label=$3 scenario=$4
+    shift 4
+    "$strata" bench --endpoint "$endpoint" --scenario "$scenario" --duration "$duration" --warmup 1 \
+        --concurrency "$concurrency" --large-size "$large" --json --quiet "$@" \
+        >>"$results/$server.$label.jsonl" 2>>"$results/errors.log" \
+        || echo "{\"scenario\": \"$scenario\", \"failed\": true}" >>"$results/$server.$label.jsonl"
+}
+
+servers="strata=grpc://127.0.0.1:$strata_port buildgrid=grpc://127.0.0.1:$bgd_port"
+echo "== warming up"
+for s in $servers; do
+    bench "${s%%=*}" "${s#*=}" warmup mixed --duration 3
+done
+for run in $(seq 1 "$runs"); do
+    echo "== run $run of $runs"
+    bench local raw baseline baseline
+    for s in $servers; do
+        server=${s%%=*} endpoint=${s#*=}
+        for scenario in write-large read-large write-small read-small find-missing ac-hit execute mixed; do
+            echo "   $server $scenario"
+            bench "$server" "$endpoint" "$scenario" "$scenario"
+        done
+        bench "$server" "$endpoint" ac-hit-64 ac-hit --concurrency 64
+        bench "$server" "$endpoint" batch-15 write-small --batch 15 --concurrency 1
+    done
+done
+
+python3 - "$results" "$out" "$(nproc)" "$concurrency" "$duration" "$runs" "$large" <<'PY'
+import json, os, statistics, sys, datetime
+results, out, cores, conc, duration, runs, large = sys.argv[1:]
+
+def load(server, label):
+    path = os.path.join(results, f"{server}.{label}.jsonl")
+    if not os.path.exists(path):
+        return []
+    return [json.loads(line) for line in open(path) if line.strip()]
+
+def median(rows, key):
+    vals = [r[key] for r in rows if not r.get("failed") and r.get("errors", 1) == 0]
+    return statistics.median(vals) if vals else None
+
+base = median(load("local", "raw"), "bytes_per_sec")
+rows = [
+    ("write-large", "MB/s", "bytes_per_sec", 1e6),
+    ("read-large", "MB/s", "bytes_per_sec", 1e6),
+    ("write-small", "blobs/s", "items_per_sec", 1),
+    ("read-small", "blobs/s", "items_per_sec", 1),
+    ("find-missing", "digests/s", "items_per_sec", 1),
+    ("ac-hit", "ops/s", "items_per_sec", 1),
+    ("ac-hit-64", "ops/s", "items_per_sec", 1),
+    ("execute", "actions/s", "items_per_sec", 1),
+    ("mixed", "steps/s", "items_per_sec", 1),
+    ("batch-15", "p50 ms", "p50_ms", 1),
+]
+fmt = lambda v, scale: "n/a" if v is None else (f"{v / scale:,.0f}" if v / scale >= 100 else f"{v / scale:,.2f}")
+lines = [
+    "# Benchmarks: Strata and BuildGrid side by side",
+    "",
+    f"Measured {datetime.date.today()} on this machine ({cores} cores), by `benches/compare.sh`: both servers on",
+    f"127.0.0.1 with in-memory storage, `strata bench` as the client for both, {conc} concurrent clients",
+    f"(64 for ac-hit-64, 1 for batch-15), {duration} s per run after a 1 s warm-up, median of {runs} runs.",
+    f"Large blobs are {large}; small blobs 4 KiB in batches of 1000; find-missing asks 10,000 digests,",
+    "half present. The baseline pushes the same large blobs over raw TCP on 127.0.0.1 and hashes them",
+    "with SHA-256 on arrival: the most this machine can do for a verified upload.",
+    "",
+    f"Raw-TCP hashing baseline: {fmt(base, 1e6)} MB/s.",
+    "",
+    "| scenario | unit | Strata | BuildGrid | Strata / BuildGrid | Strata / baseline | Strata p99 ms | BuildGrid p99 ms |",
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+]
+for label, unit, key, scale in rows:
+    s, b = load("strata", label), load("buildgrid", label)
+    sv, bv = median(s, key), median(b, key)
+    ratio = "n/a" if sv is None or bv in (None, 0) else f"{sv / bv:.1f}x"
+    if key == "p50_ms" and sv and bv:
+        ratio = f"{bv / sv:.1f}x faster"
+    frac = f"{sv / base:.0%}" if key == "bytes_per_sec" and sv and base else ""
+    lines.append(f"| {label} | {unit} | {fmt(sv, scale)} | {fmt(bv, scale)} | {ratio} | {frac} | "
+                 f"{fmt(median(s, 'p99_ms'), 1)} | {fmt(median(b, 'p99_ms'), 1)} |")
+errors = os.path.join(results, "errors.log")
+failures = open(errors).read().strip() if os.path.exists(errors) else ""
+lines += ["", "n/a: the server does not offer the scenario (Strata has no execution yet) or every run failed."]
+if failures:
+    lines += ["", "Errors reported by the client during the run:", "", "```", failures[-3000:], "```"]
+open(out, "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
