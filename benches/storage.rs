@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use strata_backends::disk::{DiskConfig, DiskLog, SyncPolicy};
-use strata_backends::memory::MemoryStore;
+use strata_backends::memory::{Admission, MemoryStore};
 use strata_backends::{BlobStore, Digest, DigestFunction};
 
 /// Distinct digests without hashing: the tiers trust their caller to have verified the bytes, so
@@ -109,10 +109,10 @@ fn disk(c: &mut Criterion) {
 
 fn memory(c: &mut Criterion) {
     for (size, batch) in [(4 * 1024, 256), (1 << 20, 16)] {
-        bench_writes(c, "memory", Arc::new(MemoryStore::new(1 << 30)), size, batch);
+        bench_writes(c, "memory", Arc::new(MemoryStore::new(1 << 30, Admission::Always)), size, batch);
     }
     for size in [4 * 1024, 1 << 20] {
-        bench_reads_and_contains(c, "memory", Arc::new(MemoryStore::new(1 << 30)), size);
+        bench_reads_and_contains(c, "memory", Arc::new(MemoryStore::new(1 << 30, Admission::Always)), size);
     }
 }
 

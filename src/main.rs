@@ -8,7 +8,7 @@ use strata::config::{Config, DEFAULT_CONFIG};
 use strata::server::Server;
 
 #[derive(Parser)]
-#[command(name = "strata", version, about = "A remote build cache speaking REAPI v2")]
+#[command(name = "strata", version, about = "A remote build cache speaking REAPI v2", args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

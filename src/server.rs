@@ -12,7 +12,7 @@ use strata_backends::disk::DiskLog;
 use strata_backends::StoreError;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::cas::Cas;
 use crate::config::{Config, Service};
@@ -25,6 +25,11 @@ use crate::storage;
 
 /// How long calls in flight may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// HTTP/2 flow control and framing sized for multi-megabyte blobs.
+pub const STREAM_WINDOW: u32 = 8 << 20;
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
+pub const MAX_FRAME: u32 = 1 << 20;
 
 /// Room for protobuf framing around a maximal batch.
 const MESSAGE_OVERHEAD: usize = 1 << 20;
@@ -76,6 +81,10 @@ impl Server {
         let instances = self.instances.clone();
         let mut router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            // HTTP/2's default 64 KiB windows stall large uploads on every window update.
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
             .add_service(CapabilitiesServer::new(CapabilitiesService { instances: instances.clone() }));
         if instances.any_serves(|i| i.cas.is_some()) {
             router = router
@@ -97,7 +106,8 @@ impl Server {
                     .max_encoding_message_size(max_message),
             );
         }
-        let incoming = TcpListenerStream::new(listener);
+        // Without TCP_NODELAY, small responses wait for delayed acknowledgements (~40 ms each).
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let signalled = Arc::new(Notify::new());
         let notify = signalled.clone();
         let serving = router.serve_with_incoming_shutdown(incoming, async move {

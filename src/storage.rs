@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use strata_backends::action_cache::TieredActionCache;
 use strata_backends::disk::{DiskConfig, DiskLog};
-use strata_backends::memory::MemoryStore;
+use strata_backends::memory::{Admission, MemoryStore};
 use strata_backends::tiered::{Tier, TieredStore};
 use strata_backends::{ActionCacheStore, BlobStore, StoreError};
 
@@ -33,10 +33,11 @@ pub fn build(config: &Config) -> Result<Built, StoreError> {
         let mut cas_tiers = Vec::new();
         for (i, tier) in stack.cas.iter().enumerate() {
             let label = format!("storage.{name}.cas[{i}]");
+            let last = i + 1 == stack.cas.len();
             cas_tiers.push(match tier {
                 TierConfig::Memory(m) => Tier {
                     name: label,
-                    store: Arc::new(MemoryStore::new(m.max_size.0)),
+                    store: Arc::new(MemoryStore::new(m.max_size.0, admission(last))),
                     min_blob: m.min_blob.map_or(0, |s| s.0),
                     max_blob: m.max_blob.map_or(DEFAULT_MEMORY_MAX_BLOB, |s| s.0),
                     promote: m.promote,
@@ -59,8 +60,9 @@ pub fn build(config: &Config) -> Result<Built, StoreError> {
         let mut ac_tiers: Vec<(String, Arc<dyn ActionCacheStore>)> = Vec::new();
         for (i, tier) in stack.action_cache.iter().enumerate() {
             let label = format!("storage.{name}.action_cache[{i}]");
+            let last = i + 1 == stack.action_cache.len();
             let store: Arc<dyn ActionCacheStore> = match tier {
-                TierConfig::Memory(m) => Arc::new(MemoryStore::new(m.max_size.0)),
+                TierConfig::Memory(m) => Arc::new(MemoryStore::new(m.max_size.0, admission(last))),
                 TierConfig::Disk(d) => {
                     let log = open_disk(config, d, &label)?;
                     built.disks.push(log.clone());
@@ -75,6 +77,12 @@ pub fn build(config: &Config) -> Result<Built, StoreError> {
         );
     }
     Ok(built)
+}
+
+/// A memory tier with nothing behind it must keep what it is given; in front of another tier it may
+/// turn away blobs that are unlikely to be read again.
+fn admission(last_tier: bool) -> Admission {
+    if last_tier { Admission::Always } else { Admission::Frequency }
 }
 
 fn open_disk(config: &Config, disk: &DiskTierConfig, label: &str) -> Result<DiskLog, StoreError> {

@@ -1,12 +1,15 @@
-//! The memory tier: a `moka` cache weighted by blob size and bounded in bytes, with TinyLFU admission
-//! so that one large scan does not flush the hot set. Meant for small blobs; the tier stack's size
-//! classes decide what reaches it. The same type serves as an action-cache tier.
+//! The memory tier: a `moka` cache weighted by blob size and bounded in bytes. In front of a durable
+//! tier it uses TinyLFU admission, so that one large scan does not flush the hot set; as the last tier
+//! of a stack it must keep what it is given (a client reads what it just wrote), so it evicts the
+//! least recently used entries instead. Meant for small blobs; the tier stack's size classes decide
+//! what reaches it. The same type serves as an action-cache tier.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use moka::future::Cache;
+use moka::policy::EvictionPolicy;
 
 use crate::digest::{Digest, Key};
 use crate::error::Result;
@@ -16,6 +19,15 @@ use crate::store::{slice_range, ActionCacheStore, Blob, BlobStore, BlobWriter, B
 /// tiny blobs cannot exceed the budget.
 const ENTRY_OVERHEAD: u64 = 96;
 
+/// Whether a new entry must win its place against the entries it would evict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// TinyLFU: admit only entries likely to be used more than what they would evict.
+    Frequency,
+    /// Admit everything, evict the least recently used.
+    Always,
+}
+
 #[derive(Clone)]
 pub struct MemoryStore {
     cache: Cache<Key, Bytes>,
@@ -23,11 +35,15 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
-    pub fn new(max_bytes: u64) -> Self {
+    pub fn new(max_bytes: u64, admission: Admission) -> Self {
         let counters = Arc::new(Counters::default());
         let evictions = counters.clone();
         let cache = Cache::builder()
             .max_capacity(max_bytes)
+            .eviction_policy(match admission {
+                Admission::Frequency => EvictionPolicy::tiny_lfu(),
+                Admission::Always => EvictionPolicy::lru(),
+            })
             .weigher(|_key: &Key, value: &Bytes| {
                 u32::try_from(value.len() as u64 + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
             })
@@ -106,7 +122,7 @@ mod tests {
 
     #[tokio::test]
     async fn stores_reads_and_bounds_bytes() {
-        let store = MemoryStore::new(64 * 1024);
+        let store = MemoryStore::new(64 * 1024, Admission::Frequency);
         let d = DigestFunction::Sha256.digest_of(b"abc");
         store.write(&d, Bytes::from_static(b"abc")).await.unwrap();
         assert_eq!(store.contains(&[d]).await.unwrap(), vec![true]);
@@ -122,5 +138,17 @@ mod tests {
         }
         store.cache.run_pending_tasks().await;
         assert!(store.stats().bytes <= 64 * 1024);
+    }
+
+    #[tokio::test]
+    async fn as_the_last_tier_it_keeps_what_was_just_written() {
+        let store = MemoryStore::new(64 * 1024, Admission::Always);
+        for i in 0..500u32 {
+            let data = vec![i as u8; 1000];
+            let d = DigestFunction::Sha256.digest_of(&[&i.to_le_bytes()[..], &data].concat());
+            store.write(&d, Bytes::from([&i.to_le_bytes()[..], &data].concat())).await.unwrap();
+            store.cache.run_pending_tasks().await;
+            assert_eq!(store.contains(&[d]).await.unwrap(), vec![true], "blob {i} was not kept");
+        }
     }
 }
