@@ -62,7 +62,7 @@ for s in $servers; do
 done
 for run in $(seq 1 "$runs"); do
     echo "== run $run of $runs"
-    bench local raw baseline baseline
+    bench local none baseline baseline
     for s in $servers; do
         server=${s%%=*} endpoint=${s#*=}
         for scenario in write-large read-large write-small read-small find-missing ac-hit execute mixed; do
@@ -85,10 +85,13 @@ def load(server, label):
     return [json.loads(line) for line in open(path) if line.strip()]
 
 def median(rows, key):
-    vals = [r[key] for r in rows if not r.get("failed") and r.get("errors", 1) == 0]
+    vals = [r[key] for r in rows if not r.get("failed")]
     return statistics.median(vals) if vals else None
 
-base = median(load("local", "raw"), "bytes_per_sec")
+def errors(rows):
+    return sum(r.get("errors", 0) for r in rows if not r.get("failed"))
+
+base = median(load("local", "baseline"), "bytes_per_sec")
 rows = [
     ("write-large", "MB/s", "bytes_per_sec", 1e6),
     ("read-large", "MB/s", "bytes_per_sec", 1e6),
@@ -114,8 +117,8 @@ lines = [
     "",
     f"Raw-TCP hashing baseline: {fmt(base, 1e6)} MB/s.",
     "",
-    "| scenario | unit | Strata | BuildGrid | Strata / BuildGrid | Strata / baseline | Strata p99 ms | BuildGrid p99 ms |",
-    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    "| scenario | unit | Strata | BuildGrid | Strata / BuildGrid | Strata / baseline | Strata p99 ms | BuildGrid p99 ms | errors (Strata / BuildGrid) |",
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
 ]
 for label, unit, key, scale in rows:
     s, b = load("strata", label), load("buildgrid", label)
@@ -125,7 +128,7 @@ for label, unit, key, scale in rows:
         ratio = f"{bv / sv:.1f}x faster"
     frac = f"{sv / base:.0%}" if key == "bytes_per_sec" and sv and base else ""
     lines.append(f"| {label} | {unit} | {fmt(sv, scale)} | {fmt(bv, scale)} | {ratio} | {frac} | "
-                 f"{fmt(median(s, 'p99_ms'), 1)} | {fmt(median(b, 'p99_ms'), 1)} |")
+                 f"{fmt(median(s, 'p99_ms'), 1)} | {fmt(median(b, 'p99_ms'), 1)} | {errors(s)} / {errors(b)} |")
 errors = os.path.join(results, "errors.log")
 failures = open(errors).read().strip() if os.path.exists(errors) else ""
 lines += ["", "n/a: the server does not offer the scenario (Strata has no execution yet) or every run failed."]

@@ -64,6 +64,7 @@ pub enum Service {
 pub enum TierConfig {
     Memory(MemoryTierConfig),
     Disk(DiskTierConfig),
+    Remote(RemoteTierConfig),
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +100,45 @@ pub struct DiskTierConfig {
     pub max_blob: Option<ByteSize>,
     #[serde(default = "yes")]
     pub promote: bool,
+}
+
+/// An upstream REAPI server (CAS and action cache).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteTierConfig {
+    /// `grpc://HOST:PORT`.
+    pub endpoint: String,
+    /// The instance name used upstream, whatever name the client used here.
+    #[serde(default)]
+    pub instance: String,
+    /// Deadline of each call (large transfers get more in proportion to their size).
+    #[serde(default = "default_remote_timeout", with = "duration")]
+    pub timeout: Duration,
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    /// Retries while the upstream is unavailable, with backoff from 50 ms.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default)]
+    pub bearer_token: Option<String>,
+    #[serde(default)]
+    pub min_blob: Option<ByteSize>,
+    #[serde(default)]
+    pub max_blob: Option<ByteSize>,
+    /// Whether a write fails when it cannot reach the upstream (true), or succeeds once the local
+    /// tiers have it (false).
+    #[serde(default = "yes")]
+    pub durable: bool,
+}
+
+fn default_remote_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_retries() -> u32 {
+    2
 }
 
 fn yes() -> bool {

@@ -63,11 +63,14 @@ impl Server {
                 action_cache: ic.services.contains(&Service::ActionCache).then(|| (stack.action_cache.clone(), cas)),
             });
         }
-        Ok(Server {
-            instances: Arc::new(Instances::new(instances, config.max_batch_total_size.0)),
-            disks: built.disks,
-            upload_ttl: config.resumable_upload_ttl,
-        })
+        let mut server = Server::from_instances(instances, config.max_batch_total_size.0, config.resumable_upload_ttl);
+        server.disks = built.disks;
+        Ok(server)
+    }
+
+    /// A server over instances built elsewhere (embedding, tests).
+    pub fn from_instances(instances: Vec<Instance>, max_batch_total_size: u64, upload_ttl: std::time::Duration) -> Server {
+        Server { instances: Arc::new(Instances::new(instances, max_batch_total_size)), disks: Vec::new(), upload_ttl }
     }
 
     /// Binds the configured address.

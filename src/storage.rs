@@ -7,10 +7,11 @@ use std::sync::Arc;
 use strata_backends::action_cache::TieredActionCache;
 use strata_backends::disk::{DiskConfig, DiskLog};
 use strata_backends::memory::{Admission, MemoryStore};
+use strata_backends::remote::{RemoteConfig, RemoteStore};
 use strata_backends::tiered::{Tier, TieredStore};
 use strata_backends::{ActionCacheStore, BlobStore, StoreError};
 
-use crate::config::{parse_sync, Config, DiskTierConfig, TierConfig};
+use crate::config::{parse_sync, Config, DiskTierConfig, RemoteTierConfig, TierConfig};
 
 /// The memory tier keeps blobs up to this size unless configured otherwise.
 const DEFAULT_MEMORY_MAX_BLOB: u64 = 1 << 20;
@@ -42,6 +43,7 @@ pub fn build(config: &Config) -> Result<Built, StoreError> {
                     max_blob: m.max_blob.map_or(DEFAULT_MEMORY_MAX_BLOB, |s| s.0),
                     promote: m.promote,
                     durable: false,
+                    verify: false,
                 },
                 TierConfig::Disk(d) => {
                     let log = open_disk(config, d, &label)?;
@@ -53,8 +55,19 @@ pub fn build(config: &Config) -> Result<Built, StoreError> {
                         max_blob: d.max_blob.map_or(u64::MAX, |s| s.0),
                         promote: d.promote,
                         durable: true,
+                        verify: false,
                     }
                 }
+                TierConfig::Remote(r) => Tier {
+                    name: format!("{label} ({})", r.endpoint),
+                    store: Arc::new(open_remote(r, &label)?),
+                    min_blob: r.min_blob.map_or(0, |s| s.0),
+                    max_blob: r.max_blob.map_or(u64::MAX, |s| s.0),
+                    // The slowest tier: nothing is copied into it but writes.
+                    promote: false,
+                    durable: r.durable,
+                    verify: true,
+                },
             });
         }
         let mut ac_tiers: Vec<(String, Arc<dyn ActionCacheStore>)> = Vec::new();
@@ -68,6 +81,7 @@ pub fn build(config: &Config) -> Result<Built, StoreError> {
                     built.disks.push(log.clone());
                     Arc::new(log)
                 }
+                TierConfig::Remote(r) => Arc::new(open_remote(r, &label)?),
             };
             ac_tiers.push((label, store));
         }
@@ -83,6 +97,18 @@ pub fn build(config: &Config) -> Result<Built, StoreError> {
 /// turn away blobs that are unlikely to be read again.
 fn admission(last_tier: bool) -> Admission {
     if last_tier { Admission::Always } else { Admission::Frequency }
+}
+
+fn open_remote(remote: &RemoteTierConfig, label: &str) -> Result<RemoteStore, StoreError> {
+    RemoteStore::new(RemoteConfig {
+        endpoint: remote.endpoint.clone(),
+        instance: remote.instance.clone(),
+        timeout: remote.timeout,
+        connect_timeout: remote.connect_timeout,
+        retries: remote.retries,
+        bearer_token: remote.bearer_token.clone(),
+    })
+    .map_err(|e| StoreError::Config(format!("{label}: {e}")))
 }
 
 fn open_disk(config: &Config, disk: &DiskTierConfig, label: &str) -> Result<DiskLog, StoreError> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::digest::Key;
+use crate::digest::Digest;
 use crate::error::{Result, StoreError};
 use crate::store::ActionCacheStore;
 
@@ -26,7 +26,7 @@ impl TieredActionCache {
 
 #[async_trait]
 impl ActionCacheStore for TieredActionCache {
-    async fn get(&self, key: &Key) -> Result<Option<Bytes>> {
+    async fn get(&self, key: &Digest) -> Result<Option<Bytes>> {
         for (i, (_, tier)) in self.tiers.iter().enumerate() {
             if let Some(value) = tier.get(key).await? {
                 for (name, faster) in &self.tiers[..i] {
@@ -40,7 +40,7 @@ impl ActionCacheStore for TieredActionCache {
         Ok(None)
     }
 
-    async fn put(&self, key: &Key, value: Bytes) -> Result<()> {
+    async fn put(&self, key: &Digest, value: Bytes) -> Result<()> {
         for (_, tier) in &self.tiers {
             tier.put(key, value.clone()).await?;
         }

@@ -17,6 +17,12 @@ pub enum StoreError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("invalid storage configuration: {0}")]
     Config(String),
+    #[error("upstream {upstream} is unavailable: {message}")]
+    Unavailable { upstream: String, message: String },
+    #[error("upstream {upstream} failed: {message}")]
+    Upstream { upstream: String, code: i32, message: String },
+    #[error("blob {digest} from {tier} does not match its digest: {reason}")]
+    Corrupt { digest: Digest, tier: String, reason: String },
 }
 
 impl StoreError {

@@ -7,6 +7,7 @@ pub mod digest;
 pub mod disk;
 pub mod error;
 pub mod memory;
+pub mod remote;
 pub mod store;
 pub mod tiered;
 

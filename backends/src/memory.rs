@@ -103,14 +103,14 @@ impl BlobStore for MemoryStore {
 
 #[async_trait]
 impl ActionCacheStore for MemoryStore {
-    async fn get(&self, key: &Key) -> Result<Option<Bytes>> {
-        let found = self.cache.get(key).await;
+    async fn get(&self, action: &Digest) -> Result<Option<Bytes>> {
+        let found = self.cache.get(&action.key()).await;
         self.counters.hit(found.is_some());
         Ok(found)
     }
 
-    async fn put(&self, key: &Key, value: Bytes) -> Result<()> {
-        self.insert(*key, value).await;
+    async fn put(&self, action: &Digest, value: Bytes) -> Result<()> {
+        self.insert(action.key(), value).await;
         Ok(())
     }
 }

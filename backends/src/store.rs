@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
-use crate::digest::{Digest, Key};
+use crate::digest::Digest;
 use crate::error::Result;
 
 /// What a read returns: local tiers hand out one (often zero-copy) `Bytes`; remote tiers stream.
@@ -19,6 +19,14 @@ pub enum Blob {
 }
 
 impl Blob {
+    /// The blob as a stream of chunks, whichever form it came in.
+    pub fn into_stream(self) -> BoxStream<'static, Result<Bytes>> {
+        match self {
+            Blob::Bytes(bytes) => Box::pin(futures::stream::once(async move { Ok(bytes) })),
+            Blob::Stream(chunks) => chunks,
+        }
+    }
+
     /// Collects the blob into one buffer. Only for blobs known to be small.
     pub async fn into_bytes(self) -> Result<Bytes> {
         match self {
@@ -56,11 +64,12 @@ pub trait BlobStore: Send + Sync + 'static {
     fn stats(&self) -> StoreStats;
 }
 
-/// Action results keyed by the action digest's key. Values are encoded `ActionResult` messages.
+/// Action results keyed by the action digest (local tiers use its key; a remote tier needs it whole).
+/// Values are encoded `ActionResult` messages.
 #[async_trait]
 pub trait ActionCacheStore: Send + Sync + 'static {
-    async fn get(&self, key: &Key) -> Result<Option<Bytes>>;
-    async fn put(&self, key: &Key, value: Bytes) -> Result<()>;
+    async fn get(&self, action: &Digest) -> Result<Option<Bytes>>;
+    async fn put(&self, action: &Digest, value: Bytes) -> Result<()>;
 }
 
 /// A writer that gathers the chunks of a small blob and hands the whole to a closure on commit.

@@ -1,16 +1,23 @@
 //! Composition of tiers: an ordered stack, fastest first, each with a size class. Reads go down the
-//! stack and copy hits into the faster tiers that admit the blob; `contains` asks each tier only about
-//! what the faster tiers lacked; writes go through to every tier that admits the blob and succeed
-//! when the tiers marked durable have it. This is the one place where size classes are decided.
+//! stack and copy hits into the faster tiers that admit the blob (one fill per digest at a time,
+//! streamed, shared by concurrent readers); `contains` asks each tier only about what the faster tiers
+//! lacked; writes go through to every tier that admits the blob and succeed when the tiers marked
+//! durable have it. Blobs from tiers that are not trusted (remote, S3) are hashed on the way: a blob
+//! that does not match its digest is neither promoted nor served. This is the one place where size
+//! classes are decided.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::OnceCell;
 
 use crate::digest::Digest;
 use crate::error::{Result, StoreError};
-use crate::store::{slice_range, Blob, BlobStore, BlobWriter, StoreStats};
+use crate::store::{Blob, BlobStore, BlobWriter, StoreStats};
 
 pub struct Tier {
     pub name: String,
@@ -21,6 +28,8 @@ pub struct Tier {
     pub promote: bool,
     /// A write is acknowledged only once this tier has the blob.
     pub durable: bool,
+    /// What this tier returns must be hashed before it is trusted (remote and S3 tiers).
+    pub verify: bool,
 }
 
 impl Tier {
@@ -31,6 +40,8 @@ impl Tier {
 
 pub struct TieredStore {
     tiers: Vec<Tier>,
+    /// Fills in progress: concurrent readers of one digest wait for the first one's fill.
+    fills: Mutex<HashMap<Digest, Arc<OnceCell<bool>>>>,
 }
 
 impl TieredStore {
@@ -38,21 +49,66 @@ impl TieredStore {
         if tiers.is_empty() {
             return Err(StoreError::Config("a storage stack needs at least one tier".into()));
         }
-        Ok(TieredStore { tiers })
+        Ok(TieredStore { tiers, fills: Mutex::new(HashMap::new()) })
     }
 
     pub fn tiers(&self) -> &[Tier] {
         &self.tiers
     }
 
-    /// Copies a blob found in tier `found` into the faster tiers that want it. A failed copy costs a
-    /// later miss, not this read.
-    async fn promote(&self, found: usize, digest: &Digest, data: &Bytes) {
+    /// Copies a blob from tier `found` into the faster tiers that want it, once per digest however
+    /// many readers ask at the same time. Returns whether tier `found` had the blob (intact).
+    async fn fill(&self, found: usize, digest: &Digest) -> Result<bool> {
+        let cell = self.fills.lock().entry(*digest).or_default().clone();
+        let result = cell.get_or_try_init(|| self.copy_up(found, digest)).await.copied();
+        let mut fills = self.fills.lock();
+        if fills.get(digest).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            fills.remove(digest);
+        }
+        result
+    }
+
+    async fn copy_up(&self, found: usize, digest: &Digest) -> Result<bool> {
+        let source = &self.tiers[found];
+        let Some(blob) = source.store.read(digest, 0, None).await? else { return Ok(false) };
+        let mut writers = Vec::new();
         for tier in self.tiers[..found].iter().filter(|t| t.promote && t.admits(digest.size)) {
-            if let Err(e) = tier.store.write(digest, data.clone()).await {
-                tracing::warn!(tier = %tier.name, %digest, "promotion failed: {e}");
+            match tier.store.writer(digest).await {
+                Ok(w) => writers.push((tier.name.as_str(), w)),
+                Err(e) => tracing::warn!(tier = %tier.name, %digest, "cannot promote: {e}"),
             }
         }
+        let mut hasher = source.verify.then(|| digest.function.hasher());
+        let mut received = 0u64;
+        let mut chunks = blob.into_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            received += chunk.len() as u64;
+            if let Some(h) = hasher.as_mut() {
+                h.update(&chunk);
+            }
+            let mut i = 0;
+            while i < writers.len() {
+                if let Err(e) = writers[i].1.append(chunk.clone()).await {
+                    tracing::warn!(tier = %writers[i].0, %digest, "promotion failed: {e}");
+                    writers.remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        if let Some(h) = hasher {
+            if let Err(e) = h.verify(digest, received) {
+                tracing::error!(tier = %source.name, "{e}; not served, not promoted");
+                return Ok(false);
+            }
+        }
+        for (name, writer) in writers {
+            if let Err(e) = writer.commit().await {
+                tracing::warn!(tier = %name, %digest, "promotion failed: {e}");
+            }
+        }
+        Ok(true)
     }
 
     fn wants_promotion(&self, found: usize, size: u64) -> bool {
@@ -90,25 +146,22 @@ impl BlobStore for TieredStore {
 
     async fn read(&self, digest: &Digest, offset: u64, limit: Option<u64>) -> Result<Option<Blob>> {
         for (i, tier) in self.tiers.iter().enumerate().filter(|(_, t)| t.admits(digest.size)) {
-            if !self.wants_promotion(i, digest.size) {
-                if let Some(blob) = tier.store.read(digest, offset, limit).await? {
-                    return Ok(Some(blob));
+            if self.wants_promotion(i, digest.size) {
+                if !self.fill(i, digest).await? {
+                    continue;
                 }
-                continue;
+                for faster in self.tiers[..i].iter().filter(|t| t.promote && t.admits(digest.size)) {
+                    if let Some(blob) = faster.store.read(digest, offset, limit).await? {
+                        return Ok(Some(blob));
+                    }
+                }
+                // No faster tier kept it (admission, a failed write): serve it from here.
             }
-            match tier.store.read(digest, 0, None).await? {
-                Some(Blob::Bytes(data)) => {
-                    // A zero-copy slice of a mapping would pin it; the faster tier gets its own copy.
-                    let owned = Bytes::copy_from_slice(&data);
-                    self.promote(i, digest, &owned).await;
-                    return Ok(Some(Blob::Bytes(slice_range(&data, offset, limit))));
+            match tier.store.read(digest, offset, limit).await? {
+                Some(blob) if tier.verify && offset == 0 && limit.is_none() => {
+                    return Ok(Some(verified(blob, *digest, tier.name.clone())))
                 }
-                Some(stream) => {
-                    // Streamed tiers are remote; promoting from them is the fill path of the
-                    // remote tiers, so here the blob is served as it is.
-                    let data = stream.into_bytes().await?;
-                    return Ok(Some(Blob::Bytes(slice_range(&data, offset, limit))));
-                }
+                Some(blob) => return Ok(Some(blob)),
                 None => continue,
             }
         }
@@ -155,6 +208,33 @@ impl BlobStore for TieredStore {
             evictions: a.evictions + s.evictions,
         })
     }
+}
+
+/// Passes a blob through, hashing it; a blob that turns out not to match its digest ends in an error
+/// instead of its last bytes, so the client never accepts it.
+fn verified(blob: Blob, digest: Digest, tier: String) -> Blob {
+    let state = (blob.into_stream(), Some(digest.function.hasher()), 0u64);
+    Blob::Stream(Box::pin(futures::stream::unfold(state, move |(mut chunks, mut hasher, mut received)| {
+        let tier = tier.clone();
+        async move {
+            let h = hasher.as_mut()?;
+            match chunks.next().await {
+                Some(Ok(chunk)) => {
+                    h.update(&chunk);
+                    received += chunk.len() as u64;
+                    Some((Ok(chunk), (chunks, hasher, received)))
+                }
+                Some(Err(e)) => Some((Err(e), (chunks, None, received))),
+                None => {
+                    let h = hasher.take()?;
+                    match h.verify(&digest, received) {
+                        Ok(()) => None,
+                        Err(e) => Some((Err(StoreError::Corrupt { digest, tier, reason: e.to_string() }), (chunks, None, received))),
+                    }
+                }
+            }
+        }
+    })))
 }
 
 /// Writes one stream to several tiers at once. A non-durable tier that fails is dropped from the

@@ -25,9 +25,10 @@ fn defaults_fill_in() {
     assert_eq!(c.data_dir, PathBuf::from("strata-data"));
 }
 
-#[test]
-fn every_example_parses_and_builds() {
+#[tokio::test]
+async fn every_example_parses_and_builds() {
     std::env::set_var("STRATA_MEMORY", "64MiB");
+    std::env::set_var("STRATA_UPSTREAM", "grpc://127.0.0.1:1");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let mut seen = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
@@ -113,8 +114,8 @@ fn invalid_values_name_their_key() {
     }
 }
 
-#[test]
-fn impossible_disk_geometry_fails_at_build_with_the_tier_named() {
+#[tokio::test]
+async fn impossible_disk_geometry_fails_at_build_with_the_tier_named() {
     let text = MINIMAL.replace(
         "cas: [ { memory: { max_size: 1MiB } } ]",
         "cas: [ { disk: { path: d, max_size: 1GiB, segment_size: 1MiB, max_record: 1MiB } } ]",

@@ -72,7 +72,7 @@ impl ActionCache for ActionCacheService {
         let function = digest_function(req.digest_function)?;
         let action = parse_digest(function, req.action_digest.as_ref(), "action_digest")?;
         let miss = || Status::not_found(format!("no action result for {action}"));
-        let data = store.get(&action.key()).await.map_err(status::from_store)?.ok_or_else(miss)?;
+        let data = store.get(&action).await.map_err(status::from_store)?.ok_or_else(miss)?;
         let mut result = reapi::ActionResult::decode(data).map_err(|e| {
             Status::internal(format!("the stored action result for {action} cannot be decoded: {e}"))
         })?;
@@ -121,7 +121,7 @@ impl ActionCache for ActionCacheService {
                 self.instances.max_batch_total_size
             )));
         }
-        store.put(&action.key(), encoded).await.map_err(status::from_store)?;
+        store.put(&action, encoded).await.map_err(status::from_store)?;
         Ok(Response::new(result))
     }
 }

@@ -4,10 +4,16 @@
 # cache must come back from its disk log), Bazel's own state is expunged, and the second build must
 # run nothing locally: every action a remote cache hit.
 #
-# Usage: tests/bazel/run.sh [path/to/strata]   (default: target/debug/strata)
+# With --chain, Bazel talks to a site cache (config/site-cache.yaml) chained to an upstream Strata,
+# and the site cache is restarted with an empty data directory between the builds: the second build's
+# hits must come from the upstream, through the site cache.
+#
+# Usage: tests/bazel/run.sh [--chain] [path/to/strata]   (default: target/debug/strata)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+chain=""
+if [ "${1:-}" = "--chain" ]; then chain=1; shift; fi
 strata=${1:-$here/../../target/debug/strata}
 strata=$(realpath "$strata" 2>/dev/null || echo "$strata")
 [ -x "$strata" ] || { echo "strata binary not found at $strata (run cargo build first)" >&2; exit 1; }
@@ -15,22 +21,40 @@ command -v bazel >/dev/null || { echo "bazel not found: apt-get install bazel-bo
 
 work=$(mktemp -d)
 strata_pid=""
+upstream_pid=""
 cleanup() {
     [ -n "$strata_pid" ] && kill "$strata_pid" 2>/dev/null && wait "$strata_pid" 2>/dev/null
+    [ -n "$upstream_pid" ] && kill "$upstream_pid" 2>/dev/null && wait "$upstream_pid" 2>/dev/null
     (cd "$work/ws" 2>/dev/null && bazel --output_user_root="$work/bazel-root" shutdown >/dev/null 2>&1) || true
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-start_strata() {
-    "$strata" serve --listen "127.0.0.1:$port" --data-dir "$work/data" 2>>"$work/strata.log" &
-    strata_pid=$!
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+wait_port() {
     for _ in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
         sleep 0.1
     done
-    echo "strata did not start; its log:" >&2; cat "$work/strata.log" >&2; exit 1
+    echo "strata did not start on port $1; its log:" >&2; cat "$work/strata.log" >&2; exit 1
+}
+if [ -n "$chain" ]; then
+    upstream_port=$(free_port)
+    "$strata" serve --listen "127.0.0.1:$upstream_port" --data-dir "$work/upstream" 2>>"$work/strata.log" &
+    upstream_pid=$!
+    wait_port "$upstream_port"
+    export STRATA_UPSTREAM="grpc://127.0.0.1:$upstream_port"
+fi
+start_strata() {
+    if [ -n "$chain" ]; then
+        "$strata" serve --config "$here/../../config/site-cache.yaml" --listen "127.0.0.1:$port" \
+            --data-dir "$work/data" 2>>"$work/strata.log" &
+    else
+        "$strata" serve --listen "127.0.0.1:$port" --data-dir "$work/data" 2>>"$work/strata.log" &
+    fi
+    strata_pid=$!
+    wait_port "$port"
 }
 stop_strata() {
     kill -TERM "$strata_pid"
@@ -52,6 +76,9 @@ bazel_test
 grep -q "Build completed successfully" "$work/bazel.log"
 
 stop_strata
+if [ -n "$chain" ]; then
+    rm -rf "$work/data"   # the site cache starts empty: every hit must come through it from upstream
+fi
 start_strata
 bazel --output_user_root="$work/bazel-root" clean --expunge
 
@@ -75,4 +102,4 @@ if [ "$hits" -lt 10 ]; then
     exit 1
 fi
 grep -q "1 test passes" "$work/bazel.log"
-echo "bazel e2e: 1 passed, 0 failed ($hits remote cache hits)"
+echo "bazel e2e${chain:+ through a site cache}: 1 passed, 0 failed ($hits remote cache hits)"

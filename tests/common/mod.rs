@@ -56,10 +56,15 @@ impl TestServer {
     }
 
     pub async fn start_in(config_text: &str, data_dir: &std::path::Path) -> TestServer {
+        TestServer::start_at(config_text, data_dir, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts on a given address (to bring a stopped server back where its clients expect it).
+    pub async fn start_at(config_text: &str, data_dir: &std::path::Path, addr: std::net::SocketAddr) -> TestServer {
         let mut config = Config::parse(config_text, "test configuration").unwrap();
         config.data_dir = data_dir.to_path_buf();
         let server = Server::build(&config).unwrap();
-        let listener = Server::bind("127.0.0.1:0").await.unwrap();
+        let listener = Server::bind(&addr.to_string()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -458,21 +458,21 @@ impl BlobStore for DiskLog {
 
 #[async_trait]
 impl ActionCacheStore for DiskLog {
-    async fn get(&self, key: &Key) -> Result<Option<Bytes>> {
-        let found = self.lookup(key);
+    async fn get(&self, action: &Digest) -> Result<Option<Bytes>> {
+        let key = action.key();
+        let found = self.lookup(&key);
         self.inner.counters.hit(found.is_some());
         Ok(found.map(|(data, at)| {
-            self.refresh(key, &data, &at);
+            self.refresh(&key, &data, &at);
             data
         }))
     }
 
-    async fn put(&self, key: &Key, value: Bytes) -> Result<()> {
+    async fn put(&self, action: &Digest, value: Bytes) -> Result<()> {
         if value.len() as u64 > self.inner.cfg.max_record {
-            let digest = Digest { function: key.function, hash: key.hash, size: value.len() as u64 };
-            return Err(StoreError::TooLarge { digest, store: "the disk action cache".into(), limit: self.inner.cfg.max_record });
+            return Err(StoreError::TooLarge { digest: *action, store: "the disk action cache".into(), limit: self.inner.cfg.max_record });
         }
-        self.append_durably(key, &value).await
+        self.append_durably(&action.key(), &value).await
     }
 }
 

@@ -199,7 +199,7 @@ async fn large_blobs_live_in_files_under_the_same_budget() {
 #[tokio::test]
 async fn action_cache_entries_are_replaced_by_newer_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let key = DigestFunction::Blake3.digest_of(b"action").key();
+    let key = DigestFunction::Blake3.digest_of(b"action");
     {
         let log = DiskLog::open(config(dir.path(), 1 << 30, SyncPolicy::Always)).unwrap();
         log.put(&key, Bytes::from_static(b"first")).await.unwrap();

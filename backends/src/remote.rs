@@ -1,0 +1,465 @@
+//! The remote tier: a client of an upstream REAPI server (Strata, BuildGrid, Buildbarn, ...), for the
+//! CAS and the action cache. Existence checks go out as FindMissingBlobs in large batches; small blobs
+//! travel in BatchReadBlobs/BatchUpdateBlobs within the upstream's advertised batch limit, large ones
+//! through ByteStream, streamed both ways. Every call has a deadline and idempotent calls are retried
+//! with backoff while the upstream is unavailable; an upstream that stays down is reported as
+//! `StoreError::Unavailable` naming it, which the server turns into UNAVAILABLE. What comes back from
+//! an upstream is not trusted: the tier stack verifies it before serving or promoting it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use bazel_remote_apis::build::bazel::remote::execution::v2::action_cache_client::ActionCacheClient;
+use bazel_remote_apis::build::bazel::remote::execution::v2::capabilities_client::CapabilitiesClient;
+use bazel_remote_apis::build::bazel::remote::execution::v2::content_addressable_storage_client::ContentAddressableStorageClient;
+use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
+use bazel_remote_apis::google::bytestream::{ReadRequest, WriteRequest};
+use bytes::Bytes;
+use futures::StreamExt;
+use prost::Message;
+use tokio::sync::{mpsc, OnceCell};
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::digest::{Digest, DigestFunction};
+use crate::error::{Result, StoreError};
+use crate::store::{ActionCacheStore, Blob, BlobStore, BlobWriter, BufferedWriter, Counters, StoreStats};
+
+/// Digests per FindMissingBlobs request.
+const FIND_MISSING_BATCH: usize = 10_000;
+/// Bytes per ByteStream WriteRequest.
+const WRITE_CHUNK: usize = 1 << 20;
+/// Blobs up to this size use the batch calls (if the upstream's limit allows).
+const SMALL_BLOB: u64 = 1 << 20;
+const MAX_MESSAGE: usize = 64 << 20;
+
+#[derive(Clone, Debug)]
+pub struct RemoteConfig {
+    /// `grpc://host:port`.
+    pub endpoint: String,
+    /// The instance name to use upstream (instance names are mapped: clients may use another).
+    pub instance: String,
+    /// Deadline of each call (a ByteStream transfer gets this per megabyte on top).
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Retries of idempotent calls while the upstream is unavailable.
+    pub retries: u32,
+    pub bearer_token: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct RemoteStore {
+    cfg: RemoteConfig,
+    channel: Channel,
+    token: Option<MetadataValue<tonic::metadata::Ascii>>,
+    max_batch: std::sync::Arc<OnceCell<u64>>,
+    counters: std::sync::Arc<Counters>,
+}
+
+impl RemoteStore {
+    /// Prepares the client; the connection is made on first use, so a server can start while its
+    /// upstream is down and recover when it comes back.
+    pub fn new(cfg: RemoteConfig) -> Result<RemoteStore> {
+        let url = match cfg.endpoint.split_once("://") {
+            Some(("grpc" | "http", rest)) => format!("http://{rest}"),
+            Some(("grpcs" | "https", _)) => {
+                return Err(StoreError::Config(format!("{}: TLS upstreams are not supported yet; use grpc://", cfg.endpoint)))
+            }
+            _ => return Err(StoreError::Config(format!("upstream {:?}: expected grpc://HOST:PORT", cfg.endpoint))),
+        };
+        let channel = Endpoint::from_shared(url)
+            .map_err(|e| StoreError::Config(format!("upstream {:?}: {e}", cfg.endpoint)))?
+            .connect_timeout(cfg.connect_timeout)
+            .tcp_nodelay(true)
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(32 << 20)
+            .connect_lazy();
+        let token = match &cfg.bearer_token {
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| StoreError::Config("bearer_token contains characters not allowed in a header".into()))?,
+            ),
+            None => None,
+        };
+        Ok(RemoteStore { cfg, channel, token, max_batch: Default::default(), counters: Default::default() })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.cfg.endpoint
+    }
+
+    fn request<T>(&self, message: T, timeout: Duration) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(timeout);
+        if let Some(token) = &self.token {
+            request.metadata_mut().insert("authorization", token.clone());
+        }
+        request
+    }
+
+    fn cas(&self) -> ContentAddressableStorageClient<Channel> {
+        ContentAddressableStorageClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    fn bytestream(&self) -> ByteStreamClient<Channel> {
+        ByteStreamClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    fn action_cache(&self) -> ActionCacheClient<Channel> {
+        ActionCacheClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    /// What an upstream failure means to our callers: UNAVAILABLE when it cannot be reached or did
+    /// not answer in time, otherwise the upstream's own complaint, named.
+    fn failure(&self, call: &str, status: Status) -> StoreError {
+        let unreachable = matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled)
+            || (status.code() == Code::Unknown && status.message().contains("transport"));
+        let message = format!("{call}: {}", status.message());
+        if unreachable {
+            StoreError::Unavailable { upstream: self.cfg.endpoint.clone(), message }
+        } else {
+            StoreError::Upstream { upstream: self.cfg.endpoint.clone(), code: status.code() as i32, message }
+        }
+    }
+
+    /// Runs an idempotent call, retrying with backoff while the upstream is unavailable.
+    async fn retry<T, F, Fut>(&self, call: &str, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<T, Status>>,
+    {
+        let mut delay = Duration::from_millis(50);
+        let mut tries = 0;
+        loop {
+            match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(status) => {
+                    let error = self.failure(call, status);
+                    if !matches!(error, StoreError::Unavailable { .. }) || tries >= self.cfg.retries {
+                        return Err(error);
+                    }
+                    tries += 1;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// The upstream's batch limit, asked once.
+    async fn max_batch(&self) -> Result<u64> {
+        self.max_batch
+            .get_or_try_init(|| async {
+                let caps = self
+                    .retry("GetCapabilities", || {
+                        let request = self.request(reapi::GetCapabilitiesRequest { instance_name: self.cfg.instance.clone() }, self.cfg.timeout);
+                        async move { CapabilitiesClient::new(self.channel.clone()).get_capabilities(request).await }
+                    })
+                    .await?
+                    .into_inner();
+                let advertised = caps.cache_capabilities.map_or(0, |c| c.max_batch_total_size_bytes);
+                Ok::<u64, StoreError>(if advertised > 0 { (advertised as u64).min(MAX_MESSAGE as u64 / 2) } else { 4 << 20 })
+            })
+            .await
+            .copied()
+    }
+
+    /// Whether a blob goes through the batch calls: small, and well inside the upstream's limit.
+    async fn is_small(&self, digest: &Digest) -> Result<bool> {
+        Ok(digest.size <= SMALL_BLOB && digest.size + 1024 <= self.max_batch().await?)
+    }
+
+    fn resource(&self, digest: &Digest, upload: Option<&str>) -> String {
+        let instance = if self.cfg.instance.is_empty() { String::new() } else { format!("{}/", self.cfg.instance) };
+        let upload = upload.map_or(String::new(), |id| format!("uploads/{id}/"));
+        let function = match digest.function {
+            DigestFunction::Sha256 => String::new(),
+            f => format!("{}/", f.name()),
+        };
+        format!("{instance}{upload}blobs/{function}{}/{}", digest.hash_hex(), digest.size)
+    }
+
+    fn transfer_timeout(&self, size: u64) -> Duration {
+        self.cfg.timeout + self.cfg.timeout.mul_f64(size as f64 / (64u64 << 20) as f64)
+    }
+
+    /// Starts a ByteStream upload fed by the returned channel.
+    fn start_upload(&self, digest: &Digest) -> UploadWriter {
+        let (tx, rx) = mpsc::channel::<WriteRequest>(4);
+        let request = self.request(tokio_stream::wrappers::ReceiverStream::new(rx), self.transfer_timeout(digest.size));
+        let mut client = self.bytestream();
+        let call = tokio::spawn(async move { client.write(request).await.map(|r| r.into_inner().committed_size) });
+        let upload_id = format!("{:016x}{:016x}", rand_u64(), rand_u64());
+        UploadWriter { store: self.clone(), digest: *digest, name: Some(self.resource(digest, Some(&upload_id))), tx: Some(tx), call: Some(call), offset: 0 }
+    }
+}
+
+/// A random-enough identifier for upload names (uniqueness, not secrecy).
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish()
+}
+
+/// Streams one blob upstream through ByteStream Write.
+pub struct UploadWriter {
+    store: RemoteStore,
+    digest: Digest,
+    name: Option<String>,
+    tx: Option<mpsc::Sender<WriteRequest>>,
+    call: Option<tokio::task::JoinHandle<std::result::Result<i64, Status>>>,
+    offset: u64,
+}
+
+impl UploadWriter {
+    async fn send(&mut self, data: Bytes, finish: bool) -> Result<()> {
+        let mut chunks: Vec<Bytes> = (0..data.len()).step_by(WRITE_CHUNK).map(|i| data.slice(i..(i + WRITE_CHUNK).min(data.len()))).collect();
+        if chunks.is_empty() {
+            chunks.push(Bytes::new());
+        }
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let message = WriteRequest {
+                resource_name: self.name.take().unwrap_or_default(),
+                write_offset: self.offset as i64,
+                finish_write: finish && i == last,
+                data: chunk.to_vec(),
+            };
+            self.offset += chunk.len() as u64;
+            let sent = match &self.tx {
+                Some(tx) => tx.send(message).await.is_ok(),
+                None => false,
+            };
+            if !sent {
+                // The call ended early: the upstream already has the blob, or refused it.
+                return self.finish().await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        self.tx.take();
+        let Some(call) = self.call.take() else { return Ok(()) };
+        let committed = call
+            .await
+            .map_err(|e| StoreError::Unavailable { upstream: self.store.cfg.endpoint.clone(), message: format!("upload task failed: {e}") })?
+            .map_err(|s| self.store.failure("ByteStream.Write", s))?;
+        if committed != self.digest.size as i64 {
+            return Err(StoreError::Upstream {
+                upstream: self.store.cfg.endpoint.clone(),
+                code: Code::Internal as i32,
+                message: format!("ByteStream.Write of {} committed {committed} bytes", self.digest),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BlobWriter for UploadWriter {
+    async fn append(&mut self, chunk: Bytes) -> Result<()> {
+        if self.call.is_none() {
+            return Ok(()); // already complete upstream
+        }
+        self.send(chunk, false).await
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        if self.call.is_some() && self.tx.is_some() {
+            self.send(Bytes::new(), true).await?;
+        }
+        self.finish().await
+    }
+}
+
+impl Drop for UploadWriter {
+    fn drop(&mut self) {
+        // Dropping the sender without finish_write leaves nothing committed upstream.
+        if let Some(call) = self.call.take() {
+            call.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl BlobStore for RemoteStore {
+    async fn contains(&self, digests: &[Digest]) -> Result<Vec<bool>> {
+        let mut found = vec![true; digests.len()];
+        for function in DigestFunction::ALL {
+            let indices: Vec<usize> = (0..digests.len()).filter(|&i| digests[i].function == function).collect();
+            for chunk in indices.chunks(FIND_MISSING_BATCH) {
+                let message = reapi::FindMissingBlobsRequest {
+                    instance_name: self.cfg.instance.clone(),
+                    blob_digests: chunk.iter().map(|&i| proto(&digests[i])).collect(),
+                    digest_function: function.to_proto(),
+                };
+                let missing = self
+                    .retry("FindMissingBlobs", || {
+                        let request = self.request(message.clone(), self.cfg.timeout);
+                        async move { self.cas().find_missing_blobs(request).await }
+                    })
+                    .await?
+                    .into_inner()
+                    .missing_blob_digests;
+                let missing: std::collections::HashSet<(String, i64)> = missing.into_iter().map(|d| (d.hash, d.size_bytes)).collect();
+                for &i in chunk {
+                    found[i] = !missing.contains(&(digests[i].hash_hex(), digests[i].size as i64));
+                }
+            }
+        }
+        for hit in &found {
+            self.counters.hit(*hit);
+        }
+        Ok(found)
+    }
+
+    async fn read(&self, digest: &Digest, offset: u64, limit: Option<u64>) -> Result<Option<Blob>> {
+        if self.is_small(digest).await? {
+            let message = reapi::BatchReadBlobsRequest {
+                instance_name: self.cfg.instance.clone(),
+                digests: vec![proto(digest)],
+                acceptable_compressors: vec![],
+                digest_function: digest.function.to_proto(),
+            };
+            let response = self
+                .retry("BatchReadBlobs", || {
+                    let request = self.request(message.clone(), self.cfg.timeout);
+                    async move { self.cas().batch_read_blobs(request).await }
+                })
+                .await?
+                .into_inner();
+            let Some(entry) = response.responses.into_iter().next() else { return Ok(None) };
+            let status = entry.status.unwrap_or_default();
+            if status.code == Code::NotFound as i32 {
+                self.counters.hit(false);
+                return Ok(None);
+            }
+            if status.code != 0 {
+                return Err(self.failure("BatchReadBlobs", Status::new(Code::from_i32(status.code), status.message)));
+            }
+            self.counters.hit(true);
+            return Ok(Some(Blob::Bytes(crate::store::slice_range(&Bytes::from(entry.data), offset, limit))));
+        }
+        let message = ReadRequest {
+            resource_name: self.resource(digest, None),
+            read_offset: offset as i64,
+            read_limit: limit.map_or(0, |l| l as i64),
+        };
+        let stream = self.retry("ByteStream.Read", || {
+            let request = self.request(message.clone(), self.transfer_timeout(digest.size));
+            async move { self.bytestream().read(request).await }
+        });
+        let mut stream = match stream.await {
+            Ok(response) => response.into_inner(),
+            Err(StoreError::Upstream { code, .. }) if code == Code::NotFound as i32 => {
+                self.counters.hit(false);
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        // The first message tells a missing blob from a present one before anything is served.
+        let first = match stream.message().await {
+            Ok(first) => first,
+            Err(status) if status.code() == Code::NotFound => {
+                self.counters.hit(false);
+                return Ok(None);
+            }
+            Err(status) => return Err(self.failure("ByteStream.Read", status)),
+        };
+        self.counters.hit(true);
+        let this = self.clone();
+        let head = futures::stream::iter(first.map(|m| Ok(Bytes::from(m.data))));
+        let rest = stream.map(move |m| m.map(|m| Bytes::from(m.data)).map_err(|s| this.failure("ByteStream.Read", s)));
+        Ok(Some(Blob::Stream(Box::pin(head.chain(rest)))))
+    }
+
+    async fn write(&self, digest: &Digest, data: Bytes) -> Result<()> {
+        if self.is_small(digest).await? {
+            let message = reapi::BatchUpdateBlobsRequest {
+                instance_name: self.cfg.instance.clone(),
+                requests: vec![reapi::batch_update_blobs_request::Request { digest: Some(proto(digest)), data: data.to_vec(), compressor: 0 }],
+                digest_function: digest.function.to_proto(),
+            };
+            let response = self
+                .retry("BatchUpdateBlobs", || {
+                    let request = self.request(message.clone(), self.cfg.timeout);
+                    async move { self.cas().batch_update_blobs(request).await }
+                })
+                .await?
+                .into_inner();
+            let status = response.responses.into_iter().next().and_then(|r| r.status).unwrap_or_default();
+            if status.code != 0 {
+                return Err(self.failure("BatchUpdateBlobs", Status::new(Code::from_i32(status.code), status.message)));
+            }
+            return Ok(());
+        }
+        let mut writer = Box::new(self.start_upload(digest));
+        writer.append(data).await?;
+        writer.commit().await
+    }
+
+    async fn writer(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {
+        if self.is_small(digest).await? {
+            let this = self.clone();
+            let digest = *digest;
+            return Ok(Box::new(BufferedWriter::new(digest.size, move |data| async move { this.write(&digest, data).await })));
+        }
+        Ok(Box::new(self.start_upload(digest)))
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.counters.snapshot(0, 0)
+    }
+}
+
+#[async_trait]
+impl ActionCacheStore for RemoteStore {
+    async fn get(&self, action: &Digest) -> Result<Option<Bytes>> {
+        let message = reapi::GetActionResultRequest {
+            instance_name: self.cfg.instance.clone(),
+            action_digest: Some(proto(action)),
+            digest_function: action.function.to_proto(),
+            ..Default::default()
+        };
+        let result = self
+            .retry("GetActionResult", || {
+                let request = self.request(message.clone(), self.cfg.timeout);
+                async move { self.action_cache().get_action_result(request).await }
+            })
+            .await;
+        match result {
+            Ok(response) => Ok(Some(Bytes::from(response.into_inner().encode_to_vec()))),
+            Err(StoreError::Upstream { code, .. }) if code == Code::NotFound as i32 => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put(&self, action: &Digest, value: Bytes) -> Result<()> {
+        let result = reapi::ActionResult::decode(value).map_err(|e| StoreError::Config(format!("not an ActionResult: {e}")))?;
+        let message = reapi::UpdateActionResultRequest {
+            instance_name: self.cfg.instance.clone(),
+            action_digest: Some(proto(action)),
+            action_result: Some(result),
+            results_cache_policy: None,
+            digest_function: action.function.to_proto(),
+        };
+        self.retry("UpdateActionResult", || {
+            let request = self.request(message.clone(), self.cfg.timeout);
+            async move { self.action_cache().update_action_result(request).await }
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+fn proto(digest: &Digest) -> reapi::Digest {
+    reapi::Digest { hash: digest.hash_hex(), size_bytes: digest.size as i64 }
+}

@@ -1,0 +1,224 @@
+//! A site cache chained to an upstream Strata over gRPC: write-through, read-through with local fill,
+//! an upstream that goes away and comes back, and an upstream that serves bytes that do not match
+//! their digest.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use bazel_remote_apis::google::bytestream::ReadRequest;
+use bytes::Bytes;
+use common::*;
+use strata::cas::Cas;
+use strata::instances::Instance;
+use strata::server::Server;
+use strata_backends::memory::{Admission, MemoryStore};
+use strata_backends::{BlobStore, Digest, DigestFunction};
+use tonic::Code;
+
+fn site_config(upstream: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+max_batch_total_size: 1MiB
+storage:
+  site:
+    cas:
+      - memory: {{ max_size: 8MiB, max_blob: 16KiB }}
+      - disk: {{ path: cas, max_size: 64MiB, segment_size: 1MiB, max_record: 64KiB, sync: never }}
+      - remote: {{ endpoint: "grpc://{upstream}", timeout: 5s, connect_timeout: 1s, retries: 1 }}
+    action_cache:
+      - memory: {{ max_size: 1MiB }}
+      - remote: {{ endpoint: "grpc://{upstream}", timeout: 5s, connect_timeout: 1s, retries: 1 }}
+instances:
+  - name: ""
+    storage: site
+    services: [cas, action_cache]
+"#
+    )
+}
+
+async fn read_bytestream(server: &TestServer, d: &reapi::Digest) -> Result<Vec<u8>, tonic::Status> {
+    let mut bs = server.bytestream().await;
+    let mut stream = bs
+        .read(ReadRequest { resource_name: format!("blobs/{}/{}", d.hash, d.size_bytes), read_offset: 0, read_limit: 0 })
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = stream.message().await? {
+        out.extend(m.data);
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_through_and_reads_fill_the_site() {
+    let upstream = TestServer::start().await;
+    let site_dir = tempfile::tempdir().unwrap();
+    let site = TestServer::start_in(&site_config(upstream.addr), site_dir.path()).await;
+    let mut site_cas = site.cas().await;
+    let mut up_cas = upstream.cas().await;
+
+    // Written through the site cache: the upstream has it.
+    let small = content(1, 3000);
+    upload(&mut site_cas, "", &[&small]).await;
+    assert!(missing(&mut up_cas, "", vec![sha256(&small)]).await.is_empty());
+
+    // Only the upstream has these; the site serves them and keeps a copy.
+    let only_up_small = content(2, 5000);
+    let only_up_large = content(3, 900_000);
+    upload(&mut up_cas, "", &[&only_up_small]).await;
+    {
+        let mut bs = upstream.bytestream().await;
+        let d = sha256(&only_up_large);
+        let name = format!("uploads/x/blobs/{}/{}", d.hash, d.size_bytes);
+        let msgs: Vec<_> = only_up_large
+            .chunks(300_000)
+            .enumerate()
+            .map(|(i, c)| bazel_remote_apis::google::bytestream::WriteRequest {
+                resource_name: name.clone(),
+                write_offset: (i * 300_000) as i64,
+                finish_write: (i + 1) * 300_000 >= only_up_large.len(),
+                data: c.to_vec(),
+            })
+            .collect();
+        bs.write(futures::stream::iter(msgs)).await.unwrap();
+    }
+    assert!(missing(&mut site_cas, "", vec![sha256(&only_up_small), sha256(&only_up_large)]).await.is_empty());
+    let batch = site_cas
+        .batch_read_blobs(reapi::BatchReadBlobsRequest { digests: vec![sha256(&only_up_small)], ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(batch.responses[0].data, only_up_small);
+    assert_eq!(read_bytestream(&site, &sha256(&only_up_large)).await.unwrap(), only_up_large);
+
+    // Upstream gone: what the site filled is still served, locally.
+    upstream.stop().await;
+    assert_eq!(read_bytestream(&site, &sha256(&only_up_large)).await.unwrap(), only_up_large);
+    let batch = site_cas
+        .batch_read_blobs(reapi::BatchReadBlobsRequest { digests: vec![sha256(&only_up_small), sha256(&small)], ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(batch.responses.iter().all(|r| r.status.as_ref().unwrap().code == 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_upstream_fails_fast_and_recovery_needs_no_restart() {
+    let upstream_dir = tempfile::tempdir().unwrap();
+    let upstream = TestServer::start_in(TEST_CONFIG, upstream_dir.path()).await;
+    let addr = upstream.addr;
+    let site_dir = tempfile::tempdir().unwrap();
+    let site = TestServer::start_in(&site_config(addr), site_dir.path()).await;
+    let mut site_cas = site.cas().await;
+    let local = content(10, 2000);
+    upload(&mut site_cas, "", &[&local]).await;
+    upstream.stop().await;
+
+    // Local blobs are still found without asking the upstream.
+    assert!(missing(&mut site_cas, "", vec![sha256(&local)]).await.is_empty());
+    // What needs the upstream: UNAVAILABLE, naming it, in bounded time.
+    let unknown = content(11, 100);
+    let started = Instant::now();
+    let err = site_cas
+        .find_missing_blobs(reapi::FindMissingBlobsRequest { blob_digests: vec![sha256(&unknown)], ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains(&addr.to_string()), "{}", err.message());
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    let err = site_cas
+        .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
+            requests: vec![reapi::batch_update_blobs_request::Request { digest: Some(sha256(&unknown)), data: unknown.clone(), compressor: 0 }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(err.responses[0].status.as_ref().unwrap().code, Code::Unavailable as i32);
+
+    // The upstream comes back on the same address: the site recovers by itself.
+    let upstream = TestServer::start_at(TEST_CONFIG, upstream_dir.path(), addr).await;
+    upload(&mut site_cas, "", &[&unknown]).await;
+    let mut up_cas = upstream.cas().await;
+    assert!(missing(&mut up_cas, "", vec![sha256(&unknown)]).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn action_results_come_through_the_chain() {
+    let upstream = TestServer::start().await;
+    let site_dir = tempfile::tempdir().unwrap();
+    let site = TestServer::start_in(&site_config(upstream.addr), site_dir.path()).await;
+    let out = content(20, 700);
+    let mut up_cas = upstream.cas().await;
+    upload(&mut up_cas, "", &[&out]).await;
+    let action = sha256(b"chained action");
+    let result = reapi::ActionResult {
+        output_files: vec![reapi::OutputFile { path: "o".into(), digest: Some(sha256(&out)), ..Default::default() }],
+        ..Default::default()
+    };
+    let mut up_ac = upstream.action_cache().await;
+    up_ac.update_action_result(reapi::UpdateActionResultRequest { action_digest: Some(action.clone()), action_result: Some(result.clone()), ..Default::default() })
+        .await
+        .unwrap();
+    let mut site_ac = site.action_cache().await;
+    let got = site_ac.get_action_result(reapi::GetActionResultRequest { action_digest: Some(action.clone()), ..Default::default() }).await.unwrap();
+    assert_eq!(got.into_inner(), result);
+    // And updates through the site reach the upstream.
+    let action2 = sha256(b"chained action 2");
+    site_ac.update_action_result(reapi::UpdateActionResultRequest { action_digest: Some(action2.clone()), action_result: Some(result.clone()), ..Default::default() })
+        .await
+        .unwrap();
+    assert!(up_ac.get_action_result(reapi::GetActionResultRequest { action_digest: Some(action2), ..Default::default() }).await.is_ok());
+}
+
+/// An upstream whose memory store holds bytes that do not match their digest (the tiers trust their
+/// callers, so this is how a corrupted upstream object is planted). Named for what it is: a deliberately
+/// lying upstream, built from Strata's own parts.
+async fn lying_upstream(digests_and_wrong_bytes: &[(Digest, Vec<u8>)]) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let store = MemoryStore::new(64 << 20, Admission::Always);
+    for (d, wrong) in digests_and_wrong_bytes {
+        store.write(d, Bytes::from(wrong.clone())).await.unwrap();
+    }
+    let cas = Cas::new(Arc::new(store));
+    let instance = Instance { name: String::new(), cas: Some(cas), action_cache: None };
+    let server = Server::from_instances(vec![instance], 4 << 20, Duration::from_secs(60));
+    let listener = Server::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move { server.serve(listener, std::future::pending()).await.unwrap() });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_that_do_not_match_their_digest_are_never_served() {
+    let good_small = content(30, 4000);
+    let good_large = content(31, 300_000);
+    let small_digest = DigestFunction::Sha256.digest_of(&good_small);
+    let large_digest = DigestFunction::Sha256.digest_of(&good_large);
+    let mut bad_small = good_small.clone();
+    bad_small[100] ^= 1;
+    let mut bad_large = good_large.clone();
+    bad_large[200_000] ^= 1;
+    let (addr, task) = lying_upstream(&[(small_digest, bad_small), (large_digest, bad_large)]).await;
+    let site_dir = tempfile::tempdir().unwrap();
+    let site = TestServer::start_in(&site_config(addr), site_dir.path()).await;
+    let mut site_cas = site.cas().await;
+    for d in [sha256(&good_small), sha256(&good_large)] {
+        let batch = site_cas.batch_read_blobs(reapi::BatchReadBlobsRequest { digests: vec![d.clone()], ..Default::default() }).await;
+        match batch {
+            Ok(b) => assert_ne!(b.into_inner().responses[0].status.as_ref().unwrap().code, 0),
+            Err(e) => assert_ne!(e.code(), Code::Ok),
+        }
+        assert!(read_bytestream(&site, &d).await.is_err(), "corrupted bytes were served for {}", d.hash);
+    }
+    // Nothing corrupted was kept locally either: with the upstream gone, the blobs are simply absent.
+    task.abort();
+    let _ = task.await;
+    for d in [sha256(&good_small), sha256(&good_large)] {
+        assert!(read_bytestream(&site, &d).await.is_err());
+    }
+    let local = std::fs::read_dir(site_dir.path().join("cas/large")).unwrap().count();
+    assert_eq!(local, 0);
+}
