@@ -95,6 +95,22 @@ pub struct Key {
     pub hash: [u8; 32],
 }
 
+/// The value of each lowercase hex digit; 0x10 marks every other byte.
+const HEX_VALUE: [u8; 256] = {
+    let mut table = [0x10u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
 /// A validated content digest.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Digest {
@@ -107,15 +123,25 @@ impl Digest {
     /// Parses a hash given as 64 lowercase hexadecimal characters and a size that must not be
     /// negative. Every digest that comes from a client passes through here.
     pub fn parse(function: DigestFunction, hash_hex: &str, size: i64) -> Result<Self, DigestError> {
-        if hash_hex.len() != 64 || !hash_hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return Err(DigestError::MalformedHash(hash_hex.chars().take(80).collect()));
+        let malformed = || DigestError::MalformedHash(hash_hex.chars().take(80).collect());
+        let hex = hash_hex.as_bytes();
+        if hex.len() != 64 {
+            return Err(malformed());
         }
         if size < 0 {
             return Err(DigestError::NegativeSize(size));
         }
+        // A hot path (FindMissingBlobs parses thousands per request): one table lookup per character.
         let mut hash = [0u8; 32];
-        hex::decode_to_slice(hash_hex, &mut hash)
-            .map_err(|_| DigestError::MalformedHash(hash_hex.to_string()))?;
+        let mut bad = 0u8;
+        for (byte, pair) in hash.iter_mut().zip(hex.chunks_exact(2)) {
+            let (hi, lo) = (HEX_VALUE[pair[0] as usize], HEX_VALUE[pair[1] as usize]);
+            bad |= (hi | lo) & 0x10;
+            *byte = (hi << 4) | (lo & 0x0f);
+        }
+        if bad != 0 {
+            return Err(malformed());
+        }
         Ok(Digest { function, hash, size: size as u64 })
     }
 
@@ -124,7 +150,14 @@ impl Digest {
     }
 
     pub fn hash_hex(&self) -> String {
-        hex::encode(self.hash)
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = Vec::with_capacity(64);
+        for b in self.hash {
+            out.push(DIGITS[(b >> 4) as usize]);
+            out.push(DIGITS[(b & 0x0f) as usize]);
+        }
+        // Only ASCII hex digits were pushed.
+        String::from_utf8(out).unwrap_or_default()
     }
 
     pub fn is_empty_blob(&self) -> bool {
@@ -224,6 +257,14 @@ mod tests {
         assert!(Digest::parse(DigestFunction::Sha256, &good.to_uppercase(), 0).is_err());
         assert!(Digest::parse(DigestFunction::Sha256, &good[1..], 0).is_err());
         assert!(Digest::parse(DigestFunction::Sha256, "zz", 0).is_err());
+        for bad in ["g", "G", "A", "/", ":", "`", "\u{e9}"] {
+            let mut h = good.to_string();
+            h.replace_range(10..10 + bad.len(), bad);
+            assert!(Digest::parse(DigestFunction::Sha256, &h, 0).is_err(), "{h}");
+        }
+        let d = Digest::parse(DigestFunction::Sha256, good, 0).unwrap();
+        assert_eq!(d.hash_hex(), good);
+        assert_eq!(d.hash, DigestFunction::Sha256.empty().hash);
         assert!(matches!(
             Digest::parse(DigestFunction::Sha256, good, -1),
             Err(DigestError::NegativeSize(-1))

@@ -52,7 +52,8 @@ impl ContentAddressableStorage for CasService {
         let function = digest_function(req.digest_function)?;
         let digests = parse_digests(function, &req.blob_digests, "blob_digests")?;
         let present = cas.contains(&digests).await.map_err(status::from_store)?;
-        let missing = digests.iter().zip(present).filter(|(_, p)| !p).map(|(d, _)| to_proto(d)).collect();
+        // The client's own digest messages go back as they came: no re-encoding of hashes.
+        let missing = req.blob_digests.into_iter().zip(present).filter(|(_, p)| !p).map(|(d, _)| d).collect();
         Ok(Response::new(reapi::FindMissingBlobsResponse { missing_blob_digests: missing }))
     }
 
