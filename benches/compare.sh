@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of Strata and BuildGrid 0.4.4 on this machine, in one run, with `strata bench`
-# as the client for both. Starts both servers on 127.0.0.1 (in-memory storage each), warms them up,
-# runs every scenario RUNS times against each, measures the raw-TCP baseline in the same run, stops
-# what it started and writes BENCHMARKS.md (medians). Takes about 8 minutes with the defaults.
+# as the client for both. Measures each server alone (Strata, then BuildGrid from
+# ../shared/peers/buildgrid with its bots), in-memory storage each, after a warm-up: every scenario
+# RUNS times, plus the raw-TCP baseline before each server's runs. Stops what it started and writes
+# BENCHMARKS.md (medians). Takes about 10 minutes with the defaults.
 #
 # Usage: benches/compare.sh            env: RUNS=3 DURATION=5 CONCURRENCY=8 LARGE_SIZE=16MiB
 #                                           BUILDGRID_PEER=<path to shared/peers/buildgrid>
@@ -37,14 +38,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== starting Strata on $strata_port and BuildGrid on $bgd_port"
-STRATA_MEMORY=6GiB STRATA_LOG=warn "$strata" serve --config "$root/config/memory-only.yaml" \
-    --listen "127.0.0.1:$strata_port" 2>"$results/strata.log" &
-strata_pid=$!
-"$peer/start.sh" "$bgd_port" server.yaml >"$results/bgd-start.log" 2>&1 || { cat "$results/bgd-start.log"; exit 1; }
-bgd_started=1
-"$peer_home/.venv/bin/python" "$peer/bot.py" --remote "http://127.0.0.1:$bgd_port" --bots 8 >"$results/bot.log" 2>&1 &
-bot_pid=$!
+start_strata() {
+    STRATA_MEMORY=6GiB STRATA_LOG=warn "$strata" serve --config "$root/config/memory-only.yaml" \
+        --listen "127.0.0.1:$strata_port" 2>>"$results/strata.log" &
+    strata_pid=$!
+    sleep 1
+}
+start_buildgrid() {
+    "$peer/start.sh" "$bgd_port" server.yaml >"$results/bgd-start.log" 2>&1 || { cat "$results/bgd-start.log"; exit 1; }
+    bgd_started=1
+    "$peer_home/.venv/bin/python" "$peer/bot.py" --remote "http://127.0.0.1:$bgd_port" --bots 8 >"$results/bot.log" 2>&1 &
+    bot_pid=$!
+}
 
 bench() { # server endpoint label scenario [extra args...]
     local server=$1 endpoint=$2 label=$3 scenario=$4
@@ -55,16 +60,15 @@ bench() { # server endpoint label scenario [extra args...]
         || echo "{\"scenario\": \"$scenario\", \"failed\": true}" >>"$results/$server.$label.jsonl"
 }
 
-servers="strata=grpc://127.0.0.1:$strata_port buildgrid=grpc://127.0.0.1:$bgd_port"
-echo "== warming up"
-for s in $servers; do
-    bench "${s%%=*}" "${s#*=}" warmup mixed --duration 3
-done
-for run in $(seq 1 "$runs"); do
-    echo "== run $run of $runs"
-    bench local none baseline baseline
-    for s in $servers; do
-        server=${s%%=*} endpoint=${s#*=}
+# Each server is measured alone: BuildGrid's scheduler, database and polling bots would otherwise
+# take CPU from Strata's runs (and the other way round). The baseline is measured in each phase.
+measure() { # server endpoint
+    local server=$1 endpoint=$2
+    echo "== $server: warming up"
+    bench "$server" "$endpoint" warmup mixed --duration 3
+    for run in $(seq 1 "$runs"); do
+        echo "== $server: run $run of $runs"
+        bench local none baseline baseline
         for scenario in write-large read-large write-small read-small find-missing ac-hit execute mixed; do
             echo "   $server $scenario"
             bench "$server" "$endpoint" "$scenario" "$scenario"
@@ -72,7 +76,36 @@ for run in $(seq 1 "$runs"); do
         bench "$server" "$endpoint" ac-hit-64 ac-hit --concurrency 64
         bench "$server" "$endpoint" batch-15 write-small --batch 15 --concurrency 1
     done
-done
+}
+echo "== Strata on port $strata_port"
+start_strata
+measure strata "grpc://127.0.0.1:$strata_port"
+kill "$strata_pid"; wait "$strata_pid" 2>/dev/null || true; strata_pid=""
+echo "== BuildGrid on port $bgd_port"
+start_buildgrid
+measure buildgrid "grpc://127.0.0.1:$bgd_port"
+kill "$bot_pid" 2>/dev/null || true; bot_pid=""
+"$peer/stop.sh" "$bgd_port" >/dev/null 2>&1 || true; bgd_started=""
+
+echo "== memory bound of streamed uploads: Strata on a disk log, write-large of 64 MiB blobs, 4 clients"
+mem_port=$(free_port)
+cat >"$results/disk.yaml" <<YAML
+storage:
+  disk:
+    cas: [ { disk: { path: cas, max_size: 8GiB, segment_size: 256MiB, sync: never } } ]
+    action_cache: [ { memory: { max_size: 16MiB } } ]
+instances: [ { name: "", storage: disk, services: [cas, action_cache] } ]
+YAML
+STRATA_LOG=warn "$strata" serve --config "$results/disk.yaml" --listen "127.0.0.1:$mem_port" \
+    --data-dir "$results/data" 2>>"$results/strata.log" &
+mem_pid=$!
+sleep 1
+rss_before=$(awk '/VmRSS/ {print $2}' "/proc/$mem_pid/status")
+"$strata" bench --endpoint "grpc://127.0.0.1:$mem_port" --scenario write-large --large-size 64MiB \
+    --concurrency 4 --duration "$duration" --json --quiet >"$results/memory.json" 2>>"$results/errors.log" || true
+rss_peak=$(awk '/VmHWM/ {print $2}' "/proc/$mem_pid/status")
+kill "$mem_pid"; wait "$mem_pid" 2>/dev/null || true
+echo "{\"rss_before_kib\": $rss_before, \"rss_peak_kib\": $rss_peak, \"streams\": 4}" >"$results/rss.json"
 
 python3 - "$results" "$out" "$(nproc)" "$concurrency" "$duration" "$runs" "$large" <<'PY'
 import json, os, statistics, sys, datetime
@@ -109,10 +142,10 @@ lines = [
     "# Benchmarks: Strata and BuildGrid side by side",
     "",
     f"Measured {datetime.date.today()} on this machine ({cores} cores), by `benches/compare.sh`: both servers on",
-    f"127.0.0.1 with in-memory storage, `strata bench` as the client for both, {conc} concurrent clients",
+    f"127.0.0.1 with in-memory storage, each measured alone, `strata bench` as the client for both, {conc} concurrent clients",
     f"(64 for ac-hit-64, 1 for batch-15), {duration} s per run after a 1 s warm-up, median of {runs} runs.",
     f"Large blobs are {large}; small blobs 4 KiB in batches of 1000; find-missing asks 10,000 digests,",
-    "half present. The baseline pushes the same large blobs over raw TCP on 127.0.0.1 and hashes them",
+    "half present. The baseline (measured before each server's runs) pushes the same large blobs over raw TCP on 127.0.0.1 and hashes them",
     "with SHA-256 on arrival: the most this machine can do for a verified upload.",
     "",
     f"Raw-TCP hashing baseline: {fmt(base, 1e6)} MB/s.",
@@ -129,6 +162,12 @@ for label, unit, key, scale in rows:
     frac = f"{sv / base:.0%}" if key == "bytes_per_sec" and sv and base else ""
     lines.append(f"| {label} | {unit} | {fmt(sv, scale)} | {fmt(bv, scale)} | {ratio} | {frac} | "
                  f"{fmt(median(s, 'p99_ms'), 1)} | {fmt(median(b, 'p99_ms'), 1)} | {errors(s)} / {errors(b)} |")
+rss = json.load(open(os.path.join(results, "rss.json")))
+growth = (rss["rss_peak_kib"] - rss["rss_before_kib"]) / 1024
+mem = json.load(open(os.path.join(results, "memory.json"))) if os.path.getsize(os.path.join(results, "memory.json")) else {}
+lines += ["", f"Memory during streamed uploads (Strata on a disk log, write-large of 64 MiB blobs, {rss['streams']} clients, "
+          f"{mem.get('bytes_per_sec', 0) / 1e6:,.0f} MB/s): peak RSS grew by {growth:,.0f} MiB, "
+          f"{growth / rss['streams']:,.1f} MiB per concurrent stream."]
 errors = os.path.join(results, "errors.log")
 failures = open(errors).read().strip() if os.path.exists(errors) else ""
 lines += ["", "n/a: the server does not offer the scenario (Strata has no execution yet) or every run failed."]

@@ -65,6 +65,7 @@ pub enum TierConfig {
     Memory(MemoryTierConfig),
     Disk(DiskTierConfig),
     Remote(RemoteTierConfig),
+    S3(S3TierConfig),
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +130,76 @@ pub struct RemoteTierConfig {
     /// tiers have it (false).
     #[serde(default = "yes")]
     pub durable: bool,
+}
+
+/// An S3 bucket (AWS or any S3-compatible store).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3TierConfig {
+    pub bucket: String,
+    /// Prepended to every object key.
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// A custom endpoint such as `http://127.0.0.1:9000` (MinIO, Ceph, Garage, ...).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible stores need.
+    #[serde(default)]
+    pub path_style: bool,
+    /// Static credentials; without them the standard AWS chain is used (AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY, profiles, instance roles).
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Blobs above this size are uploaded in parts of this size (at least 5MiB).
+    #[serde(default = "default_part_size")]
+    pub part_size: ByteSize,
+    /// S3 requests in flight at most.
+    #[serde(default = "default_s3_concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "default_s3_retries")]
+    pub retries: u32,
+    #[serde(default = "default_remote_timeout", with = "duration")]
+    pub timeout: Duration,
+    #[serde(default = "default_s3_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    /// `when_required` for stores that reject the SDK's default CRC32 checksum headers.
+    #[serde(default = "default_checksum")]
+    pub checksum: String,
+    /// How long a "present" answer from S3 is remembered ("missing" never is).
+    #[serde(default = "default_existence_ttl", with = "duration")]
+    pub existence_ttl: Duration,
+    #[serde(default)]
+    pub min_blob: Option<ByteSize>,
+    #[serde(default)]
+    pub max_blob: Option<ByteSize>,
+    #[serde(default = "yes")]
+    pub durable: bool,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_part_size() -> ByteSize {
+    ByteSize(8 << 20)
+}
+fn default_s3_concurrency() -> usize {
+    64
+}
+fn default_s3_retries() -> u32 {
+    3
+}
+fn default_s3_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_checksum() -> String {
+    "default".into()
+}
+fn default_existence_ttl() -> Duration {
+    Duration::from_secs(600)
 }
 
 fn default_remote_timeout() -> Duration {
@@ -222,11 +293,25 @@ impl Config {
                 }
                 for (i, tier) in tiers.iter().enumerate() {
                     let key = format!("storage.{name}.{kind}[{i}]");
-                    if let TierConfig::Disk(disk) = tier {
-                        if !disk_paths.insert(self.data_path(&disk.path)) {
-                            return Err(format!("{key}.path: {} is used by another disk tier", disk.path.display()));
+                    match tier {
+                        TierConfig::Disk(disk) => {
+                            if !disk_paths.insert(self.data_path(&disk.path)) {
+                                return Err(format!("{key}.path: {} is used by another disk tier", disk.path.display()));
+                            }
+                            parse_sync(&disk.sync).map_err(|e| format!("{key}.sync: {e}"))?;
                         }
-                        parse_sync(&disk.sync).map_err(|e| format!("{key}.sync: {e}"))?;
+                        TierConfig::S3(s3) => {
+                            if !matches!(s3.checksum.as_str(), "default" | "when_required") {
+                                return Err(format!("{key}.checksum: {:?} is not `default` or `when_required`", s3.checksum));
+                            }
+                            if s3.access_key_id.is_some() != s3.secret_access_key.is_some() {
+                                return Err(format!("{key}: access_key_id and secret_access_key go together"));
+                            }
+                            if s3.part_size.0 < 5 << 20 {
+                                return Err(format!("{key}.part_size: {} is below S3's minimum of 5MiB", s3.part_size));
+                            }
+                        }
+                        TierConfig::Memory(_) | TierConfig::Remote(_) => {}
                     }
                 }
             }

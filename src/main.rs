@@ -72,7 +72,7 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option
     if let Some(dir) = data_dir {
         config.data_dir = dir;
     }
-    let server = Server::build(&config).map_err(|e| e.to_string())?;
+    let server = Server::build(&config).await.map_err(|e| e.to_string())?;
     let listener = Server::bind(&config.listen).await.map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "strata serving");

@@ -51,8 +51,8 @@ pub enum ServeError {
 }
 
 impl Server {
-    pub fn build(config: &Config) -> Result<Server, ServeError> {
-        let built = storage::build(config)?;
+    pub async fn build(config: &Config) -> Result<Server, ServeError> {
+        let built = storage::build(config).await?;
         let mut instances = Vec::new();
         for ic in &config.instances {
             let stack = &built.stacks[&ic.storage];

@@ -8,10 +8,11 @@ use strata_backends::action_cache::TieredActionCache;
 use strata_backends::disk::{DiskConfig, DiskLog};
 use strata_backends::memory::{Admission, MemoryStore};
 use strata_backends::remote::{RemoteConfig, RemoteStore};
+use strata_backends::s3::{S3Config, S3Store};
 use strata_backends::tiered::{Tier, TieredStore};
 use strata_backends::{ActionCacheStore, BlobStore, StoreError};
 
-use crate::config::{parse_sync, Config, DiskTierConfig, RemoteTierConfig, TierConfig};
+use crate::config::{parse_sync, Config, DiskTierConfig, RemoteTierConfig, S3TierConfig, TierConfig};
 
 /// The memory tier keeps blobs up to this size unless configured otherwise.
 const DEFAULT_MEMORY_MAX_BLOB: u64 = 1 << 20;
@@ -28,7 +29,7 @@ pub struct Built {
     pub disks: Vec<DiskLog>,
 }
 
-pub fn build(config: &Config) -> Result<Built, StoreError> {
+pub async fn build(config: &Config) -> Result<Built, StoreError> {
     let mut built = Built { stacks: BTreeMap::new(), disks: Vec::new() };
     for (name, stack) in &config.storage {
         let mut cas_tiers = Vec::new();
@@ -68,6 +69,18 @@ pub fn build(config: &Config) -> Result<Built, StoreError> {
                     durable: r.durable,
                     verify: true,
                 },
+                TierConfig::S3(c) => {
+                    let store = open_s3(c, &label).await?;
+                    Tier {
+                        name: format!("{label} ({})", store.name()),
+                        store: Arc::new(store),
+                        min_blob: c.min_blob.map_or(0, |s| s.0),
+                        max_blob: c.max_blob.map_or(u64::MAX, |s| s.0),
+                        promote: false,
+                        durable: c.durable,
+                        verify: true,
+                    }
+                }
             });
         }
         let mut ac_tiers: Vec<(String, Arc<dyn ActionCacheStore>)> = Vec::new();
@@ -82,6 +95,7 @@ pub fn build(config: &Config) -> Result<Built, StoreError> {
                     Arc::new(log)
                 }
                 TierConfig::Remote(r) => Arc::new(open_remote(r, &label)?),
+                TierConfig::S3(c) => Arc::new(open_s3(c, &label).await?),
             };
             ac_tiers.push((label, store));
         }
@@ -97,6 +111,27 @@ pub fn build(config: &Config) -> Result<Built, StoreError> {
 /// turn away blobs that are unlikely to be read again.
 fn admission(last_tier: bool) -> Admission {
     if last_tier { Admission::Always } else { Admission::Frequency }
+}
+
+async fn open_s3(c: &S3TierConfig, label: &str) -> Result<S3Store, StoreError> {
+    let access_key = c.access_key_id.clone().zip(c.secret_access_key.clone());
+    S3Store::new(S3Config {
+        bucket: c.bucket.clone(),
+        prefix: c.prefix.clone(),
+        region: c.region.clone(),
+        endpoint: c.endpoint.clone(),
+        path_style: c.path_style,
+        access_key,
+        part_size: c.part_size.0,
+        concurrency: c.concurrency,
+        retries: c.retries,
+        timeout: c.timeout,
+        connect_timeout: c.connect_timeout,
+        checksum_when_required: c.checksum == "when_required",
+        existence_ttl: c.existence_ttl,
+    })
+    .await
+    .map_err(|e| StoreError::Config(format!("{label}: {e}")))
 }
 
 fn open_remote(remote: &RemoteTierConfig, label: &str) -> Result<RemoteStore, StoreError> {

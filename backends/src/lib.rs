@@ -8,6 +8,7 @@ pub mod disk;
 pub mod error;
 pub mod memory;
 pub mod remote;
+pub mod s3;
 pub mod store;
 pub mod tiered;
 

@@ -29,6 +29,9 @@ fn defaults_fill_in() {
 async fn every_example_parses_and_builds() {
     std::env::set_var("STRATA_MEMORY", "64MiB");
     std::env::set_var("STRATA_UPSTREAM", "grpc://127.0.0.1:1");
+    std::env::set_var("STRATA_S3_BUCKET", "strata");
+    std::env::set_var("STRATA_S3_REGION", "us-east-1");
+    std::env::set_var("STRATA_S3_ENDPOINT", "http://127.0.0.1:1");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let mut seen = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
@@ -39,7 +42,7 @@ async fn every_example_parses_and_builds() {
         let mut config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         let data = tempfile::tempdir().unwrap();
         config.data_dir = data.path().to_path_buf();
-        Server::build(&config).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Server::build(&config).await.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         seen += 1;
     }
     assert!(seen >= 3);
@@ -123,6 +126,6 @@ async fn impossible_disk_geometry_fails_at_build_with_the_tier_named() {
     let mut config = parse(&text).unwrap();
     let data = tempfile::tempdir().unwrap();
     config.data_dir = data.path().to_path_buf();
-    let err = Server::build(&config).err().unwrap().to_string();
+    let err = Server::build(&config).await.err().unwrap().to_string();
     assert!(err.contains("storage.s.cas[0]") && err.contains("max_record"), "{err}");
 }

@@ -63,7 +63,7 @@ impl TestServer {
     pub async fn start_at(config_text: &str, data_dir: &std::path::Path, addr: std::net::SocketAddr) -> TestServer {
         let mut config = Config::parse(config_text, "test configuration").unwrap();
         config.data_dir = data_dir.to_path_buf();
-        let server = Server::build(&config).unwrap();
+        let server = Server::build(&config).await.unwrap();
         let listener = Server::bind(&addr.to_string()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
