@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
-use bazel_remote_apis::google::bytestream::ReadRequest;
 use bytes::Bytes;
 use common::*;
 use strata::cas::Cas;
@@ -39,19 +38,6 @@ instances:
     )
 }
 
-async fn read_bytestream(server: &TestServer, d: &reapi::Digest) -> Result<Vec<u8>, tonic::Status> {
-    let mut bs = server.bytestream().await;
-    let mut stream = bs
-        .read(ReadRequest { resource_name: format!("blobs/{}/{}", d.hash, d.size_bytes), read_offset: 0, read_limit: 0 })
-        .await?
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(m) = stream.message().await? {
-        out.extend(m.data);
-    }
-    Ok(out)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_go_through_and_reads_fill_the_site() {
     let upstream = TestServer::start().await;
@@ -69,22 +55,7 @@ async fn writes_go_through_and_reads_fill_the_site() {
     let only_up_small = content(2, 5000);
     let only_up_large = content(3, 900_000);
     upload(&mut up_cas, "", &[&only_up_small]).await;
-    {
-        let mut bs = upstream.bytestream().await;
-        let d = sha256(&only_up_large);
-        let name = format!("uploads/x/blobs/{}/{}", d.hash, d.size_bytes);
-        let msgs: Vec<_> = only_up_large
-            .chunks(300_000)
-            .enumerate()
-            .map(|(i, c)| bazel_remote_apis::google::bytestream::WriteRequest {
-                resource_name: name.clone(),
-                write_offset: (i * 300_000) as i64,
-                finish_write: (i + 1) * 300_000 >= only_up_large.len(),
-                data: c.to_vec(),
-            })
-            .collect();
-        bs.write(futures::stream::iter(msgs)).await.unwrap();
-    }
+    bytestream_write(&upstream, &only_up_large, 300_000).await;
     assert!(missing(&mut site_cas, "", vec![sha256(&only_up_small), sha256(&only_up_large)]).await.is_empty());
     let batch = site_cas
         .batch_read_blobs(reapi::BatchReadBlobsRequest { digests: vec![sha256(&only_up_small)], ..Default::default() })
@@ -92,11 +63,11 @@ async fn writes_go_through_and_reads_fill_the_site() {
         .unwrap()
         .into_inner();
     assert_eq!(batch.responses[0].data, only_up_small);
-    assert_eq!(read_bytestream(&site, &sha256(&only_up_large)).await.unwrap(), only_up_large);
+    assert_eq!(bytestream_read(&site, &sha256(&only_up_large), 0, 0).await.unwrap(), only_up_large);
 
     // Upstream gone: what the site filled is still served, locally.
     upstream.stop().await;
-    assert_eq!(read_bytestream(&site, &sha256(&only_up_large)).await.unwrap(), only_up_large);
+    assert_eq!(bytestream_read(&site, &sha256(&only_up_large), 0, 0).await.unwrap(), only_up_large);
     let batch = site_cas
         .batch_read_blobs(reapi::BatchReadBlobsRequest { digests: vec![sha256(&only_up_small), sha256(&small)], ..Default::default() })
         .await
@@ -211,13 +182,13 @@ async fn bytes_that_do_not_match_their_digest_are_never_served() {
             Ok(b) => assert_ne!(b.into_inner().responses[0].status.as_ref().unwrap().code, 0),
             Err(e) => assert_ne!(e.code(), Code::Ok),
         }
-        assert!(read_bytestream(&site, &d).await.is_err(), "corrupted bytes were served for {}", d.hash);
+        assert!(bytestream_read(&site, &d, 0, 0).await.is_err(), "corrupted bytes were served for {}", d.hash);
     }
     // Nothing corrupted was kept locally either: with the upstream gone, the blobs are simply absent.
     task.abort();
     let _ = task.await;
     for d in [sha256(&good_small), sha256(&good_large)] {
-        assert!(read_bytestream(&site, &d).await.is_err());
+        assert!(bytestream_read(&site, &d, 0, 0).await.is_err());
     }
     let local = std::fs::read_dir(site_dir.path().join("cas/large")).unwrap().count();
     assert_eq!(local, 0);

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
-use bazel_remote_apis::google::bytestream::{ReadRequest, WriteRequest};
 use common::*;
 use tonic::Code;
 
@@ -108,34 +107,6 @@ instances:
     )
 }
 
-async fn write_bytestream(server: &TestServer, data: &[u8]) {
-    let d = sha256(data);
-    let name = format!("uploads/s3test/blobs/{}/{}", d.hash, d.size_bytes);
-    let chunk = 1 << 20;
-    let msgs: Vec<_> = data
-        .chunks(chunk)
-        .enumerate()
-        .map(|(i, c)| WriteRequest {
-            resource_name: name.clone(),
-            write_offset: (i * chunk) as i64,
-            finish_write: (i + 1) * chunk >= data.len(),
-            data: c.to_vec(),
-        })
-        .collect();
-    let resp = server.bytestream().await.write(futures::stream::iter(msgs)).await.unwrap().into_inner();
-    assert_eq!(resp.committed_size, data.len() as i64);
-}
-
-async fn read_bytestream(server: &TestServer, d: &reapi::Digest, offset: i64, limit: i64) -> Result<Vec<u8>, tonic::Status> {
-    let name = format!("blobs/{}/{}", d.hash, d.size_bytes);
-    let mut stream = server.bytestream().await.read(ReadRequest { resource_name: name, read_offset: offset, read_limit: limit }).await?.into_inner();
-    let mut out = Vec::new();
-    while let Some(m) = stream.message().await? {
-        out.extend(m.data);
-    }
-    Ok(out)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blobs_and_results_go_through_to_s3_and_come_back_to_an_empty_site() {
     let s3 = s3_server().await;
@@ -152,7 +123,7 @@ async fn blobs_and_results_go_through_to_s3_and_come_back_to_an_empty_site() {
         let dir = tempfile::tempdir().unwrap();
         let site = TestServer::start_in(&config, dir.path()).await;
         upload(&mut site.cas().await, "", &[&small]).await;
-        write_bytestream(&site, &large).await;
+        bytestream_write(&site, &large, 1 << 20).await;
         site.action_cache()
             .await
             .update_action_result(reapi::UpdateActionResultRequest { action_digest: Some(action.clone()), action_result: Some(result.clone()), ..Default::default() })
@@ -172,9 +143,9 @@ async fn blobs_and_results_go_through_to_s3_and_come_back_to_an_empty_site() {
     let mut cas = site.cas().await;
     assert!(missing(&mut cas, "", vec![sha256(&small), sha256(&large)]).await.is_empty());
     assert_eq!(missing(&mut cas, "", vec![sha256(b"never uploaded")]).await.len(), 1);
-    assert_eq!(read_bytestream(&site, &sha256(&large), 7 << 20, 1000).await.unwrap(), large[7 << 20..(7 << 20) + 1000]);
-    assert_eq!(read_bytestream(&site, &sha256(&large), 0, 0).await.unwrap(), large);
-    assert_eq!(read_bytestream(&site, &sha256(&small), 0, 0).await.unwrap(), small);
+    assert_eq!(bytestream_read(&site, &sha256(&large), 7 << 20, 1000).await.unwrap(), large[7 << 20..(7 << 20) + 1000]);
+    assert_eq!(bytestream_read(&site, &sha256(&large), 0, 0).await.unwrap(), large);
+    assert_eq!(bytestream_read(&site, &sha256(&small), 0, 0).await.unwrap(), small);
     let got = site.action_cache().await.get_action_result(reapi::GetActionResultRequest { action_digest: Some(action), ..Default::default() }).await;
     assert_eq!(got.unwrap().into_inner(), result);
 }
@@ -190,7 +161,7 @@ async fn an_object_changed_behind_stratas_back_is_never_served() {
         let dir = tempfile::tempdir().unwrap();
         let site = TestServer::start_in(&config, dir.path()).await;
         upload(&mut site.cas().await, "", &[&small]).await;
-        write_bytestream(&site, &large).await;
+        bytestream_write(&site, &large, 1 << 20).await;
     }
     let s3c = client(&s3.endpoint);
     for data in [&small, &large] {
@@ -209,7 +180,7 @@ async fn an_object_changed_behind_stratas_back_is_never_served() {
     let site = TestServer::start_in(&config, dir.path()).await;
     for data in [&small, &large] {
         let d = sha256(data);
-        assert!(read_bytestream(&site, &d, 0, 0).await.is_err(), "changed bytes were served");
+        assert!(bytestream_read(&site, &d, 0, 0).await.is_err(), "changed bytes were served");
         let batch = site.cas().await.batch_read_blobs(reapi::BatchReadBlobsRequest { digests: vec![d.clone()], ..Default::default() }).await;
         if let Ok(b) = batch {
             assert_ne!(b.into_inner().responses[0].status.as_ref().unwrap().code, 0, "changed bytes were served");
@@ -232,7 +203,7 @@ async fn when_s3_goes_away_local_blobs_are_served_and_the_rest_is_unavailable() 
 
     let mut cas = site.cas().await;
     assert!(missing(&mut cas, "", vec![sha256(&local)]).await.is_empty());
-    assert_eq!(read_bytestream(&site, &sha256(&local), 0, 0).await.unwrap(), local);
+    assert_eq!(bytestream_read(&site, &sha256(&local), 0, 0).await.unwrap(), local);
     let started = Instant::now();
     let err = cas
         .find_missing_blobs(reapi::FindMissingBlobsRequest { blob_digests: vec![sha256(b"unknown")], ..Default::default() })

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::build::bazel::remote::execution::v2::content_addressable_storage_client::ContentAddressableStorageClient;
-use bazel_remote_apis::google::bytestream::{ReadRequest, WriteRequest};
 use common::*;
 
 #[tokio::test]
@@ -22,15 +21,7 @@ async fn blobs_and_action_results_survive_a_restart() {
         let server = TestServer::start_in(TEST_CONFIG, dir.path()).await;
         let mut cas = server.cas().await;
         upload(&mut cas, "", &[&small]).await;
-        let mut bs = server.bytestream().await;
-        let d = sha256(&large);
-        let name = format!("uploads/x/blobs/{}/{}", d.hash, d.size_bytes);
-        let messages: Vec<_> = large
-            .chunks(100_000)
-            .enumerate()
-            .map(|(i, c)| WriteRequest { resource_name: name.clone(), write_offset: (i * 100_000) as i64, finish_write: (i + 1) * 100_000 >= large.len(), data: c.to_vec() })
-            .collect();
-        bs.write(futures::stream::iter(messages)).await.unwrap();
+        bytestream_write(&server, &large, 100_000).await;
         let mut ac = server.action_cache().await;
         ac.update_action_result(reapi::UpdateActionResultRequest { action_digest: Some(action.clone()), action_result: Some(result.clone()), ..Default::default() })
             .await
@@ -40,13 +31,7 @@ async fn blobs_and_action_results_survive_a_restart() {
     let server = TestServer::start_in(TEST_CONFIG, dir.path()).await;
     let mut cas = server.cas().await;
     assert!(missing(&mut cas, "", vec![sha256(&small), sha256(&large)]).await.is_empty());
-    let mut bs = server.bytestream().await;
-    let d = sha256(&large);
-    let mut stream = bs.read(ReadRequest { resource_name: format!("blobs/{}/{}", d.hash, d.size_bytes), read_offset: 0, read_limit: 0 }).await.unwrap().into_inner();
-    let mut got = Vec::new();
-    while let Some(m) = stream.message().await.unwrap() {
-        got.extend(m.data);
-    }
+    let got = bytestream_read(&server, &sha256(&large), 0, 0).await.unwrap();
     assert_eq!(got, large);
     let mut ac = server.action_cache().await;
     let got = ac.get_action_result(reapi::GetActionResultRequest { action_digest: Some(action), ..Default::default() }).await.unwrap().into_inner();

@@ -153,3 +153,33 @@ pub async fn missing(cas: &mut ContentAddressableStorageClient<Channel>, instanc
         .into_inner()
         .missing_blob_digests
 }
+
+/// Uploads `data` through ByteStream Write in messages of `chunk` bytes.
+pub async fn bytestream_write(server: &TestServer, data: &[u8], chunk: usize) {
+    let d = sha256(data);
+    let name = format!("uploads/test/blobs/{}/{}", d.hash, d.size_bytes);
+    let msgs: Vec<_> = data
+        .chunks(chunk)
+        .enumerate()
+        .map(|(i, c)| bazel_remote_apis::google::bytestream::WriteRequest {
+            resource_name: name.clone(),
+            write_offset: (i * chunk) as i64,
+            finish_write: (i + 1) * chunk >= data.len(),
+            data: c.to_vec(),
+        })
+        .collect();
+    let resp = server.bytestream().await.write(futures::stream::iter(msgs)).await.unwrap().into_inner();
+    assert_eq!(resp.committed_size, data.len() as i64);
+}
+
+/// Reads a blob through ByteStream Read.
+pub async fn bytestream_read(server: &TestServer, d: &reapi::Digest, offset: i64, limit: i64) -> Result<Vec<u8>, tonic::Status> {
+    let name = format!("blobs/{}/{}", d.hash, d.size_bytes);
+    let request = bazel_remote_apis::google::bytestream::ReadRequest { resource_name: name, read_offset: offset, read_limit: limit };
+    let mut stream = server.bytestream().await.read(request).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = stream.message().await? {
+        out.extend(m.data);
+    }
+    Ok(out)
+}
