@@ -128,6 +128,13 @@ pub struct RemoteTierConfig {
     pub max_blob: Option<ByteSize>,
     /// Whether a write fails when it cannot reach the upstream (true), or succeeds once the local
     /// tiers have it (false).
+    /// `fail`: a write fails while the upstream is unavailable; `queue`: it succeeds once the local
+    /// tiers have it, and the upload is queued on disk and retried until the upstream takes it.
+    #[serde(default = "default_when_unavailable")]
+    pub when_unavailable: String,
+    /// How often queued uploads are retried.
+    #[serde(default = "default_queue_retry", with = "duration")]
+    pub queue_retry: Duration,
     #[serde(default = "yes")]
     pub durable: bool,
 }
@@ -176,6 +183,13 @@ pub struct S3TierConfig {
     pub min_blob: Option<ByteSize>,
     #[serde(default)]
     pub max_blob: Option<ByteSize>,
+    /// `fail`: a write fails while the upstream is unavailable; `queue`: it succeeds once the local
+    /// tiers have it, and the upload is queued on disk and retried until the upstream takes it.
+    #[serde(default = "default_when_unavailable")]
+    pub when_unavailable: String,
+    /// How often queued uploads are retried.
+    #[serde(default = "default_queue_retry", with = "duration")]
+    pub queue_retry: Duration,
     #[serde(default = "yes")]
     pub durable: bool,
 }
@@ -200,6 +214,13 @@ fn default_checksum() -> String {
 }
 fn default_existence_ttl() -> Duration {
     Duration::from_secs(600)
+}
+
+fn default_when_unavailable() -> String {
+    "fail".into()
+}
+fn default_queue_retry() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_remote_timeout() -> Duration {
@@ -307,11 +328,13 @@ impl Config {
                             if s3.access_key_id.is_some() != s3.secret_access_key.is_some() {
                                 return Err(format!("{key}: access_key_id and secret_access_key go together"));
                             }
+                            check_when_unavailable(&s3.when_unavailable).map_err(|e| format!("{key}.when_unavailable: {e}"))?;
                             if s3.part_size.0 < 5 << 20 {
                                 return Err(format!("{key}.part_size: {} is below S3's minimum of 5MiB", s3.part_size));
                             }
                         }
-                        TierConfig::Memory(_) | TierConfig::Remote(_) => {}
+                        TierConfig::Remote(r) => check_when_unavailable(&r.when_unavailable).map_err(|e| format!("{key}.when_unavailable: {e}"))?,
+                        TierConfig::Memory(_) => {}
                     }
                 }
             }
@@ -338,6 +361,13 @@ pub fn check_instance_name(name: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn check_when_unavailable(text: &str) -> Result<(), String> {
+    match text {
+        "fail" | "queue" => Ok(()),
+        other => Err(format!("{other:?} is not `fail` or `queue`")),
+    }
 }
 
 /// The disk tier's sync policy from its configuration string.

@@ -9,6 +9,7 @@ use strata_backends::disk::{DiskConfig, DiskLog};
 use strata_backends::memory::{Admission, MemoryStore};
 use strata_backends::remote::{RemoteConfig, RemoteStore};
 use strata_backends::s3::{S3Config, S3Store};
+use strata_backends::spool::Spooled;
 use strata_backends::tiered::{Tier, TieredStore};
 use strata_backends::{ActionCacheStore, BlobStore, StoreError};
 
@@ -61,7 +62,7 @@ pub async fn build(config: &Config) -> Result<Built, StoreError> {
                 }
                 TierConfig::Remote(r) => Tier {
                     name: format!("{label} ({})", r.endpoint),
-                    store: Arc::new(open_remote(r, &label)?),
+                    store: queued(config, Arc::new(open_remote(r, &label)?), &r.when_unavailable, r.queue_retry, &label)?,
                     min_blob: r.min_blob.map_or(0, |s| s.0),
                     max_blob: r.max_blob.map_or(u64::MAX, |s| s.0),
                     // The slowest tier: nothing is copied into it but writes.
@@ -73,7 +74,7 @@ pub async fn build(config: &Config) -> Result<Built, StoreError> {
                     let store = open_s3(c, &label).await?;
                     Tier {
                         name: format!("{label} ({})", store.name()),
-                        store: Arc::new(store),
+                        store: queued(config, Arc::new(store), &c.when_unavailable, c.queue_retry, &label)?,
                         min_blob: c.min_blob.map_or(0, |s| s.0),
                         max_blob: c.max_blob.map_or(u64::MAX, |s| s.0),
                         promote: false,
@@ -111,6 +112,15 @@ pub async fn build(config: &Config) -> Result<Built, StoreError> {
 /// turn away blobs that are unlikely to be read again.
 fn admission(last_tier: bool) -> Admission {
     if last_tier { Admission::Always } else { Admission::Frequency }
+}
+
+/// Wraps an upstream tier in a write-behind spool under the data directory when configured to queue.
+fn queued(config: &Config, store: Arc<dyn BlobStore>, when_unavailable: &str, retry: std::time::Duration, label: &str) -> Result<Arc<dyn BlobStore>, StoreError> {
+    if when_unavailable != "queue" {
+        return Ok(store);
+    }
+    let slug: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    Ok(Arc::new(Spooled::new(store, config.data_path(&std::path::Path::new("spool").join(slug)), retry)?))
 }
 
 async fn open_s3(c: &S3TierConfig, label: &str) -> Result<S3Store, StoreError> {

@@ -193,3 +193,45 @@ async fn bytes_that_do_not_match_their_digest_are_never_served() {
     let local = std::fs::read_dir(site_dir.path().join("cas/large")).unwrap().count();
     assert_eq!(local, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_when_unavailable_queue_writes_succeed_and_reach_the_upstream_later_even_across_a_restart() {
+    let upstream_dir = tempfile::tempdir().unwrap();
+    let upstream = TestServer::start_in(TEST_CONFIG, upstream_dir.path()).await;
+    let addr = upstream.addr;
+    upstream.stop().await;
+
+    let config = site_config(addr).replace(
+        "retries: 1 }\n    action_cache",
+        "retries: 1, when_unavailable: queue, queue_retry: 200ms }\n    action_cache",
+    );
+    assert!(config.contains("when_unavailable: queue"));
+    let site_dir = tempfile::tempdir().unwrap();
+    let small = content(40, 3000);
+    let large = content(41, 700_000);
+    {
+        let site = TestServer::start_in(&config, site_dir.path()).await;
+        upload(&mut site.cas().await, "", &[&small]).await;
+        bytestream_write(&site, &large, 100_000).await;
+        // Served locally meanwhile.
+        assert_eq!(bytestream_read(&site, &sha256(&large), 0, 0).await.unwrap(), large);
+        site.stop().await;
+    }
+    let queued = std::fs::read_dir(site_dir.path().join("spool")).unwrap().next().unwrap().unwrap().path();
+    assert_eq!(std::fs::read_dir(&queued).unwrap().count(), 2, "both uploads are queued on disk");
+
+    // The site restarts, the upstream comes back: the queue drains by itself.
+    let _site = TestServer::start_in(&config, site_dir.path()).await;
+    let upstream = TestServer::start_at(TEST_CONFIG, upstream_dir.path(), addr).await;
+    let mut up_cas = upstream.cas().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if missing(&mut up_cas, "", vec![sha256(&small), sha256(&large)]).await.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "queued uploads never reached the upstream");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(bytestream_read(&upstream, &sha256(&large), 0, 0).await.unwrap(), large);
+    assert_eq!(std::fs::read_dir(&queued).unwrap().count(), 0, "the queue is empty once delivered");
+}

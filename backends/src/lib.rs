@@ -9,6 +9,7 @@ pub mod error;
 pub mod memory;
 pub mod remote;
 pub mod s3;
+pub mod spool;
 pub mod store;
 pub mod tiered;
 
