@@ -120,6 +120,9 @@ pub struct RemoteTierConfig {
     /// Retries while the upstream is unavailable, with backoff from 50 ms.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Calls in flight to the upstream at most.
+    #[serde(default = "default_remote_concurrency")]
+    pub concurrency: usize,
     #[serde(default)]
     pub bearer_token: Option<String>,
     #[serde(default)]
@@ -216,6 +219,9 @@ fn default_existence_ttl() -> Duration {
     Duration::from_secs(600)
 }
 
+fn default_remote_concurrency() -> usize {
+    16
+}
 fn default_when_unavailable() -> String {
     "fail".into()
 }

@@ -151,6 +151,7 @@ fn open_remote(remote: &RemoteTierConfig, label: &str) -> Result<RemoteStore, St
         timeout: remote.timeout,
         connect_timeout: remote.connect_timeout,
         retries: remote.retries,
+        concurrency: remote.concurrency,
         bearer_token: remote.bearer_token.clone(),
     })
     .map_err(|e| StoreError::Config(format!("{label}: {e}")))

@@ -45,8 +45,10 @@ pub struct RemoteConfig {
     /// Deadline of each call (a ByteStream transfer gets this per megabyte on top).
     pub timeout: Duration,
     pub connect_timeout: Duration,
-    /// Retries of idempotent calls while the upstream is unavailable.
+    /// Retries of idempotent calls while the upstream is unavailable or overloaded.
     pub retries: u32,
+    /// Calls in flight to the upstream at most.
+    pub concurrency: usize,
     pub bearer_token: Option<String>,
 }
 
@@ -56,6 +58,8 @@ pub struct RemoteStore {
     channel: Channel,
     token: Option<MetadataValue<tonic::metadata::Ascii>>,
     max_batch: std::sync::Arc<OnceCell<u64>>,
+    /// Calls in flight at most: upstreams such as BuildGrid refuse RPCs beyond their thread pool.
+    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
     counters: std::sync::Arc<Counters>,
 }
 
@@ -85,7 +89,8 @@ impl RemoteStore {
             ),
             None => None,
         };
-        Ok(RemoteStore { cfg, channel, token, max_batch: Default::default(), counters: Default::default() })
+        let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(cfg.concurrency.max(1)));
+        Ok(RemoteStore { cfg, channel, token, max_batch: Default::default(), in_flight, counters: Default::default() })
     }
 
     pub fn endpoint(&self) -> &str {
@@ -128,7 +133,8 @@ impl RemoteStore {
         }
     }
 
-    /// Runs an idempotent call, retrying with backoff while the upstream is unavailable.
+    /// Runs an idempotent call, retrying with backoff while the upstream is unavailable or
+    /// overloaded (RESOURCE_EXHAUSTED), with at most `concurrency` calls in flight.
     async fn retry<T, F, Fut>(&self, call: &str, mut attempt: F) -> Result<T>
     where
         F: FnMut() -> Fut,
@@ -137,11 +143,16 @@ impl RemoteStore {
         let mut delay = Duration::from_millis(50);
         let mut tries = 0;
         loop {
-            match attempt().await {
+            let permit = self.in_flight.acquire().await.map_err(|e| StoreError::Config(e.to_string()))?;
+            let outcome = attempt().await;
+            drop(permit);
+            match outcome {
                 Ok(value) => return Ok(value),
                 Err(status) => {
+                    let overloaded = status.code() == Code::ResourceExhausted;
                     let error = self.failure(call, status);
-                    if !matches!(error, StoreError::Unavailable { .. }) || tries >= self.cfg.retries {
+                    let retryable = overloaded || matches!(error, StoreError::Unavailable { .. });
+                    if !retryable || tries >= self.cfg.retries {
                         return Err(error);
                     }
                     tries += 1;
