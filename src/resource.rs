@@ -102,6 +102,18 @@ mod tests {
     }
 
     #[test]
+    fn names_built_by_the_clients_parse_back() {
+        use strata_backends::digest::resource_name;
+        for function in DigestFunction::ALL {
+            let d = function.digest_of(b"round trip");
+            let w = parse_write(&resource_name("a/b", Some("u1"), &d)).unwrap();
+            assert_eq!((w.instance.as_str(), w.uuid.as_str(), w.digest), ("a/b", "u1", d));
+            let r = parse_read(&resource_name("", None, &d)).unwrap();
+            assert_eq!((r.instance.as_str(), r.digest), ("", d));
+        }
+    }
+
+    #[test]
     fn malformed_names_are_rejected() {
         for bad in [
             String::new(),

@@ -172,6 +172,19 @@ impl Digest {
     }
 }
 
+/// The ByteStream resource name of a blob: `{instance/}{uploads/{id}/}blobs/{function/}{hash}/{size}`.
+/// The function segment is left out for SHA-256, as REAPI requires of the functions it predates.
+/// (Parsing, with its validation, is the server's `resource` module.)
+pub fn resource_name(instance: &str, upload: Option<&str>, digest: &Digest) -> String {
+    let instance = if instance.is_empty() { String::new() } else { format!("{instance}/") };
+    let upload = upload.map_or(String::new(), |id| format!("uploads/{id}/"));
+    let function = match digest.function {
+        DigestFunction::Sha256 => String::new(),
+        f => format!("{}/", f.name()),
+    };
+    format!("{instance}{upload}blobs/{function}{}/{}", digest.hash_hex(), digest.size)
+}
+
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.function == DigestFunction::Sha256 {

@@ -24,7 +24,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
-use crate::digest::{Digest, DigestFunction};
+use crate::digest::{resource_name, Digest, DigestFunction};
 use crate::error::{Result, StoreError};
 use crate::store::{ActionCacheStore, Blob, BlobStore, BlobWriter, BufferedWriter, Counters, StoreStats};
 
@@ -187,13 +187,7 @@ impl RemoteStore {
     }
 
     fn resource(&self, digest: &Digest, upload: Option<&str>) -> String {
-        let instance = if self.cfg.instance.is_empty() { String::new() } else { format!("{}/", self.cfg.instance) };
-        let upload = upload.map_or(String::new(), |id| format!("uploads/{id}/"));
-        let function = match digest.function {
-            DigestFunction::Sha256 => String::new(),
-            f => format!("{}/", f.name()),
-        };
-        format!("{instance}{upload}blobs/{function}{}/{}", digest.hash_hex(), digest.size)
+        resource_name(&self.cfg.instance, upload, digest)
     }
 
     fn transfer_timeout(&self, size: u64) -> Duration {

@@ -10,7 +10,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2::content_addressable_
 use bazel_remote_apis::build::bazel::remote::execution::v2::execution_client::ExecutionClient;
 use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
 use bazel_remote_apis::google::bytestream::WriteRequest;
-use strata_backends::Digest;
+use strata_backends::digest::resource_name;
 use tonic::transport::{Channel, Endpoint};
 
 use super::blobs::UniqueBlob;
@@ -89,18 +89,6 @@ pub fn max_batch(caps: &reapi::ServerCapabilities) -> u64 {
     }
 }
 
-pub fn instance_prefix(instance: &str) -> String {
-    if instance.is_empty() { String::new() } else { format!("{instance}/") }
-}
-
-/// The function segment of resource names: omitted for SHA-256, as REAPI requires.
-pub fn function_segment(digest: &Digest) -> String {
-    match digest.function {
-        strata_backends::DigestFunction::Sha256 => String::new(),
-        f => format!("{}/", f.name()),
-    }
-}
-
 pub fn batch_request(plan: &Plan, blobs: &[UniqueBlob]) -> reapi::BatchUpdateBlobsRequest {
     reapi::BatchUpdateBlobsRequest {
         instance_name: plan.args.instance.clone(),
@@ -127,13 +115,7 @@ pub async fn upload_batch(client: &mut Client, plan: &Plan, blobs: &[UniqueBlob]
 /// Streams one blob through ByteStream Write in 1 MiB messages, built lazily.
 pub async fn write_blob(client: &mut Client, plan: &Plan, blob: &UniqueBlob, upload_id: &str) -> Result<(), String> {
     let d = &blob.digest;
-    let name = format!(
-        "{}uploads/{upload_id}/blobs/{}{}/{}",
-        instance_prefix(&plan.args.instance),
-        function_segment(d),
-        d.hash_hex(),
-        d.size
-    );
+    let name = resource_name(&plan.args.instance, Some(upload_id), d);
     let body = blob.body.clone();
     let tail = blob.tail.clone();
     let total = d.size;

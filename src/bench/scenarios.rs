@@ -8,10 +8,11 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::bytestream::ReadRequest;
 use bazel_remote_apis::google::longrunning::operation;
 use prost::Message;
+use strata_backends::digest::resource_name;
 use strata_backends::Digest;
 
 use super::blobs::{run_nonce, BlobFactory, UniqueBlob};
-use super::client::{connect_all, function_segment, instance_prefix, max_batch, upload_batch, write_blob, Client};
+use super::client::{connect_all, max_batch, upload_batch, write_blob, Client};
 use super::{BenchError, Done, Plan};
 use crate::services::to_proto;
 
@@ -108,7 +109,7 @@ impl Scenario for Large {
             return Ok(Done { bytes: blob.digest.size, items: 1 });
         }
         let digest = self.stored[worker % self.stored.len()];
-        let name = format!("{}blobs/{}{}/{}", instance_prefix(&self.plan.args.instance), function_segment(&digest), digest.hash_hex(), digest.size);
+        let name = resource_name(&self.plan.args.instance, None, &digest);
         let mut stream = client
             .bytestream
             .read(ReadRequest { resource_name: name, read_offset: 0, read_limit: 0 })
