@@ -31,6 +31,88 @@ pub struct Config {
     /// Named storage stacks that instances refer to.
     pub storage: BTreeMap<String, StorageConfig>,
     pub instances: Vec<InstanceConfig>,
+    /// The scheduler's limits and the bots `strata serve` runs in process (instances that list
+    /// `execution` among their services use it).
+    #[serde(default)]
+    pub execution: ExecutionConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionConfig {
+    /// How long an action may wait for a bot before it fails with UNAVAILABLE.
+    #[serde(default = "default_queue_timeout", with = "duration")]
+    pub queue_timeout: Duration,
+    /// The timeout of actions that set none, and the cap on those that do.
+    #[serde(default = "default_max_execution_timeout", with = "duration")]
+    pub max_execution_timeout: Duration,
+    /// A bot that has not called for this long is gone, and its actions are queued again.
+    #[serde(default = "default_bot_session_timeout", with = "duration")]
+    pub bot_session_timeout: Duration,
+    /// How many times an action is handed to a bot before it fails.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// How long finished operations can still be looked up.
+    #[serde(default = "default_operation_retention", with = "duration")]
+    pub operation_retention: Duration,
+    /// Bots started inside `strata serve`, connected to it over loopback.
+    #[serde(default)]
+    pub bots: Vec<LocalBotConfig>,
+}
+
+impl Default for ExecutionConfig {
+    fn default() -> Self {
+        ExecutionConfig {
+            queue_timeout: default_queue_timeout(),
+            max_execution_timeout: default_max_execution_timeout(),
+            bot_session_timeout: default_bot_session_timeout(),
+            max_attempts: default_max_attempts(),
+            operation_retention: default_operation_retention(),
+            bots: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalBotConfig {
+    /// The instance whose actions it runs.
+    #[serde(default)]
+    pub instance: String,
+    /// Actions run at once (default: the number of cores).
+    #[serde(default)]
+    pub capacity: Option<usize>,
+    /// `host` or `bubblewrap`.
+    #[serde(default = "default_runner")]
+    pub runner: String,
+    /// Its work directory, relative to `data_dir` unless absolute.
+    #[serde(default = "default_bot_dir")]
+    pub work_dir: PathBuf,
+    /// The platform properties it offers.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_queue_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_max_execution_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_bot_session_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_operation_retention() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_runner() -> String {
+    "host".into()
+}
+fn default_bot_dir() -> PathBuf {
+    "bot".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +139,8 @@ pub enum Service {
     /// ContentAddressableStorage and ByteStream.
     Cas,
     ActionCache,
+    /// Execution, Operations and the Bots service for workers.
+    Execution,
 }
 
 #[derive(Debug, Deserialize)]
@@ -312,6 +396,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_execution()?;
         let mut disk_paths = HashSet::new();
         for (name, storage) in &self.storage {
             for (kind, tiers) in [("cas", &storage.cas), ("action_cache", &storage.action_cache)] {
@@ -349,6 +434,36 @@ impl Config {
     }
 
     /// A tier path resolved against `data_dir`.
+    fn validate_execution(&self) -> Result<(), String> {
+        let exec = &self.execution;
+        if exec.max_attempts == 0 {
+            return Err("execution.max_attempts: must be at least 1".into());
+        }
+        for (key, value) in [
+            ("queue_timeout", exec.queue_timeout),
+            ("max_execution_timeout", exec.max_execution_timeout),
+            ("bot_session_timeout", exec.bot_session_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("execution.{key}: must be longer than zero"));
+            }
+        }
+        for (i, bot) in exec.bots.iter().enumerate() {
+            let key = format!("execution.bots[{i}]");
+            let serves = self.instances.iter().any(|inst| inst.name == bot.instance && inst.services.contains(&Service::Execution));
+            if !serves {
+                return Err(format!("{key}.instance: no instance {:?} with the execution service", bot.instance));
+            }
+            if bot.capacity == Some(0) {
+                return Err(format!("{key}.capacity: must be at least 1"));
+            }
+            if !["host", "bubblewrap"].contains(&bot.runner.as_str()) {
+                return Err(format!("{key}.runner: {:?} is not one of host, bubblewrap", bot.runner));
+            }
+        }
+        Ok(())
+    }
+
     pub fn data_path(&self, path: &Path) -> PathBuf {
         self.data_dir.join(path)
     }

@@ -14,6 +14,9 @@ pub struct Instance {
     pub cas: Option<Cas>,
     /// The action cache, with the CAS its entries' outputs are checked against.
     pub action_cache: Option<(Arc<dyn ActionCacheStore>, Cas)>,
+    /// The storage that execution reads actions from and caches results in, when the instance
+    /// serves execution (whether or not it also serves the CAS to clients).
+    pub execution: Option<(Arc<dyn ActionCacheStore>, Cas)>,
 }
 
 pub struct Instances {
@@ -51,6 +54,18 @@ impl Instances {
             .action_cache
             .as_ref()
             .ok_or_else(|| Status::unimplemented(format!("instance {name:?} does not serve the action cache")))
+    }
+
+    pub fn execution(&self, name: &str) -> Result<&(Arc<dyn ActionCacheStore>, Cas), Status> {
+        self.get(name)?
+            .execution
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented(format!("instance {name:?} does not serve execution")))
+    }
+
+    /// The action caches that execution writes results to, by instance name.
+    pub fn action_caches(&self) -> HashMap<String, Arc<dyn ActionCacheStore>> {
+        self.by_name.iter().filter_map(|(name, i)| Some((name.clone(), i.execution.as_ref()?.0.clone()))).collect()
     }
 
     pub fn any_serves(&self, pick: impl Fn(&Instance) -> bool) -> bool {

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod cas;
 pub mod config;
+pub mod exec;
 pub mod instances;
 pub mod resource;
 pub mod server;

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use bazel_remote_apis::build::bazel::remote::execution::v2::action_cache_server::ActionCacheServer;
 use bazel_remote_apis::build::bazel::remote::execution::v2::capabilities_server::CapabilitiesServer;
 use bazel_remote_apis::build::bazel::remote::execution::v2::content_addressable_storage_server::ContentAddressableStorageServer;
+use bazel_remote_apis::build::bazel::remote::execution::v2::execution_server::ExecutionServer;
 use bazel_remote_apis::google::bytestream::byte_stream_server::ByteStreamServer;
+use bazel_remote_apis::google::longrunning::operations_server::OperationsServer;
 use strata_backends::disk::DiskLog;
 use strata_backends::StoreError;
 use tokio::net::TcpListener;
@@ -15,7 +17,12 @@ use tokio::sync::Notify;
 use tonic::transport::server::TcpIncoming;
 
 use crate::cas::Cas;
-use crate::config::{Config, Service};
+use crate::config::{Config, ExecutionConfig, Service};
+use crate::exec::rwapi::bots_server::BotsServer;
+use crate::exec::scheduler::{Scheduler, SchedulerConfig};
+use crate::services::bots::BotsService;
+use crate::services::execution::ExecutionService;
+use crate::services::operations::OperationsService;
 use crate::instances::{Instance, Instances};
 use crate::services::action_cache::ActionCacheService;
 use crate::services::bytestream::ByteStreamService;
@@ -38,6 +45,17 @@ pub struct Server {
     instances: Arc<Instances>,
     disks: Vec<DiskLog>,
     upload_ttl: std::time::Duration,
+    scheduler: Option<Arc<Scheduler>>,
+}
+
+pub fn scheduler_config(config: &ExecutionConfig) -> SchedulerConfig {
+    SchedulerConfig {
+        queue_timeout: config.queue_timeout,
+        max_execution_timeout: config.max_execution_timeout,
+        bot_session_timeout: config.bot_session_timeout,
+        max_attempts: config.max_attempts,
+        operation_retention: config.operation_retention,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,17 +78,22 @@ impl Server {
             instances.push(Instance {
                 name: ic.name.clone(),
                 cas: ic.services.contains(&Service::Cas).then(|| cas.clone()),
-                action_cache: ic.services.contains(&Service::ActionCache).then(|| (stack.action_cache.clone(), cas)),
+                action_cache: ic.services.contains(&Service::ActionCache).then(|| (stack.action_cache.clone(), cas.clone())),
+                execution: ic.services.contains(&Service::Execution).then(|| (stack.action_cache.clone(), cas)),
             });
         }
         let mut server = Server::from_instances(instances, config.max_batch_total_size.0, config.resumable_upload_ttl);
         server.disks = built.disks;
+        if server.instances.any_serves(|i| i.execution.is_some()) {
+            server.scheduler = Some(Scheduler::start(scheduler_config(&config.execution), server.instances.action_caches()));
+        }
         Ok(server)
     }
 
     /// A server over instances built elsewhere (embedding, tests).
     pub fn from_instances(instances: Vec<Instance>, max_batch_total_size: u64, upload_ttl: std::time::Duration) -> Server {
-        Server { instances: Arc::new(Instances::new(instances, max_batch_total_size)), disks: Vec::new(), upload_ttl }
+        let instances = Arc::new(Instances::new(instances, max_batch_total_size));
+        Server { instances, disks: Vec::new(), upload_ttl, scheduler: None }
     }
 
     /// Binds the configured address.
@@ -108,6 +131,20 @@ impl Server {
                     .max_decoding_message_size(max_message)
                     .max_encoding_message_size(max_message),
             );
+        }
+        if let Some(scheduler) = &self.scheduler {
+            router = router
+                .add_service(
+                    ExecutionServer::new(ExecutionService { instances: instances.clone(), scheduler: scheduler.clone() })
+                        .max_decoding_message_size(max_message)
+                        .max_encoding_message_size(max_message),
+                )
+                .add_service(OperationsServer::new(OperationsService { scheduler: scheduler.clone() }))
+                .add_service(
+                    BotsServer::new(BotsService { instances: instances.clone(), scheduler: scheduler.clone() })
+                        .max_decoding_message_size(max_message)
+                        .max_encoding_message_size(max_message),
+                );
         }
         // Without TCP_NODELAY, small responses wait for delayed acknowledgements (~40 ms each).
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));

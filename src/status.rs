@@ -35,3 +35,11 @@ pub fn to_rpc(status: &Status) -> bazel_remote_apis::google::rpc::Status {
 pub fn ok_rpc() -> bazel_remote_apis::google::rpc::Status {
     bazel_remote_apis::google::rpc::Status { code: Code::Ok as i32, message: String::new(), details: Vec::new() }
 }
+
+pub fn from_scheduler(error: crate::exec::scheduler::SchedulerError) -> Status {
+    use crate::exec::scheduler::SchedulerError;
+    let code = match &error {
+        SchedulerError::UnknownSession(_) | SchedulerError::UnknownOperation(_) => Code::NotFound,
+    };
+    Status::new(code, error.to_string())
+}

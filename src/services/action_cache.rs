@@ -11,7 +11,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::build::bazel::remote::execution::v2::action_cache_server::ActionCache;
 use bytes::Bytes;
 use prost::Message;
-use strata_backends::{Digest, DigestFunction};
+use strata_backends::{ActionCacheStore, Digest, DigestFunction};
 use tonic::{Request, Response, Status};
 
 use super::{digest_function, parse_digest};
@@ -50,6 +50,23 @@ async fn referenced_blobs(cas: &Cas, function: DigestFunction, result: &reapi::A
     Ok(Some(digests))
 }
 
+/// The cached result of `action`, if there is one whose outputs are all still in the CAS.
+pub async fn lookup(
+    store: &dyn ActionCacheStore,
+    cas: &Cas,
+    function: DigestFunction,
+    action: &Digest,
+) -> Result<Option<reapi::ActionResult>, Status> {
+    let Some(data) = store.get(action).await.map_err(status::from_store)? else { return Ok(None) };
+    let result = reapi::ActionResult::decode(data)
+        .map_err(|e| Status::internal(format!("the stored action result for {action} cannot be decoded: {e}")))?;
+    let Some(needed) = referenced_blobs(cas, function, &result).await? else { return Ok(None) };
+    if cas.contains(&needed).await.map_err(status::from_store)?.contains(&false) {
+        return Ok(None);
+    }
+    Ok(Some(result))
+}
+
 /// Reads a small blob for inlining, if it fits in the remaining `budget`.
 async fn inline(cas: &Cas, function: DigestFunction, digest: &Option<reapi::Digest>, budget: &mut u64) -> Option<Vec<u8>> {
     let d = digest.as_ref().and_then(|d| Digest::parse(function, &d.hash, d.size_bytes).ok())?;
@@ -71,15 +88,9 @@ impl ActionCache for ActionCacheService {
         let (store, cas) = self.instances.action_cache(&req.instance_name)?;
         let function = digest_function(req.digest_function)?;
         let action = parse_digest(function, req.action_digest.as_ref(), "action_digest")?;
-        let miss = || Status::not_found(format!("no action result for {action}"));
-        let data = store.get(&action).await.map_err(status::from_store)?.ok_or_else(miss)?;
-        let mut result = reapi::ActionResult::decode(data).map_err(|e| {
-            Status::internal(format!("the stored action result for {action} cannot be decoded: {e}"))
-        })?;
-        let needed = referenced_blobs(cas, function, &result).await?.ok_or_else(miss)?;
-        if cas.contains(&needed).await.map_err(status::from_store)?.contains(&false) {
-            return Err(miss());
-        }
+        let mut result = lookup(store.as_ref(), cas, function, &action)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no action result for {action}")))?;
         let mut budget = self.instances.max_batch_total_size;
         if req.inline_stdout && result.stdout_raw.is_empty() {
             if let Some(data) = inline(cas, function, &result.stdout_digest, &mut budget).await {

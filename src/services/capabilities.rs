@@ -1,5 +1,5 @@
 //! Capabilities: what this server supports, per instance. Bazel 4.x speaks only REAPI 2.0, so the
-//! lowest version advertised is 2.0; execution is not offered by a cache-only server.
+//! lowest version advertised is 2.0; execution is offered on instances that serve it.
 
 use std::sync::Arc;
 
@@ -43,8 +43,13 @@ impl Capabilities for CapabilitiesService {
             cache_capabilities: instance.cas.as_ref().map(|_| cache),
             execution_capabilities: Some(reapi::ExecutionCapabilities {
                 digest_function: DigestFunction::Sha256.to_proto(),
-                exec_enabled: false,
-                digest_functions,
+                exec_enabled: instance.execution.is_some(),
+                // Bots cannot tell SHA-256 from BLAKE3 digests in a lease (same length), so
+                // execution is offered for SHA-256 only.
+                digest_functions: vec![DigestFunction::Sha256.to_proto()],
+                execution_priority_capabilities: Some(reapi::PriorityCapabilities {
+                    priorities: vec![reapi::priority_capabilities::PriorityRange { min_priority: i32::MIN, max_priority: i32::MAX }],
+                }),
                 ..Default::default()
             }),
             deprecated_api_version: None,

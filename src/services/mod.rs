@@ -4,7 +4,10 @@
 pub mod action_cache;
 pub mod bytestream;
 pub mod capabilities;
+pub mod bots;
 pub mod cas;
+pub mod execution;
+pub mod operations;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use strata_backends::{Digest, DigestFunction};

@@ -1,0 +1,91 @@
+//! The names and paths that come from the CAS and from Commands, checked before they touch a file
+//! system: a Directory entry is one plain path component, and a path (working directory, output
+//! path, symlink target) must stay inside the action's directory. Used by the server to refuse bad
+//! actions up front and by the bot, which trusts nothing it fetches.
+
+/// A Directory entry name: one component, not empty, `.` or `..`, without `/` or NUL.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err(format!("{name:?} is not a valid file name (one path component, not \".\" or \"..\")"));
+    }
+    Ok(())
+}
+
+/// A relative path that stays below its root: no leading `/`, and `..` never climbs above it.
+/// Returns its components, with `.` and empty ones dropped.
+pub fn check_relative(path: &str) -> Result<Vec<&str>, String> {
+    if path.starts_with('/') {
+        return Err(format!("{path:?} is absolute; paths must be relative to the action's directory"));
+    }
+    if path.contains('\0') {
+        return Err(format!("{path:?} contains a NUL byte"));
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(format!("{path:?} leaves the action's directory"));
+                }
+            }
+            p => parts.push(p),
+        }
+    }
+    Ok(parts)
+}
+
+/// A symlink target, relative to the directory holding the link, that stays below the root.
+/// `depth` is the link's directory depth below the root.
+pub fn check_symlink_target(target: &str, depth: usize) -> Result<(), String> {
+    if target.is_empty() {
+        return Err("a symlink with an empty target".into());
+    }
+    if target.starts_with('/') {
+        return Err(format!("symlink target {target:?} is absolute"));
+    }
+    let mut level = depth as i64;
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => level -= 1,
+            _ => level += 1,
+        }
+        if level < 0 {
+            return Err(format!("symlink target {target:?} leaves the action's directory"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(check_name("a.txt").is_ok());
+        for bad in ["", ".", "..", "a/b", "/", "a\0"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn relative_paths() {
+        assert_eq!(check_relative("a/./b//c").unwrap(), vec!["a", "b", "c"]);
+        assert_eq!(check_relative("a/../b").unwrap(), vec!["b"]);
+        assert_eq!(check_relative("").unwrap(), Vec::<&str>::new());
+        for bad in ["/etc/passwd", "..", "a/../../b", "a\0"] {
+            assert!(check_relative(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn symlink_targets() {
+        assert!(check_symlink_target("b", 0).is_ok());
+        assert!(check_symlink_target("../b", 1).is_ok());
+        for (bad, depth) in [("../b", 0), ("/etc", 3), ("a/../../..", 1), ("", 0)] {
+            assert!(check_symlink_target(bad, depth).is_err(), "{bad:?}");
+        }
+    }
+}

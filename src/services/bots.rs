@@ -1,0 +1,163 @@
+//! Bots (Remote Workers API v1test2): the gateway through which workers take leases. A bot creates a
+//! session with its properties and capacity, then calls UpdateBotSession in a long poll: the call
+//! returns as soon as the session has news for the bot (a new lease, a cancellation), or shortly
+//! before the call's deadline. Results come back as `Any(ActionResult)` with a `google.rpc.Status`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use bazel_remote_apis::google::protobuf::{Empty, Timestamp};
+use tonic::{Request, Response, Status};
+
+use crate::exec::rwapi::{self, bots_server::Bots, BotSession, BotStatus, LeaseState};
+use crate::exec::scheduler::{LeaseReport, Scheduler, SessionView};
+use crate::instances::Instances;
+use crate::status;
+
+/// A long poll never holds a call longer than this, so a bot behind a silent network is noticed.
+const MAX_POLL: Duration = Duration::from_secs(30);
+
+pub struct BotsService {
+    pub instances: Arc<Instances>,
+    pub scheduler: Arc<Scheduler>,
+}
+
+/// Marks a session's call as in progress for as long as it lives (a dropped call ends it too).
+struct Calling<'a> {
+    scheduler: &'a Scheduler,
+    session: &'a str,
+}
+
+impl<'a> Calling<'a> {
+    fn new(scheduler: &'a Scheduler, session: &'a str) -> Self {
+        scheduler.calling(session, true);
+        Calling { scheduler, session }
+    }
+}
+
+impl Drop for Calling<'_> {
+    fn drop(&mut self) {
+        self.scheduler.calling(self.session, false);
+    }
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Timestamp { seconds: since.as_secs() as i64, nanos: since.subsec_nanos() as i32 }
+}
+
+/// The call's own deadline (`grpc-timeout`), if the client set one.
+fn deadline<T>(request: &Request<T>) -> Option<Duration> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (number, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = number.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The properties a bot offers: its devices' and its worker's.
+fn properties(session: &BotSession) -> Vec<(String, String)> {
+    let Some(worker) = &session.worker else { return Vec::new() };
+    let device_props = worker.devices.iter().flat_map(|d| &d.properties);
+    device_props.chain(&worker.properties).map(|p| (p.key.clone(), p.value.clone())).collect()
+}
+
+fn capacity(session: &BotSession) -> Result<usize, Status> {
+    let config = session.worker.as_ref().and_then(|w| w.configs.iter().find(|c| c.key == "capacity"));
+    match config {
+        None => Ok(1),
+        Some(c) => match c.value.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(Status::invalid_argument(format!("worker config capacity {:?} is not a positive number", c.value))),
+        },
+    }
+}
+
+fn reports(session: &BotSession) -> Vec<LeaseReport> {
+    session
+        .leases
+        .iter()
+        .map(|lease| {
+            let mut status = lease.status.clone();
+            let result = match lease.result.as_ref().map(|r| rwapi::unpack::<reapi::ActionResult>(r, "build.bazel.remote.execution.v2.ActionResult")) {
+                Some(Some(Ok(result))) => Some(result),
+                Some(_) => {
+                    let message = format!("the bot's result for lease {} is not an ActionResult", lease.id);
+                    status = Some(status::to_rpc(&Status::internal(message)));
+                    None
+                }
+                None => None,
+            };
+            LeaseReport {
+                lease_id: lease.id.clone(),
+                state: LeaseState::try_from(lease.state).unwrap_or(LeaseState::Unspecified),
+                status,
+                result,
+            }
+        })
+        .collect()
+}
+
+/// Whether the server's view of the leases tells the bot anything it did not send.
+fn news(sent: &BotSession, view: &SessionView) -> bool {
+    view.leases.iter().any(|lease| !sent.leases.iter().any(|s| s.id == lease.id && s.state == lease.state))
+}
+
+fn answer(name: String, mut session: BotSession, view: SessionView) -> BotSession {
+    session.name = name;
+    session.leases = view.leases;
+    session.expire_time = Some(timestamp(view.expire_time));
+    session
+}
+
+#[tonic::async_trait]
+impl Bots for BotsService {
+    async fn create_bot_session(&self, request: Request<rwapi::CreateBotSessionRequest>) -> Result<Response<BotSession>, Status> {
+        let req = request.into_inner();
+        self.instances.execution(&req.parent)?;
+        let session = req.bot_session.ok_or_else(|| Status::invalid_argument("bot_session missing"))?;
+        if session.bot_id.is_empty() {
+            return Err(Status::invalid_argument("bot_session.bot_id is empty; every bot needs an id"));
+        }
+        let capacity = capacity(&session)?;
+        let (name, view) = self.scheduler.create_session(&req.parent, &session.bot_id, properties(&session), capacity);
+        Ok(Response::new(answer(name, session, view)))
+    }
+
+    async fn update_bot_session(&self, request: Request<rwapi::UpdateBotSessionRequest>) -> Result<Response<BotSession>, Status> {
+        let wait = deadline(&request).map_or(MAX_POLL, |d| d.saturating_sub(d / 10).min(MAX_POLL));
+        let req = request.into_inner();
+        let session = req.bot_session.ok_or_else(|| Status::invalid_argument("bot_session missing"))?;
+        let name = if req.name.is_empty() { session.name.clone() } else { req.name };
+        if !session.name.is_empty() && session.name != name {
+            return Err(Status::invalid_argument(format!("name {name:?} and bot_session.name {:?} differ", session.name)));
+        }
+        let calling = Calling::new(&self.scheduler, &name);
+        let terminating = session.status == BotStatus::BotTerminating as i32;
+        let (mut view, finished) = self.scheduler.report(&name, reports(&session), terminating).map_err(status::from_scheduler)?;
+        for f in finished {
+            self.scheduler.deliver(f).await;
+        }
+        if !terminating && !news(&session, &view) {
+            let wake = view.wake.clone();
+            let _ = tokio::time::timeout(wait.min(self.scheduler.config().bot_session_timeout / 2), wake.notified()).await;
+            view = self.scheduler.session_view(&name).map_err(status::from_scheduler)?;
+        }
+        drop(calling);
+        Ok(Response::new(answer(name, session, view)))
+    }
+
+    async fn post_bot_event_temp(&self, request: Request<rwapi::PostBotEventTempRequest>) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        tracing::info!(session = %req.name, kind = req.r#type, "bot event: {}", req.msg);
+        Ok(Response::new(Empty {}))
+    }
+}

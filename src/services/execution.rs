@@ -1,0 +1,227 @@
+//! Execution: Execute and WaitExecution. Execute checks the action before it is queued — the Action,
+//! its Command and every input blob must be in the CAS (else FAILED_PRECONDITION naming each missing
+//! digest), names and paths must be sane — looks it up in the action cache unless told not to, and
+//! then streams the operation's stages until its result.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use bazel_remote_apis::build::bazel::remote::execution::v2::execution_server::Execution;
+use bazel_remote_apis::google::longrunning::{operation, Operation};
+use futures::Stream;
+use prost::Message;
+use strata_backends::{Digest, DigestFunction};
+use tonic::{Code, Request, Response, Status};
+
+use super::{digest_function, parse_digest, to_proto};
+use crate::cas::Cas;
+use crate::exec::paths;
+use crate::exec::rwapi::{self, PreconditionFailure, Violation};
+use crate::exec::scheduler::{NewJob, OpState, OperationView, Outcome, Scheduler};
+use crate::instances::Instances;
+use crate::status;
+
+pub type OperationStream = Pin<Box<dyn Stream<Item = Result<Operation, Status>> + Send>>;
+
+pub struct ExecutionService {
+    pub instances: Arc<Instances>,
+    pub scheduler: Arc<Scheduler>,
+}
+
+/// The longrunning form of an operation's state.
+pub fn to_operation(name: &str, action_digest: &Digest, state: &OpState) -> Operation {
+    let metadata = reapi::ExecuteOperationMetadata {
+        stage: state.stage as i32,
+        action_digest: Some(to_proto(action_digest)),
+        ..Default::default()
+    };
+    let result = state.outcome.as_ref().map(|outcome| match outcome {
+        Outcome::Response(response) => {
+            operation::Result::Response(rwapi::pack("build.bazel.remote.execution.v2.ExecuteResponse", response.as_ref()))
+        }
+        Outcome::Error(code, message) => operation::Result::Error(bazel_remote_apis::google::rpc::Status {
+            code: *code as i32,
+            message: message.clone(),
+            details: Vec::new(),
+        }),
+    });
+    Operation {
+        name: name.to_string(),
+        metadata: Some(rwapi::pack("build.bazel.remote.execution.v2.ExecuteOperationMetadata", &metadata)),
+        done: result.is_some(),
+        result,
+    }
+}
+
+/// Every change of an operation, from its current state until it is done.
+pub fn operation_stream(view: OperationView) -> OperationStream {
+    let stream = futures::stream::unfold(Some((view, true)), |next| async move {
+        let (mut view, first) = next?;
+        if !first && view.state.changed().await.is_err() {
+            let gone = Status::not_found(format!("operation {} was deleted", view.name));
+            return Some((Err(gone), None));
+        }
+        let state = view.state.borrow_and_update().clone();
+        let op = to_operation(&view.name, &view.action_digest, &state);
+        let more = (!op.done).then_some((view, false));
+        Some((Ok(op), more))
+    });
+    Box::pin(stream)
+}
+
+fn missing_blobs(digests: &[Digest]) -> Status {
+    let violations = digests
+        .iter()
+        .map(|d| Violation {
+            r#type: "MISSING".into(),
+            subject: format!("blobs/{}/{}", d.hash_hex(), d.size),
+            description: String::new(),
+        })
+        .collect();
+    let failure = PreconditionFailure { violations };
+    let list: Vec<String> = digests.iter().take(10).map(|d| d.to_string()).collect();
+    let more = if digests.len() > 10 { format!(" and {} more", digests.len() - 10) } else { String::new() };
+    let message = format!("{} blob(s) the action needs are not in the CAS: {}{more}", digests.len(), list.join(", "));
+    let details = bazel_remote_apis::google::rpc::Status {
+        code: Code::FailedPrecondition as i32,
+        message: message.clone(),
+        details: vec![rwapi::pack("google.rpc.PreconditionFailure", &failure)],
+    };
+    Status::with_details(Code::FailedPrecondition, message, details.encode_to_vec().into())
+}
+
+async fn load<M: Message + Default>(cas: &Cas, digest: &Digest, what: &str) -> Result<Option<M>, Status> {
+    let Some(data) = cas.read_whole(digest).await.map_err(status::from_store)? else { return Ok(None) };
+    M::decode(data).map(Some).map_err(|e| Status::invalid_argument(format!("{what} {digest} is not a valid {what} message: {e}")))
+}
+
+/// Walks the input tree: every Directory must be present and well formed; returns what is missing.
+async fn check_inputs(cas: &Cas, function: DigestFunction, root: Digest) -> Result<Vec<Digest>, Status> {
+    let mut missing = Vec::new();
+    let mut files = Vec::new();
+    let mut seen = HashSet::from([root]);
+    let mut pending = vec![(root, String::new())];
+    while let Some((digest, path)) = pending.pop() {
+        let Some(dir) = load::<reapi::Directory>(cas, &digest, "Directory").await? else {
+            missing.push(digest);
+            continue;
+        };
+        let bad = |name: &str, e: String| Status::invalid_argument(format!("input tree, directory {path:?}: entry {name:?}: {e}"));
+        for file in &dir.files {
+            paths::check_name(&file.name).map_err(|e| bad(&file.name, e))?;
+            files.push(parse_digest(function, file.digest.as_ref(), &format!("input file {path}/{}", file.name))?);
+        }
+        for link in &dir.symlinks {
+            paths::check_name(&link.name).map_err(|e| bad(&link.name, e))?;
+            let depth = path.split('/').filter(|p| !p.is_empty()).count();
+            paths::check_symlink_target(&link.target, depth).map_err(|e| bad(&link.name, e))?;
+        }
+        for sub in &dir.directories {
+            paths::check_name(&sub.name).map_err(|e| bad(&sub.name, e))?;
+            let child = parse_digest(function, sub.digest.as_ref(), &format!("input directory {path}/{}", sub.name))?;
+            if seen.insert(child) {
+                pending.push((child, format!("{path}/{}", sub.name)));
+            }
+        }
+    }
+    let unique: HashSet<Digest> = files.drain(..).collect();
+    files.extend(unique);
+    let present = cas.contains(&files).await.map_err(status::from_store)?;
+    missing.extend(files.iter().zip(present).filter(|(_, p)| !p).map(|(d, _)| *d));
+    Ok(missing)
+}
+
+#[allow(deprecated)] // REAPI 2.0 clients (Bazel 4) send output_files and output_directories.
+fn check_command(command: &reapi::Command) -> Result<(), Status> {
+    if command.arguments.is_empty() {
+        return Err(Status::invalid_argument("command has no arguments"));
+    }
+    let bad = |what: &str, e: String| Status::invalid_argument(format!("command {what}: {e}"));
+    paths::check_relative(&command.working_directory).map_err(|e| bad("working_directory", e))?;
+    let outputs = command.output_paths.iter().chain(&command.output_files).chain(&command.output_directories);
+    for path in outputs {
+        if paths::check_relative(path).map_err(|e| bad("output path", e))?.is_empty() {
+            return Err(bad("output path", format!("{path:?} names the working directory itself")));
+        }
+    }
+    Ok(())
+}
+
+impl ExecutionService {
+    async fn start(&self, req: reapi::ExecuteRequest) -> Result<OperationView, Status> {
+        let (action_cache, cas) = self.instances.execution(&req.instance_name)?;
+        let function = digest_function(req.digest_function)?;
+        if function != DigestFunction::Sha256 {
+            return Err(Status::invalid_argument(format!("execution supports SHA-256 digests only, not {function:?}")));
+        }
+        let action_digest = parse_digest(function, req.action_digest.as_ref(), "action_digest")?;
+        let Some(mut action) = load::<reapi::Action>(cas, &action_digest, "Action").await? else {
+            return Err(missing_blobs(&[action_digest]));
+        };
+        let command_digest = parse_digest(function, action.command_digest.as_ref(), "action.command_digest")?;
+        let input_root = parse_digest(function, action.input_root_digest.as_ref(), "action.input_root_digest")?;
+        let command = load::<reapi::Command>(cas, &command_digest, "Command").await?;
+        let mut missing = check_inputs(cas, function, input_root).await?;
+        if command.is_none() {
+            missing.insert(0, command_digest);
+        }
+        let Some(command) = command.filter(|_| missing.is_empty()) else { return Err(missing_blobs(&missing)) };
+        check_command(&command)?;
+
+        let max = self.scheduler.config().max_execution_timeout;
+        let timeout = match &action.timeout {
+            Some(t) if t.seconds < 0 || t.nanos < 0 => {
+                return Err(Status::invalid_argument(format!("action.timeout {}s is negative", t.seconds)))
+            }
+            Some(t) if t.seconds > 0 || t.nanos > 0 => Duration::new(t.seconds as u64, t.nanos as u32).min(max),
+            _ => max,
+        };
+        action.timeout = Some(bazel_remote_apis::google::protobuf::Duration {
+            seconds: timeout.as_secs() as i64,
+            nanos: timeout.subsec_nanos() as i32,
+        });
+        let cacheable = !action.do_not_cache;
+        if cacheable && !req.skip_cache_lookup {
+            if let Some(result) = super::action_cache::lookup(action_cache.as_ref(), cas, function, &action_digest).await? {
+                let response = reapi::ExecuteResponse { result: Some(result), cached_result: true, status: Some(status::ok_rpc()), ..Default::default() };
+                return Ok(self.scheduler.completed(action_digest, response));
+            }
+        }
+        #[allow(deprecated)] // REAPI 2.0 clients put the platform in the Command.
+        let platform = action.platform.as_ref().or(command.platform.as_ref());
+        let platform = platform.map(|p| p.properties.iter().map(|p| (p.name.clone(), p.value.clone())).collect()).unwrap_or_default();
+        let priority = req.execution_policy.as_ref().map_or(0, |p| p.priority);
+        Ok(self.scheduler.submit(NewJob {
+            instance: req.instance_name,
+            action_digest,
+            action,
+            platform,
+            priority,
+            timeout,
+            cacheable,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Execution for ExecutionService {
+    type ExecuteStream = OperationStream;
+
+    async fn execute(&self, request: Request<reapi::ExecuteRequest>) -> Result<Response<Self::ExecuteStream>, Status> {
+        let view = self.start(request.into_inner()).await?;
+        Ok(Response::new(operation_stream(view)))
+    }
+
+    type WaitExecutionStream = OperationStream;
+
+    async fn wait_execution(
+        &self,
+        request: Request<reapi::WaitExecutionRequest>,
+    ) -> Result<Response<Self::WaitExecutionStream>, Status> {
+        let view = self.scheduler.watch(&request.get_ref().name).map_err(status::from_scheduler)?;
+        Ok(Response::new(operation_stream(view)))
+    }
+}
