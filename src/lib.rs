@@ -2,6 +2,7 @@
 //! this library, so that tests start the very same server in-process.
 
 pub mod bench;
+pub mod bot;
 pub mod cas;
 pub mod config;
 pub mod exec;

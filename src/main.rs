@@ -8,7 +8,7 @@ use strata::config::{Config, DEFAULT_CONFIG};
 use strata::server::Server;
 
 #[derive(Parser)]
-#[command(name = "strata", version, about = "A remote build cache speaking REAPI v2", args_override_self = true)]
+#[command(name = "strata", version, about = "A remote build cache and execution service speaking REAPI v2", args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,6 +30,8 @@ enum Command {
     },
     /// Drive a REAPI endpoint (Strata or another server) with load and report throughput and latency.
     Bench(strata::bench::BenchArgs),
+    /// Run actions for a remote execution server (Remote Workers API bot).
+    Bot(strata::bot::BotArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +52,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, listen, data_dir } => runtime.block_on(serve(config, listen, data_dir)),
         Command::Bench(args) => runtime.block_on(bench(args)),
+        Command::Bot(args) => runtime.block_on(async {
+            strata::bot::run(args, shutdown_signal()).await.map_err(|e| e.to_string())
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,7 +17,8 @@ use tokio::sync::Notify;
 use tonic::transport::server::TcpIncoming;
 
 use crate::cas::Cas;
-use crate::config::{Config, ExecutionConfig, Service};
+use crate::bot::BotArgs;
+use crate::config::{Config, ExecutionConfig, LocalBotConfig, Service};
 use crate::exec::rwapi::bots_server::BotsServer;
 use crate::exec::scheduler::{Scheduler, SchedulerConfig};
 use crate::services::bots::BotsService;
@@ -46,6 +47,23 @@ pub struct Server {
     disks: Vec<DiskLog>,
     upload_ttl: std::time::Duration,
     scheduler: Option<Arc<Scheduler>>,
+    /// Bots to run in this process once the address is known.
+    bots: Vec<BotArgs>,
+}
+
+/// A bot of the configuration; its server address is filled in when the listener is bound.
+fn local_bot(config: &Config, bot: &LocalBotConfig) -> BotArgs {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    BotArgs {
+        server: String::new(),
+        cas: None,
+        instance: bot.instance.clone(),
+        capacity: bot.capacity.unwrap_or(cores),
+        properties: bot.properties.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        runner: bot.runner.clone(),
+        work_dir: config.data_path(&bot.work_dir),
+        bot_id: None,
+    }
 }
 
 pub fn scheduler_config(config: &ExecutionConfig) -> SchedulerConfig {
@@ -84,6 +102,7 @@ impl Server {
         }
         let mut server = Server::from_instances(instances, config.max_batch_total_size.0, config.resumable_upload_ttl);
         server.disks = built.disks;
+        server.bots = config.execution.bots.iter().map(|b| local_bot(config, b)).collect();
         if server.instances.any_serves(|i| i.execution.is_some()) {
             server.scheduler = Some(Scheduler::start(scheduler_config(&config.execution), server.instances.action_caches()));
         }
@@ -93,7 +112,7 @@ impl Server {
     /// A server over instances built elsewhere (embedding, tests).
     pub fn from_instances(instances: Vec<Instance>, max_batch_total_size: u64, upload_ttl: std::time::Duration) -> Server {
         let instances = Arc::new(Instances::new(instances, max_batch_total_size));
-        Server { instances, disks: Vec::new(), upload_ttl, scheduler: None }
+        Server { instances, disks: Vec::new(), upload_ttl, scheduler: None, bots: Vec::new() }
     }
 
     /// Binds the configured address.
@@ -146,6 +165,17 @@ impl Server {
                         .max_encoding_message_size(max_message),
                 );
         }
+        let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: "the bound socket".into(), source })?;
+        let mut bots = tokio::task::JoinSet::new();
+        for (i, mut args) in self.bots.iter().cloned().enumerate() {
+            args.server = format!("grpc://{addr}");
+            args.bot_id.get_or_insert_with(|| format!("local-{}-{i}", std::process::id()));
+            bots.spawn(async move {
+                if let Err(e) = crate::bot::run(args, std::future::pending()).await {
+                    tracing::error!("local bot {i} cannot run: {e}");
+                }
+            });
+        }
         // Without TCP_NODELAY, small responses wait for delayed acknowledgements (~40 ms each).
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let signalled = Arc::new(Notify::new());
@@ -163,6 +193,7 @@ impl Server {
             result = serving => result?,
             () = grace => tracing::warn!("calls still open {SHUTDOWN_GRACE:?} after the shutdown signal; stopping anyway"),
         }
+        bots.abort_all();
         for disk in &self.disks {
             disk.flush()?;
         }

@@ -1,0 +1,148 @@
+//! One lease: fetch the Command, stage the inputs, run, collect and upload the outputs, and answer
+//! with an ActionResult (with its execution metadata) or a status that says what went wrong.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use bazel_remote_apis::google::protobuf::Timestamp;
+use bytes::Bytes;
+
+use super::inputs::{parse, InputCache};
+use super::outputs::{self, Uploads};
+use super::runner::{Exit, Runner, Spawn};
+use super::BotError;
+use crate::exec::paths;
+use crate::services::to_proto;
+
+/// The platform property that lets an action use the network in the bubblewrap runner.
+const NETWORK_PROPERTY: &str = "network";
+
+pub struct Context {
+    pub bot_id: String,
+    pub cache: InputCache,
+    pub runner: Runner,
+    /// Where each action gets a directory of its own.
+    pub actions_dir: PathBuf,
+}
+
+fn now() -> Option<Timestamp> {
+    let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Some(Timestamp { seconds: since.as_secs() as i64, nanos: since.subsec_nanos() as i32 })
+}
+
+/// Removes the action's directory when the run ends, however it ends.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        make_writable(&self.0);
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(dir = %self.0.display(), "cannot remove an action directory: {e}");
+        }
+    }
+}
+
+/// Actions may leave read-only directories behind, which could not be removed otherwise.
+fn make_writable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            make_writable(&entry.path());
+        }
+    }
+}
+
+/// Runs the action of a lease. `Err` is a failure to run it (not a failing command).
+pub async fn run(ctx: Arc<Context>, lease_id: String, action: reapi::Action) -> Result<reapi::ActionResult, BotError> {
+    let mut metadata = reapi::ExecutedActionMetadata {
+        worker: ctx.bot_id.clone(),
+        worker_start_timestamp: now(),
+        input_fetch_start_timestamp: now(),
+        ..Default::default()
+    };
+    let command_digest = parse(action.command_digest.as_ref(), "action.command_digest")?;
+    let input_root = parse(action.input_root_digest.as_ref(), "action.input_root_digest")?;
+    let command: reapi::Command = ctx.cache.message(&command_digest, "Command").await?;
+
+    let scratch = Scratch(ctx.actions_dir.join(lease_id.replace('/', "_")));
+    let root = scratch.0.join("root");
+    std::fs::create_dir_all(&root).map_err(|e| BotError::io(&root, e))?;
+    ctx.cache.stage(&input_root, &root).await?;
+    metadata.input_fetch_completed_timestamp = now();
+
+    let workdir_parts = paths::check_relative(&command.working_directory).map_err(|e| BotError::Invalid(format!("working_directory: {e}")))?;
+    let workdir = workdir_parts.iter().fold(root.clone(), |p, part| p.join(part));
+    std::fs::create_dir_all(&workdir).map_err(|e| BotError::io(&workdir, e))?;
+    create_output_parents(&command, &workdir)?;
+
+    let stdout_path = scratch.0.join("stdout");
+    let stderr_path = scratch.0.join("stderr");
+    let create = |p: &Path| std::fs::File::create(p).map_err(|e| BotError::io(p, e));
+    let environment: Vec<(String, String)> = command.environment_variables.iter().map(|v| (v.name.clone(), v.value.clone())).collect();
+    let network = platform(&action, &command).any(|(k, v)| k == NETWORK_PROPERTY && v != "off");
+    let timeout = action.timeout.as_ref().map_or(Duration::from_secs(3600), |t| Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32));
+    let spawn = Spawn {
+        arguments: &command.arguments,
+        environment: &environment,
+        root: &root,
+        working_directory: &workdir,
+        stdout: create(&stdout_path)?,
+        stderr: create(&stderr_path)?,
+        network,
+    };
+    metadata.execution_start_timestamp = now();
+    let exit = ctx.runner.run(spawn, timeout).await?;
+    metadata.execution_completed_timestamp = now();
+
+    metadata.output_upload_start_timestamp = now();
+    let mut result = reapi::ActionResult::default();
+    let mut uploads = Uploads::default();
+    let read = |p: &Path| std::fs::read(p).map(Bytes::from).map_err(|e| BotError::io(p, e));
+    result.stdout_digest = Some(to_proto(&uploads.add(read(&stdout_path)?)));
+    result.stderr_digest = Some(to_proto(&uploads.add(read(&stderr_path)?)));
+    outputs::collect(&command, &workdir, &mut result, &mut uploads)?;
+    uploads.upload(ctx.cache.cas()).await?;
+    metadata.output_upload_completed_timestamp = now();
+    metadata.worker_completed_timestamp = now();
+    result.execution_metadata = Some(metadata);
+    match exit {
+        Exit::Code(code) => {
+            result.exit_code = code;
+            Ok(result)
+        }
+        Exit::TimedOut => Err(BotError::TimedOut { timeout, partial: Box::new(result) }),
+    }
+}
+
+#[allow(deprecated)] // REAPI 2.0 clients put the platform in the Command.
+fn platform<'a>(action: &'a reapi::Action, command: &'a reapi::Command) -> impl Iterator<Item = (&'a str, &'a str)> {
+    let platform = action.platform.as_ref().or(command.platform.as_ref());
+    platform.into_iter().flat_map(|p| p.properties.iter().map(|p| (p.name.as_str(), p.value.as_str())))
+}
+
+/// Outputs' parent directories exist before the command runs, as the protocol promises.
+#[allow(deprecated)] // REAPI 2.0 output fields.
+fn create_output_parents(command: &reapi::Command, workdir: &Path) -> Result<(), BotError> {
+    let outputs = command.output_paths.iter().chain(&command.output_files).chain(&command.output_directories);
+    for output in outputs {
+        let parts = paths::check_relative(output).map_err(|e| BotError::Invalid(format!("output path: {e}")))?;
+        if parts.is_empty() {
+            return Err(BotError::Invalid(format!("output path {output:?} names the working directory")));
+        }
+        let parent = parts[..parts.len() - 1].iter().fold(workdir.to_path_buf(), |p, part| p.join(part));
+        // An input symlink on the way could point anywhere; parents must be plain directories.
+        let mut at = workdir.to_path_buf();
+        for part in &parts[..parts.len() - 1] {
+            at.push(part);
+            if std::fs::symlink_metadata(&at).is_ok_and(|m| !m.is_dir()) {
+                return Err(BotError::Invalid(format!("output path {output:?}: {part:?} is not a directory")));
+            }
+        }
+        std::fs::create_dir_all(&parent).map_err(|e| BotError::io(&parent, e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! Stages an action's input tree. Files come from a local cache of read-only files named by digest,
+//! hard-linked into the action's directory (copied when the cache is on another file system), so
+//! an input used by many actions is fetched once. Every name from the CAS is checked first.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use futures::{StreamExt, TryStreamExt};
+use prost::Message;
+use strata_backends::{BlobStore, Digest, DigestFunction};
+
+use super::BotError;
+use crate::exec::paths;
+
+/// Files fetched at once.
+const FETCH_CONCURRENCY: usize = 16;
+
+pub struct InputCache {
+    dir: PathBuf,
+    cas: Arc<dyn BlobStore>,
+    /// Names temporary files uniquely.
+    next: AtomicU64,
+}
+
+pub fn parse(digest: Option<&reapi::Digest>, what: &str) -> Result<Digest, BotError> {
+    let d = digest.ok_or_else(|| BotError::Invalid(format!("{what}: digest missing")))?;
+    Digest::parse(DigestFunction::Sha256, &d.hash, d.size_bytes).map_err(|e| BotError::Invalid(format!("{what}: {e}")))
+}
+
+impl InputCache {
+    pub fn open(dir: PathBuf, cas: Arc<dyn BlobStore>) -> Result<InputCache, BotError> {
+        std::fs::create_dir_all(&dir).map_err(|e| BotError::io(&dir, e))?;
+        Ok(InputCache { dir, cas, next: AtomicU64::new(0) })
+    }
+
+    pub fn cas(&self) -> &Arc<dyn BlobStore> {
+        &self.cas
+    }
+
+    /// A small blob, whole (Command and Directory messages).
+    pub async fn fetch(&self, digest: &Digest) -> Result<bytes::Bytes, BotError> {
+        if digest.is_empty_blob() {
+            return Ok(bytes::Bytes::new());
+        }
+        let blob = self.cas.read(digest, 0, None).await?.ok_or(BotError::Missing(*digest))?;
+        let data = blob.into_bytes().await?;
+        digest.verify(&data).map_err(|e| BotError::Invalid(format!("the CAS returned bad bytes: {e}")))?;
+        Ok(data)
+    }
+
+    pub async fn message<M: Message + Default>(&self, digest: &Digest, what: &str) -> Result<M, BotError> {
+        let data = self.fetch(digest).await?;
+        M::decode(data).map_err(|e| BotError::Invalid(format!("{what} {digest} is not a valid {what}: {e}")))
+    }
+
+    /// Materialises the tree under `root` (an empty directory).
+    pub async fn stage(&self, root_digest: &Digest, root: &Path) -> Result<(), BotError> {
+        let mut files: Vec<(PathBuf, Digest, bool)> = Vec::new();
+        let mut dirs: HashMap<Digest, reapi::Directory> = HashMap::new();
+        let mut pending = vec![(*root_digest, root.to_path_buf(), 0usize)];
+        while let Some((digest, path, depth)) = pending.pop() {
+            let dir = match dirs.get(&digest) {
+                Some(d) => d.clone(),
+                None => {
+                    let d: reapi::Directory = self.message(&digest, "Directory").await?;
+                    dirs.insert(digest, d.clone());
+                    d
+                }
+            };
+            let bad = |name: &str, e: String| BotError::Invalid(format!("input tree at {}: entry {name:?}: {e}", path.display()));
+            for file in &dir.files {
+                paths::check_name(&file.name).map_err(|e| bad(&file.name, e))?;
+                files.push((path.join(&file.name), parse(file.digest.as_ref(), &file.name)?, file.is_executable));
+            }
+            for sub in &dir.directories {
+                paths::check_name(&sub.name).map_err(|e| bad(&sub.name, e))?;
+                let child = path.join(&sub.name);
+                std::fs::create_dir(&child).map_err(|e| BotError::io(&child, e))?;
+                pending.push((parse(sub.digest.as_ref(), &sub.name)?, child, depth + 1));
+            }
+            for link in &dir.symlinks {
+                paths::check_name(&link.name).map_err(|e| bad(&link.name, e))?;
+                paths::check_symlink_target(&link.target, depth).map_err(|e| bad(&link.name, e))?;
+                let at = path.join(&link.name);
+                std::os::unix::fs::symlink(&link.target, &at).map_err(|e| BotError::io(&at, e))?;
+            }
+        }
+        futures::stream::iter(files)
+            .map(|(path, digest, executable)| async move {
+                let cached = self.cached(&digest, executable).await?;
+                link_or_copy(&cached, &path)
+            })
+            .buffer_unordered(FETCH_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// The cache file of a blob, fetched if absent.
+    async fn cached(&self, digest: &Digest, executable: bool) -> Result<PathBuf, BotError> {
+        let name = format!("{}{}", digest.hash_hex(), if executable { "-x" } else { "" });
+        let path = self.dir.join(name);
+        if path.exists() {
+            return Ok(path);
+        }
+        let tmp = self.dir.join(format!("tmp-{}-{}", std::process::id(), self.next.fetch_add(1, Ordering::Relaxed)));
+        let result = self.download(digest, &tmp, executable).await;
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result?;
+        std::fs::rename(&tmp, &path).map_err(|e| BotError::io(&path, e))?;
+        Ok(path)
+    }
+
+    async fn download(&self, digest: &Digest, tmp: &Path, executable: bool) -> Result<(), BotError> {
+        let mut file = std::fs::File::create(tmp).map_err(|e| BotError::io(tmp, e))?;
+        if !digest.is_empty_blob() {
+            let blob = self.cas.read(digest, 0, None).await?.ok_or(BotError::Missing(*digest))?;
+            let mut hasher = digest.function.hasher();
+            let mut received = 0u64;
+            let mut chunks = blob.into_stream();
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk?;
+                hasher.update(&chunk);
+                received += chunk.len() as u64;
+                file.write_all(&chunk).map_err(|e| BotError::io(tmp, e))?;
+            }
+            hasher
+                .verify(digest, received)
+                .map_err(|e| BotError::Invalid(format!("the CAS returned bad bytes: {e}")))?;
+        }
+        let mode = if executable { 0o555 } else { 0o444 };
+        file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| BotError::io(tmp, e))?;
+        Ok(())
+    }
+}
+
+fn link_or_copy(from: &Path, to: &Path) -> Result<(), BotError> {
+    match std::fs::hard_link(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            std::fs::copy(from, to).map_err(|e| BotError::io(to, e))?;
+            Ok(())
+        }
+        Err(e) => Err(BotError::io(to, e)),
+    }
+}

@@ -1,0 +1,340 @@
+//! `strata bot`: a Remote Workers API worker. It opens a bot session with its properties and
+//! capacity, then keeps one UpdateBotSession long poll open; new leases start at once, finished ones
+//! are reported at once (the poll in flight is abandoned and a new one carries the result), and a
+//! CANCELLED lease kills its process group. A server that no longer knows the session (it
+//! restarted) gets a new one.
+
+mod action;
+mod inputs;
+mod outputs;
+mod runner;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use strata_backends::remote::{RemoteConfig, RemoteStore};
+use strata_backends::{Digest, StoreError};
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::exec::rwapi::{self, bots_client::BotsClient, BotSession, BotStatus, Lease, LeaseState};
+use action::Context;
+
+/// The deadline of each long poll.
+const POLL: Duration = Duration::from_secs(30);
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BotArgs {
+    /// The server whose Bots service hands out work: grpc://HOST:PORT.
+    #[arg(long)]
+    pub server: String,
+    /// The CAS to fetch inputs from and upload outputs to (default: the server).
+    #[arg(long)]
+    pub cas: Option<String>,
+    /// The instance name whose actions this bot runs.
+    #[arg(long, default_value = "")]
+    pub instance: String,
+    /// Actions run at once.
+    #[arg(long, default_value_t = 1)]
+    pub capacity: usize,
+    /// A platform property offered to actions, KEY=VALUE (repeatable).
+    #[arg(long = "property", value_parser = parse_property)]
+    pub properties: Vec<(String, String)>,
+    /// `host` or `bubblewrap`.
+    #[arg(long, default_value = "host")]
+    pub runner: String,
+    /// Work directory: the input cache and the actions' directories.
+    #[arg(long, default_value = "strata-bot")]
+    pub work_dir: PathBuf,
+    /// The bot's id (default: host name and process id).
+    #[arg(long)]
+    pub bot_id: Option<String>,
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BotError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("blob {0} is not in the CAS")]
+    Missing(Digest),
+    #[error("CAS: {0}")]
+    Store(#[from] StoreError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Spawn(String),
+    #[error("the action did not finish within its timeout of {timeout:?}")]
+    TimedOut { timeout: Duration, partial: Box<reapi::ActionResult> },
+}
+
+impl BotError {
+    pub fn io(path: &Path, source: std::io::Error) -> BotError {
+        BotError::Io { path: path.to_path_buf(), source }
+    }
+
+    /// The status a lease reports for this failure.
+    fn code(&self) -> Code {
+        match self {
+            BotError::Invalid(_) => Code::InvalidArgument,
+            BotError::Missing(_) => Code::FailedPrecondition,
+            BotError::TimedOut { .. } => Code::DeadlineExceeded,
+            BotError::Store(StoreError::Unavailable { .. }) => Code::Unavailable,
+            BotError::Setup(_) | BotError::Store(_) | BotError::Io { .. } | BotError::Spawn(_) => Code::Internal,
+        }
+    }
+}
+
+/// A lease this bot knows of.
+enum Slot {
+    Running(tokio::task::JoinHandle<()>),
+    /// Finished, to be reported until the server has seen it.
+    Done { result: Option<reapi::ActionResult>, status: bazel_remote_apis::google::rpc::Status },
+    /// Cancelled by the server; to be acknowledged.
+    Cancelled,
+}
+
+fn connect(endpoint: &str) -> Result<Channel, BotError> {
+    let url = match endpoint.split_once("://") {
+        Some(("grpc" | "http", rest)) => format!("http://{rest}"),
+        _ => return Err(BotError::Setup(format!("{endpoint:?}: expected grpc://HOST:PORT"))),
+    };
+    let endpoint = Endpoint::from_shared(url).map_err(|e| BotError::Setup(format!("{endpoint:?}: {e}")))?;
+    Ok(endpoint.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true).connect_lazy())
+}
+
+fn bot_id(args: &BotArgs) -> String {
+    args.bot_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into());
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+/// Runs the bot until `shutdown` completes; errors only for a setup it cannot work with.
+pub async fn run(args: BotArgs, shutdown: impl Future<Output = ()>) -> Result<(), BotError> {
+    if args.capacity == 0 {
+        return Err(BotError::Setup("--capacity must be at least 1".into()));
+    }
+    let runner = runner::Runner::from_name(&args.runner)?;
+    let cas_endpoint = args.cas.clone().unwrap_or_else(|| args.server.clone());
+    let cas = RemoteStore::new(RemoteConfig {
+        endpoint: cas_endpoint,
+        instance: args.instance.clone(),
+        timeout: Duration::from_secs(60),
+        connect_timeout: Duration::from_secs(5),
+        retries: 3,
+        concurrency: 32,
+        bearer_token: None,
+    })?;
+    let cache = inputs::InputCache::open(args.work_dir.join("cache"), Arc::new(cas))?;
+    let actions_dir = args.work_dir.join("actions");
+    // Directories of actions that were running when a previous bot died.
+    let _ = std::fs::remove_dir_all(&actions_dir);
+    std::fs::create_dir_all(&actions_dir).map_err(|e| BotError::io(&actions_dir, e))?;
+    let ctx = Arc::new(Context { bot_id: bot_id(&args), cache, runner, actions_dir });
+    let client = BotsClient::new(connect(&args.server)?);
+    let mut bot = Bot { args, ctx, client, slots: HashMap::new(), current: None };
+    tokio::select! {
+        () = bot.serve() => Ok(()),
+        () = shutdown => {
+            bot.terminate().await;
+            Ok(())
+        }
+    }
+}
+
+struct Bot {
+    args: BotArgs,
+    ctx: Arc<Context>,
+    client: BotsClient<Channel>,
+    slots: HashMap<String, Slot>,
+    /// The session in use, to be closed on shutdown.
+    current: Option<String>,
+}
+
+impl Bot {
+    fn session(&self, name: &str, status: BotStatus) -> BotSession {
+        let device = rwapi::Device {
+            handle: self.ctx.bot_id.clone(),
+            properties: self.args.properties.iter().map(|(k, v)| rwapi::Property { key: k.clone(), value: v.clone() }).collect(),
+        };
+        let capacity = rwapi::Property { key: "capacity".into(), value: self.args.capacity.to_string() };
+        let leases = self
+            .slots
+            .iter()
+            .map(|(id, slot)| match slot {
+                Slot::Running(_) => Lease { id: id.clone(), state: LeaseState::Active as i32, ..Default::default() },
+                Slot::Done { result, status } => Lease {
+                    id: id.clone(),
+                    state: LeaseState::Completed as i32,
+                    result: result.as_ref().map(|r| rwapi::pack("build.bazel.remote.execution.v2.ActionResult", r)),
+                    status: Some(status.clone()),
+                    ..Default::default()
+                },
+                Slot::Cancelled => Lease { id: id.clone(), state: LeaseState::Cancelled as i32, ..Default::default() },
+            })
+            .collect();
+        BotSession {
+            name: name.to_string(),
+            bot_id: self.ctx.bot_id.clone(),
+            status: status as i32,
+            worker: Some(rwapi::Worker { devices: vec![device], properties: Vec::new(), configs: vec![capacity] }),
+            leases,
+            expire_time: None,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// Session after session: a new one whenever the server forgets the last.
+    async fn serve(&mut self) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let request = rwapi::CreateBotSessionRequest { parent: self.args.instance.clone(), bot_session: Some(self.session("", BotStatus::Ok)) };
+            match self.client.create_bot_session(request).await {
+                Ok(response) => {
+                    backoff = Duration::from_millis(100);
+                    let session = response.into_inner();
+                    tracing::info!(session = %session.name, bot_id = %self.ctx.bot_id, "bot session opened");
+                    self.poll(session).await;
+                }
+                Err(status) => {
+                    tracing::warn!("cannot open a bot session at {}: {} ({:?}); retrying in {backoff:?}", self.args.server, status.message(), status.code());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// The long-poll loop of one session; returns when the server no longer knows it.
+    async fn poll(&mut self, first: BotSession) {
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let name = first.name.clone();
+        self.current = Some(name.clone());
+        self.apply(&first, &[], &done_tx);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let session = self.session(&name, BotStatus::Ok);
+            let reported: Vec<String> = self.slots.iter().filter(|(_, s)| !matches!(s, Slot::Running(_))).map(|(id, _)| id.clone()).collect();
+            let mut request = tonic::Request::new(rwapi::UpdateBotSessionRequest { name: name.clone(), bot_session: Some(session), update_mask: None });
+            request.set_timeout(POLL);
+            let mut client = self.client.clone();
+            tokio::select! {
+                answer = client.update_bot_session(request) => match answer {
+                    Ok(response) => {
+                        backoff = Duration::from_millis(100);
+                        self.apply(&response.into_inner(), &reported, &done_tx);
+                    }
+                    Err(status) if status.code() == Code::NotFound => {
+                        tracing::warn!("the server forgot bot session {name}: {}; starting a new one", status.message());
+                        for (_, slot) in self.slots.drain() {
+                            if let Slot::Running(task) = slot {
+                                task.abort();
+                            }
+                        }
+                        return;
+                    }
+                    Err(status) if status.code() == Code::DeadlineExceeded => {}
+                    Err(status) => {
+                        tracing::warn!("UpdateBotSession failed: {} ({:?}); retrying in {backoff:?}", status.message(), status.code());
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                },
+                Some((id, slot)) = done_rx.recv() => {
+                    if self.slots.contains_key(&id) {
+                        self.slots.insert(id, slot);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies the server's view: starts new leases, kills cancelled ones, and forgets the results
+    /// (`reported`) that the server has now received.
+    fn apply(&mut self, session: &BotSession, reported: &[String], done: &mpsc::UnboundedSender<(String, Slot)>) {
+        for id in reported {
+            let seen = !session.leases.iter().any(|l| &l.id == id);
+            if seen && !matches!(self.slots.get(id), Some(Slot::Running(_))) {
+                self.slots.remove(id);
+            }
+        }
+        for lease in &session.leases {
+            let state = LeaseState::try_from(lease.state).unwrap_or(LeaseState::Unspecified);
+            match state {
+                LeaseState::Pending if !self.slots.contains_key(&lease.id) => {
+                    let slot = self.start(lease, done.clone());
+                    self.slots.insert(lease.id.clone(), slot);
+                }
+                LeaseState::Cancelled => {
+                    if let Some(Slot::Running(task)) = self.slots.get(&lease.id) {
+                        task.abort();
+                        tracing::info!(lease = %lease.id, "lease cancelled; its processes are killed");
+                    }
+                    self.slots.insert(lease.id.clone(), Slot::Cancelled);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn start(&self, lease: &Lease, done: mpsc::UnboundedSender<(String, Slot)>) -> Slot {
+        let action = match lease.payload.as_ref().and_then(|p| rwapi::unpack::<reapi::Action>(p, "build.bazel.remote.execution.v2.Action")) {
+            Some(Ok(action)) => action,
+            _ => {
+                let status = Status::new(Code::InvalidArgument, "the lease's payload is not an Action");
+                return Slot::Done { result: None, status: crate::status::to_rpc(&status) };
+            }
+        };
+        let ctx = self.ctx.clone();
+        let id = lease.id.clone();
+        Slot::Running(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let slot = match action::run(ctx, id.clone(), action).await {
+                Ok(result) => {
+                    tracing::info!(lease = %id, exit_code = result.exit_code, elapsed = ?started.elapsed(), "action finished");
+                    Slot::Done { result: Some(result), status: crate::status::ok_rpc() }
+                }
+                Err(BotError::TimedOut { timeout, partial }) => {
+                    let message = format!("the action did not finish within its timeout of {timeout:?}");
+                    Slot::Done { result: Some(*partial), status: crate::status::to_rpc(&Status::deadline_exceeded(message)) }
+                }
+                Err(e) => {
+                    tracing::warn!(lease = %id, "action failed to run: {e}");
+                    Slot::Done { result: None, status: crate::status::to_rpc(&Status::new(e.code(), e.to_string())) }
+                }
+            };
+            let _ = done.send((id, slot));
+        }))
+    }
+
+    /// Tells the server the bot is going, so its leases are queued again at once.
+    async fn terminate(&mut self) {
+        for slot in self.slots.values_mut() {
+            if let Slot::Running(task) = slot {
+                task.abort();
+                *slot = Slot::Cancelled;
+            }
+        }
+        let Some(name) = self.current.take() else { return };
+        let session = self.session(&name, BotStatus::BotTerminating);
+        let mut request = tonic::Request::new(rwapi::UpdateBotSessionRequest { name, bot_session: Some(session), update_mask: None });
+        request.set_timeout(Duration::from_secs(2));
+        if let Err(status) = self.client.update_bot_session(request).await {
+            tracing::warn!("could not close the bot session: {}", status.message());
+        }
+    }
+}

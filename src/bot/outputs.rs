@@ -1,0 +1,146 @@
+//! Collects an action's outputs into its ActionResult and uploads them: files, directories (as a
+//! `Tree`), symlinks (never followed), stdout and stderr. A path whose parent is a symlink is refused:
+//! following it could read outside the action's directory.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use bytes::Bytes;
+use prost::Message;
+use strata_backends::{BlobStore, Digest, DigestFunction};
+
+use super::BotError;
+use crate::exec::paths;
+use crate::services::to_proto;
+
+/// Blobs to upload: contents by digest (outputs are read whole; actions' outputs are files on disk
+/// that the bot must hash anyway).
+#[derive(Default)]
+pub struct Uploads {
+    blobs: HashMap<Digest, Bytes>,
+}
+
+impl Uploads {
+    pub fn add(&mut self, data: Bytes) -> Digest {
+        let digest = DigestFunction::Sha256.digest_of(&data);
+        self.blobs.insert(digest, data);
+        digest
+    }
+
+    fn add_file(&mut self, path: &Path) -> Result<(Digest, bool), BotError> {
+        let data = std::fs::read(path).map_err(|e| BotError::io(path, e))?;
+        let meta = std::fs::metadata(path).map_err(|e| BotError::io(path, e))?;
+        Ok((self.add(Bytes::from(data)), meta.permissions().mode() & 0o111 != 0))
+    }
+
+    /// Uploads what the CAS lacks.
+    pub async fn upload(self, cas: &Arc<dyn BlobStore>) -> Result<(), BotError> {
+        let digests: Vec<Digest> = self.blobs.keys().filter(|d| !d.is_empty_blob()).copied().collect();
+        let present = cas.contains(&digests).await?;
+        for (digest, present) in digests.iter().zip(present) {
+            if !present {
+                cas.write(digest, self.blobs[digest].clone()).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The output at `relative` below `workdir`, if the action made it. Its parents must be real
+/// directories inside the action directory.
+fn locate(workdir: &Path, relative: &str) -> Result<Option<(PathBuf, std::fs::Metadata)>, BotError> {
+    let parts = paths::check_relative(relative).map_err(|e| BotError::Invalid(format!("output path: {e}")))?;
+    let mut path = workdir.to_path_buf();
+    for (i, part) in parts.iter().enumerate() {
+        path.push(part);
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(BotError::io(&path, e)),
+        };
+        if i + 1 == parts.len() {
+            return Ok(Some((path, meta)));
+        }
+        if !meta.is_dir() {
+            return Err(BotError::Invalid(format!("output {relative:?}: {part:?} on its way is not a directory")));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads a directory into Directory messages: returns the root and every descendant.
+fn read_tree(path: &Path, uploads: &mut Uploads, children: &mut Vec<reapi::Directory>) -> Result<reapi::Directory, BotError> {
+    let mut dir = reapi::Directory::default();
+    let mut entries: Vec<_> = std::fs::read_dir(path)
+        .map_err(|e| BotError::io(path, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| BotError::io(path, e))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let child = entry.path();
+        let kind = entry.file_type().map_err(|e| BotError::io(&child, e))?;
+        if kind.is_symlink() {
+            let target = std::fs::read_link(&child).map_err(|e| BotError::io(&child, e))?;
+            dir.symlinks.push(reapi::SymlinkNode { name, target: target.to_string_lossy().into_owned(), node_properties: None });
+        } else if kind.is_dir() {
+            let sub = read_tree(&child, uploads, children)?;
+            let digest = uploads.add(Bytes::from(sub.encode_to_vec()));
+            children.push(sub);
+            dir.directories.push(reapi::DirectoryNode { name, digest: Some(to_proto(&digest)) });
+        } else if kind.is_file() {
+            let (digest, is_executable) = uploads.add_file(&child)?;
+            dir.files.push(reapi::FileNode { name, digest: Some(to_proto(&digest)), is_executable, node_properties: None });
+        }
+    }
+    Ok(dir)
+}
+
+/// Adds the outputs the command asked for to `result` and their bytes to `uploads`.
+#[allow(deprecated)] // REAPI 2.0 output fields, which Bazel 4 reads.
+pub fn collect(command: &reapi::Command, workdir: &Path, result: &mut reapi::ActionResult, uploads: &mut Uploads) -> Result<(), BotError> {
+    let wanted: Vec<&String> = if command.output_paths.is_empty() {
+        command.output_files.iter().chain(&command.output_directories).collect()
+    } else {
+        command.output_paths.iter().collect()
+    };
+    for relative in wanted {
+        let Some((path, meta)) = locate(workdir, relative)? else { continue };
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path).map_err(|e| BotError::io(&path, e))?.to_string_lossy().into_owned();
+            let link = reapi::OutputSymlink { path: relative.clone(), target, node_properties: None };
+            if command.output_paths.is_empty() {
+                if command.output_directories.contains(relative) {
+                    result.output_directory_symlinks.push(link.clone());
+                } else {
+                    result.output_file_symlinks.push(link.clone());
+                }
+            }
+            result.output_symlinks.push(link);
+        } else if meta.is_dir() {
+            let mut children = Vec::new();
+            let root = read_tree(&path, uploads, &mut children)?;
+            let tree = reapi::Tree { root: Some(root), children };
+            let tree_digest = uploads.add(Bytes::from(tree.encode_to_vec()));
+            result.output_directories.push(reapi::OutputDirectory {
+                path: relative.clone(),
+                tree_digest: Some(to_proto(&tree_digest)),
+                is_topologically_sorted: false,
+                root_directory_digest: None,
+            });
+        } else if meta.is_file() {
+            let (digest, is_executable) = uploads.add_file(&path)?;
+            result.output_files.push(reapi::OutputFile {
+                path: relative.clone(),
+                digest: Some(to_proto(&digest)),
+                is_executable,
+                contents: Vec::new(),
+                node_properties: None,
+            });
+        }
+    }
+    Ok(())
+}
