@@ -166,22 +166,30 @@ impl Server {
                 );
         }
         let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: "the bound socket".into(), source })?;
-        let mut bots = tokio::task::JoinSet::new();
+        let mut local_bots = Vec::new();
         for (i, mut args) in self.bots.iter().cloned().enumerate() {
             args.server = format!("grpc://{addr}");
             args.bot_id.get_or_insert_with(|| format!("local-{}-{i}", std::process::id()));
-            bots.spawn(async move {
+            local_bots.push(tokio::spawn(async move {
                 if let Err(e) = crate::bot::run(args, std::future::pending()).await {
                     tracing::error!("local bot {i} cannot run: {e}");
                 }
-            });
+            }).abort_handle());
         }
         // Without TCP_NODELAY, small responses wait for delayed acknowledgements (~40 ms each).
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let signalled = Arc::new(Notify::new());
         let notify = signalled.clone();
+        let scheduler = self.scheduler.clone();
         let serving = router.serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
+            // Bots' long polls would otherwise hold the shutdown for their whole wait.
+            if let Some(scheduler) = scheduler {
+                scheduler.close();
+            }
+            for bot in local_bots {
+                bot.abort();
+            }
             notify.notify_one();
         });
         // A client that keeps its connection open must not keep the server from stopping.
@@ -193,7 +201,6 @@ impl Server {
             result = serving => result?,
             () = grace => tracing::warn!("calls still open {SHUTDOWN_GRACE:?} after the shutdown signal; stopping anyway"),
         }
-        bots.abort_all();
         for disk in &self.disks {
             disk.flush()?;
         }

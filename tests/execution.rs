@@ -8,7 +8,9 @@ use std::time::Duration;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use common::exec::*;
 use bazel_remote_apis::google::longrunning::operations_client::OperationsClient;
-use bazel_remote_apis::google::longrunning::{operation, CancelOperationRequest, GetOperationRequest, WaitOperationRequest};
+use bazel_remote_apis::google::longrunning::{
+    operation, CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, ListOperationsRequest, WaitOperationRequest,
+};
 use prost::Message;
 
 #[tokio::test]
@@ -49,6 +51,13 @@ async fn execute_runs_the_command_uploads_outputs_then_hits_the_cache() {
     let meta = result.execution_metadata.unwrap();
     assert_eq!(meta.worker, bot.id);
     assert!(meta.execution_start_timestamp.is_some() && meta.output_upload_completed_timestamp.is_some());
+
+    let mut caps = server.capabilities().await;
+    for (instance, enabled) in [("", true), ("cache-only", false)] {
+        let request = reapi::GetCapabilitiesRequest { instance_name: instance.into() };
+        let exec = caps.get_capabilities(request).await.unwrap().into_inner().execution_capabilities.unwrap();
+        assert_eq!(exec.exec_enabled, enabled, "{instance:?}");
+    }
 
     // The server cached the result: the second execute does not run it again.
     let again = execute(&server, &digest).await;
@@ -310,5 +319,335 @@ async fn priorities_order_the_queue() {
         while stream.message().await.unwrap().is_some() {}
     }
     assert_eq!(std::fs::read_to_string(&order).unwrap(), "-1\n3\n5\n");
+    bot.stop().await;
+}
+
+fn precondition_subjects(status: &tonic::Status) -> Vec<String> {
+    let details = bazel_remote_apis::google::rpc::Status::decode(status.details()).unwrap();
+    let any = &details.details[0];
+    assert!(any.type_url.ends_with("google.rpc.PreconditionFailure"));
+    let failure = strata::exec::rwapi::PreconditionFailure::decode(any.value.as_slice()).unwrap();
+    failure.violations.iter().inspect(|v| assert_eq!(v.r#type, "MISSING")).map(|v| v.subject.clone()).collect()
+}
+
+fn subject(d: &reapi::Digest) -> String {
+    format!("blobs/{}/{}", d.hash, d.size_bytes)
+}
+
+#[tokio::test]
+async fn malformed_and_incomplete_requests_are_refused_with_the_right_status() {
+    let (server, _tmp) = start().await;
+    let good = action(&server, &sh("true")).await;
+    let code = |r: Result<Vec<_>, tonic::Status>| r.unwrap_err().code();
+    let with = |f: &dyn Fn(&mut reapi::ExecuteRequest)| {
+        let mut req = request(&good);
+        f(&mut req);
+        req
+    };
+    use tonic::Code;
+    assert_eq!(code(execute_all(&server, with(&|r| r.instance_name = "nope".into())).await), Code::InvalidArgument);
+    assert_eq!(code(execute_all(&server, with(&|r| r.instance_name = "cache-only".into())).await), Code::Unimplemented);
+    assert_eq!(code(execute_all(&server, with(&|r| r.action_digest = None)).await), Code::InvalidArgument);
+    assert_eq!(code(execute_all(&server, with(&|r| r.action_digest.as_mut().unwrap().hash = "xyz".into())).await), Code::InvalidArgument);
+    assert_eq!(code(execute_all(&server, with(&|r| r.action_digest.as_mut().unwrap().size_bytes = -1)).await), Code::InvalidArgument);
+    assert_eq!(code(execute_all(&server, with(&|r| r.digest_function = 9)).await), Code::InvalidArgument, "BLAKE3 execution");
+
+    // A missing Action is named in a PreconditionFailure.
+    let absent = common::sha256(b"no such action");
+    let err = execute_all(&server, request(&absent)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(precondition_subjects(&err), vec![subject(&absent)]);
+
+    // A missing Command and a missing input file are both named.
+    let command = reapi::Command { arguments: vec!["true".into()], ..Default::default() }.encode_to_vec();
+    let ghost = common::sha256(b"ghost input");
+    let root = reapi::Directory {
+        files: vec![reapi::FileNode { name: "ghost".into(), digest: Some(ghost.clone()), ..Default::default() }],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let act = reapi::Action { command_digest: Some(common::sha256(&command)), input_root_digest: Some(common::sha256(&root)), ..Default::default() }.encode_to_vec();
+    let mut cas = server.cas().await;
+    common::upload(&mut cas, "", &[&root, &act]).await;
+    let err = execute_all(&server, request(&common::sha256(&act))).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let mut subjects = precondition_subjects(&err);
+    subjects.sort();
+    let mut expected = vec![subject(&common::sha256(&command)), subject(&ghost)];
+    expected.sort();
+    assert_eq!(subjects, expected);
+    assert!(err.message().contains("not in the CAS"), "{}", err.message());
+
+    // An Action blob that is not an Action.
+    let junk = vec![0xffu8; 7];
+    common::upload(&mut cas, "", &[&junk]).await;
+    assert_eq!(code(execute_all(&server, request(&common::sha256(&junk))).await), Code::InvalidArgument);
+
+    // Commands: no arguments, escaping output paths and working directories, negative timeouts.
+    let bad_specs = [
+        Spec { args: vec![], ..Default::default() },
+        Spec { output_files: vec!["../escape".into()], ..sh("true") },
+        Spec { output_paths: vec!["/etc/passwd".into()], ..sh("true") },
+        Spec { output_directories: vec![".".into()], ..sh("true") },
+        Spec { working_directory: "../..".into(), ..sh("true") },
+    ];
+    for spec in &bad_specs {
+        let err = execute_all(&server, request(&action(&server, spec).await)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{:?}: {}", spec.args, err.message());
+    }
+
+    // WaitExecution and Operations on unknown names.
+    let err = client(&server).await.wait_execution(reapi::WaitExecutionRequest { name: "operations/nope".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let mut ops = operations(&server).await;
+    assert_eq!(ops.get_operation(GetOperationRequest { name: "x".into() }).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(ops.cancel_operation(CancelOperationRequest { name: "x".into() }).await.unwrap_err().code(), Code::NotFound);
+    let list = ListOperationsRequest { filter: "done=true".into(), ..Default::default() };
+    assert_eq!(ops.list_operations(list).await.unwrap_err().code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn hostile_input_trees_are_refused_before_they_reach_a_bot() {
+    let (server, _tmp) = start().await;
+    let data = b"x".to_vec();
+    let file = |name: &str| reapi::FileNode { name: name.into(), digest: Some(common::sha256(&data)), ..Default::default() };
+    let empty = reapi::Directory::default().encode_to_vec();
+    let link = |name: &str, target: &str| reapi::SymlinkNode { name: name.into(), target: target.into(), node_properties: None };
+    let hostile = [
+        reapi::Directory { files: vec![file("../evil")], ..Default::default() },
+        reapi::Directory { files: vec![file("a/b")], ..Default::default() },
+        reapi::Directory { files: vec![file("")], ..Default::default() },
+        reapi::Directory { directories: vec![reapi::DirectoryNode { name: "..".into(), digest: Some(common::sha256(&empty)) }], ..Default::default() },
+        reapi::Directory { symlinks: vec![link("l", "/etc/passwd")], ..Default::default() },
+        reapi::Directory { symlinks: vec![link("l", "../../outside")], ..Default::default() },
+    ];
+    let mut cas = server.cas().await;
+    common::upload(&mut cas, "", &[&data, &empty]).await;
+    for dir in hostile {
+        let bytes = dir.encode_to_vec();
+        common::upload(&mut cas, "", &[&bytes]).await;
+        let spec = Spec { input_root: Some(common::sha256(&bytes)), ..sh("true") };
+        let err = execute_all(&server, request(&action(&server, &spec).await)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{dir:?}");
+        assert!(err.message().contains("input tree"), "{}", err.message());
+    }
+}
+
+#[tokio::test]
+async fn outputs_never_follow_symlinks_out_of_the_action_directory() {
+    let (server, tmp) = start().await;
+    let bot = InProcessBot::start(&server, &tmp.path().join("bot"), 1, &[]);
+    // An output that is a symlink is reported as one, not read through.
+    let mut spec = sh("ln -s /etc/passwd out");
+    spec.output_paths = vec!["out".into()];
+    let result = execute(&server, &action(&server, &spec).await).await.result.unwrap();
+    assert!(result.output_files.is_empty());
+    assert_eq!(result.output_symlinks[0].target, "/etc/passwd");
+    // An output below a symlink the action made fails the action with a clear message.
+    let mut spec = sh("rmdir d && ln -s /etc d");
+    spec.output_paths = vec!["d/passwd".into()];
+    let response = execute(&server, &action(&server, &spec).await).await;
+    let status = response.status.unwrap();
+    assert_eq!(status.code, tonic::Code::InvalidArgument as i32);
+    assert!(status.message.contains("not a directory"), "{}", status.message);
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn operations_can_be_listed_in_pages_and_deleted() {
+    let (server, tmp) = start().await;
+    let bot = InProcessBot::start(&server, &tmp.path().join("bot"), 2, &[]);
+    let mut names = Vec::new();
+    for i in 0..5 {
+        let ops = execute_all(&server, request(&action(&server, &sh(&format!("echo {i}"))).await)).await.unwrap();
+        names.push(ops[0].name.clone());
+    }
+    let mut ops = operations(&server).await;
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = ops
+            .list_operations(ListOperationsRequest { page_size: 2, page_token: token.clone(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.operations.len() <= 2);
+        assert!(page.operations.iter().all(|op| op.done));
+        listed.extend(page.operations.into_iter().map(|op| op.name));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    names.sort();
+    listed.sort();
+    assert_eq!(listed, names);
+    ops.delete_operation(DeleteOperationRequest { name: names[0].clone() }).await.unwrap();
+    let err = ops.get_operation(GetOperationRequest { name: names[0].clone() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    // WaitExecution on a finished operation answers with its result at once.
+    let mut stream = client(&server).await.wait_execution(reapi::WaitExecutionRequest { name: names[1].clone() }).await.unwrap().into_inner();
+    let op = stream.message().await.unwrap().unwrap();
+    assert!(op.done);
+    bot.stop().await;
+}
+
+/// The `strata bot` binary, as a child process.
+fn spawn_bot(server: &common::TestServer, work_dir: &std::path::Path, id: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["bot", "--server", &format!("grpc://{}", server.addr), "--capacity", "1", "--bot-id", id, "--work-dir"])
+        .arg(work_dir)
+        .env("STRATA_LOG", "warn")
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_bot_killed_mid_action_loses_its_lease_to_another_bot() {
+    let (server, tmp) = start().await;
+    let mut doomed = spawn_bot(&server, &tmp.path().join("doomed"), "doomed");
+    let digest = action(&server, &sh("sleep 1; echo finished")).await;
+    let (name, mut stream) = started(&server, &digest).await;
+    wait_for_stage(&server, &name, reapi::execution_stage::Value::Executing).await;
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    let survivor = InProcessBot::start(&server, &tmp.path().join("survivor"), 1, &[]);
+    let mut last = None;
+    while let Some(op) = stream.message().await.unwrap() {
+        last = Some(op);
+    }
+    let response = response(&last.unwrap());
+    assert_eq!(response.status.unwrap().code, 0);
+    let result = response.result.unwrap();
+    assert_eq!(result.exit_code, 0);
+    assert_eq!(read_blob(&server, &result.stdout_digest).await, b"finished\n");
+    assert_eq!(result.execution_metadata.unwrap().worker, survivor.id);
+    survivor.stop().await;
+}
+
+#[tokio::test]
+async fn an_action_lost_too_often_fails_with_a_clear_status() {
+    let (server, tmp) = start().await;
+    let digest = action(&server, &sh("exec sleep 30")).await;
+    let (name, mut stream) = started(&server, &digest).await;
+    for attempt in 0..3 {
+        let mut bot = spawn_bot(&server, &tmp.path().join(format!("bot{attempt}")), &format!("bot{attempt}"));
+        wait_for_stage(&server, &name, reapi::execution_stage::Value::Executing).await;
+        bot.kill().unwrap();
+        bot.wait().unwrap();
+        if attempt < 2 {
+            wait_for_stage(&server, &name, reapi::execution_stage::Value::Queued).await;
+        }
+    }
+    let mut last = None;
+    while let Some(op) = stream.message().await.unwrap() {
+        last = Some(op);
+    }
+    let status = response(&last.unwrap()).status.unwrap();
+    assert_eq!(status.code, tonic::Code::Aborted as i32);
+    assert!(status.message.contains("3 times"), "{}", status.message);
+}
+
+#[tokio::test]
+async fn a_bot_starts_a_new_session_when_the_server_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = common::TestServer::start_in(EXEC_CONFIG, &tmp.path().join("server")).await;
+    let addr = server.addr;
+    let bot = InProcessBot::start(&server, &tmp.path().join("bot"), 1, &[]);
+    assert_eq!(execute(&server, &action(&server, &sh("echo one")).await).await.result.unwrap().exit_code, 0);
+    server.stop().await;
+    let server = common::TestServer::start_at(EXEC_CONFIG, &tmp.path().join("server"), addr).await;
+    let result = tokio::time::timeout(Duration::from_secs(20), execute(&server, &action(&server, &sh("echo two")).await)).await;
+    assert_eq!(result.expect("the bot came back").result.unwrap().exit_code, 0);
+    bot.stop().await;
+}
+
+/// An execution-only server whose storage is a remote tier on a storage-only server; the bot
+/// fetches from and uploads to the storage server directly.
+#[tokio::test]
+async fn split_deployment_runs_against_a_separate_storage_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let storage = common::TestServer::start_in(common::TEST_CONFIG, &tmp.path().join("storage")).await;
+    let exec_config = format!(
+        r#"
+listen: 127.0.0.1:0
+storage:
+  upstream:
+    cas:
+      - remote: {{ endpoint: "grpc://{0}" }}
+    action_cache:
+      - remote: {{ endpoint: "grpc://{0}" }}
+instances:
+  - name: ""
+    storage: upstream
+    services: [execution]
+"#,
+        storage.addr
+    );
+    let exec = common::TestServer::start_in(&exec_config, &tmp.path().join("exec")).await;
+    let bot = InProcessBot::start_with(
+        format!("grpc://{}", exec.addr),
+        Some(format!("grpc://{}", storage.addr)),
+        &tmp.path().join("bot"),
+        1,
+        &[],
+        "host",
+    );
+    // The client uploads to the storage server and executes on the execution server.
+    let mut spec = sh("echo split > out.txt");
+    spec.output_files = vec!["out.txt".into()];
+    let digest = action(&storage, &spec).await;
+    let ops = execute_all(&exec, request(&digest)).await.unwrap();
+    let result = response(ops.last().unwrap()).result.unwrap();
+    assert_eq!(read_blob(&storage, &result.output_files[0].digest).await, b"split\n");
+    // The result was cached on the storage server.
+    let mut ac = storage.action_cache().await;
+    let cached = ac.get_action_result(reapi::GetActionResultRequest { action_digest: Some(digest.clone()), ..Default::default() }).await;
+    assert_eq!(cached.unwrap().into_inner().output_files, result.output_files);
+    // The execution server serves no CAS of its own.
+    let mut exec_cas = exec.cas().await;
+    let err = exec_cas.find_missing_blobs(reapi::FindMissingBlobsRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn bubblewrap_sandboxes_the_action() {
+    assert!(
+        std::path::Path::new("/usr/bin/bwrap").exists(),
+        "this test needs bubblewrap (apt-get install bubblewrap; .ci/run installs it)"
+    );
+    let (server, tmp) = start().await;
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let host_tmp_marker = format!("/tmp/strata-bwrap-test-{}", std::process::id());
+    let bot = InProcessBot::start_with(format!("grpc://{}", server.addr), None, &tmp.path().join("bot"), 1, &[], "bubblewrap");
+    let connect = format!("python3 -c \"import socket; socket.create_connection(('127.0.0.1', {}), timeout=2)\"", server.addr.port());
+    let script = format!(
+        "echo inside > mine.txt && cat mine.txt; \
+         touch {outside}/x 2>/dev/null && echo wrote-outside; \
+         touch /usr/strata-x 2>/dev/null && echo wrote-usr; \
+         touch {marker} && ls /tmp | wc -l; \
+         {connect} 2>/dev/null && echo net-open || echo net-closed",
+        outside = outside.display(),
+        marker = host_tmp_marker,
+    );
+    let mut spec = sh(&script);
+    spec.output_files = vec!["mine.txt".into()];
+    let result = execute(&server, &action(&server, &spec).await).await.result.unwrap();
+    let stdout = String::from_utf8(read_blob(&server, &result.stdout_digest).await).unwrap();
+    assert_eq!(stdout, "inside\n1\nnet-closed\n", "stderr: {}", String::from_utf8_lossy(&read_blob(&server, &result.stderr_digest).await));
+    assert_eq!(read_blob(&server, &result.output_files[0].digest).await, b"inside\n");
+    assert!(!outside.join("x").exists());
+    assert!(!std::path::Path::new(&host_tmp_marker).exists(), "/tmp inside the sandbox is private");
+
+    bot.stop().await;
+
+    // The network is there when the action's platform asks for it (of a bot that offers it).
+    let bot = InProcessBot::start_with(format!("grpc://{}", server.addr), None, &tmp.path().join("bot-net"), 1, &[("network", "on")], "bubblewrap");
+    let mut spec = sh(&format!("{connect} && echo net-open"));
+    spec.platform = vec![("network".into(), "on".into())];
+    let result = execute(&server, &action(&server, &spec).await).await.result.unwrap();
+    assert_eq!(read_blob(&server, &result.stdout_digest).await, b"net-open\n");
     bot.stop().await;
 }

@@ -76,6 +76,29 @@ async fn terminate(child: &mut Child) -> std::process::ExitStatus {
     }
 }
 
+/// Runs `echo remote hello` through Execute and returns its stdout.
+async fn execute_echo(port: u16, cas: &mut ContentAddressableStorageClient<tonic::transport::Channel>) -> Vec<u8> {
+    use bazel_remote_apis::build::bazel::remote::execution::v2::execution_client::ExecutionClient;
+    use prost::Message;
+    let command = reapi::Command { arguments: vec!["echo".into(), "remote".into(), "hello".into()], ..Default::default() }.encode_to_vec();
+    let root = reapi::Directory::default().encode_to_vec();
+    let action = reapi::Action { command_digest: Some(sha256(&command)), input_root_digest: Some(sha256(&root)), ..Default::default() }.encode_to_vec();
+    upload(cas, "", &[&command, &root, &action]).await;
+    let mut exec = ExecutionClient::connect(format!("http://127.0.0.1:{port}")).await.unwrap();
+    let request = reapi::ExecuteRequest { action_digest: Some(sha256(&action)), ..Default::default() };
+    let mut stream = exec.execute(request).await.unwrap().into_inner();
+    let mut last = None;
+    while let Some(op) = stream.message().await.unwrap() {
+        last = Some(op);
+    }
+    let Some(bazel_remote_apis::google::longrunning::operation::Result::Response(any)) = last.unwrap().result else { panic!("no response") };
+    let result = reapi::ExecuteResponse::decode(any.value.as_slice()).unwrap().result.unwrap();
+    assert_eq!(result.exit_code, 0);
+    let digest = result.stdout_digest.unwrap();
+    let read = reapi::BatchReadBlobsRequest { digests: vec![digest], ..Default::default() };
+    cas.batch_read_blobs(read).await.unwrap().into_inner().responses.remove(0).data
+}
+
 #[tokio::test]
 async fn the_binary_serves_the_embedded_default_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
@@ -89,6 +112,9 @@ async fn the_binary_serves_the_embedded_default_and_stops_on_sigterm() {
         let refs: Vec<&[u8]> = blobs.iter().map(|b| b.as_slice()).collect();
         upload(&mut cas, "", &refs).await;
     }
+    // The default runs actions too, on a bot inside the same process.
+    let stdout = execute_echo(port, &mut connect(port).await).await;
+    assert_eq!(stdout, b"remote hello\n");
     let status = terminate(&mut child).await;
     assert!(status.success(), "strata exited with {status}");
     assert!(dir.path().join("cas").is_dir(), "the default configuration keeps its disk log under --data-dir");

@@ -1,6 +1,7 @@
 //! Runs an action's command: on the host, or inside bubblewrap (read-only system, writable action
 //! directory, private /tmp, no network unless asked for, dies with the bot). The command runs in a
-//! process group of its own, and a timeout, a cancellation or a dropped run kills the whole group.
+//! process group of its own, and a timeout, a cancellation or a dropped run kills the whole group;
+//! the command is killed if the bot dies.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -83,6 +84,17 @@ impl Runner {
             .stderr(spawn.stderr)
             .process_group(0)
             .kill_on_drop(true);
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which
+        // is async-signal-safe. It makes the command die with the bot (bubblewrap's
+        // --die-with-parent does the same for its sandbox).
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => return Err(BotError::Spawn(format!("cannot run {program:?}: {e}"))),

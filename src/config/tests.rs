@@ -129,3 +129,31 @@ async fn impossible_disk_geometry_fails_at_build_with_the_tier_named() {
     let err = Server::build(&config).await.err().unwrap().to_string();
     assert!(err.contains("storage.s.cas[0]") && err.contains("max_record"), "{err}");
 }
+
+#[test]
+fn execution_settings_are_checked() {
+    let with_exec = MINIMAL.replace("services: [cas, action_cache]", "services: [cas, action_cache, execution]");
+    let c = parse(&with_exec).unwrap();
+    assert_eq!(c.execution.max_attempts, 3);
+    assert_eq!(c.execution.bot_session_timeout, Duration::from_secs(60));
+    assert!(c.execution.bots.is_empty());
+    let c = parse(&format!("{with_exec}execution: {{ queue_timeout: 5m, bots: [ {{ capacity: 4, properties: {{ OSFamily: linux }} }} ] }}\n")).unwrap();
+    assert_eq!(c.execution.queue_timeout, Duration::from_secs(300));
+    assert_eq!(c.execution.bots[0].capacity, Some(4));
+    assert_eq!(c.execution.bots[0].runner, "host");
+
+    let cases = [
+        (with_exec.clone() + "execution: { max_attempts: 0 }\n", "execution.max_attempts"),
+        (with_exec.clone() + "execution: { queue_timeout: 0s }\n", "execution.queue_timeout"),
+        (with_exec.clone() + "execution: { bots: [ { runner: docker } ] }\n", "execution.bots[0].runner"),
+        (with_exec.clone() + "execution: { bots: [ { capacity: 0 } ] }\n", "execution.bots[0].capacity"),
+        (with_exec.clone() + "execution: { bots: [ { instance: other } ] }\n", "execution.bots[0].instance"),
+        (MINIMAL.to_string() + "execution: { bots: [ {} ] }\n", "execution.bots[0].instance"),
+        (with_exec.clone() + "execution: { bots: [ { cpus: 2 } ] }\n", "cpus"),
+        (with_exec.clone() + "execution: { schedule: fifo }\n", "schedule"),
+    ];
+    for (text, key) in cases {
+        let err = parse(&text).unwrap_err();
+        assert!(err.contains(key), "{key}: {err}");
+    }
+}

@@ -95,6 +95,8 @@ pub struct Scheduler {
     state: Mutex<State>,
     /// Where successful results are cached, per instance name.
     action_caches: HashMap<String, Arc<dyn ActionCacheStore>>,
+    /// Set when the server shuts down: long polls answer at once.
+    closing: watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -169,6 +171,7 @@ impl Scheduler {
             boot: format!("{:x}", boot & 0xffff_ffff_ffff),
             state: Mutex::new(State::default()),
             action_caches,
+            closing: watch::channel(false).0,
         });
         tokio::spawn(expire_loop(Arc::downgrade(&scheduler)));
         scheduler
@@ -176,6 +179,17 @@ impl Scheduler {
 
     pub fn config(&self) -> &SchedulerConfig {
         &self.config
+    }
+
+    /// Ends the long polls in progress and to come (the server is shutting down).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Completes when the server shuts down.
+    pub async fn closed(&self) {
+        let mut closing = self.closing.subscribe();
+        let _ = closing.wait_for(|c| *c).await;
     }
 
     /// An operation that is already complete (an action cache hit).

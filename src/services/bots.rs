@@ -148,7 +148,11 @@ impl Bots for BotsService {
         }
         if !terminating && !news(&session, &view) {
             let wake = view.wake.clone();
-            let _ = tokio::time::timeout(wait.min(self.scheduler.config().bot_session_timeout / 2), wake.notified()).await;
+            let wait = wait.min(self.scheduler.config().bot_session_timeout / 2);
+            tokio::select! {
+                _ = tokio::time::timeout(wait, wake.notified()) => {}
+                () = self.scheduler.closed() => {}
+            }
             view = self.scheduler.session_view(&name).map_err(status::from_scheduler)?;
         }
         drop(calling);
