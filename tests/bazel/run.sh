@@ -8,12 +8,19 @@
 # and the site cache is restarted with an empty data directory between the builds: the second build's
 # hits must come from the upstream, through the site cache.
 #
-# Usage: tests/bazel/run.sh [--chain] [path/to/strata]   (default: target/debug/strata)
+# With --exec RUNNER (host or bubblewrap), Bazel runs every action remotely (--remote_executor,
+# --spawn_strategy=remote, no local fallback) on a `strata bot` process with that runner: the first
+# build must run every action remotely and the tests must pass there; the second build (after the
+# restart and expunge) must be all cache hits.
+#
+# Usage: tests/bazel/run.sh [--chain | --exec host|bubblewrap] [path/to/strata]   (default: target/debug/strata)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 chain=""
+runner=""
 if [ "${1:-}" = "--chain" ]; then chain=1; shift; fi
+if [ "${1:-}" = "--exec" ]; then runner=${2:?--exec needs host or bubblewrap}; shift 2; fi
 strata=${1:-$here/../../target/debug/strata}
 strata=$(realpath "$strata" 2>/dev/null || echo "$strata")
 [ -x "$strata" ] || { echo "strata binary not found at $strata (run cargo build first)" >&2; exit 1; }
@@ -22,7 +29,9 @@ command -v bazel >/dev/null || { echo "bazel not found: apt-get install bazel-bo
 work=$(mktemp -d)
 strata_pid=""
 upstream_pid=""
+bot_pid=""
 cleanup() {
+    [ -n "$bot_pid" ] && kill "$bot_pid" 2>/dev/null && wait "$bot_pid" 2>/dev/null
     [ -n "$strata_pid" ] && kill "$strata_pid" 2>/dev/null && wait "$strata_pid" 2>/dev/null
     [ -n "$upstream_pid" ] && kill "$upstream_pid" 2>/dev/null && wait "$upstream_pid" 2>/dev/null
     (cd "$work/ws" 2>/dev/null && bazel --output_user_root="$work/bazel-root" shutdown >/dev/null 2>&1) || true
@@ -46,8 +55,24 @@ if [ -n "$chain" ]; then
     wait_port "$upstream_port"
     export STRATA_UPSTREAM="grpc://127.0.0.1:$upstream_port"
 fi
+if [ -n "$runner" ]; then
+    # Execution without the in-process bot of the default: a separate `strata bot` runs everything.
+    cat >"$work/exec.yaml" <<YAML
+storage:
+  local:
+    cas:
+      - memory: { max_size: 256MiB }
+      - disk: { path: cas, max_size: 2GiB, segment_size: 64MiB }
+    action_cache:
+      - disk: { path: ac, max_size: 256MiB, segment_size: 16MiB }
+instances:
+  - { name: "", storage: local, services: [cas, action_cache, execution] }
+YAML
+fi
 start_strata() {
-    if [ -n "$chain" ]; then
+    if [ -n "$runner" ]; then
+        "$strata" serve --config "$work/exec.yaml" --listen "127.0.0.1:$port" --data-dir "$work/data" 2>>"$work/strata.log" &
+    elif [ -n "$chain" ]; then
         "$strata" serve --config "$here/../../config/site-cache.yaml" --listen "127.0.0.1:$port" \
             --data-dir "$work/data" 2>>"$work/strata.log" &
     else
@@ -55,6 +80,11 @@ start_strata() {
     fi
     strata_pid=$!
     wait_port "$port"
+    if [ -n "$runner" ] && [ -z "$bot_pid" ]; then
+        "$strata" bot --server "grpc://127.0.0.1:$port" --runner "$runner" --capacity 2 \
+            --work-dir "$work/bot" 2>>"$work/bot.log" &
+        bot_pid=$!
+    fi
 }
 stop_strata() {
     kill -TERM "$strata_pid"
@@ -65,15 +95,32 @@ stop_strata() {
 mkdir "$work/ws"
 (cd "$here/workspace" && tar --exclude="./bazel-*" -cf - .) | tar -C "$work/ws" -xf -
 cd "$work/ws"
+remote=(--remote_cache="grpc://127.0.0.1:$port")
+if [ -n "$runner" ]; then
+    remote=(--remote_executor="grpc://127.0.0.1:$port" --spawn_strategy=remote --noremote_local_fallback)
+fi
 bazel_test() {
     bazel --output_user_root="$work/bazel-root" test //... \
-        --remote_cache="grpc://127.0.0.1:$port" --remote_timeout=60 2>&1 | tee "$work/bazel.log"
+        "${remote[@]}" --remote_timeout=60 2>&1 | tee "$work/bazel.log"
 }
 
 start_strata
-echo "== first build: everything runs locally and is uploaded to Strata"
-bazel_test
+if [ -n "$runner" ]; then
+    echo "== first build: every action runs on a strata bot ($runner runner)"
+else
+    echo "== first build: everything runs locally and is uploaded to Strata"
+fi
+bazel_test || { echo "bazel failed; strata's log:" >&2; cat "$work/strata.log" "$work/bot.log" >&2 2>/dev/null; exit 1; }
 grep -q "Build completed successfully" "$work/bazel.log"
+if [ -n "$runner" ]; then
+    summary=$(grep -E '^INFO: [0-9]+ processes: ' "$work/bazel.log" | tail -n 1)
+    echo "process summary: $summary"
+    echo "$summary" | grep -qE '[0-9]+ remote[,.]' || { echo "FAIL: no action ran remotely" >&2; exit 1; }
+    if echo "$summary" | grep -qE 'local|linux-sandbox|processwrapper-sandbox|worker'; then
+        echo "FAIL: the first build ran actions outside the bot: $summary" >&2; exit 1
+    fi
+    grep -q "action finished" "$work/bot.log" || { echo "FAIL: the bot logged no action" >&2; exit 1; }
+fi
 
 stop_strata
 if [ -n "$chain" ]; then
@@ -102,4 +149,4 @@ if [ "$hits" -lt 10 ]; then
     exit 1
 fi
 grep -q "1 test passes" "$work/bazel.log"
-echo "bazel e2e${chain:+ through a site cache}: 1 passed, 0 failed ($hits remote cache hits)"
+echo "bazel e2e${chain:+ through a site cache}${runner:+ with remote execution ($runner)}: 1 passed, 0 failed ($hits remote cache hits)"
