@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
-use bazel_remote_apis::google::protobuf::Timestamp;
+use bazel_remote_apis::google::protobuf::{Any, Timestamp};
 use bytes::Bytes;
 
 use super::inputs::{parse, InputCache};
 use super::outputs::{self, Uploads};
 use super::runner::{Exit, Runner, Spawn};
 use super::BotError;
-use crate::exec::paths;
+use crate::exec::{paths, rwapi};
 use crate::services::to_proto;
 
 /// The platform property that lets an action use the network in the bubblewrap runner.
@@ -57,7 +57,21 @@ fn make_writable(dir: &Path) {
 }
 
 /// Runs the action of a lease. `Err` is a failure to run it (not a failing command).
-pub async fn run(ctx: Arc<Context>, lease_id: String, action: reapi::Action) -> Result<reapi::ActionResult, BotError> {
+/// The Action of a lease: packed whole (Strata), or its digest, to fetch (BuildGrid).
+async fn resolve(ctx: &Context, payload: &Any) -> Result<reapi::Action, BotError> {
+    let decode = |e: prost::DecodeError| BotError::Invalid(format!("the lease's payload cannot be decoded: {e}"));
+    if let Some(action) = rwapi::unpack::<reapi::Action>(payload, "build.bazel.remote.execution.v2.Action") {
+        return action.map_err(decode);
+    }
+    if let Some(digest) = rwapi::unpack::<reapi::Digest>(payload, "build.bazel.remote.execution.v2.Digest") {
+        let digest = parse(Some(&digest.map_err(decode)?), "the lease's action digest")?;
+        return ctx.cache.message(&digest, "Action").await;
+    }
+    Err(BotError::Invalid(format!("the lease's payload {:?} is neither an Action nor an Action digest", payload.type_url)))
+}
+
+pub async fn run(ctx: Arc<Context>, lease_id: String, payload: Any) -> Result<reapi::ActionResult, BotError> {
+    let action = resolve(&ctx, &payload).await?;
     let mut metadata = reapi::ExecutedActionMetadata {
         worker: ctx.bot_id.clone(),
         worker_start_timestamp: now(),

@@ -146,7 +146,7 @@ pub async fn run(args: BotArgs, shutdown: impl Future<Output = ()>) -> Result<()
     std::fs::create_dir_all(&actions_dir).map_err(|e| BotError::io(&actions_dir, e))?;
     let ctx = Arc::new(Context { bot_id: bot_id(&args), cache, runner, actions_dir });
     let client = BotsClient::new(connect(&args.server)?);
-    let mut bot = Bot { args, ctx, client, slots: HashMap::new(), current: None };
+    let mut bot = Bot { args, ctx, client, slots: HashMap::new(), current: None, version: String::new() };
     tokio::select! {
         () = bot.serve() => Ok(()),
         () = shutdown => {
@@ -163,6 +163,8 @@ struct Bot {
     slots: HashMap<String, Slot>,
     /// The session in use, to be closed on shutdown.
     current: Option<String>,
+    /// The version of the session the server last sent.
+    version: String,
 }
 
 impl Bot {
@@ -194,7 +196,8 @@ impl Bot {
             worker: Some(rwapi::Worker { devices: vec![device], properties: Vec::new(), configs: vec![capacity] }),
             leases,
             expire_time: None,
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            // The server's token, sent back as received (BuildGrid long-polls only on its own).
+            version: self.version.clone(),
         }
     }
 
@@ -202,7 +205,11 @@ impl Bot {
     async fn serve(&mut self) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let request = rwapi::CreateBotSessionRequest { parent: self.args.instance.clone(), bot_session: Some(self.session("", BotStatus::Ok)) };
+            self.version.clear();
+            let session = self.session("", BotStatus::Ok);
+            let mut request = tonic::Request::new(rwapi::CreateBotSessionRequest { parent: self.args.instance.clone(), bot_session: Some(session) });
+            // Some servers (BuildGrid) hold CreateBotSession open until they have work.
+            request.set_timeout(POLL);
             match self.client.create_bot_session(request).await {
                 Ok(response) => {
                     backoff = Duration::from_millis(100);
@@ -266,6 +273,7 @@ impl Bot {
     /// Applies the server's view: starts new leases, kills cancelled ones, and forgets the results
     /// (`reported`) that the server has now received.
     fn apply(&mut self, session: &BotSession, reported: &[String], done: &mpsc::UnboundedSender<(String, Slot)>) {
+        self.version = session.version.clone();
         for id in reported {
             let seen = !session.leases.iter().any(|l| &l.id == id);
             if seen && !matches!(self.slots.get(id), Some(Slot::Running(_))) {
@@ -274,8 +282,10 @@ impl Bot {
         }
         for lease in &session.leases {
             let state = LeaseState::try_from(lease.state).unwrap_or(LeaseState::Unspecified);
+            tracing::debug!(lease = %lease.id, ?state, "lease from the server");
             match state {
-                LeaseState::Pending if !self.slots.contains_key(&lease.id) => {
+                // BuildGrid hands out new leases as ACTIVE: any lease this bot does not know is work.
+                LeaseState::Pending | LeaseState::Active if !self.slots.contains_key(&lease.id) => {
                     let slot = self.start(lease, done.clone());
                     self.slots.insert(lease.id.clone(), slot);
                 }
@@ -292,18 +302,12 @@ impl Bot {
     }
 
     fn start(&self, lease: &Lease, done: mpsc::UnboundedSender<(String, Slot)>) -> Slot {
-        let action = match lease.payload.as_ref().and_then(|p| rwapi::unpack::<reapi::Action>(p, "build.bazel.remote.execution.v2.Action")) {
-            Some(Ok(action)) => action,
-            _ => {
-                let status = Status::new(Code::InvalidArgument, "the lease's payload is not an Action");
-                return Slot::Done { result: None, status: crate::status::to_rpc(&status) };
-            }
-        };
+        let payload = lease.payload.clone().unwrap_or_default();
         let ctx = self.ctx.clone();
         let id = lease.id.clone();
         Slot::Running(tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let slot = match action::run(ctx, id.clone(), action).await {
+            let slot = match action::run(ctx, id.clone(), payload).await {
                 Ok(result) => {
                     tracing::info!(lease = %id, exit_code = result.exit_code, elapsed = ?started.elapsed(), "action finished");
                     Slot::Done { result: Some(result), status: crate::status::ok_rpc() }
