@@ -38,8 +38,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# In memory like BuildGrid's, with execution and 8 bot slots in process (BuildGrid gets 8 bot.py bots).
+cat >"$results/strata.yaml" <<YAML
+storage:
+  memory:
+    cas: [ { memory: { max_size: 6GiB, max_blob: 1TiB } } ]
+    action_cache: [ { memory: { max_size: 256MiB } } ]
+instances: [ { name: "", storage: memory, services: [cas, action_cache, execution] } ]
+execution:
+  bots: [ { capacity: 8, work_dir: bot } ]
+YAML
 start_strata() {
-    STRATA_MEMORY=6GiB STRATA_LOG=warn "$strata" serve --config "$root/config/memory-only.yaml" \
+    STRATA_LOG=warn "$strata" serve --config "$results/strata.yaml" --data-dir "$results/strata-data" \
         --listen "127.0.0.1:$strata_port" 2>>"$results/strata.log" &
     strata_pid=$!
     sleep 1
@@ -69,12 +79,15 @@ measure() { # server endpoint
     for run in $(seq 1 "$runs"); do
         echo "== $server: run $run of $runs"
         bench local none baseline baseline
-        for scenario in write-large read-large write-small read-small find-missing ac-hit execute mixed; do
+        for scenario in write-large read-large write-small read-small find-missing ac-hit mixed; do
             echo "   $server $scenario"
             bench "$server" "$endpoint" "$scenario" "$scenario"
         done
         bench "$server" "$endpoint" ac-hit-64 ac-hit --concurrency 64
         bench "$server" "$endpoint" batch-15 write-small --batch 15 --concurrency 1
+        # Throughput with 16 clients keeping the 8 bot slots busy; round trip with one client.
+        bench "$server" "$endpoint" execute execute --concurrency 16
+        bench "$server" "$endpoint" execute-1 execute --concurrency 1
     done
 }
 echo "== Strata on port $strata_port"
@@ -134,6 +147,7 @@ rows = [
     ("ac-hit", "ops/s", "items_per_sec", 1),
     ("ac-hit-64", "ops/s", "items_per_sec", 1),
     ("execute", "actions/s", "items_per_sec", 1),
+    ("execute-1", "p50 ms", "p50_ms", 1),
     ("mixed", "steps/s", "items_per_sec", 1),
     ("batch-15", "p50 ms", "p50_ms", 1),
 ]
@@ -143,7 +157,7 @@ lines = [
     "",
     f"Measured {datetime.date.today()} on this machine ({cores} cores), by `benches/compare.sh`: both servers on",
     f"127.0.0.1 with in-memory storage, each measured alone, `strata bench` as the client for both, {conc} concurrent clients",
-    f"(64 for ac-hit-64, 1 for batch-15), {duration} s per run after a 1 s warm-up, median of {runs} runs.",
+    f"(64 for ac-hit-64, 16 for execute, 1 for batch-15 and execute-1), {duration} s per run after a 1 s warm-up, median of {runs} runs.",
     f"Large blobs are {large}; small blobs 4 KiB in batches of 1000; find-missing asks 10,000 digests,",
     "half present. The baseline (measured before each server's runs) pushes the same large blobs over raw TCP on 127.0.0.1 and hashes them",
     "with SHA-256 on arrival: the most this machine can do for a verified upload.",
@@ -170,7 +184,9 @@ lines += ["", f"Memory during streamed uploads (Strata on a disk log, write-larg
           f"{growth / rss['streams']:,.1f} MiB per concurrent stream."]
 errors = os.path.join(results, "errors.log")
 failures = open(errors).read().strip() if os.path.exists(errors) else ""
-lines += ["", "n/a: the server does not offer the scenario (Strata has no execution yet) or every run failed."]
+lines += ["", "execute runs `true` (no inputs, `do_not_cache`, `skip_cache_lookup`) on 8 bot slots: Strata's bot in",
+          "process (host runner), BuildGrid's 8 bot.py bots; execute-1 is the round trip of one client.",
+          "", "n/a: every run failed."]
 if failures:
     lines += ["", "Errors reported by the client during the run:", "", "```", failures[-3000:], "```"]
 open(out, "w").write("\n".join(lines) + "\n")

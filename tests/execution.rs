@@ -528,7 +528,9 @@ async fn a_bot_killed_mid_action_loses_its_lease_to_another_bot() {
 #[tokio::test]
 async fn an_action_lost_too_often_fails_with_a_clear_status() {
     let (server, tmp) = start().await;
-    let digest = action(&server, &sh("exec sleep 30")).await;
+    // The host runner's commands outlive a killed bot: record their pids to end them afterwards.
+    let pids = tmp.path().join("pids");
+    let digest = action(&server, &sh(&format!("echo $$ >> {}; exec sleep 30", pids.display()))).await;
     let (name, mut stream) = started(&server, &digest).await;
     for attempt in 0..3 {
         let mut bot = spawn_bot(&server, &tmp.path().join(format!("bot{attempt}")), &format!("bot{attempt}"));
@@ -546,6 +548,10 @@ async fn an_action_lost_too_often_fails_with_a_clear_status() {
     let status = response(&last.unwrap()).status.unwrap();
     assert_eq!(status.code, tonic::Code::Aborted as i32);
     assert!(status.message.contains("3 times"), "{}", status.message);
+    for pid in std::fs::read_to_string(&pids).unwrap().lines() {
+        // SAFETY: kill(2) on the sleep processes this test's actions started.
+        unsafe { libc::kill(pid.trim().parse().unwrap(), libc::SIGKILL) };
+    }
 }
 
 #[tokio::test]

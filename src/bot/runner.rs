@@ -1,8 +1,13 @@
 //! Runs an action's command: on the host, or inside bubblewrap (read-only system, writable action
 //! directory, private /tmp, no network unless asked for, dies with the bot). The command runs in a
-//! process group of its own, and a timeout, a cancellation or a dropped run kills the whole group;
-//! the command is killed if the bot dies.
+//! process group of its own, and a timeout, a cancellation or a dropped run kills the whole group.
+//!
+//! Commands are started with posix_spawn, never fork: a bot inside `strata serve` shares the
+//! server's address space, and forking a process with gigabytes of cache mapped took 170 ms per
+//! action (page tables are copied). The standard library uses posix_spawn only without pre-exec
+//! hooks and when the program is a path, so the program is looked up in the action's PATH here.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -56,7 +61,7 @@ impl Runner {
         };
         let mut command = match self {
             Runner::Host => {
-                let mut c = tokio::process::Command::new(program);
+                let mut c = tokio::process::Command::new(resolve(program, spawn.environment));
                 c.args(args);
                 c
             }
@@ -84,17 +89,6 @@ impl Runner {
             .stderr(spawn.stderr)
             .process_group(0)
             .kill_on_drop(true);
-        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which
-        // is async-signal-safe. It makes the command die with the bot (bubblewrap's
-        // --die-with-parent does the same for its sandbox).
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => return Err(BotError::Spawn(format!("cannot run {program:?}: {e}"))),
@@ -130,6 +124,22 @@ impl Drop for KillGroup {
 fn exit_code(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// The program to run: a path as given (relative ones to the working directory), or the first
+/// executable file of that name in the action's PATH (the default PATH if it sets none).
+fn resolve(program: &str, environment: &[(String, String)]) -> PathBuf {
+    if program.contains('/') {
+        return PathBuf::from(program);
+    }
+    let path = environment.iter().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    let executable = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    path.split(':')
+        .filter(|dir| dir.starts_with('/'))
+        .map(|dir| Path::new(dir).join(program))
+        .find(|candidate| executable(candidate))
+        // Not found: spawning the bare name fails with a clear "No such file" for the action.
+        .unwrap_or_else(|| PathBuf::from(program))
 }
 
 fn find_in_path(program: &str) -> Option<PathBuf> {

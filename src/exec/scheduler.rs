@@ -4,7 +4,7 @@
 //! cacheable actions in flight share one job. All state sits behind one lock: every step under it is
 //! a few map operations, and nothing under it awaits.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -107,6 +107,8 @@ struct State {
     queue: BTreeSet<(i32, u64)>,
     in_flight: HashMap<(String, Digest), u64>,
     operations: BTreeMap<String, Operation>,
+    /// Finished operations, oldest first, to be forgotten after the retention time.
+    finished: VecDeque<(Instant, String)>,
     sessions: HashMap<String, Session>,
 }
 
@@ -124,7 +126,6 @@ struct Operation {
     action_digest: Digest,
     job: Option<u64>,
     state: watch::Sender<OpState>,
-    done_at: Option<Instant>,
 }
 
 struct Session {
@@ -201,7 +202,8 @@ impl Scheduler {
             outcome: Some(Outcome::Response(Arc::new(response))),
         };
         let (tx, rx) = watch::channel(state);
-        st.operations.insert(name.clone(), Operation { action_digest, job: None, state: tx, done_at: Some(Instant::now()) });
+        st.operations.insert(name.clone(), Operation { action_digest, job: None, state: tx });
+        st.finished.push_back((Instant::now(), name.clone()));
         OperationView { name, action_digest, state: rx }
     }
 
@@ -231,7 +233,7 @@ impl Scheduler {
             }
         };
         let (tx, rx) = watch::channel(OpState { stage, outcome: None });
-        st.operations.insert(name.clone(), Operation { action_digest, job: Some(job_id), state: tx, done_at: None });
+        st.operations.insert(name.clone(), Operation { action_digest, job: Some(job_id), state: tx });
         if joined.is_none() {
             dispatch_job(&mut st, job_id);
         }
@@ -263,8 +265,8 @@ impl Scheduler {
         let mut st = self.state.lock();
         let op = st.operations.get_mut(name).ok_or_else(|| SchedulerError::UnknownOperation(name.to_string()))?;
         let Some(job_id) = op.job.take() else { return Ok(()) };
-        op.done_at = Some(Instant::now());
         op.state.send_modify(|s| s.outcome = Some(Outcome::Error(Code::Cancelled, format!("operation {name} was cancelled"))));
+        st.finished.push_back((Instant::now(), name.to_string()));
         let orphaned = st.jobs.get_mut(&job_id).is_some_and(|job| {
             job.operations.retain(|o| o != name);
             job.operations.is_empty()
@@ -468,7 +470,14 @@ impl Scheduler {
             finish_job(&mut st, id, response(Code::DeadlineExceeded, message));
         }
         let retention = self.config.operation_retention;
-        st.operations.retain(|_, op| op.done_at.is_none_or(|t| now.duration_since(t) < retention));
+        while let Some((at, _)) = st.finished.front() {
+            if now.duration_since(*at) < retention {
+                break;
+            }
+            if let Some((_, name)) = st.finished.pop_front() {
+                st.operations.remove(&name);
+            }
+        }
     }
 }
 
@@ -599,7 +608,7 @@ fn finish_job(st: &mut State, job_id: u64, outcome: Outcome) {
     for name in &job.operations {
         if let Some(op) = st.operations.get_mut(name) {
             op.job = None;
-            op.done_at = Some(now);
+            st.finished.push_back((now, name.clone()));
             op.state.send_modify(|o| {
                 o.stage = reapi::execution_stage::Value::Completed;
                 o.outcome = Some(outcome.clone());
