@@ -275,8 +275,10 @@ impl Bot {
     fn apply(&mut self, session: &BotSession, reported: &[String], done: &mpsc::UnboundedSender<(String, Slot)>) {
         self.version = session.version.clone();
         for id in reported {
-            let seen = !session.leases.iter().any(|l| &l.id == id);
-            if seen && !matches!(self.slots.get(id), Some(Slot::Running(_))) {
+            // Dropped from the session, or echoed as finished: either way the server has it.
+            let finished = |l: &Lease| l.state == LeaseState::Completed as i32 || l.state == LeaseState::Cancelled as i32;
+            let acknowledged = session.leases.iter().find(|l| &l.id == id).is_none_or(finished);
+            if acknowledged && !matches!(self.slots.get(id), Some(Slot::Running(_))) {
                 self.slots.remove(id);
             }
         }
@@ -290,11 +292,13 @@ impl Bot {
                     self.slots.insert(lease.id.clone(), slot);
                 }
                 LeaseState::Cancelled => {
-                    if let Some(Slot::Running(task)) = self.slots.get(&lease.id) {
-                        task.abort();
-                        tracing::info!(lease = %lease.id, "lease cancelled; its processes are killed");
+                    if let Some(slot) = self.slots.get_mut(&lease.id) {
+                        if let Slot::Running(task) = slot {
+                            task.abort();
+                            tracing::info!(lease = %lease.id, "lease cancelled; its processes are killed");
+                        }
+                        *slot = Slot::Cancelled;
                     }
-                    self.slots.insert(lease.id.clone(), Slot::Cancelled);
                 }
                 _ => {}
             }

@@ -320,6 +320,9 @@ impl Scheduler {
         let mut st = self.state.lock();
         let s = st.sessions.get_mut(session).ok_or_else(|| SchedulerError::UnknownSession(session.to_string()))?;
         s.last_seen = Instant::now();
+        // A cancelled lease the bot does not mention is one it never started: nothing to tell it.
+        let mentioned: HashSet<&str> = reports.iter().map(|r| r.lease_id.as_str()).collect();
+        s.leases.retain(|id, l| l.state != LeaseState::Cancelled || mentioned.contains(id.as_str()));
         let mut finished = Vec::new();
         for report in reports {
             let Some(lease) = s.leases.get_mut(&report.lease_id) else { continue };
