@@ -31,10 +31,22 @@ pub struct Config {
     /// Named storage stacks that instances refer to.
     pub storage: BTreeMap<String, StorageConfig>,
     pub instances: Vec<InstanceConfig>,
+    /// Serve gRPC over TLS with this certificate and key (PEM files).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// The scheduler's limits and the bots `strata serve` runs in process (instances that list
     /// `execution` among their services use it).
     #[serde(default)]
     pub execution: ExecutionConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain, PEM.
+    pub certificate: PathBuf,
+    /// Its private key, PEM.
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,6 +221,9 @@ pub struct RemoteTierConfig {
     pub concurrency: usize,
     #[serde(default)]
     pub bearer_token: Option<String>,
+    /// A PEM file of certificates to trust for a `grpcs://` endpoint, besides the system's.
+    #[serde(default)]
+    pub ca_certificate: Option<PathBuf>,
     #[serde(default)]
     pub min_blob: Option<ByteSize>,
     #[serde(default)]
@@ -447,6 +462,9 @@ impl Config {
             if value.is_zero() {
                 return Err(format!("execution.{key}: must be longer than zero"));
             }
+        }
+        if self.tls.is_some() && !exec.bots.is_empty() {
+            return Err("execution.bots: bots in the process speak plain gRPC and cannot reach a server with tls; run `strata bot` next to it instead".into());
         }
         for (i, bot) in exec.bots.iter().enumerate() {
             let key = format!("execution.bots[{i}]");

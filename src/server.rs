@@ -15,6 +15,7 @@ use strata_backends::StoreError;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, ServerTlsConfig};
 
 use crate::cas::Cas;
 use crate::bot::BotArgs;
@@ -49,6 +50,8 @@ pub struct Server {
     scheduler: Option<Arc<Scheduler>>,
     /// Bots to run in this process once the address is known.
     bots: Vec<BotArgs>,
+    /// The certificate chain and key to serve TLS with (PEM).
+    tls: Option<Identity>,
 }
 
 /// A bot of the configuration; its server address is filled in when the listener is bound.
@@ -84,6 +87,8 @@ pub enum ServeError {
     Listen { addr: String, source: std::io::Error },
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl Server {
@@ -103,6 +108,12 @@ impl Server {
         let mut server = Server::from_instances(instances, config.max_batch_total_size.0, config.resumable_upload_ttl);
         server.disks = built.disks;
         server.bots = config.execution.bots.iter().map(|b| local_bot(config, b)).collect();
+        if let Some(tls) = &config.tls {
+            let read = |path: &std::path::Path, what: &str| {
+                std::fs::read(path).map_err(|e| ServeError::Tls(format!("tls.{what}: cannot read {}: {e}", path.display())))
+            };
+            server.tls = Some(Identity::from_pem(read(&tls.certificate, "certificate")?, read(&tls.key, "key")?));
+        }
         if server.instances.any_serves(|i| i.execution.is_some()) {
             server.scheduler = Some(Scheduler::start(scheduler_config(&config.execution), server.instances.action_caches()));
         }
@@ -112,7 +123,7 @@ impl Server {
     /// A server over instances built elsewhere (embedding, tests).
     pub fn from_instances(instances: Vec<Instance>, max_batch_total_size: u64, upload_ttl: std::time::Duration) -> Server {
         let instances = Arc::new(Instances::new(instances, max_batch_total_size));
-        Server { instances, disks: Vec::new(), upload_ttl, scheduler: None, bots: Vec::new() }
+        Server { instances, disks: Vec::new(), upload_ttl, scheduler: None, bots: Vec::new(), tls: None }
     }
 
     /// Binds the configured address.
@@ -124,7 +135,13 @@ impl Server {
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         let max_message = self.instances.max_batch_total_size as usize + MESSAGE_OVERHEAD;
         let instances = self.instances.clone();
-        let mut router = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(identity) = self.tls.clone() {
+            builder = builder
+                .tls_config(ServerTlsConfig::new().identity(identity))
+                .map_err(|e| ServeError::Tls(format!("tls: the certificate or key is not usable: {e}")))?;
+        }
+        let mut router = builder
             .tcp_nodelay(true)
             // HTTP/2's default 64 KiB windows stall large uploads on every window update.
             .initial_stream_window_size(STREAM_WINDOW)

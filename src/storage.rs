@@ -153,6 +153,13 @@ fn open_remote(remote: &RemoteTierConfig, label: &str) -> Result<RemoteStore, St
         retries: remote.retries,
         concurrency: remote.concurrency,
         bearer_token: remote.bearer_token.clone(),
+        ca_certificate: match &remote.ca_certificate {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| StoreError::Config(format!("{label}.ca_certificate: cannot read {}: {e}", path.display())))?,
+            ),
+            None => None,
+        },
     })
     .map_err(|e| StoreError::Config(format!("{label}: {e}")))
 }

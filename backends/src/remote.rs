@@ -21,7 +21,7 @@ use futures::StreamExt;
 use prost::Message;
 use tokio::sync::{mpsc, OnceCell};
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::digest::{resource_name, Digest, DigestFunction};
@@ -50,6 +50,8 @@ pub struct RemoteConfig {
     /// Calls in flight to the upstream at most.
     pub concurrency: usize,
     pub bearer_token: Option<String>,
+    /// PEM certificates to trust for a `grpcs://` upstream, besides the system's roots.
+    pub ca_certificate: Option<Vec<u8>>,
 }
 
 #[derive(Clone)]
@@ -67,15 +69,23 @@ impl RemoteStore {
     /// Prepares the client; the connection is made on first use, so a server can start while its
     /// upstream is down and recover when it comes back.
     pub fn new(cfg: RemoteConfig) -> Result<RemoteStore> {
-        let url = match cfg.endpoint.split_once("://") {
-            Some(("grpc" | "http", rest)) => format!("http://{rest}"),
-            Some(("grpcs" | "https", _)) => {
-                return Err(StoreError::Config(format!("{}: TLS upstreams are not supported yet; use grpc://", cfg.endpoint)))
-            }
-            _ => return Err(StoreError::Config(format!("upstream {:?}: expected grpc://HOST:PORT", cfg.endpoint))),
+        let (url, tls) = match cfg.endpoint.split_once("://") {
+            Some(("grpc" | "http", rest)) => (format!("http://{rest}"), false),
+            Some(("grpcs" | "https", rest)) => (format!("https://{rest}"), true),
+            _ => return Err(StoreError::Config(format!("upstream {:?}: expected grpc://HOST:PORT or grpcs://HOST:PORT", cfg.endpoint))),
         };
-        let channel = Endpoint::from_shared(url)
-            .map_err(|e| StoreError::Config(format!("upstream {:?}: {e}", cfg.endpoint)))?
+        let config_error = |e: tonic::transport::Error| StoreError::Config(format!("upstream {:?}: {e}", cfg.endpoint));
+        let mut endpoint = Endpoint::from_shared(url).map_err(config_error)?;
+        if tls {
+            let mut tls_config = ClientTlsConfig::new().with_native_roots();
+            if let Some(pem) = &cfg.ca_certificate {
+                tls_config = tls_config.ca_certificate(Certificate::from_pem(pem));
+            }
+            endpoint = endpoint.tls_config(tls_config).map_err(config_error)?;
+        } else if cfg.ca_certificate.is_some() {
+            return Err(StoreError::Config(format!("upstream {:?}: ca_certificate needs a grpcs:// endpoint", cfg.endpoint)));
+        }
+        let channel = endpoint
             .connect_timeout(cfg.connect_timeout)
             .tcp_nodelay(true)
             .initial_stream_window_size(8 << 20)

@@ -138,6 +138,7 @@ pub async fn run(args: BotArgs, shutdown: impl Future<Output = ()>) -> Result<()
         retries: 3,
         concurrency: 32,
         bearer_token: None,
+        ca_certificate: None,
     })?;
     let cache = inputs::InputCache::open(args.work_dir.join("cache"), Arc::new(cas))?;
     let actions_dir = args.work_dir.join("actions");

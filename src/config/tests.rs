@@ -151,6 +151,8 @@ fn execution_settings_are_checked() {
         (MINIMAL.to_string() + "execution: { bots: [ {} ] }\n", "execution.bots[0].instance"),
         (with_exec.clone() + "execution: { bots: [ { cpus: 2 } ] }\n", "cpus"),
         (with_exec.clone() + "execution: { schedule: fifo }\n", "schedule"),
+        (with_exec.clone() + "tls: { certificate: c.pem, key: k.pem }\nexecution: { bots: [ {} ] }\n", "execution.bots"),
+        (with_exec.clone() + "tls: { certificate: c.pem }\n", "key"),
     ];
     for (text, key) in cases {
         let err = parse(&text).unwrap_err();
