@@ -164,8 +164,8 @@ async fn skip_cache_lookup_runs_again() {
     bot.stop().await;
 }
 
-fn operations(server: &common::TestServer) -> impl std::future::Future<Output = OperationsClient<tonic::transport::Channel>> + '_ {
-    async move { OperationsClient::new(server.channel().await) }
+async fn operations(server: &common::TestServer) -> OperationsClient<tonic::transport::Channel> {
+    OperationsClient::new(server.channel().await)
 }
 
 /// Opens an Execute stream and returns it after its first message (the operation's name).

@@ -102,7 +102,7 @@ impl Plan {
         if args.concurrency == 0 || args.concurrency > 1024 {
             return Err(BenchError::Usage("--concurrency must be between 1 and 1024".into()));
         }
-        if !(args.duration > 0.0 && args.duration <= 3600.0) || !(0.0..=600.0).contains(&args.warmup) {
+        if !(args.duration > 0.0 && args.duration <= 3600.0 && (0.0..=600.0).contains(&args.warmup)) {
             return Err(BenchError::Usage("--duration must be in (0, 3600] seconds and --warmup in [0, 600]".into()));
         }
         if args.batch == 0 || args.find_missing < 2 || large_size < 64 || small_size < 16 {

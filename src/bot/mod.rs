@@ -102,7 +102,7 @@ impl BotError {
 enum Slot {
     Running(tokio::task::JoinHandle<()>),
     /// Finished, to be reported until the server has seen it.
-    Done { result: Option<reapi::ActionResult>, status: bazel_remote_apis::google::rpc::Status },
+    Done { result: Option<Box<reapi::ActionResult>>, status: bazel_remote_apis::google::rpc::Status },
     /// Cancelled by the server; to be acknowledged.
     Cancelled,
 }
@@ -183,7 +183,7 @@ impl Bot {
                 Slot::Done { result, status } => Lease {
                     id: id.clone(),
                     state: LeaseState::Completed as i32,
-                    result: result.as_ref().map(|r| rwapi::pack("build.bazel.remote.execution.v2.ActionResult", r)),
+                    result: result.as_ref().map(|r| rwapi::pack("build.bazel.remote.execution.v2.ActionResult", r.as_ref())),
                     status: Some(status.clone()),
                     ..Default::default()
                 },
@@ -315,11 +315,11 @@ impl Bot {
             let slot = match action::run(ctx, id.clone(), payload).await {
                 Ok(result) => {
                     tracing::info!(lease = %id, exit_code = result.exit_code, elapsed = ?started.elapsed(), "action finished");
-                    Slot::Done { result: Some(result), status: crate::status::ok_rpc() }
+                    Slot::Done { result: Some(Box::new(result)), status: crate::status::ok_rpc() }
                 }
                 Err(BotError::TimedOut { timeout, partial }) => {
                     let message = format!("the action did not finish within its timeout of {timeout:?}");
-                    Slot::Done { result: Some(*partial), status: crate::status::to_rpc(&Status::deadline_exceeded(message)) }
+                    Slot::Done { result: Some(partial), status: crate::status::to_rpc(&Status::deadline_exceeded(message)) }
                 }
                 Err(e) => {
                     tracing::warn!(lease = %id, "action failed to run: {e}");

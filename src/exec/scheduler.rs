@@ -80,6 +80,13 @@ pub struct SessionView {
     pub wake: Arc<Notify>,
 }
 
+impl SessionView {
+    /// The answer to a session that has just ended (its bot is terminating).
+    fn gone() -> SessionView {
+        SessionView { leases: Vec::new(), expire_time: SystemTime::now(), wake: Arc::new(Notify::new()) }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
     #[error("unknown bot session {0:?}: the server may have restarted or expired it; create a new session")]
@@ -214,9 +221,8 @@ impl Scheduler {
         let action_digest = new.action_digest;
         let key = (new.instance.clone(), action_digest);
         let joined = if new.cacheable { st.in_flight.get(&key).copied() } else { None };
-        let (job_id, stage) = match joined {
-            Some(id) => {
-                let job = st.jobs.get_mut(&id).expect("in_flight names live jobs");
+        let (job_id, stage) = match joined.and_then(|id| Some((id, st.jobs.get_mut(&id)?))) {
+            Some((id, job)) => {
                 job.operations.push(name.clone());
                 (id, if job.running.is_some() { reapi::execution_stage::Value::Executing } else { reapi::execution_stage::Value::Queued })
             }
@@ -310,7 +316,7 @@ impl Scheduler {
         );
         tracing::info!(session = %name, bot_id, capacity, "bot session created");
         fill_session(&mut st, &name);
-        let view = self.view(&st, &name).expect("just inserted");
+        let view = self.view(&st, &name).unwrap_or_else(SessionView::gone);
         (name, view)
     }
 
@@ -335,9 +341,10 @@ impl Scheduler {
                     }
                 }
                 LeaseState::Completed | LeaseState::Cancelled | LeaseState::Unspecified => {
-                    let lease = s.leases.remove(&report.lease_id).expect("looked up above");
-                    if lease.state != LeaseState::Cancelled && report.state == LeaseState::Completed {
-                        finished.push((lease.job, report));
+                    let (job, cancelled) = (lease.job, lease.state == LeaseState::Cancelled);
+                    s.leases.remove(&report.lease_id);
+                    if !cancelled && report.state == LeaseState::Completed {
+                        finished.push((job, report));
                     }
                 }
             }
@@ -364,10 +371,7 @@ impl Scheduler {
         } else {
             fill_session(&mut st, session);
         }
-        let view = match self.view(&st, session) {
-            Some(v) => v,
-            None => SessionView { leases: Vec::new(), expire_time: SystemTime::now(), wake: Arc::new(Notify::new()) },
-        };
+        let view = self.view(&st, session).unwrap_or_else(SessionView::gone);
         Ok((view, done))
     }
 
