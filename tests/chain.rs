@@ -184,6 +184,16 @@ async fn bytes_that_do_not_match_their_digest_are_never_served() {
         }
         assert!(bytestream_read(&site, &d, 0, 0).await.is_err(), "corrupted bytes were served for {}", d.hash);
     }
+    // A range of a blob that no local tier admits is read through, and still checked whole first.
+    let remote_only = site_config(addr)
+        .replace("max_size: 8MiB, max_blob: 16KiB", "max_size: 8MiB, max_blob: 1KiB")
+        .replace("segment_size: 1MiB, max_record: 64KiB, sync: never", "segment_size: 1MiB, max_record: 64KiB, sync: never, max_blob: 1KiB");
+    let passthrough_dir = tempfile::tempdir().unwrap();
+    let passthrough = TestServer::start_in(&remote_only, passthrough_dir.path()).await;
+    for (d, good) in [(sha256(&good_small), &good_small), (sha256(&good_large), &good_large)] {
+        let range = bytestream_read(&passthrough, &d, 10, 50).await;
+        assert!(range.is_err(), "a range of a corrupted blob was served: {:?}", range.map(|r| r == good[10..60]));
+    }
     // Nothing corrupted was kept locally either: with the upstream gone, the blobs are simply absent.
     task.abort();
     let _ = task.await;
@@ -234,4 +244,23 @@ async fn with_when_unavailable_queue_writes_succeed_and_reach_the_upstream_later
     }
     assert_eq!(bytestream_read(&upstream, &sha256(&large), 0, 0).await.unwrap(), large);
     assert_eq!(std::fs::read_dir(&queued).unwrap().count(), 0, "the queue is empty once delivered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_of_blobs_no_local_tier_admits_are_exact() {
+    let upstream_dir = tempfile::tempdir().unwrap();
+    let upstream = TestServer::start_in(TEST_CONFIG, upstream_dir.path()).await;
+    let blob = content(50, 700_000);
+    bytestream_write(&upstream, &blob, 100_000).await;
+    let config = site_config(upstream.addr)
+        .replace("max_size: 8MiB, max_blob: 16KiB", "max_size: 8MiB, max_blob: 1KiB")
+        .replace("max_record: 64KiB, sync: never", "max_record: 64KiB, sync: never, max_blob: 1KiB");
+    let site_dir = tempfile::tempdir().unwrap();
+    let site = TestServer::start_in(&config, site_dir.path()).await;
+    let d = sha256(&blob);
+    for (offset, limit) in [(0, 0), (1, 0), (65_535, 10), (100_000, 300_001), (699_999, 0), (699_999, 5), (0, 1)] {
+        let end = if limit == 0 { blob.len() } else { (offset + limit).min(blob.len()) };
+        let got = bytestream_read(&site, &d, offset as i64, limit as i64).await.unwrap();
+        assert_eq!(got, blob[offset..end], "offset {offset}, limit {limit}");
+    }
 }

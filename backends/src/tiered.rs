@@ -157,10 +157,17 @@ impl BlobStore for TieredStore {
                 }
                 // No faster tier kept it (admission, a failed write): serve it from here.
             }
-            match tier.store.read(digest, offset, limit).await? {
-                Some(blob) if tier.verify && offset == 0 && limit.is_none() => {
-                    return Ok(Some(verified(blob, *digest, tier.name.clone())))
+            if tier.verify {
+                // A range cannot be checked on its own: read the whole blob, verify, serve the range.
+                let Some(blob) = tier.store.read(digest, 0, None).await? else { continue };
+                let whole = verified(blob, *digest, tier.name.clone());
+                if offset == 0 && limit.is_none() {
+                    return Ok(Some(whole));
                 }
+                let len = limit.map_or(digest.size - offset, |l| l.min(digest.size - offset));
+                return Ok(Some(range_of(whole, offset, len)));
+            }
+            match tier.store.read(digest, offset, limit).await? {
                 Some(blob) => return Ok(Some(blob)),
                 None => continue,
             }
@@ -232,6 +239,35 @@ fn verified(blob: Blob, digest: Digest, tier: String) -> Blob {
                         Err(e) => Some((Err(StoreError::Corrupt { digest, tier, reason: e.to_string() }), (chunks, None, received))),
                     }
                 }
+            }
+        }
+    })))
+}
+
+/// Bytes `offset..offset + len` of a verified whole-blob stream. The last piece of the range is held
+/// back until the rest of the blob has been checked, so a corrupt blob ends in an error instead.
+fn range_of(whole: Blob, offset: u64, len: u64) -> Blob {
+    let end = offset + len;
+    let state = (whole.into_stream(), 0u64, None::<Bytes>, false);
+    Blob::Stream(Box::pin(futures::stream::unfold(state, move |(mut chunks, mut pos, mut held, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            match chunks.next().await {
+                Some(Ok(chunk)) => {
+                    let (from, to) = (pos, pos + chunk.len() as u64);
+                    pos = to;
+                    let (lo, hi) = (offset.max(from), end.min(to));
+                    if lo < hi {
+                        let piece = chunk.slice((lo - from) as usize..(hi - from) as usize);
+                        if let Some(previous) = held.replace(piece) {
+                            return Some((Ok(previous), (chunks, pos, held, false)));
+                        }
+                    }
+                }
+                Some(Err(e)) => return Some((Err(e), (chunks, pos, None, true))),
+                None => return held.take().map(|last| (Ok(last), (chunks, pos, None, true))),
             }
         }
     })))
