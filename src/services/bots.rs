@@ -143,8 +143,15 @@ impl Bots for BotsService {
         let calling = Calling::new(&self.scheduler, &name);
         let terminating = session.status == BotStatus::BotTerminating as i32;
         let (mut view, finished) = self.scheduler.report(&name, reports(&session), terminating).map_err(status::from_scheduler)?;
-        for f in finished {
-            self.scheduler.deliver(f).await;
+        // Results are cached and delivered on their own task: the bot may abandon this call (it does
+        // when another action finishes), and a result must not be lost with it.
+        if !finished.is_empty() {
+            let scheduler = self.scheduler.clone();
+            tokio::spawn(async move {
+                for f in finished {
+                    scheduler.deliver(f).await;
+                }
+            });
         }
         if !terminating && !news(&session, &view) {
             let wake = view.wake.clone();
