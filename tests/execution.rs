@@ -595,7 +595,7 @@ instances:
         format!("grpc://{}", exec.addr),
         Some(format!("grpc://{}", storage.addr)),
         &tmp.path().join("bot"),
-        1,
+        4,
         &[],
         "host",
     );
@@ -610,6 +610,15 @@ instances:
     let mut ac = storage.action_cache().await;
     let cached = ac.get_action_result(reapi::GetActionResultRequest { action_digest: Some(digest.clone()), ..Default::default() }).await;
     assert_eq!(cached.unwrap().into_inner().output_files, result.output_files);
+    // Many cacheable actions finishing close together, each result cached over the network: the
+    // bot abandons calls in flight to report the next result, and no result may be lost with them.
+    let specs: Vec<Spec> = (0..24).map(|i| sh(&format!("sleep 0.0{}; echo {i}", i % 7))).collect();
+    let digests = futures::future::join_all(specs.iter().map(|spec| action(&storage, spec))).await;
+    let runs = futures::future::join_all(digests.iter().map(|d| execute_all(&exec, request(d))));
+    let all = tokio::time::timeout(Duration::from_secs(30), runs).await.expect("every action completes");
+    for ops in all {
+        assert_eq!(response(ops.unwrap().last().unwrap()).result.unwrap().exit_code, 0);
+    }
     // The execution server serves no CAS of its own.
     let mut exec_cas = exec.cas().await;
     let err = exec_cas.find_missing_blobs(reapi::FindMissingBlobsRequest::default()).await.unwrap_err();
