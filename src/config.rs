@@ -203,7 +203,7 @@ pub struct DiskTierConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteTierConfig {
-    /// `grpc://HOST:PORT`.
+    /// `grpc://HOST:PORT`, or `grpcs://HOST:PORT` for TLS.
     pub endpoint: String,
     /// The instance name used upstream, whatever name the client used here.
     #[serde(default)]
@@ -228,8 +228,6 @@ pub struct RemoteTierConfig {
     pub min_blob: Option<ByteSize>,
     #[serde(default)]
     pub max_blob: Option<ByteSize>,
-    /// Whether a write fails when it cannot reach the upstream (true), or succeeds once the local
-    /// tiers have it (false).
     /// `fail`: a write fails while the upstream is unavailable; `queue`: it succeeds once the local
     /// tiers have it, and the upload is queued on disk and retried until the upstream takes it.
     #[serde(default = "default_when_unavailable")]

@@ -54,6 +54,33 @@ pub struct RemoteConfig {
     pub ca_certificate: Option<Vec<u8>>,
 }
 
+/// A lazily connecting channel to a REAPI endpoint: `grpc://HOST:PORT`, or `grpcs://HOST:PORT` for TLS
+/// (the system's roots are trusted, plus `ca_certificate`, PEM). Windows are sized for large blobs.
+pub fn channel(endpoint: &str, ca_certificate: Option<&[u8]>, connect_timeout: Duration) -> Result<Channel> {
+    let (url, tls) = match endpoint.split_once("://") {
+        Some(("grpc" | "http", rest)) => (format!("http://{rest}"), false),
+        Some(("grpcs" | "https", rest)) => (format!("https://{rest}"), true),
+        _ => return Err(StoreError::Config(format!("{endpoint:?}: expected grpc://HOST:PORT or grpcs://HOST:PORT"))),
+    };
+    let config_error = |e: tonic::transport::Error| StoreError::Config(format!("{endpoint:?}: {e}"));
+    let mut channel = Endpoint::from_shared(url).map_err(config_error)?;
+    if tls {
+        let mut tls_config = ClientTlsConfig::new().with_native_roots();
+        if let Some(pem) = ca_certificate {
+            tls_config = tls_config.ca_certificate(Certificate::from_pem(pem));
+        }
+        channel = channel.tls_config(tls_config).map_err(config_error)?;
+    } else if ca_certificate.is_some() {
+        return Err(StoreError::Config(format!("{endpoint:?}: ca_certificate needs a grpcs:// endpoint")));
+    }
+    Ok(channel
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(32 << 20)
+        .connect_lazy())
+}
+
 #[derive(Clone)]
 pub struct RemoteStore {
     cfg: RemoteConfig,
@@ -69,28 +96,7 @@ impl RemoteStore {
     /// Prepares the client; the connection is made on first use, so a server can start while its
     /// upstream is down and recover when it comes back.
     pub fn new(cfg: RemoteConfig) -> Result<RemoteStore> {
-        let (url, tls) = match cfg.endpoint.split_once("://") {
-            Some(("grpc" | "http", rest)) => (format!("http://{rest}"), false),
-            Some(("grpcs" | "https", rest)) => (format!("https://{rest}"), true),
-            _ => return Err(StoreError::Config(format!("upstream {:?}: expected grpc://HOST:PORT or grpcs://HOST:PORT", cfg.endpoint))),
-        };
-        let config_error = |e: tonic::transport::Error| StoreError::Config(format!("upstream {:?}: {e}", cfg.endpoint));
-        let mut endpoint = Endpoint::from_shared(url).map_err(config_error)?;
-        if tls {
-            let mut tls_config = ClientTlsConfig::new().with_native_roots();
-            if let Some(pem) = &cfg.ca_certificate {
-                tls_config = tls_config.ca_certificate(Certificate::from_pem(pem));
-            }
-            endpoint = endpoint.tls_config(tls_config).map_err(config_error)?;
-        } else if cfg.ca_certificate.is_some() {
-            return Err(StoreError::Config(format!("upstream {:?}: ca_certificate needs a grpcs:// endpoint", cfg.endpoint)));
-        }
-        let channel = endpoint
-            .connect_timeout(cfg.connect_timeout)
-            .tcp_nodelay(true)
-            .initial_stream_window_size(8 << 20)
-            .initial_connection_window_size(32 << 20)
-            .connect_lazy();
+        let channel = channel(&cfg.endpoint, cfg.ca_certificate.as_deref(), cfg.connect_timeout)?;
         let token = match &cfg.bearer_token {
             Some(t) => Some(
                 format!("Bearer {t}")

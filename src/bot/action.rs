@@ -28,8 +28,7 @@ pub struct Context {
 }
 
 fn now() -> Option<Timestamp> {
-    let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    Some(Timestamp { seconds: since.as_secs() as i64, nanos: since.subsec_nanos() as i32 })
+    Some(crate::exec::timestamp(SystemTime::now()))
 }
 
 /// Removes the action's directory when the run ends, however it ends.
@@ -60,10 +59,10 @@ fn make_writable(dir: &Path) {
 /// The Action of a lease: packed whole (Strata), or its digest, to fetch (BuildGrid).
 async fn resolve(ctx: &Context, payload: &Any) -> Result<reapi::Action, BotError> {
     let decode = |e: prost::DecodeError| BotError::Invalid(format!("the lease's payload cannot be decoded: {e}"));
-    if let Some(action) = rwapi::unpack::<reapi::Action>(payload, "build.bazel.remote.execution.v2.Action") {
+    if let Some(action) = rwapi::unpack::<reapi::Action>(payload, rwapi::ACTION) {
         return action.map_err(decode);
     }
-    if let Some(digest) = rwapi::unpack::<reapi::Digest>(payload, "build.bazel.remote.execution.v2.Digest") {
+    if let Some(digest) = rwapi::unpack::<reapi::Digest>(payload, rwapi::DIGEST) {
         let digest = parse(Some(&digest.map_err(decode)?), "the lease's action digest")?;
         return ctx.cache.message(&digest, "Action").await;
     }
@@ -97,7 +96,7 @@ pub async fn run(ctx: Arc<Context>, lease_id: String, payload: Any) -> Result<re
     let stderr_path = scratch.0.join("stderr");
     let create = |p: &Path| std::fs::File::create(p).map_err(|e| BotError::io(p, e));
     let environment: Vec<(String, String)> = command.environment_variables.iter().map(|v| (v.name.clone(), v.value.clone())).collect();
-    let network = platform(&action, &command).any(|(k, v)| k == NETWORK_PROPERTY && v != "off");
+    let network = crate::exec::platform(&action, &command).any(|(k, v)| k == NETWORK_PROPERTY && v != "off");
     let timeout = action.timeout.as_ref().map_or(Duration::from_secs(3600), |t| Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32));
     let spawn = Spawn {
         arguments: &command.arguments,
@@ -132,17 +131,9 @@ pub async fn run(ctx: Arc<Context>, lease_id: String, payload: Any) -> Result<re
     }
 }
 
-#[allow(deprecated)] // REAPI 2.0 clients put the platform in the Command.
-fn platform<'a>(action: &'a reapi::Action, command: &'a reapi::Command) -> impl Iterator<Item = (&'a str, &'a str)> {
-    let platform = action.platform.as_ref().or(command.platform.as_ref());
-    platform.into_iter().flat_map(|p| p.properties.iter().map(|p| (p.name.as_str(), p.value.as_str())))
-}
-
 /// Outputs' parent directories exist before the command runs, as the protocol promises.
-#[allow(deprecated)] // REAPI 2.0 output fields.
 fn create_output_parents(command: &reapi::Command, workdir: &Path) -> Result<(), BotError> {
-    let outputs = command.output_paths.iter().chain(&command.output_files).chain(&command.output_directories);
-    for output in outputs {
+    for output in crate::exec::outputs(command) {
         let parts = paths::check_relative(output).map_err(|e| BotError::Invalid(format!("output path: {e}")))?;
         if parts.is_empty() {
             return Err(BotError::Invalid(format!("output path {output:?} names the working directory")));

@@ -19,7 +19,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use strata_backends::remote::{RemoteConfig, RemoteStore};
 use strata_backends::{Digest, StoreError};
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::exec::rwapi::{self, bots_client::BotsClient, BotSession, BotStatus, Lease, LeaseState};
@@ -30,7 +30,7 @@ const POLL: Duration = Duration::from_secs(30);
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BotArgs {
-    /// The server whose Bots service hands out work: grpc://HOST:PORT.
+    /// The server whose Bots service hands out work: grpc://HOST:PORT (grpcs:// for TLS).
     #[arg(long)]
     pub server: String,
     /// The CAS to fetch inputs from and upload outputs to (default: the server).
@@ -107,15 +107,6 @@ enum Slot {
     Cancelled,
 }
 
-fn connect(endpoint: &str) -> Result<Channel, BotError> {
-    let url = match endpoint.split_once("://") {
-        Some(("grpc" | "http", rest)) => format!("http://{rest}"),
-        _ => return Err(BotError::Setup(format!("{endpoint:?}: expected grpc://HOST:PORT"))),
-    };
-    let endpoint = Endpoint::from_shared(url).map_err(|e| BotError::Setup(format!("{endpoint:?}: {e}")))?;
-    Ok(endpoint.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true).connect_lazy())
-}
-
 fn bot_id(args: &BotArgs) -> String {
     args.bot_id.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into());
@@ -146,7 +137,7 @@ pub async fn run(args: BotArgs, shutdown: impl Future<Output = ()>) -> Result<()
     let _ = std::fs::remove_dir_all(&actions_dir);
     std::fs::create_dir_all(&actions_dir).map_err(|e| BotError::io(&actions_dir, e))?;
     let ctx = Arc::new(Context { bot_id: bot_id(&args), cache, runner, actions_dir });
-    let client = BotsClient::new(connect(&args.server)?);
+    let client = BotsClient::new(strata_backends::remote::channel(&args.server, None, Duration::from_secs(5))?);
     let mut bot = Bot { args, ctx, client, slots: HashMap::new(), current: None, version: String::new() };
     tokio::select! {
         () = bot.serve() => Ok(()),
@@ -183,7 +174,7 @@ impl Bot {
                 Slot::Done { result, status } => Lease {
                     id: id.clone(),
                     state: LeaseState::Completed as i32,
-                    result: result.as_ref().map(|r| rwapi::pack("build.bazel.remote.execution.v2.ActionResult", r.as_ref())),
+                    result: result.as_ref().map(|r| rwapi::pack(rwapi::ACTION_RESULT, r.as_ref())),
                     status: Some(status.clone()),
                     ..Default::default()
                 },

@@ -102,12 +102,7 @@ fn read_tree(path: &Path, uploads: &mut Uploads, children: &mut Vec<reapi::Direc
 /// Adds the outputs the command asked for to `result` and their bytes to `uploads`.
 #[allow(deprecated)] // REAPI 2.0 output fields, which Bazel 4 reads.
 pub fn collect(command: &reapi::Command, workdir: &Path, result: &mut reapi::ActionResult, uploads: &mut Uploads) -> Result<(), BotError> {
-    let wanted: Vec<&String> = if command.output_paths.is_empty() {
-        command.output_files.iter().chain(&command.output_directories).collect()
-    } else {
-        command.output_paths.iter().collect()
-    };
-    for relative in wanted {
+    for relative in crate::exec::outputs(command) {
         let Some((path, meta)) = locate(workdir, relative)? else { continue };
         if meta.file_type().is_symlink() {
             let target = std::fs::read_link(&path).map_err(|e| BotError::io(&path, e))?.to_string_lossy().into_owned();

@@ -45,7 +45,8 @@ impl Runner {
         match name {
             "host" => Ok(Runner::Host),
             "bubblewrap" => {
-                let bwrap = find_in_path("bwrap").ok_or_else(|| {
+                let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into());
+                let bwrap = find_in_path("bwrap", &path).ok_or_else(|| {
                     BotError::Setup("the bubblewrap runner needs `bwrap` on PATH (Debian: apt-get install bubblewrap)".into())
                 })?;
                 Ok(Runner::Bubblewrap { bwrap })
@@ -133,16 +134,11 @@ fn resolve(program: &str, environment: &[(String, String)]) -> PathBuf {
         return PathBuf::from(program);
     }
     let path = environment.iter().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str());
-    let executable = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    path.split(':')
-        .filter(|dir| dir.starts_with('/'))
-        .map(|dir| Path::new(dir).join(program))
-        .find(|candidate| executable(candidate))
-        // Not found: spawning the bare name fails with a clear "No such file" for the action.
-        .unwrap_or_else(|| PathBuf::from(program))
+    // Not found: spawning the bare name fails with a clear "No such file" for the action.
+    find_in_path(program, path).unwrap_or_else(|| PathBuf::from(program))
 }
 
-fn find_in_path(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
+fn find_in_path(program: &str, path: &str) -> Option<PathBuf> {
+    let executable = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    path.split(':').filter(|dir| dir.starts_with('/')).map(|dir| Path::new(dir).join(program)).find(|p| executable(p))
 }

@@ -144,6 +144,14 @@ pub struct Violation {
     pub description: String,
 }
 
+/// Type names of the messages that travel packed in `Any`.
+pub const ACTION: &str = "build.bazel.remote.execution.v2.Action";
+pub const ACTION_RESULT: &str = "build.bazel.remote.execution.v2.ActionResult";
+pub const DIGEST: &str = "build.bazel.remote.execution.v2.Digest";
+pub const EXECUTE_RESPONSE: &str = "build.bazel.remote.execution.v2.ExecuteResponse";
+pub const EXECUTE_METADATA: &str = "build.bazel.remote.execution.v2.ExecuteOperationMetadata";
+pub const PRECONDITION_FAILURE: &str = "google.rpc.PreconditionFailure";
+
 /// Packs a message into an `Any` under its protobuf type name.
 pub fn pack<M: prost::Message>(type_name: &str, message: &M) -> Any {
     Any { type_url: format!("type.googleapis.com/{type_name}"), value: message.encode_to_vec() }

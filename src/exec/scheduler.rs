@@ -126,7 +126,6 @@ struct Job {
     queued_at: Instant,
     /// The session and lease running it, and since when.
     running: Option<(String, String, Instant)>,
-    last_loss: Option<String>,
 }
 
 struct Operation {
@@ -233,7 +232,7 @@ impl Scheduler {
                     st.in_flight.insert(key, id);
                 }
                 st.queue.insert((new.priority, id));
-                let job = Job { new, operations: vec![name.clone()], attempts: 0, queued_at: Instant::now(), running: None, last_loss: None };
+                let job = Job { new, operations: vec![name.clone()], attempts: 0, queued_at: Instant::now(), running: None };
                 st.jobs.insert(id, job);
                 (id, reapi::execution_stage::Value::Queued)
             }
@@ -548,7 +547,7 @@ fn assign(st: &mut State, job_id: u64, session: &str) {
     job.attempts += 1;
     let lease_id = format!("{job_id}-{}", job.attempts);
     job.running = Some((session.to_string(), lease_id.clone(), Instant::now()));
-    let payload = rwapi::pack("build.bazel.remote.execution.v2.Action", &job.new.action);
+    let payload = rwapi::pack(rwapi::ACTION, &job.new.action);
     s.leases.insert(lease_id, SessionLease { job: job_id, state: LeaseState::Pending, payload: Some(payload) });
     s.wake.notify_one();
     for name in &job.operations {
@@ -563,7 +562,6 @@ fn requeue_leases(st: &mut State, session: Session, reason: &str, max_attempts: 
     for lease in session.leases.into_values().filter(|l| l.state != LeaseState::Cancelled) {
         let Some(job) = st.jobs.get_mut(&lease.job) else { continue };
         job.running = None;
-        job.last_loss = Some(reason.to_string());
         if job.attempts >= max_attempts {
             let message = format!("the action was handed to a bot {} times and lost each time (last: {reason})", job.attempts);
             finish_job(st, lease.job, response(Code::Aborted, message));

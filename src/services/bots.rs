@@ -4,10 +4,10 @@
 //! before the call's deadline. Results come back as `Any(ActionResult)` with a `google.rpc.Status`.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
-use bazel_remote_apis::google::protobuf::{Empty, Timestamp};
+use bazel_remote_apis::google::protobuf::Empty;
 use tonic::{Request, Response, Status};
 
 use crate::exec::rwapi::{self, bots_server::Bots, BotSession, BotStatus, LeaseState};
@@ -40,11 +40,6 @@ impl Drop for Calling<'_> {
     fn drop(&mut self) {
         self.scheduler.calling(self.session, false);
     }
-}
-
-fn timestamp(t: SystemTime) -> Timestamp {
-    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    Timestamp { seconds: since.as_secs() as i64, nanos: since.subsec_nanos() as i32 }
 }
 
 /// The call's own deadline (`grpc-timeout`), if the client set one.
@@ -87,7 +82,7 @@ fn reports(session: &BotSession) -> Vec<LeaseReport> {
         .iter()
         .map(|lease| {
             let mut status = lease.status.clone();
-            let result = match lease.result.as_ref().map(|r| rwapi::unpack::<reapi::ActionResult>(r, "build.bazel.remote.execution.v2.ActionResult")) {
+            let result = match lease.result.as_ref().map(|r| rwapi::unpack::<reapi::ActionResult>(r, rwapi::ACTION_RESULT)) {
                 Some(Some(Ok(result))) => Some(result),
                 Some(_) => {
                     let message = format!("the bot's result for lease {} is not an ActionResult", lease.id);
@@ -114,7 +109,7 @@ fn news(sent: &BotSession, view: &SessionView) -> bool {
 fn answer(name: String, mut session: BotSession, view: SessionView) -> BotSession {
     session.name = name;
     session.leases = view.leases;
-    session.expire_time = Some(timestamp(view.expire_time));
+    session.expire_time = Some(crate::exec::timestamp(view.expire_time));
     session
 }
 

@@ -40,7 +40,7 @@ pub fn to_operation(name: &str, action_digest: &Digest, state: &OpState) -> Oper
     };
     let result = state.outcome.as_ref().map(|outcome| match outcome {
         Outcome::Response(response) => {
-            operation::Result::Response(rwapi::pack("build.bazel.remote.execution.v2.ExecuteResponse", response.as_ref()))
+            operation::Result::Response(rwapi::pack(rwapi::EXECUTE_RESPONSE, response.as_ref()))
         }
         Outcome::Error(code, message) => operation::Result::Error(bazel_remote_apis::google::rpc::Status {
             code: *code as i32,
@@ -50,7 +50,7 @@ pub fn to_operation(name: &str, action_digest: &Digest, state: &OpState) -> Oper
     });
     Operation {
         name: name.to_string(),
-        metadata: Some(rwapi::pack("build.bazel.remote.execution.v2.ExecuteOperationMetadata", &metadata)),
+        metadata: Some(rwapi::pack(rwapi::EXECUTE_METADATA, &metadata)),
         done: result.is_some(),
         result,
     }
@@ -88,7 +88,7 @@ fn missing_blobs(digests: &[Digest]) -> Status {
     let details = bazel_remote_apis::google::rpc::Status {
         code: Code::FailedPrecondition as i32,
         message: message.clone(),
-        details: vec![rwapi::pack("google.rpc.PreconditionFailure", &failure)],
+        details: vec![rwapi::pack(rwapi::PRECONDITION_FAILURE, &failure)],
     };
     Status::with_details(Code::FailedPrecondition, message, details.encode_to_vec().into())
 }
@@ -134,15 +134,13 @@ async fn check_inputs(cas: &Cas, function: DigestFunction, root: Digest) -> Resu
     Ok(missing)
 }
 
-#[allow(deprecated)] // REAPI 2.0 clients (Bazel 4) send output_files and output_directories.
 fn check_command(command: &reapi::Command) -> Result<(), Status> {
     if command.arguments.is_empty() {
         return Err(Status::invalid_argument("command has no arguments"));
     }
     let bad = |what: &str, e: String| Status::invalid_argument(format!("command {what}: {e}"));
     paths::check_relative(&command.working_directory).map_err(|e| bad("working_directory", e))?;
-    let outputs = command.output_paths.iter().chain(&command.output_files).chain(&command.output_directories);
-    for path in outputs {
+    for path in crate::exec::outputs(command) {
         if paths::check_relative(path).map_err(|e| bad("output path", e))?.is_empty() {
             return Err(bad("output path", format!("{path:?} names the working directory itself")));
         }
@@ -190,9 +188,7 @@ impl ExecutionService {
                 return Ok(self.scheduler.completed(action_digest, response));
             }
         }
-        #[allow(deprecated)] // REAPI 2.0 clients put the platform in the Command.
-        let platform = action.platform.as_ref().or(command.platform.as_ref());
-        let platform = platform.map(|p| p.properties.iter().map(|p| (p.name.clone(), p.value.clone())).collect()).unwrap_or_default();
+        let platform = crate::exec::platform(&action, &command).map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let priority = req.execution_policy.as_ref().map_or(0, |p| p.priority);
         Ok(self.scheduler.submit(NewJob {
             instance: req.instance_name,
