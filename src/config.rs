@@ -94,7 +94,7 @@ pub struct LocalBotConfig {
     /// Actions run at once (default: the number of cores).
     #[serde(default)]
     pub capacity: Option<usize>,
-    /// `host` or `bubblewrap`.
+    /// `host`, `bubblewrap` or `hermetic`.
     #[serde(default = "default_runner")]
     pub runner: String,
     /// Its work directory, relative to `data_dir` unless absolute.
@@ -473,8 +473,8 @@ impl Config {
             if bot.capacity == Some(0) {
                 return Err(format!("{key}.capacity: must be at least 1"));
             }
-            if !["host", "bubblewrap"].contains(&bot.runner.as_str()) {
-                return Err(format!("{key}.runner: {:?} is not one of host, bubblewrap", bot.runner));
+            if !["host", "bubblewrap", "hermetic"].contains(&bot.runner.as_str()) {
+                return Err(format!("{key}.runner: {:?} is not one of host, bubblewrap, hermetic", bot.runner));
             }
         }
         Ok(())

@@ -64,6 +64,8 @@ async fn write_then_read_with_offsets_and_limits() {
         assert!(read(&mut bs, blob_name("team/a", &d), len as i64, 0).await.unwrap().is_empty());
         let err = read(&mut bs, blob_name("team/a", &d), len as i64 + 1, 0).await.unwrap_err();
         assert_eq!(err.code(), Code::OutOfRange);
+        let err = read(&mut bs, blob_name("team/a", &d), -1, 0).await.unwrap_err();
+        assert_eq!(err.code(), Code::OutOfRange);
     }
 }
 
@@ -73,7 +75,8 @@ async fn read_errors() {
     let mut bs = server.bytestream().await;
     let absent = sha256(b"never stored");
     assert_eq!(read(&mut bs, blob_name("", &absent), 0, 0).await.unwrap_err().code(), Code::NotFound);
-    assert_eq!(read(&mut bs, blob_name("", &absent), -1, 0).await.unwrap_err().code(), Code::InvalidArgument);
+    // A negative offset is outside the blob: OUT_OF_RANGE, as the ByteStream contract says.
+    assert_eq!(read(&mut bs, blob_name("", &absent), -1, 0).await.unwrap_err().code(), Code::OutOfRange);
     assert_eq!(read(&mut bs, blob_name("", &absent), 0, -1).await.unwrap_err().code(), Code::InvalidArgument);
     for bad in ["", "blobs", "blobs/abc/1", &format!("blobs/{}/x", absent.hash), &format!("compressed-blobs/zstd/{}/12", absent.hash)] {
         let err = read(&mut bs, bad.to_string(), 0, 0).await.unwrap_err();

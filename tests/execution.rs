@@ -388,7 +388,7 @@ async fn malformed_and_incomplete_requests_are_refused_with_the_right_status() {
         Spec { args: vec![], ..Default::default() },
         Spec { output_files: vec!["../escape".into()], ..sh("true") },
         Spec { output_paths: vec!["/etc/passwd".into()], ..sh("true") },
-        Spec { output_directories: vec![".".into()], ..sh("true") },
+        Spec { working_directory: "a".into(), output_directories: vec!["../../up".into()], ..sh("true") },
         Spec { working_directory: "../..".into(), ..sh("true") },
     ];
     for spec in &bad_specs {

@@ -88,9 +88,9 @@ pub async fn run(ctx: Arc<Context>, lease_id: String, payload: Any) -> Result<re
     metadata.input_fetch_completed_timestamp = now();
 
     let workdir_parts = paths::check_relative(&command.working_directory).map_err(|e| BotError::Invalid(format!("working_directory: {e}")))?;
-    let workdir = workdir_parts.iter().fold(root.clone(), |p, part| p.join(part));
+    let workdir = below(&root, &workdir_parts);
     std::fs::create_dir_all(&workdir).map_err(|e| BotError::io(&workdir, e))?;
-    create_output_parents(&command, &workdir)?;
+    create_output_parents(&command, &root, &workdir_parts)?;
 
     let stdout_path = scratch.0.join("stdout");
     let stderr_path = scratch.0.join("stderr");
@@ -117,7 +117,7 @@ pub async fn run(ctx: Arc<Context>, lease_id: String, payload: Any) -> Result<re
     let read = |p: &Path| std::fs::read(p).map(Bytes::from).map_err(|e| BotError::io(p, e));
     result.stdout_digest = Some(to_proto(&uploads.add(read(&stdout_path)?)));
     result.stderr_digest = Some(to_proto(&uploads.add(read(&stderr_path)?)));
-    outputs::collect(&command, &workdir, &mut result, &mut uploads)?;
+    outputs::collect(&command, &root, &workdir_parts, &mut result, &mut uploads)?;
     uploads.upload(ctx.cache.cas()).await?;
     metadata.output_upload_completed_timestamp = now();
     metadata.worker_completed_timestamp = now();
@@ -131,23 +131,25 @@ pub async fn run(ctx: Arc<Context>, lease_id: String, payload: Any) -> Result<re
     }
 }
 
+/// The path of `parts` below `root`.
+fn below(root: &Path, parts: &[&str]) -> PathBuf {
+    parts.iter().fold(root.to_path_buf(), |p, part| p.join(part))
+}
+
 /// Outputs' parent directories exist before the command runs, as the protocol promises.
-fn create_output_parents(command: &reapi::Command, workdir: &Path) -> Result<(), BotError> {
+fn create_output_parents(command: &reapi::Command, root: &Path, workdir: &[&str]) -> Result<(), BotError> {
     for output in crate::exec::outputs(command) {
-        let parts = paths::check_relative(output).map_err(|e| BotError::Invalid(format!("output path: {e}")))?;
-        if parts.is_empty() {
-            return Err(BotError::Invalid(format!("output path {output:?} names the working directory")));
-        }
-        let parent = parts[..parts.len() - 1].iter().fold(workdir.to_path_buf(), |p, part| p.join(part));
+        let parts = paths::resolve(workdir, output).map_err(|e| BotError::Invalid(format!("output path: {e}")))?;
+        let Some((_, parents)) = parts.split_last() else { continue };
         // An input symlink on the way could point anywhere; parents must be plain directories.
-        let mut at = workdir.to_path_buf();
-        for part in &parts[..parts.len() - 1] {
+        let mut at = root.to_path_buf();
+        for part in parents {
             at.push(part);
             if std::fs::symlink_metadata(&at).is_ok_and(|m| !m.is_dir()) {
                 return Err(BotError::Invalid(format!("output path {output:?}: {part:?} is not a directory")));
             }
         }
-        std::fs::create_dir_all(&parent).map_err(|e| BotError::io(&parent, e))?;
+        std::fs::create_dir_all(&at).map_err(|e| BotError::io(&at, e))?;
     }
     Ok(())
 }

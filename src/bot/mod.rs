@@ -27,6 +27,9 @@ use action::Context;
 
 /// The deadline of each long poll.
 const POLL: Duration = Duration::from_secs(30);
+/// How often a bot with every slot busy and nothing to report calls anyway: servers answer such a
+/// bot at once (it cannot take work), and the call keeps its session alive and brings cancellations.
+const BUSY_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BotArgs {
@@ -42,10 +45,12 @@ pub struct BotArgs {
     /// Actions run at once.
     #[arg(long, default_value_t = 1)]
     pub capacity: usize,
-    /// A platform property offered to actions, KEY=VALUE (repeatable).
+    /// A platform property offered to actions, KEY=VALUE (repeatable). `OSFamily` and `ISA` are
+    /// offered from this machine (e.g. linux, x86-64) unless given here.
     #[arg(long = "property", value_parser = parse_property)]
     pub properties: Vec<(String, String)>,
-    /// `host` or `bubblewrap`.
+    /// `host` (the command sees this machine's file system), `bubblewrap` (the same, read-only, in a
+    /// sandbox) or `hermetic` (the input root is the sandbox's `/`, as BuildStream needs).
     #[arg(long, default_value = "host")]
     pub runner: String,
     /// Work directory: the input cache and the actions' directories.
@@ -54,6 +59,24 @@ pub struct BotArgs {
     /// The bot's id (default: host name and process id).
     #[arg(long)]
     pub bot_id: Option<String>,
+}
+
+/// The properties the bot offers: those given, plus `OSFamily` and `ISA` of this machine unless
+/// given (BuildStream always asks for both; BuildGrid's workers declare them too).
+fn offered_properties(given: &[(String, String)]) -> Vec<(String, String)> {
+    let mut properties = given.to_vec();
+    let isa = match std::env::consts::ARCH {
+        "x86_64" => "x86-64",
+        "x86" => "x86-32",
+        "arm" => "aarch32",
+        other => other,
+    };
+    for (key, value) in [("OSFamily", std::env::consts::OS), ("ISA", isa)] {
+        if !given.iter().any(|(k, _)| k == key) {
+            properties.push((key.to_string(), value.to_string()));
+        }
+    }
+    properties
 }
 
 fn parse_property(text: &str) -> Result<(String, String), String> {
@@ -163,7 +186,10 @@ impl Bot {
     fn session(&self, name: &str, status: BotStatus) -> BotSession {
         let device = rwapi::Device {
             handle: self.ctx.bot_id.clone(),
-            properties: self.args.properties.iter().map(|(k, v)| rwapi::Property { key: k.clone(), value: v.clone() }).collect(),
+            properties: offered_properties(&self.args.properties)
+                .into_iter()
+                .map(|(key, value)| rwapi::Property { key, value })
+                .collect(),
         };
         let capacity = rwapi::Property { key: "capacity".into(), value: self.args.capacity.to_string() };
         let leases = self
@@ -226,8 +252,17 @@ impl Bot {
         self.apply(&first, &[], &done_tx);
         let mut backoff = Duration::from_millis(100);
         loop {
-            let session = self.session(&name, BotStatus::Ok);
             let reported: Vec<String> = self.slots.iter().filter(|(_, s)| !matches!(s, Slot::Running(_))).map(|(id, _)| id.clone()).collect();
+            if reported.is_empty() && self.slots.len() >= self.args.capacity {
+                tokio::select! {
+                    Some((id, slot)) = done_rx.recv() => {
+                        self.finished(id, slot);
+                        continue;
+                    }
+                    () = tokio::time::sleep(BUSY_CHECK) => {}
+                }
+            }
+            let session = self.session(&name, BotStatus::Ok);
             let mut request = tonic::Request::new(rwapi::UpdateBotSessionRequest { name: name.clone(), bot_session: Some(session), update_mask: None });
             request.set_timeout(POLL);
             let mut client = self.client.clone();
@@ -253,12 +288,15 @@ impl Bot {
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 },
-                Some((id, slot)) = done_rx.recv() => {
-                    if self.slots.contains_key(&id) {
-                        self.slots.insert(id, slot);
-                    }
-                }
+                Some((id, slot)) = done_rx.recv() => self.finished(id, slot),
             }
+        }
+    }
+
+    /// Records a finished action, unless its lease was dropped meanwhile (cancelled, session lost).
+    fn finished(&mut self, id: String, slot: Slot) {
+        if self.slots.contains_key(&id) {
+            self.slots.insert(id, slot);
         }
     }
 

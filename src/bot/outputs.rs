@@ -49,11 +49,15 @@ impl Uploads {
     }
 }
 
-/// The output at `relative` below `workdir`, if the action made it. Its parents must be real
-/// directories inside the action directory.
-fn locate(workdir: &Path, relative: &str) -> Result<Option<(PathBuf, std::fs::Metadata)>, BotError> {
-    let parts = paths::check_relative(relative).map_err(|e| BotError::Invalid(format!("output path: {e}")))?;
-    let mut path = workdir.to_path_buf();
+/// The output at `relative` to the working directory `workdir` (components below `root`), if the
+/// action made it. Its parents must be real directories inside the input root.
+fn locate(root: &Path, workdir: &[&str], relative: &str) -> Result<Option<(PathBuf, std::fs::Metadata)>, BotError> {
+    let parts = paths::resolve(workdir, relative).map_err(|e| BotError::Invalid(format!("output path: {e}")))?;
+    if parts.is_empty() {
+        let meta = std::fs::symlink_metadata(root).map_err(|e| BotError::io(root, e))?;
+        return Ok(Some((root.to_path_buf(), meta)));
+    }
+    let mut path = root.to_path_buf();
     for (i, part) in parts.iter().enumerate() {
         path.push(part);
         let meta = match std::fs::symlink_metadata(&path) {
@@ -101,9 +105,15 @@ fn read_tree(path: &Path, uploads: &mut Uploads, children: &mut Vec<reapi::Direc
 
 /// Adds the outputs the command asked for to `result` and their bytes to `uploads`.
 #[allow(deprecated)] // REAPI 2.0 output fields, which Bazel 4 reads.
-pub fn collect(command: &reapi::Command, workdir: &Path, result: &mut reapi::ActionResult, uploads: &mut Uploads) -> Result<(), BotError> {
+pub fn collect(
+    command: &reapi::Command,
+    root: &Path,
+    workdir: &[&str],
+    result: &mut reapi::ActionResult,
+    uploads: &mut Uploads,
+) -> Result<(), BotError> {
     for relative in crate::exec::outputs(command) {
-        let Some((path, meta)) = locate(workdir, relative)? else { continue };
+        let Some((path, meta)) = locate(root, workdir, relative)? else { continue };
         if meta.file_type().is_symlink() {
             let target = std::fs::read_link(&path).map_err(|e| BotError::io(&path, e))?.to_string_lossy().into_owned();
             let link = reapi::OutputSymlink { path: relative.clone(), target, node_properties: None };

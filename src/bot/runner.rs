@@ -1,6 +1,9 @@
-//! Runs an action's command: on the host, or inside bubblewrap (read-only system, writable action
-//! directory, private /tmp, no network unless asked for, dies with the bot). The command runs in a
-//! process group of its own, and a timeout, a cancellation or a dropped run kills the whole group.
+//! Runs an action's command: on the host; inside bubblewrap over the host's system (read-only
+//! system, writable action directory, private /tmp, no network unless asked for, dies with the bot),
+//! for clients such as Bazel and recc whose actions use the worker's tools; or hermetic, where the
+//! input root is the sandbox's `/` (plus /proc, /dev and a private /tmp), for clients such as
+//! BuildStream whose input root brings the whole system. The command runs in a process group of
+//! its own, and a timeout, a cancellation or a dropped run kills the whole group.
 //!
 //! Commands are started with posix_spawn, never fork: a bot inside `strata serve` shares the
 //! server's address space, and forking a process with gigabytes of cache mapped took 170 ms per
@@ -18,6 +21,7 @@ use super::BotError;
 pub enum Runner {
     Host,
     Bubblewrap { bwrap: PathBuf },
+    Hermetic { bwrap: PathBuf },
 }
 
 /// What to run and where.
@@ -44,14 +48,9 @@ impl Runner {
     pub fn from_name(name: &str) -> Result<Runner, BotError> {
         match name {
             "host" => Ok(Runner::Host),
-            "bubblewrap" => {
-                let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into());
-                let bwrap = find_in_path("bwrap", &path).ok_or_else(|| {
-                    BotError::Setup("the bubblewrap runner needs `bwrap` on PATH (Debian: apt-get install bubblewrap)".into())
-                })?;
-                Ok(Runner::Bubblewrap { bwrap })
-            }
-            other => Err(BotError::Setup(format!("unknown runner {other:?}; use host or bubblewrap"))),
+            "bubblewrap" => Ok(Runner::Bubblewrap { bwrap: bwrap(name)? }),
+            "hermetic" => Ok(Runner::Hermetic { bwrap: bwrap(name)? }),
+            other => Err(BotError::Setup(format!("unknown runner {other:?}; use host, bubblewrap or hermetic"))),
         }
     }
 
@@ -75,6 +74,19 @@ impl Runner {
                     c.arg("--share-net");
                 }
                 c.arg("--chdir").arg(spawn.working_directory).arg("--").arg(program).args(args);
+                c
+            }
+            Runner::Hermetic { bwrap } => {
+                // The working directory as the command sees it, below the sandbox's `/`.
+                let inside = Path::new("/").join(spawn.working_directory.strip_prefix(spawn.root).unwrap_or(Path::new("")));
+                let mut c = tokio::process::Command::new(bwrap);
+                c.arg("--bind").arg(spawn.root).arg("/");
+                c.args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]);
+                c.args(["--unshare-all", "--die-with-parent", "--new-session"]);
+                if spawn.network {
+                    c.arg("--share-net");
+                }
+                c.arg("--chdir").arg(inside).arg("--").arg(program).args(args);
                 c
             }
         };
@@ -105,6 +117,14 @@ impl Runner {
         let _ = child.wait().await;
         Ok(exit)
     }
+}
+
+/// Finds `bwrap` for a runner that needs it.
+fn bwrap(runner: &str) -> Result<PathBuf, BotError> {
+    let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into());
+    find_in_path("bwrap", &path).ok_or_else(|| {
+        BotError::Setup(format!("the {runner} runner needs `bwrap` on PATH (Debian: apt-get install bubblewrap)"))
+    })
 }
 
 /// Kills a process group when dropped (at the end of a run, on timeout, or when the run is aborted).

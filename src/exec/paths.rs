@@ -14,19 +14,27 @@ pub fn check_name(name: &str) -> Result<(), String> {
 /// A relative path that stays below its root: no leading `/`, and `..` never climbs above it.
 /// Returns its components, with `.` and empty ones dropped.
 pub fn check_relative(path: &str) -> Result<Vec<&str>, String> {
+    resolve(&[], path)
+}
+
+/// Resolves `path`, relative to the directory `base` (components below the root), to components
+/// below the root. `.` and `..` are fine as long as the path never climbs above the root: REAPI
+/// output paths are relative to the working directory, and BuildStream's `../../../install` leaves
+/// the working directory but stays inside the input root.
+pub fn resolve<'a>(base: &[&'a str], path: &'a str) -> Result<Vec<&'a str>, String> {
     if path.starts_with('/') {
         return Err(format!("{path:?} is absolute; paths must be relative to the action's directory"));
     }
     if path.contains('\0') {
         return Err(format!("{path:?} contains a NUL byte"));
     }
-    let mut parts: Vec<&str> = Vec::new();
+    let mut parts: Vec<&str> = base.to_vec();
     for part in path.split('/') {
         match part {
             "" | "." => {}
             ".." => {
                 if parts.pop().is_none() {
-                    return Err(format!("{path:?} leaves the action's directory"));
+                    return Err(format!("{path:?} leaves the input root"));
                 }
             }
             p => parts.push(p),
@@ -77,6 +85,17 @@ mod tests {
         assert_eq!(check_relative("").unwrap(), Vec::<&str>::new());
         for bad in ["/etc/passwd", "..", "a/../../b", "a\0"] {
             assert!(check_relative(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn paths_below_a_working_directory() {
+        assert_eq!(resolve(&["a", "b", "c"], "../../../install").unwrap(), vec!["install"]);
+        assert_eq!(resolve(&["a"], ".").unwrap(), vec!["a"]);
+        assert_eq!(resolve(&[], ".").unwrap(), Vec::<&str>::new());
+        assert_eq!(resolve(&["a"], "../a/./b").unwrap(), vec!["a", "b"]);
+        for bad in ["../../x", "/abs", "../.."] {
+            assert!(resolve(&["a"], bad).is_err(), "{bad:?}");
         }
     }
 

@@ -14,7 +14,7 @@ use strata_backends::{ActionCacheStore, Digest};
 use tokio::sync::{watch, Notify};
 use tonic::Code;
 
-use super::rwapi::{self, LeaseState};
+use super::rwapi::{self, BotStatus, LeaseState};
 
 /// The scheduler's limits (the `execution` section of the configuration).
 #[derive(Clone, Debug)]
@@ -65,6 +65,15 @@ pub struct NewJob {
     pub cacheable: bool,
 }
 
+/// A bot opening a session, for `Scheduler::create_session`.
+pub struct NewSession {
+    pub instance: String,
+    pub bot_id: String,
+    pub properties: Vec<(String, String)>,
+    pub capacity: usize,
+    pub status: BotStatus,
+}
+
 /// What a bot reported for one lease, for `Scheduler::report`.
 pub struct LeaseReport {
     pub lease_id: String,
@@ -78,13 +87,25 @@ pub struct SessionView {
     pub leases: Vec<rwapi::Lease>,
     pub expire_time: SystemTime,
     pub wake: Arc<Notify>,
+    /// Whether the bot could take another lease now (healthy, with a free slot).
+    pub has_room: bool,
 }
 
 impl SessionView {
     /// The answer to a session that has just ended (its bot is terminating).
     fn gone() -> SessionView {
-        SessionView { leases: Vec::new(), expire_time: SystemTime::now(), wake: Arc::new(Notify::new()) }
+        SessionView { leases: Vec::new(), expire_time: SystemTime::now(), wake: Arc::new(Notify::new()), has_room: false }
     }
+}
+
+/// What `Scheduler::report` made of a bot's update.
+pub struct Reported {
+    pub view: SessionView,
+    /// Results to cache and deliver (`Scheduler::deliver`).
+    pub finished: Vec<Finished>,
+    /// The update changed something (a lease accepted, finished or its cancellation acknowledged,
+    /// or the bot's status): the bot waits for this answer before it goes on, so it is not held.
+    pub changed: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +158,8 @@ struct Operation {
 struct Session {
     instance: String,
     bot_id: String,
+    /// The last BotStatus the bot reported; only healthy bots get work.
+    status: BotStatus,
     properties: HashMap<String, HashSet<String>>,
     capacity: usize,
     leases: HashMap<String, SessionLease>,
@@ -157,9 +180,23 @@ impl Session {
         self.leases.values().filter(|l| l.state != LeaseState::Cancelled).count()
     }
 
-    fn matches(&self, instance: &str, platform: &[(String, String)]) -> bool {
-        self.instance == instance && platform.iter().all(|(k, v)| self.properties.get(k).is_some_and(|vs| vs.contains(v)))
+    fn has_room(&self) -> bool {
+        healthy(self.status) && self.busy() < self.capacity
     }
+
+    fn offers(&self, key: &str, value: &str) -> bool {
+        self.properties.get(key).is_some_and(|vs| vs.contains(value))
+    }
+
+    /// Whether the bot could ever run the job (whatever it is doing now).
+    fn matches(&self, instance: &str, platform: &[(String, String)]) -> bool {
+        self.instance == instance && platform.iter().all(|(k, v)| self.offers(k, v))
+    }
+}
+
+/// Bots that say nothing of their health (BotStatus unspecified) are taken as healthy.
+fn healthy(status: BotStatus) -> bool {
+    matches!(status, BotStatus::Ok | BotStatus::Unspecified)
 }
 
 fn response(code: Code, message: String) -> Outcome {
@@ -241,6 +278,11 @@ impl Scheduler {
         st.operations.insert(name.clone(), Operation { action_digest, job: Some(job_id), state: tx });
         if joined.is_none() {
             dispatch_job(&mut st, job_id);
+            if let Some(job) = st.jobs.get(&job_id).filter(|j| j.running.is_none()) {
+                if let Some(why) = unmatched(&st, &job.new.instance, &job.new.platform) {
+                    tracing::warn!(operation = %name, action = %action_digest, "queued, but {why}");
+                }
+            }
         }
         OperationView { name, action_digest, state: rx }
     }
@@ -292,9 +334,19 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Opens a bot session and hands it whatever queued work it can take.
-    pub fn create_session(&self, instance: &str, bot_id: &str, properties: Vec<(String, String)>, capacity: usize) -> (String, SessionView) {
+    /// Opens a bot session and hands it whatever queued work it can take. A bot id names one bot:
+    /// a session it had before (it restarted) is closed and its leases go back to the queue at once.
+    pub fn create_session(&self, new: NewSession) -> (String, SessionView) {
+        let NewSession { instance, bot_id, properties, capacity, status } = new;
         let mut st = self.state.lock();
+        let previous: Vec<String> = st.sessions.iter().filter(|(_, s)| s.bot_id == bot_id).map(|(n, _)| n.clone()).collect();
+        for old in previous {
+            if let Some(s) = st.sessions.remove(&old) {
+                tracing::info!(session = %old, bot_id, "bot opened a new session; its old one is closed and its leases queued again");
+                s.wake.notify_one();
+                requeue_leases(&mut st, s, &format!("bot {bot_id:?} restarted"), self.config.max_attempts);
+            }
+        }
         let name = self.new_name(&mut st, "botSessions");
         let mut props: HashMap<String, HashSet<String>> = HashMap::new();
         for (k, v) in properties {
@@ -303,8 +355,9 @@ impl Scheduler {
         st.sessions.insert(
             name.clone(),
             Session {
-                instance: instance.to_string(),
-                bot_id: bot_id.to_string(),
+                instance,
+                bot_id: bot_id.clone(),
+                status,
                 properties: props,
                 capacity: capacity.max(1),
                 leases: HashMap::new(),
@@ -313,18 +366,24 @@ impl Scheduler {
                 wake: Arc::new(Notify::new()),
             },
         );
-        tracing::info!(session = %name, bot_id, capacity, "bot session created");
+        tracing::info!(session = %name, bot_id, capacity, ?status, "bot session created");
         fill_session(&mut st, &name);
         let view = self.view(&st, &name).unwrap_or_else(SessionView::gone);
         (name, view)
     }
 
-    /// Applies a bot's update: accepted, completed and acknowledged-cancelled leases. Returns the
-    /// session as the bot should now see it, and the results to cache and deliver (`deliver`).
-    pub fn report(&self, session: &str, reports: Vec<LeaseReport>, terminating: bool) -> Result<(SessionView, Vec<Finished>), SchedulerError> {
+    /// Applies a bot's update: its status, and accepted, completed and acknowledged-cancelled
+    /// leases. Returns the session as the bot should now see it and the results to deliver.
+    pub fn report(&self, session: &str, reports: Vec<LeaseReport>, status: BotStatus) -> Result<Reported, SchedulerError> {
+        let terminating = status == BotStatus::BotTerminating;
         let mut st = self.state.lock();
         let s = st.sessions.get_mut(session).ok_or_else(|| SchedulerError::UnknownSession(session.to_string()))?;
         s.last_seen = Instant::now();
+        let mut changed = s.status != status;
+        if changed {
+            tracing::info!(session, bot_id = %s.bot_id, ?status, "bot status changed");
+            s.status = status;
+        }
         // A cancelled lease the bot does not mention is one it never started: nothing to tell it.
         let mentioned: HashSet<&str> = reports.iter().map(|r| r.lease_id.as_str()).collect();
         s.leases.retain(|id, l| l.state != LeaseState::Cancelled || mentioned.contains(id.as_str()));
@@ -333,15 +392,17 @@ impl Scheduler {
             let Some(lease) = s.leases.get_mut(&report.lease_id) else { continue };
             match report.state {
                 LeaseState::Pending => {}
+                // The payload stays: some bots (buildbox-worker) read it from the ACTIVE lease.
                 LeaseState::Active => {
                     if lease.state == LeaseState::Pending {
                         lease.state = LeaseState::Active;
-                        lease.payload = None;
+                        changed = true;
                     }
                 }
                 LeaseState::Completed | LeaseState::Cancelled | LeaseState::Unspecified => {
                     let (job, cancelled) = (lease.job, lease.state == LeaseState::Cancelled);
                     s.leases.remove(&report.lease_id);
+                    changed = true;
                     if !cancelled && report.state == LeaseState::Completed {
                         finished.push((job, report));
                     }
@@ -371,7 +432,7 @@ impl Scheduler {
             fill_session(&mut st, session);
         }
         let view = self.view(&st, session).unwrap_or_else(SessionView::gone);
-        Ok((view, done))
+        Ok(Reported { view, finished: done, changed })
     }
 
     /// The session as the bot should see it now (after a wait in a long poll).
@@ -421,7 +482,7 @@ impl Scheduler {
             .collect();
         leases.sort_by(|a, b| a.id.cmp(&b.id));
         let expire_time = SystemTime::now() + self.config.bot_session_timeout;
-        Some(SessionView { leases, expire_time, wake: s.wake.clone() })
+        Some(SessionView { leases, expire_time, wake: s.wake.clone(), has_room: s.has_room() })
     }
 
     fn new_name(&self, st: &mut State, collection: &str) -> String {
@@ -454,9 +515,11 @@ impl Scheduler {
             .map(|(_, id)| *id)
             .collect();
         for id in stale {
-            let platform = st.jobs.get(&id).map(|j| describe_platform(&j.new.platform)).unwrap_or_default();
+            let Some(job) = st.jobs.get(&id) else { continue };
+            let platform = describe_platform(&job.new.platform);
+            let why = unmatched(&st, &job.new.instance, &job.new.platform).unwrap_or_else(|| "every matching bot was busy".into());
             let message = format!(
-                "no bot took the action within the queue timeout of {queue_timeout:?} (platform {platform}); \
+                "no bot took the action within the queue timeout of {queue_timeout:?} (platform {platform}): {why}; \
                  attach a bot with these properties or raise execution.queue_timeout"
             );
             finish_job(&mut st, id, response(Code::Unavailable, message));
@@ -514,13 +577,31 @@ fn describe_platform(platform: &[(String, String)]) -> String {
     format!("{{{}}}", pairs.join(", "))
 }
 
+/// Why no connected bot can ever run a job of this platform, or `None` when one could.
+fn unmatched(st: &State, instance: &str, platform: &[(String, String)]) -> Option<String> {
+    let bots: Vec<&Session> = st.sessions.values().filter(|s| s.instance == instance).collect();
+    if bots.iter().any(|s| s.matches(instance, platform)) {
+        return None;
+    }
+    if bots.is_empty() {
+        return Some(format!("no bot is connected to instance {instance:?}"));
+    }
+    let missing: Vec<String> =
+        platform.iter().filter(|(k, v)| !bots.iter().any(|s| s.offers(k, v))).map(|(k, v)| format!("{k}={v}")).collect();
+    Some(if missing.is_empty() {
+        format!("no connected bot offers all of {}", describe_platform(platform))
+    } else {
+        format!("no connected bot offers {}", missing.join(", "))
+    })
+}
+
 /// Hands a queued job to a matching session with free capacity, if there is one.
 fn dispatch_job(st: &mut State, job_id: u64) {
     let Some(job) = st.jobs.get(&job_id) else { return };
     let session = st
         .sessions
         .iter()
-        .filter(|(_, s)| s.busy() < s.capacity && s.matches(&job.new.instance, &job.new.platform))
+        .filter(|(_, s)| s.has_room() && s.matches(&job.new.instance, &job.new.platform))
         .max_by_key(|(_, s)| s.capacity - s.busy())
         .map(|(name, _)| name.clone());
     if let Some(session) = session {
@@ -532,7 +613,7 @@ fn dispatch_job(st: &mut State, job_id: u64) {
 fn fill_session(st: &mut State, session: &str) {
     loop {
         let Some(s) = st.sessions.get(session) else { return };
-        if s.busy() >= s.capacity {
+        if !s.has_room() {
             return;
         }
         let next = st.queue.iter().find(|(_, id)| st.jobs.get(id).is_some_and(|j| s.matches(&j.new.instance, &j.new.platform)));

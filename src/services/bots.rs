@@ -1,6 +1,9 @@
 //! Bots (Remote Workers API v1test2): the gateway through which workers take leases. A bot creates a
-//! session with its properties and capacity, then calls UpdateBotSession in a long poll: the call
-//! returns as soon as the session has news for the bot (a new lease, a cancellation), or shortly
+//! session with its properties and capacity, then calls UpdateBotSession. An update that changes
+//! something (a lease accepted, finished, a cancellation acknowledged, a new status) or that comes
+//! from a bot without a free slot is answered at once: bots such as buildbox-worker wait for that
+//! answer before they start or report anything. Only a bot with room and nothing to say is held in a
+//! long poll, which returns as soon as the session has news (a new lease, a cancellation) or shortly
 //! before the call's deadline. Results come back as `Any(ActionResult)` with a `google.rpc.Status`.
 
 use std::sync::Arc;
@@ -11,7 +14,7 @@ use bazel_remote_apis::google::protobuf::Empty;
 use tonic::{Request, Response, Status};
 
 use crate::exec::rwapi::{self, bots_server::Bots, BotSession, BotStatus, LeaseState};
-use crate::exec::scheduler::{LeaseReport, Scheduler, SessionView};
+use crate::exec::scheduler::{LeaseReport, NewSession, Scheduler, SessionView};
 use crate::instances::Instances;
 use crate::status;
 
@@ -65,6 +68,8 @@ fn properties(session: &BotSession) -> Vec<(String, String)> {
     device_props.chain(&worker.properties).map(|p| (p.key.clone(), p.value.clone())).collect()
 }
 
+/// Leases the bot runs at once: its `capacity` config (Strata's bot, and buildbox-worker's
+/// `--concurrent-jobs`), else one.
 fn capacity(session: &BotSession) -> Result<usize, Status> {
     let config = session.worker.as_ref().and_then(|w| w.configs.iter().find(|c| c.key == "capacity"));
     match config {
@@ -74,6 +79,10 @@ fn capacity(session: &BotSession) -> Result<usize, Status> {
             _ => Err(Status::invalid_argument(format!("worker config capacity {:?} is not a positive number", c.value))),
         },
     }
+}
+
+fn bot_status(session: &BotSession) -> BotStatus {
+    BotStatus::try_from(session.status).unwrap_or(BotStatus::Unspecified)
 }
 
 fn reports(session: &BotSession) -> Vec<LeaseReport> {
@@ -122,8 +131,15 @@ impl Bots for BotsService {
         if session.bot_id.is_empty() {
             return Err(Status::invalid_argument("bot_session.bot_id is empty; every bot needs an id"));
         }
-        let capacity = capacity(&session)?;
-        let (name, view) = self.scheduler.create_session(&req.parent, &session.bot_id, properties(&session), capacity);
+        tracing::debug!(bot_id = %session.bot_id, ?session, "CreateBotSession");
+        let new = NewSession {
+            instance: req.parent.clone(),
+            bot_id: session.bot_id.clone(),
+            properties: properties(&session),
+            capacity: capacity(&session)?,
+            status: bot_status(&session),
+        };
+        let (name, view) = self.scheduler.create_session(new);
         Ok(Response::new(answer(name, session, view)))
     }
 
@@ -135,9 +151,11 @@ impl Bots for BotsService {
         if !session.name.is_empty() && session.name != name {
             return Err(Status::invalid_argument(format!("name {name:?} and bot_session.name {:?} differ", session.name)));
         }
+        tracing::trace!(session = %name, ?session, "UpdateBotSession");
         let calling = Calling::new(&self.scheduler, &name);
-        let terminating = session.status == BotStatus::BotTerminating as i32;
-        let (mut view, finished) = self.scheduler.report(&name, reports(&session), terminating).map_err(status::from_scheduler)?;
+        let status = bot_status(&session);
+        let reported = self.scheduler.report(&name, reports(&session), status).map_err(status::from_scheduler)?;
+        let (mut view, finished) = (reported.view, reported.finished);
         // Results are cached and delivered on their own task: the bot may abandon this call (it does
         // when another action finishes), and a result must not be lost with it.
         if !finished.is_empty() {
@@ -148,7 +166,8 @@ impl Bots for BotsService {
                 }
             });
         }
-        if !terminating && !news(&session, &view) {
+        let hold = view.has_room && !reported.changed && status != BotStatus::BotTerminating && !news(&session, &view);
+        if hold {
             let wake = view.wake.clone();
             let wait = wait.min(self.scheduler.config().bot_session_timeout / 2);
             tokio::select! {

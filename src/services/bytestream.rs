@@ -128,11 +128,13 @@ impl ByteStream for ByteStreamService {
         let resource = parse_read(&req.resource_name)?;
         let cas = self.instances.cas(&resource.instance)?;
         let digest = resource.digest;
-        if req.read_offset < 0 || req.read_limit < 0 {
-            return Err(Status::invalid_argument(format!(
-                "read_offset {} and read_limit {} must not be negative",
-                req.read_offset, req.read_limit
-            )));
+        // The ByteStream contract: an offset outside the blob (negative or past its end) is
+        // OUT_OF_RANGE; a negative limit is a malformed request.
+        if req.read_offset < 0 {
+            return Err(Status::out_of_range(format!("read_offset {} is negative", req.read_offset)));
+        }
+        if req.read_limit < 0 {
+            return Err(Status::invalid_argument(format!("read_limit {} must not be negative", req.read_limit)));
         }
         let offset = req.read_offset as u64;
         if offset > digest.size {

@@ -139,11 +139,9 @@ fn check_command(command: &reapi::Command) -> Result<(), Status> {
         return Err(Status::invalid_argument("command has no arguments"));
     }
     let bad = |what: &str, e: String| Status::invalid_argument(format!("command {what}: {e}"));
-    paths::check_relative(&command.working_directory).map_err(|e| bad("working_directory", e))?;
+    let workdir = paths::check_relative(&command.working_directory).map_err(|e| bad("working_directory", e))?;
     for path in crate::exec::outputs(command) {
-        if paths::check_relative(path).map_err(|e| bad("output path", e))?.is_empty() {
-            return Err(bad("output path", format!("{path:?} names the working directory itself")));
-        }
+        paths::resolve(&workdir, path).map_err(|e| bad("output path", e))?;
     }
     Ok(())
 }
