@@ -4,8 +4,8 @@
 # bubblewrap, Bazel 7 (bazel-bootstrap) and gcc. The archive comes from this machine's own apt
 # sources. The chroot shares the host's network, so clients in it reach Strata on 127.0.0.1.
 #
-# Usage: tests/sid/chroot.sh DIR      builds DIR unless DIR/.strata-ready exists; prints nothing else
-#        tests/sid/chroot.sh --run DIR COMMAND...   runs COMMAND in DIR with /proc, /dev and /tmp mounted
+# Usage: tests/sid/chroot.sh DIR      builds DIR unless DIR/.strata-ready exists (needs root)
+#        tests/sid/chroot.sh --run DIR COMMAND...   runs COMMAND with DIR as / (needs the host's bwrap)
 #
 # About 2 minutes and 2 GB. CI keeps DIR outside the clone and builds it only when it is missing.
 set -euo pipefail
@@ -18,8 +18,11 @@ mounts() {
 
 if [ "${1:-}" = "--run" ]; then
     dir=${2:?--run needs DIR}; shift 2
-    mounts "$dir"
-    exec chroot "$dir" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    # Not chroot(2): the kernel refuses new user namespaces to a chrooted process, and the sandboxes
+    # in the chroot (bubblewrap) need them. The host's bwrap gives DIR as / in a mount namespace of
+    # its own; the network and /dev are the host's, and the process dies with its caller.
+    exec bwrap --bind "$dir" / --dev-bind /dev /dev --bind /proc /proc --die-with-parent --chdir / \
+        /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         HOME=/root LANG=C.UTF-8 "$@"
 fi
 
@@ -38,7 +41,7 @@ fi
 
 tools=$(mktemp -d)
 trap 'rm -rf "$tools"' EXIT
-(cd "$tools" && apt-get download -q debootstrap >/dev/null)
+(cd "$tools" && { apt-get download -q debootstrap >/dev/null 2>&1 || { apt-get update -q >&2 && apt-get download -q debootstrap >/dev/null; }; })
 dpkg -x "$tools"/debootstrap_*.deb "$tools/root"
 export DEBOOTSTRAP_DIR="$tools/root/usr/share/debootstrap"
 

@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# End to end with the clients Debian sid ships (run in the chroot of tests/sid/chroot.sh, talking to
+# Strata on 127.0.0.1): buildbox-worker 1.4.30 behind its own buildbox-casd, recc 1.4.30 and
+# Bazel 7.7.1.
+#
+#   worker   a Strata with execution and no bots of its own; its only bot is buildbox-worker
+#            (--concurrent-jobs 2) with buildbox-run-hosttools. recc compiles C files remotely (each
+#            object identical to a local compile), then Bazel 7 builds a workspace with every action
+#            on the worker, and after `clean --expunge` gets every action from the cache.
+#   default  `strata serve` on its embedded default: Bazel 7 with --remote_cache, then with
+#            --remote_executor (on the in-process bot), both with --remote_download_minimal and all
+#            hits after `clean --expunge`; recc compiles remotely on the in-process bot.
+#
+# (buildbox-run-bubblewrap makes the input root the sandbox's `/`, so it runs BuildStream's actions,
+# whose input root is a whole system, not recc's or Bazel's: tests/buildstream/run.sh runs it.)
+#
+# Usage: tests/sid/run.sh [worker|default]... [--strata path/to/strata]   (default: both, target/debug/strata)
+# The chroot is $STRATA_SID_ROOT (default /var/cache/strata-ci/sid), built by tests/sid/chroot.sh.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/../lib/e2e.sh"
+strata=$here/../../target/debug/strata
+scenarios=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --strata) strata=$2; shift 2 ;;
+        worker|default) scenarios+=("$1"); shift ;;
+        *) echo "usage: $0 [worker|default]... [--strata PATH]" >&2; exit 2 ;;
+    esac
+done
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(worker default)
+strata=$(realpath "$strata")
+root=${STRATA_SID_ROOT:-/var/cache/strata-ci/sid}
+[ -x "$strata" ] || { echo "strata binary not found at $strata (run cargo build first)" >&2; exit 1; }
+[ -e "$root/.strata-ready" ] || { echo "no sid chroot at $root: run tests/sid/chroot.sh $root" >&2; exit 1; }
+
+# The work directory is inside the chroot, so that both sides see it: $work on the host, $inside in it.
+work=$(mktemp -d "$root/tmp/strata-e2e.XXXXXX")
+inside=${work#"$root"}
+pids=()
+cleanup() {
+    in_sid sh -c "cd $inside/ws 2>/dev/null && bazel --output_user_root=$inside/bazel-root shutdown" >/dev/null 2>&1 || true
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+in_sid() { "$here/chroot.sh" --run "$root" "$@"; }
+fail() { echo "FAIL: $*" >&2; for log in "$work"/*.log; do echo "--- $log" >&2; tail -n 40 "$log" >&2; done; exit 1; }
+
+port=$(free_port)
+endpoint=grpc://127.0.0.1:$port
+start_strata() { # [--config FILE]
+    "$strata" serve "$@" --listen "127.0.0.1:$port" --data-dir "$work/data" 2>>"$work/strata.log" &
+    strata_pid=$!
+    pids+=("$strata_pid")
+    wait_port "$port" "$work/strata.log"
+}
+stop_strata() {
+    kill -TERM "$strata_pid"
+    wait "$strata_pid" || fail "strata did not exit cleanly"
+}
+
+# recc compiles sources in $inside/src remotely; each object must be what a local compile makes,
+# or (with --any-compiler, when the bot's compiler is another one) at least define its function.
+recc_compiles() {
+    local check=${1:-}
+    rm -rf "$work/src"
+    mkdir -p "$work/src/include"
+    echo '#define BASE 40' >"$work/src/include/base.h"
+    for i in 1 2 3 4; do
+        printf '#include "include/base.h"\nint f%s(int x) { return x * BASE + %s; }\n' "$i" "$i" >"$work/src/f$i.c"
+    done
+    for i in 1 2 3 4; do
+        in_sid sh -c "cd $inside/src && RECC_SERVER=http://127.0.0.1:$port RECC_VERBOSE=1 recc gcc -c f$i.c -o f$i.o" \
+            >"$work/recc-$i.log" 2>&1 || fail "recc exited non-zero"
+        grep -q "Remote execution finished with exit code 0" "$work/recc-$i.log" || fail "recc did not compile f$i.c remotely"
+        if [ "$check" = --any-compiler ]; then
+            in_sid sh -c "nm $inside/src/f$i.o" | grep -q " T f$i" || fail "f$i.o does not define f$i"
+        else
+            in_sid sh -c "cd $inside/src && gcc -c f$i.c -o local-f$i.o && cmp f$i.o local-f$i.o" || fail "f$i.o differs from a local compile"
+        fi
+    done
+    echo "recc: 4 remote compiles, outputs right"
+}
+
+# Bazel 7 builds the workspace twice: remotely (every action remote, or uploaded with --cache), then
+# after a Strata restart and `clean --expunge`, every action a remote cache hit.
+bazel_twice() { # exec|cache [extra flags...]
+    local mode=$1; shift
+    # A new workspace and Bazel server each time: nothing is left of an earlier build.
+    in_sid sh -c "cd $inside/ws 2>/dev/null && bazel --output_user_root=$inside/bazel-root shutdown" >/dev/null 2>&1 || true
+    rm -rf "$work/ws" "$work/bazel-root"
+    cp -r "$here/workspace" "$work/ws"
+    local flags=(--remote_timeout=60 "$@") first=()
+    if [ "$mode" = exec ]; then
+        flags+=(--remote_executor="$endpoint" --spawn_strategy=remote --noremote_local_fallback)
+        first=(--noremote_accept_cached) # run every action, even if an earlier build cached it
+    else
+        flags+=(--remote_cache="$endpoint")
+    fi
+    bazel7() { in_sid sh -c "cd $inside/ws && bazel --output_user_root=$inside/bazel-root $* 2>&1" ; }
+    bazel7 build //... "${flags[@]}" "${first[@]}" >"$work/bazel.log" || fail "bazel 7 failed"
+    grep -q "Build completed successfully" "$work/bazel.log" || fail "bazel 7 did not build"
+    if [ "$mode" = exec ]; then expect_all_remote "$work/bazel.log" || fail "not every action ran remotely"; fi
+    case " $* " in
+        *" --remote_download_minimal "*) ;; # outputs stay remote
+        *) in_sid cat "$inside/ws/bazel-bin/summary.txt" | grep -qx 'an input file' || fail "summary.txt is wrong" ;;
+    esac
+    stop_strata
+    start_strata "${strata_args[@]}"
+    bazel7 clean --expunge >/dev/null
+    bazel7 build //... "${flags[@]}" >"$work/bazel.log" || fail "bazel 7 failed after clean --expunge"
+    expect_all_hits "$work/bazel.log" 5 || fail "the rebuild was not all cache hits"
+    echo "bazel 7 ($mode${*:+ $*}): $BAZEL_HITS remote cache hits after clean --expunge"
+}
+
+scenario_worker() {
+    echo "== buildbox-worker (hosttools) as the only bot of Strata"
+    cat >"$work/exec.yaml" <<YAML
+storage:
+  local:
+    cas:
+      - memory: { max_size: 256MiB, max_blob: 16MiB }
+      - disk: { path: cas, max_size: 2GiB, segment_size: 64MiB }
+    action_cache:
+      - disk: { path: ac, max_size: 256MiB, segment_size: 16MiB }
+instances:
+  - { name: "", storage: local, services: [cas, action_cache, execution] }
+YAML
+    # casd and the worker each run in a mount namespace of their own (chroot.sh --run), so a FUSE
+    # staging by casd would be invisible to the runner: it stages by hard links instead.
+    strata_args=(--config "$work/exec.yaml")
+    start_strata "${strata_args[@]}"
+    mkdir -p "$work/casd"
+    in_sid buildbox-casd --cas-remote="http://127.0.0.1:$port" --bind="unix:$inside/casd/casd.sock" "$inside/casd/cache" \
+        >"$work/casd.log" 2>&1 &
+    local casd=$!
+    pids+=("$casd")
+    wait_socket "$work/casd/casd.sock" "$work/casd.log"
+    in_sid buildbox-worker --bots-remote="http://127.0.0.1:$port" --cas-remote="unix:$inside/casd/casd.sock" \
+        --buildbox-run=/usr/bin/buildbox-run-hosttools --concurrent-jobs=2 --runner-arg=--staging-mode=copy-or-link \
+        --platform OSFamily=linux --platform ISA=x86-64 e2e-worker >"$work/worker.log" 2>&1 &
+    local worker=$!
+    pids+=("$worker")
+    recc_compiles
+    bazel_twice exec
+    stop_strata
+    kill "$worker" "$casd" 2>/dev/null || true
+}
+
+scenario_default() {
+    echo "== strata serve on its embedded default"
+    strata_args=()
+    start_strata
+    bazel_twice cache --remote_download_minimal
+    bazel_twice exec --remote_download_minimal
+    grep -q "action finished" "$work/strata.log" || fail "the in-process bot logged no action"
+    recc_compiles --any-compiler
+    stop_strata
+}
+
+for s in "${scenarios[@]}"; do
+    "scenario_$s"
+    rm -rf "$work/data"
+done
+echo "sid clients: ${#scenarios[@]} passed, 0 failed"
