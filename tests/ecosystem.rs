@@ -301,3 +301,27 @@ async fn the_hermetic_runner_makes_the_input_root_the_sandbox_root() {
     assert_eq!(read_blob(&server, &result.output_files[0].digest).await, b"made\n");
     bot.stop().await;
 }
+
+#[tokio::test]
+async fn work_goes_to_the_bot_with_the_lowest_priority_value() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(RWAPI_CONFIG, tmp.path()).await;
+    let mut bots = bots_client(&server).await;
+    let with_priority = |id: &str, priority: &str| {
+        let mut session = worker(id, BotStatus::Ok, vec![]);
+        let configs = &mut session.worker.as_mut().unwrap().configs;
+        configs.retain(|c| c.key != "priority");
+        configs.push(rwapi::Property { key: "priority".into(), value: priority.into() });
+        session
+    };
+    let _low = create(&mut bots, with_priority("bb-low", "5")).await;
+    let high = create(&mut bots, with_priority("bb-high", "1")).await;
+    let digest = action(&server, &sh("true")).await;
+    let _stream = client(&server).await.execute(request(&digest)).await.unwrap().into_inner();
+    let took = update(&mut bots, &high.name, with_priority("bb-high", "1")).await.unwrap();
+    assert_eq!(took.leases.len(), 1, "the bot with priority 1 gets the job");
+    let bad = rwapi::CreateBotSessionRequest { parent: String::new(), bot_session: Some(with_priority("bb-bad", "soon")) };
+    let err = bots.create_bot_session(bad).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("priority"), "{}", err.message());
+}

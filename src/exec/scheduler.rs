@@ -72,6 +72,7 @@ pub struct NewSession {
     pub properties: Vec<(String, String)>,
     pub capacity: usize,
     pub status: BotStatus,
+    pub priority: i32,
 }
 
 /// What a bot reported for one lease, for `Scheduler::report`.
@@ -160,6 +161,8 @@ struct Session {
     bot_id: String,
     /// The last BotStatus the bot reported; only healthy bots get work.
     status: BotStatus,
+    /// Bots with lower values get work first.
+    priority: i32,
     properties: HashMap<String, HashSet<String>>,
     capacity: usize,
     leases: HashMap<String, SessionLease>,
@@ -337,7 +340,7 @@ impl Scheduler {
     /// Opens a bot session and hands it whatever queued work it can take. A bot id names one bot:
     /// a session it had before (it restarted) is closed and its leases go back to the queue at once.
     pub fn create_session(&self, new: NewSession) -> (String, SessionView) {
-        let NewSession { instance, bot_id, properties, capacity, status } = new;
+        let NewSession { instance, bot_id, properties, capacity, status, priority } = new;
         let mut st = self.state.lock();
         let previous: Vec<String> = st.sessions.iter().filter(|(_, s)| s.bot_id == bot_id).map(|(n, _)| n.clone()).collect();
         for old in previous {
@@ -358,6 +361,7 @@ impl Scheduler {
                 instance,
                 bot_id: bot_id.clone(),
                 status,
+                priority,
                 properties: props,
                 capacity: capacity.max(1),
                 leases: HashMap::new(),
@@ -602,7 +606,9 @@ fn dispatch_job(st: &mut State, job_id: u64) {
         .sessions
         .iter()
         .filter(|(_, s)| s.has_room() && s.matches(&job.new.instance, &job.new.platform))
-        .max_by_key(|(_, s)| s.capacity - s.busy())
+        // The bot's own priority first (lower is preferred, as buildbox-worker's --priority), then
+        // the one with most free slots.
+        .min_by_key(|(_, s)| (s.priority, std::cmp::Reverse(s.capacity - s.busy())))
         .map(|(name, _)| name.clone());
     if let Some(session) = session {
         assign(st, job_id, &session);

@@ -68,15 +68,14 @@ fn properties(session: &BotSession) -> Vec<(String, String)> {
     device_props.chain(&worker.properties).map(|p| (p.key.clone(), p.value.clone())).collect()
 }
 
-/// Leases the bot runs at once: its `capacity` config (Strata's bot, and buildbox-worker's
-/// `--concurrent-jobs`), else one.
-fn capacity(session: &BotSession) -> Result<usize, Status> {
-    let config = session.worker.as_ref().and_then(|w| w.configs.iter().find(|c| c.key == "capacity"));
+/// A worker config (`Worker.configs`) as a number, or `default` when the bot sends none.
+fn config<T: std::str::FromStr>(session: &BotSession, key: &str, default: T, valid: impl Fn(&T) -> bool) -> Result<T, Status> {
+    let config = session.worker.as_ref().and_then(|w| w.configs.iter().find(|c| c.key == key));
     match config {
-        None => Ok(1),
-        Some(c) => match c.value.parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(Status::invalid_argument(format!("worker config capacity {:?} is not a positive number", c.value))),
+        None => Ok(default),
+        Some(c) => match c.value.parse::<T>() {
+            Ok(n) if valid(&n) => Ok(n),
+            _ => Err(Status::invalid_argument(format!("worker config {key} {:?} is not a valid number", c.value))),
         },
     }
 }
@@ -136,8 +135,11 @@ impl Bots for BotsService {
             instance: req.parent.clone(),
             bot_id: session.bot_id.clone(),
             properties: properties(&session),
-            capacity: capacity(&session)?,
+            // Leases at once: Strata's bot and buildbox-worker (`--concurrent-jobs`) both send it.
+            capacity: config(&session, "capacity", 1usize, |n| *n > 0)?,
             status: bot_status(&session),
+            // buildbox-worker's `--priority`: lower values are handed work first.
+            priority: config(&session, "priority", 0i32, |_| true)?,
         };
         let (name, view) = self.scheduler.create_session(new);
         Ok(Response::new(answer(name, session, view)))
