@@ -75,7 +75,7 @@ fn action_of(lease: &Lease) -> reapi::Action {
 }
 
 #[tokio::test]
-async fn buildbox_worker_dialect_leases_keep_their_payload_and_changes_are_answered_at_once() {
+async fn buildbox_worker_dialect_leases_keep_their_payload_and_accepting_one_is_answered_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let server = TestServer::start_in(RWAPI_CONFIG, tmp.path()).await;
     let mut bots = bots_client(&server).await;
@@ -115,17 +115,27 @@ async fn buildbox_worker_dialect_leases_keep_their_payload_and_changes_are_answe
     let busy = update(&mut bots, &name, worker("bb-1", BotStatus::Ok, vec![lease(&pending.id, LeaseState::Active)])).await.unwrap();
     assert_eq!(busy.leases[0].state, LeaseState::Active as i32);
 
-    // The result: answered at once, delivered to the client, cached.
+    // The result is delivered to the client at once, while the bot's call, which now waits only
+    // for work, is held; the next action comes back on that call without the bot asking again.
     let result = reapi::ActionResult { exit_code: 0, stdout_raw: b"from-buildbox\n".to_vec(), ..Default::default() };
     let done = Lease {
         result: Some(rwapi::pack(rwapi::ACTION_RESULT, &result)),
         status: Some(bazel_remote_apis::google::rpc::Status::default()),
         ..lease(&pending.id, LeaseState::Completed)
     };
-    let after = update(&mut bots, &name, worker("bb-1", BotStatus::Ok, vec![done])).await.unwrap();
-    assert!(after.leases.is_empty());
+    let report = tokio::spawn({
+        let mut bots = bots.clone();
+        let name = name.clone();
+        async move { update(&mut bots, &name, worker("bb-1", BotStatus::Ok, vec![done])).await.unwrap() }
+    });
     let response = tokio::time::timeout(PROMPT, execute).await.unwrap().unwrap();
     assert_eq!(response.result.unwrap().stdout_raw, b"from-buildbox\n");
+    assert!(!report.is_finished(), "a bot with room that reported a result is held until work comes");
+    let next = action(&server, &sh("echo next")).await;
+    let _stream = client(&server).await.execute(request(&next)).await.unwrap().into_inner();
+    let after = report.await.unwrap();
+    assert_eq!(after.leases.len(), 1);
+    assert_eq!(after.leases[0].state, LeaseState::Pending as i32);
 }
 
 #[tokio::test]

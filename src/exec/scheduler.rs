@@ -104,9 +104,12 @@ pub struct Reported {
     pub view: SessionView,
     /// Results to cache and deliver (`Scheduler::deliver`).
     pub finished: Vec<Finished>,
-    /// The update changed something (a lease accepted, finished or its cancellation acknowledged,
-    /// or the bot's status): the bot waits for this answer before it goes on, so it is not held.
-    pub changed: bool,
+    /// The bot waits for this answer before it goes on (it accepted a lease, which buildbox-worker
+    /// starts only once the server has answered, or its status changed): it must not be held. A
+    /// bot reporting a result or a cancellation waits for nothing but new work, and is held like an
+    /// idle one: buildbox-worker pauses 250 ms after an empty answer, which an action queued just
+    /// after the result would otherwise wait out.
+    pub answer_now: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -383,8 +386,8 @@ impl Scheduler {
         let mut st = self.state.lock();
         let s = st.sessions.get_mut(session).ok_or_else(|| SchedulerError::UnknownSession(session.to_string()))?;
         s.last_seen = Instant::now();
-        let mut changed = s.status != status;
-        if changed {
+        let mut answer_now = s.status != status;
+        if answer_now {
             tracing::info!(session, bot_id = %s.bot_id, ?status, "bot status changed");
             s.status = status;
         }
@@ -400,13 +403,12 @@ impl Scheduler {
                 LeaseState::Active => {
                     if lease.state == LeaseState::Pending {
                         lease.state = LeaseState::Active;
-                        changed = true;
+                        answer_now = true;
                     }
                 }
                 LeaseState::Completed | LeaseState::Cancelled | LeaseState::Unspecified => {
                     let (job, cancelled) = (lease.job, lease.state == LeaseState::Cancelled);
                     s.leases.remove(&report.lease_id);
-                    changed = true;
                     if !cancelled && report.state == LeaseState::Completed {
                         finished.push((job, report));
                     }
@@ -436,7 +438,7 @@ impl Scheduler {
             fill_session(&mut st, session);
         }
         let view = self.view(&st, session).unwrap_or_else(SessionView::gone);
-        Ok(Reported { view, finished: done, changed })
+        Ok(Reported { view, finished: done, answer_now })
     }
 
     /// The session as the bot should see it now (after a wait in a long poll).

@@ -1,10 +1,10 @@
 //! Bots (Remote Workers API v1test2): the gateway through which workers take leases. A bot creates a
-//! session with its properties and capacity, then calls UpdateBotSession. An update that changes
-//! something (a lease accepted, finished, a cancellation acknowledged, a new status) or that comes
-//! from a bot without a free slot is answered at once: bots such as buildbox-worker wait for that
-//! answer before they start or report anything. Only a bot with room and nothing to say is held in a
-//! long poll, which returns as soon as the session has news (a new lease, a cancellation) or shortly
-//! before the call's deadline. Results come back as `Any(ActionResult)` with a `google.rpc.Status`.
+//! session with its properties and capacity, then calls UpdateBotSession. An update that accepts a
+//! lease or changes the bot's status, or that comes from a bot without a free slot, is answered at
+//! once: buildbox-worker waits for that answer before it starts a job or reports another. A bot with
+//! room that waits only for work (idle, or just reporting a result) is held in a long poll, which
+//! returns as soon as the session has news (a new lease, a cancellation) or shortly before the
+//! call's deadline. Results come back as `Any(ActionResult)` with a `google.rpc.Status`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,7 +168,7 @@ impl Bots for BotsService {
                 }
             });
         }
-        let hold = view.has_room && !reported.changed && status != BotStatus::BotTerminating && !news(&session, &view);
+        let hold = view.has_room && !reported.answer_now && status != BotStatus::BotTerminating && !news(&session, &view);
         if hold {
             let wake = view.wake.clone();
             let wait = wait.min(self.scheduler.config().bot_session_timeout / 2);
