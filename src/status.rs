@@ -7,7 +7,7 @@ use tonic::{Code, Status};
 pub fn from_store(error: StoreError) -> Status {
     let code = match &error {
         StoreError::InvalidBlob(_) => Code::InvalidArgument,
-        StoreError::TooLarge { .. } | StoreError::NoSpace { .. } => Code::ResourceExhausted,
+        StoreError::TooLarge { .. } | StoreError::NoSpace { .. } | StoreError::Full { .. } => Code::ResourceExhausted,
         StoreError::Io { .. } | StoreError::Config(_) | StoreError::Corrupt { .. } => Code::Internal,
         StoreError::Unavailable { .. } => Code::Unavailable,
         // The upstream's own answer to a request we made: our failure, reported with its words.

@@ -11,6 +11,8 @@ pub enum StoreError {
     InvalidBlob(#[from] DigestError),
     #[error("blob {digest} is larger than {store} can hold ({limit} bytes at most)")]
     TooLarge { digest: Digest, store: String, limit: u64 },
+    #[error("{store} is full: {needed} more bytes do not fit within its max_size of {max_size} bytes (uploads in progress hold the rest)")]
+    Full { store: String, needed: u64, max_size: u64 },
     #[error("no space left on {path}: {source}")]
     NoSpace { path: PathBuf, source: std::io::Error },
     #[error("I/O error on {path}: {source}")]

@@ -68,8 +68,8 @@ pub fn read_large_header(path: &Path) -> Option<Header> {
 
 static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
 
-/// A streaming write of one large blob. Its size was reserved in the budget when it was created;
-/// dropping it uncommitted removes the temporary file and releases the reservation.
+/// A streaming write of one large blob. Each chunk's size is reserved in the budget before it is
+/// written; dropping the writer uncommitted removes the temporary file and releases the reservation.
 pub struct LargeWriter {
     log: DiskLog,
     key: Key,
@@ -81,10 +81,10 @@ pub struct LargeWriter {
 }
 
 impl LargeWriter {
-    pub fn create(log: DiskLog, key: Key, reserved: u64) -> Result<LargeWriter> {
+    pub fn create(log: DiskLog, key: Key) -> Result<LargeWriter> {
         let n = NEXT_TMP.fetch_add(1, Ordering::Relaxed);
         let tmp = log.large_dir().join(format!("tmp-{}-{n}", std::process::id()));
-        let mut writer = LargeWriter { log, key, reserved, file: None, tmp, crc: crc32fast::Hasher::new(), written: 0 };
+        let mut writer = LargeWriter { log, key, reserved: 0, file: None, tmp, crc: crc32fast::Hasher::new(), written: 0 };
         let file = File::create(&writer.tmp).map_err(|e| StoreError::io(&writer.tmp, e))?;
         // The header goes in last, once the checksum is known; until then the file is not a record.
         file.set_len(HEADER_LEN as u64).map_err(|e| StoreError::io(&writer.tmp, e))?;
@@ -100,6 +100,8 @@ impl LargeWriter {
 #[async_trait]
 impl BlobWriter for LargeWriter {
     async fn append(&mut self, chunk: Bytes) -> Result<()> {
+        self.log.reserve(chunk.len() as u64)?;
+        self.reserved += chunk.len() as u64;
         let offset = HEADER_LEN as u64 + self.written;
         let tmp = self.tmp.clone();
         self.file()?.write_all_at(&chunk, offset).map_err(|e| StoreError::io(&tmp, e))?;

@@ -186,7 +186,10 @@ impl DiskLog {
         match segment.payload(loc, key) {
             Some(data) => Some((data, Found::Segment(loc))),
             None => {
-                if segment.header_at(loc.offset).is_some_and(|h| h.key == *key) {
+                // Damaged payload, damaged header or a truncated segment: the entry is useless and
+                // would make the blob a phantom (present to FindMissing, absent to reads). Only an
+                // intact header of another key (a 96-bit prefix twin) keeps its own entry.
+                if segment.header_at(loc.offset).is_none_or(|h| h.key == *key) {
                     tracing::warn!(segment = %segment.path.display(), offset = loc.offset, "damaged record dropped");
                     self.inner.state.write().index.remove(key, loc);
                 }
@@ -305,11 +308,11 @@ impl DiskLog {
                     (Some(seg), _) => Ok(seg),
                     (None, Some((key, _))) => Err(key),
                     (None, None) => {
-                        return Err(StoreError::Config(format!(
-                            "disk tier at {} cannot make room for {extra} bytes within max_size {}",
-                            self.inner.cfg.path.display(),
-                            self.inner.cfg.max_size
-                        )))
+                        return Err(StoreError::Full {
+                            store: format!("disk tier at {}", self.inner.cfg.path.display()),
+                            needed: extra,
+                            max_size: self.inner.cfg.max_size,
+                        })
                     }
                 }
             };
@@ -341,18 +344,22 @@ impl DiskLog {
         let _ = std::fs::remove_file(large::large_path(self.large_dir(), key));
     }
 
-    /// Reserves budget for a large blob and starts writing it.
+    /// Starts writing a large blob. Budget is reserved as its bytes arrive, never for the size an
+    /// upload declares: a client that declares a huge blob and sends nothing evicts nothing.
     fn large_writer(&self, digest: &Digest) -> Result<LargeWriter> {
         let limit = self.inner.cfg.max_size - self.inner.cfg.segment_size;
         if digest.size > limit {
             return Err(StoreError::TooLarge { digest: *digest, store: format!("disk tier at {}", self.inner.cfg.path.display()), limit });
         }
-        {
-            let mut w = self.inner.writer.lock();
-            self.make_room(&mut w, digest.size)?;
-            w.reserved_large += digest.size;
-        }
-        LargeWriter::create(self.clone(), digest.key(), digest.size)
+        LargeWriter::create(self.clone(), digest.key())
+    }
+
+    /// Makes room for `bytes` more of a large blob being written and reserves them.
+    fn reserve(&self, bytes: u64) -> Result<()> {
+        let mut w = self.inner.writer.lock();
+        self.make_room(&mut w, bytes)?;
+        w.reserved_large += bytes;
+        Ok(())
     }
 
     fn register_large(&self, key: Key, size: u64, reserved: u64) {
@@ -395,7 +402,13 @@ impl BlobStore for DiskLog {
             for digest in digests {
                 let key = digest.key();
                 let seq = match st.index.get(&key) {
-                    Some(loc) if u64::from(loc.len) == digest.size && st.segments.contains_key(&loc.segment) => {
+                    // The record's header must still be there and name this key (no payload read):
+                    // a damaged header or a truncated segment is reported missing, so the client
+                    // uploads the blob again and the write heals the entry.
+                    Some(loc)
+                        if u64::from(loc.len) == digest.size
+                            && st.segments.get(&loc.segment).and_then(|s| s.header_at(loc.offset)).is_some_and(|h| h.key == key) =>
+                    {
                         Some(loc.segment)
                     }
                     _ => st.large.get(&key).filter(|e| e.size == digest.size).map(|e| e.seq),
@@ -476,5 +489,7 @@ impl ActionCacheStore for DiskLog {
     }
 }
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,7 @@
 use crate::digest::{DigestFunction, Key};
 
 pub const HEADER_LEN: usize = 56;
-const MAGIC: [u8; 4] = *b"STRB";
+pub const MAGIC: [u8; 4] = *b"STRB";
 
 /// A decoded record header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

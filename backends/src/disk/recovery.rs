@@ -2,9 +2,12 @@
 //!
 //! Sealed segments load their index files (a few bytes per blob, no payload reads); a segment whose
 //! index file is missing or damaged is scanned instead. The open (newest) segment is always scanned
-//! record by record with payload checksums, the scan stops at the first record that is not intact
-//! (a torn tail), and whatever follows it is zeroed so that no stale bytes can ever be mistaken for
-//! a record. Index files without their segment, temporary files and unreadable large files are
+//! record by record with payload checksums. A record that is not intact loses only itself: the scan
+//! resynchronises at the next intact record (records are 8-byte aligned and start with a magic), and
+//! a record found that way must also hash to its key, so that bytes inside a damaged blob can never
+//! pass for a record (the action cache's values do not hash to their keys: there, what follows a
+//! damaged record is dropped). Whatever follows the last intact record of the open segment (a torn
+//! tail) is zeroed so that no stale bytes can ever be mistaken for a record. Index files without their segment, temporary files and unreadable large files are
 //! removed. A record that is damaged later is caught by the checksum check on every read.
 
 use std::collections::{BTreeMap, HashMap};
@@ -14,7 +17,7 @@ use std::time::SystemTime;
 
 use super::index::{Index, Loc};
 use super::large::{self, LargeEntry};
-use super::record::{record_len, Header, HEADER_LEN};
+use super::record::{record_len, Header, HEADER_LEN, MAGIC};
 use super::segment::{self, IndexEntry, Segment};
 use super::{DiskConfig, State, Writer};
 use crate::digest::Key;
@@ -97,22 +100,57 @@ pub fn recover(cfg: &DiskConfig) -> Result<Recovered> {
     })
 }
 
-/// Reads records from the start of a segment until the first one that is not intact.
+/// Reads the intact records of a segment; returns them and the end of the last one.
 pub fn scan(seg: &Segment) -> (Vec<IndexEntry>, u64) {
     let bytes = seg.bytes();
     let mut entries = Vec::new();
-    let mut offset = 0usize;
-    while let Some(header) = bytes.get(offset..).and_then(Header::decode) {
-        let Ok(len) = u32::try_from(header.payload_len) else { break };
-        let start = offset + HEADER_LEN;
-        let Some(payload) = bytes.get(start..start + len as usize) else { break };
-        if !header.check_payload(payload) {
-            break;
+    let (mut offset, mut end) = (0usize, 0usize);
+    let mut resyncing = false;
+    while offset + HEADER_LEN <= bytes.len() {
+        match intact_record(bytes, offset, resyncing) {
+            Some(entry) => {
+                if resyncing {
+                    tracing::warn!(segment = seg.id, offset, "intact records follow a damaged one; only that one is lost");
+                    resyncing = false;
+                }
+                offset += record_len(u64::from(entry.len)) as usize;
+                end = offset;
+                entries.push(entry);
+            }
+            None => {
+                resyncing = true;
+                offset = next_magic(bytes, offset + 8);
+            }
         }
-        entries.push(IndexEntry { key: header.key, offset: offset as u32, len });
-        offset += record_len(header.payload_len) as usize;
     }
-    (entries, offset as u64)
+    (entries, end as u64)
+}
+
+/// The record at `offset` if it is intact (and, when `verify_hash`, if its payload hashes to its key).
+fn intact_record(bytes: &[u8], offset: usize, verify_hash: bool) -> Option<IndexEntry> {
+    let header = Header::decode(bytes.get(offset..)?)?;
+    let len = u32::try_from(header.payload_len).ok()?;
+    let start = offset + HEADER_LEN;
+    let payload = bytes.get(start..start.checked_add(len as usize)?)?;
+    if !header.check_payload(payload) {
+        return None;
+    }
+    if verify_hash && header.key.function.digest_of(payload).hash != header.key.hash {
+        return None;
+    }
+    Some(IndexEntry { key: header.key, offset: u32::try_from(offset).ok()?, len })
+}
+
+/// The first 8-byte aligned offset at or after `from` where a record's magic starts, or the end.
+fn next_magic(bytes: &[u8], from: usize) -> usize {
+    let mut offset = from.div_ceil(8) * 8;
+    while offset + HEADER_LEN <= bytes.len() {
+        if bytes[offset..offset + 4] == MAGIC {
+            return offset;
+        }
+        offset += 8;
+    }
+    bytes.len()
 }
 
 /// Zeroes everything after the last intact record of the open segment, if anything is there.

@@ -1,0 +1,141 @@
+//! Regression tests for the disk log faults an adversarial run found: a damaged record cost every
+//! record after it, damaged or truncated records stayed "present" while unreadable (phantoms), and an
+//! upload's declared size evicted the log before any byte arrived.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::digest::DigestFunction;
+
+const SEG: u64 = 64 * 1024;
+
+fn config(dir: &Path, max_size: u64) -> DiskConfig {
+    DiskConfig { path: dir.to_path_buf(), max_size, segment_size: SEG, max_record: SEG / 4, sync: SyncPolicy::Always }
+}
+
+fn blob(i: u32, len: usize) -> (Digest, Bytes) {
+    let data: Vec<u8> = (0..len).map(|j| (i as usize * 7 + j * 13) as u8).collect();
+    (DigestFunction::Sha256.digest_of(&data), Bytes::from(data))
+}
+
+fn flip(path: &Path, offset: u64) {
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, offset).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x40], offset).unwrap();
+}
+
+async fn readable(log: &DiskLog, d: &Digest) -> bool {
+    log.read(d, 0, None).await.unwrap().is_some()
+}
+
+#[tokio::test]
+async fn a_damaged_record_loses_only_itself_in_the_open_and_in_an_unindexed_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs: Vec<_> = (0..40).map(|i| blob(i, 3000)).collect();
+    let record = record::record_len(3000);
+    {
+        let log = DiskLog::open(config(dir.path(), 1 << 30)).unwrap();
+        for (d, data) in &blobs {
+            log.write(d, data.clone()).await.unwrap();
+        }
+    }
+    let per_segment = (SEG / record) as usize;
+    assert!(blobs.len() > per_segment, "the test needs a sealed segment and an open one");
+    // One flipped payload byte in record 3 of the sealed segment (whose index file is gone, so it is
+    // scanned) and one in record 2 of the open segment.
+    flip(&segment::segment_path(dir.path(), 0), 3 * record + 100);
+    std::fs::remove_file(segment::index_path(dir.path(), 0)).unwrap();
+    flip(&segment::segment_path(dir.path(), 1), 2 * record + 100);
+
+    let log = DiskLog::open(config(dir.path(), 1 << 30)).unwrap();
+    let lost = [3, per_segment + 2];
+    for (i, (d, data)) in blobs.iter().enumerate() {
+        let got = log.read(d, 0, None).await.unwrap();
+        if lost.contains(&i) {
+            assert!(got.is_none(), "damaged blob {i} is never served");
+        } else {
+            assert_eq!(got.unwrap().into_bytes().await.unwrap(), data, "intact blob {i} survives");
+        }
+    }
+    // New writes land after the last intact record and survive another restart.
+    let (d, data) = blob(99, 500);
+    log.write(&d, data.clone()).await.unwrap();
+    drop(log);
+    let log = DiskLog::open(config(dir.path(), 1 << 30)).unwrap();
+    assert_eq!(log.read(&d, 0, None).await.unwrap().unwrap().into_bytes().await.unwrap(), data);
+    assert!(readable(&log, &blobs[blobs.len() - 1].0).await);
+}
+
+#[tokio::test]
+async fn damaged_headers_and_truncated_segments_leave_no_phantoms_and_a_rewrite_heals() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs: Vec<_> = (0..30).map(|i| blob(i, 3000)).collect();
+    let record = record::record_len(3000);
+    let log = DiskLog::open(config(dir.path(), 1 << 30)).unwrap();
+    for (d, data) in &blobs {
+        log.write(d, data.clone()).await.unwrap();
+    }
+    // A flipped bit in the header of record 1 (the hash), while the server runs.
+    flip(&segment::segment_path(dir.path(), 0), record + 20);
+    let damaged = blobs[1].0;
+    assert_eq!(log.contains(&[damaged]).await.unwrap(), vec![false], "FindMissing says missing, as reads do");
+    assert!(!readable(&log, &damaged).await);
+    log.write(&damaged, blobs[1].1.clone()).await.unwrap();
+    assert_eq!(log.contains(&[damaged]).await.unwrap(), vec![true]);
+    assert!(readable(&log, &damaged).await, "the re-upload healed it");
+    drop(log);
+
+    // Segment 0 is cut short behind the log's back while its index file survives.
+    let seg0 = segment::segment_path(dir.path(), 0);
+    std::fs::OpenOptions::new().write(true).open(&seg0).unwrap().set_len(4 * record).unwrap();
+    let log = DiskLog::open(config(dir.path(), 1 << 30)).unwrap();
+    let cut = blobs[10].0;
+    assert_eq!(log.contains(&[cut]).await.unwrap(), vec![false]);
+    assert!(!readable(&log, &cut).await);
+    assert!(readable(&log, &blobs[2].0).await, "records before the cut still read");
+    log.write(&cut, blobs[10].1.clone()).await.unwrap();
+    assert!(readable(&log, &cut).await);
+}
+
+#[tokio::test]
+async fn a_declared_size_evicts_nothing_and_a_full_log_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let max = 16 * SEG;
+    let log = DiskLog::open(config(dir.path(), max)).unwrap();
+    let small: Vec<_> = (0..100).map(|i| blob(i, 3000)).collect();
+    for (d, data) in &small {
+        log.write(d, data.clone()).await.unwrap();
+    }
+    let before = log.stats();
+    // An upload that declares 14 segments' worth and sends a few bytes evicts nothing.
+    let (declared, _) = blob(500, 1);
+    let declared = Digest { size: 14 * SEG, ..declared };
+    let mut parked = log.writer(&declared).await.unwrap();
+    parked.append(Bytes::from_static(b"a few bytes")).await.unwrap();
+    assert_eq!(log.stats().evictions, before.evictions);
+    let all: Vec<Digest> = small.iter().map(|(d, _)| *d).collect();
+    assert!(log.contains(&all).await.unwrap().iter().all(|&p| p));
+    // Other writes go on while it is parked.
+    let (other, data) = blob(600, 3000);
+    log.write(&other, data).await.unwrap();
+
+    // Two large uploads that each hold more than half the budget: the second cannot get room and
+    // is told the log is full (RESOURCE_EXHAUSTED), not an internal error.
+    drop(parked);
+    let (big_a, a) = blob(700, 9 * SEG as usize);
+    let (big_b, b) = blob(701, 9 * SEG as usize);
+    let mut wa = log.writer(&big_a).await.unwrap();
+    let mut wb = log.writer(&big_b).await.unwrap();
+    wa.append(a.clone()).await.unwrap();
+    let err = wb.append(b.clone()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Full { .. }), "{err}");
+    assert!(err.to_string().contains("is full"), "{err}");
+    drop(wb);
+    wa.commit().await.unwrap();
+    assert!(readable(&log, &big_a).await);
+    assert!(log.stats().bytes <= max);
+}
