@@ -28,6 +28,12 @@ pub struct Config {
     /// How long an interrupted ByteStream upload can be resumed.
     #[serde(default = "default_upload_ttl", with = "duration")]
     pub resumable_upload_ttl: Duration,
+    /// How many interrupted uploads are kept at most (the oldest go first).
+    #[serde(default = "default_parked_uploads")]
+    pub resumable_uploads_max: usize,
+    /// How many bytes interrupted uploads hold at most (the oldest go first).
+    #[serde(default = "default_parked_bytes")]
+    pub resumable_uploads_max_bytes: ByteSize,
     /// Named storage stacks that instances refer to.
     pub storage: BTreeMap<String, StorageConfig>,
     pub instances: Vec<InstanceConfig>,
@@ -350,6 +356,12 @@ fn default_max_batch() -> ByteSize {
 }
 fn default_upload_ttl() -> Duration {
     Duration::from_secs(600)
+}
+fn default_parked_uploads() -> usize {
+    1000
+}
+fn default_parked_bytes() -> ByteSize {
+    ByteSize(1 << 30)
 }
 fn default_segment_size() -> ByteSize {
     ByteSize(256 << 20)

@@ -31,6 +31,7 @@ use crate::services::bytestream::ByteStreamService;
 use crate::services::capabilities::CapabilitiesService;
 use crate::services::cas::CasService;
 use crate::storage;
+use crate::uploads::ParkingLimits;
 
 /// How long calls in flight may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -46,7 +47,7 @@ const MESSAGE_OVERHEAD: usize = 1 << 20;
 pub struct Server {
     instances: Arc<Instances>,
     disks: Vec<DiskLog>,
-    upload_ttl: std::time::Duration,
+    uploads: ParkingLimits,
     scheduler: Option<Arc<Scheduler>>,
     /// Bots to run in this process once the address is known.
     bots: Vec<BotArgs>,
@@ -105,7 +106,12 @@ impl Server {
                 execution: ic.services.contains(&Service::Execution).then(|| (stack.action_cache.clone(), cas)),
             });
         }
-        let mut server = Server::from_instances(instances, config.max_batch_total_size.0, config.resumable_upload_ttl);
+        let uploads = ParkingLimits {
+            ttl: config.resumable_upload_ttl,
+            max_uploads: config.resumable_uploads_max,
+            max_bytes: config.resumable_uploads_max_bytes.0,
+        };
+        let mut server = Server::from_instances(instances, config.max_batch_total_size.0, uploads);
         server.disks = built.disks;
         server.bots = config.execution.bots.iter().map(|b| local_bot(config, b)).collect();
         if let Some(tls) = &config.tls {
@@ -121,9 +127,9 @@ impl Server {
     }
 
     /// A server over instances built elsewhere (embedding, tests).
-    pub fn from_instances(instances: Vec<Instance>, max_batch_total_size: u64, upload_ttl: std::time::Duration) -> Server {
+    pub fn from_instances(instances: Vec<Instance>, max_batch_total_size: u64, uploads: ParkingLimits) -> Server {
         let instances = Arc::new(Instances::new(instances, max_batch_total_size));
-        Server { instances, disks: Vec::new(), upload_ttl, scheduler: None, bots: Vec::new(), tls: None }
+        Server { instances, disks: Vec::new(), uploads, scheduler: None, bots: Vec::new(), tls: None }
     }
 
     /// Binds the configured address.
@@ -156,7 +162,7 @@ impl Server {
                         .max_encoding_message_size(max_message),
                 )
                 .add_service(
-                    ByteStreamServer::new(ByteStreamService::new(instances.clone(), self.upload_ttl))
+                    ByteStreamServer::new(ByteStreamService::new(instances.clone(), self.uploads))
                         .max_decoding_message_size(max_message)
                         .max_encoding_message_size(max_message),
                 );

@@ -227,3 +227,35 @@ async fn query_write_status_errors() {
     let err = bs.query_write_status(QueryWriteStatusRequest { resource_name: upload_name("nope", "u", &d) }).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "unknown instance");
 }
+
+#[tokio::test]
+async fn abandoned_uploads_are_bounded_and_expire_without_other_calls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = TEST_CONFIG.replace("max_batch_total_size: 1MiB", "max_batch_total_size: 1MiB\nresumable_upload_ttl: 1s\nresumable_uploads_max: 3");
+    let server = TestServer::start_in(&config, tmp.path()).await;
+    let mut bs = server.bytestream().await;
+    let temporaries = || {
+        std::fs::read_dir(tmp.path().join("cas/large")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("tmp-")).count()
+    };
+    // Ten clients each send the first 100 KB of a 300 KB blob (a large file on disk) and leave.
+    let mut names = Vec::new();
+    for i in 0..10 {
+        let data = content(100 + i, 300_000);
+        let name = upload_name("", &format!("abandoned-{i}"), &sha256(&data));
+        let resp = write(&mut bs, &name, 0, &data[..100_000], 50_000, false).await.unwrap();
+        assert_eq!(resp.committed_size, 100_000);
+        names.push(name);
+    }
+    // Only the three newest are kept; the others released their temporary files.
+    assert_eq!(temporaries(), 3);
+    let status = |name: String| {
+        let mut bs = bs.clone();
+        async move { bs.query_write_status(QueryWriteStatusRequest { resource_name: name }).await }
+    };
+    assert_eq!(status(names[0].clone()).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(status(names[9].clone()).await.unwrap().into_inner().committed_size, 100_000);
+    // After the TTL the timer drops the rest, though no other Write came.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(temporaries(), 0);
+    assert_eq!(status(names[9].clone()).await.unwrap_err().code(), Code::NotFound);
+}

@@ -2,14 +2,12 @@
 //!
 //! Writes stream into the storage as they arrive (large blobs are never held whole in memory) and are
 //! hashed on the way; only a blob whose size and hash match its resource name is committed. An upload
-//! interrupted before `finish_write` is parked for `resumable_upload_ttl`, so the client can ask
-//! QueryWriteStatus and continue from the committed size. A blob that is already stored is
+//! interrupted before `finish_write` is parked (`crate::uploads`, bounded in time, count and bytes),
+//! so the client can ask QueryWriteStatus and continue from the committed size. A blob that is already stored is
 //! acknowledged at once with its full size.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bazel_remote_apis::google::bytestream::byte_stream_server::ByteStream;
 use bazel_remote_apis::google::bytestream::{
@@ -17,21 +15,20 @@ use bazel_remote_apis::google::bytestream::{
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use parking_lot::Mutex;
 use strata_backends::{Blob, BlobWriter, Digest, Hasher};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::instances::Instances;
 use crate::resource::{parse_read, parse_write};
 use crate::status;
+use crate::uploads::{Parking, ParkingLimits};
 
 /// Bytes per ReadResponse: well under every client's default 4 MiB message limit.
 const READ_CHUNK: usize = 1 << 20;
 
 pub struct ByteStreamService {
     pub instances: Arc<Instances>,
-    uploads: Mutex<HashMap<String, Parked>>,
-    upload_ttl: Duration,
+    uploads: Parking<Upload>,
 }
 
 /// An upload in progress: what has been received so far, hashed and handed to the storage.
@@ -42,28 +39,16 @@ struct Upload {
     committed: u64,
 }
 
-struct Parked {
-    upload: Upload,
-    since: Instant,
-}
-
 type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResponse, Status>> + Send>>;
 
 impl ByteStreamService {
-    pub fn new(instances: Arc<Instances>, upload_ttl: Duration) -> Self {
-        ByteStreamService { instances, uploads: Mutex::new(HashMap::new()), upload_ttl }
-    }
-
-    /// Takes the parked upload of this name, dropping (and so discarding) any that expired.
-    fn unpark(&self, name: &str) -> Option<Upload> {
-        let mut uploads = self.uploads.lock();
-        let ttl = self.upload_ttl;
-        uploads.retain(|_, p| p.since.elapsed() < ttl);
-        uploads.remove(name).map(|p| p.upload)
+    pub fn new(instances: Arc<Instances>, limits: ParkingLimits) -> Self {
+        ByteStreamService { instances, uploads: Parking::new(limits) }
     }
 
     fn park(&self, name: String, upload: Upload) {
-        self.uploads.lock().insert(name, Parked { upload, since: Instant::now() });
+        let bytes = upload.committed;
+        self.uploads.park(name, upload, bytes);
     }
 
     /// Receives the messages of one Write call into `upload`. Returns the upload unfinished when the
@@ -180,7 +165,7 @@ impl ByteStream for ByteStreamService {
         if cas.contains(&[digest]).await.is_ok_and(|present| present.first() == Some(&true)) {
             return Ok(Response::new(done));
         }
-        let upload = match self.unpark(&name) {
+        let upload = match self.uploads.take(&name) {
             Some(upload) => upload,
             None if first.write_offset == 0 => Upload {
                 digest,
@@ -222,13 +207,9 @@ impl ByteStream for ByteStreamService {
         if cas.contains(&[digest]).await.map_err(status::from_store)?.first() == Some(&true) {
             return Ok(Response::new(QueryWriteStatusResponse { committed_size: digest.size as i64, complete: true }));
         }
-        let uploads = self.uploads.lock();
-        match uploads.get(&name) {
-            Some(parked) if parked.since.elapsed() < self.upload_ttl => Ok(Response::new(QueryWriteStatusResponse {
-                committed_size: parked.upload.committed as i64,
-                complete: false,
-            })),
-            _ => Err(Status::not_found(format!("no upload named {name:?} is in progress or stored"))),
+        match self.uploads.committed(&name) {
+            Some(committed) => Ok(Response::new(QueryWriteStatusResponse { committed_size: committed as i64, complete: false })),
+            None => Err(Status::not_found(format!("no upload named {name:?} is in progress or stored"))),
         }
     }
 }
