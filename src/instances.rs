@@ -8,6 +8,7 @@ use strata_backends::ActionCacheStore;
 use tonic::Status;
 
 use crate::cas::Cas;
+use crate::quote::quote;
 
 pub struct Instance {
     pub name: String,
@@ -36,7 +37,8 @@ impl Instances {
             let mut known: Vec<String> = self.by_name.keys().map(|k| format!("{k:?}")).collect();
             known.sort();
             Status::invalid_argument(format!(
-                "unknown instance name {name:?}; this server serves {}",
+                "unknown instance name {}; this server serves {}",
+                quote(name),
                 known.join(", ")
             ))
         })
@@ -46,21 +48,21 @@ impl Instances {
         self.get(name)?
             .cas
             .as_ref()
-            .ok_or_else(|| Status::unimplemented(format!("instance {name:?} does not serve the CAS")))
+            .ok_or_else(|| Status::unimplemented(format!("instance {} does not serve the CAS", quote(name))))
     }
 
     pub fn action_cache(&self, name: &str) -> Result<&(Arc<dyn ActionCacheStore>, Cas), Status> {
         self.get(name)?
             .action_cache
             .as_ref()
-            .ok_or_else(|| Status::unimplemented(format!("instance {name:?} does not serve the action cache")))
+            .ok_or_else(|| Status::unimplemented(format!("instance {} does not serve the action cache", quote(name))))
     }
 
     pub fn execution(&self, name: &str) -> Result<&(Arc<dyn ActionCacheStore>, Cas), Status> {
         self.get(name)?
             .execution
             .as_ref()
-            .ok_or_else(|| Status::unimplemented(format!("instance {name:?} does not serve execution")))
+            .ok_or_else(|| Status::unimplemented(format!("instance {} does not serve execution", quote(name))))
     }
 
     /// The action caches that execution writes results to, by instance name.

@@ -10,6 +10,7 @@ pub mod instances;
 pub mod resource;
 pub mod server;
 pub mod services;
+pub mod quote;
 pub mod status;
 pub mod storage;
 pub mod uploads;

@@ -8,6 +8,8 @@
 use strata_backends::{Digest, DigestFunction};
 use tonic::Status;
 
+use crate::quote::quote;
+
 #[derive(Debug, PartialEq, Eq)]
 pub struct ReadResource {
     pub instance: String,
@@ -22,7 +24,7 @@ pub struct WriteResource {
 }
 
 fn invalid(name: &str, why: &str) -> Status {
-    Status::invalid_argument(format!("resource name {name:?}: {why}"))
+    Status::invalid_argument(format!("resource name {}: {why}", quote(name)))
 }
 
 pub fn parse_read(name: &str) -> Result<ReadResource, Status> {
@@ -59,7 +61,7 @@ fn parse_blob_part<'a>(name: &str, segments: &'a [&'a str]) -> Result<(Digest, &
             let compressor = segments.get(1).copied().unwrap_or("");
             return Err(invalid(
                 name,
-                &format!("compressor {compressor:?} is not supported; this server advertises identity only, use blobs/"),
+                &format!("compressor {} is not supported; this server advertises identity only, use blobs/", quote(compressor)),
             ));
         }
         _ => return Err(invalid(name, "expected blobs/{hash}/{size}")),
@@ -68,7 +70,7 @@ fn parse_blob_part<'a>(name: &str, segments: &'a [&'a str]) -> Result<(Digest, &
     if let Some(first) = rest.first() {
         if first.len() != 64 {
             function = DigestFunction::from_name(first).ok_or_else(|| {
-                invalid(name, &format!("unknown or unsupported digest function {first:?} (sha256 and blake3 are)"))
+                invalid(name, &format!("unknown or unsupported digest function {} (sha256 and blake3 are)", quote(first)))
             })?;
             rest = &rest[1..];
         }
@@ -76,7 +78,7 @@ fn parse_blob_part<'a>(name: &str, segments: &'a [&'a str]) -> Result<(Digest, &
     let (Some(hash), Some(size)) = (rest.first(), rest.get(1)) else {
         return Err(invalid(name, "expected {hash}/{size} after blobs/"));
     };
-    let size: i64 = size.parse().map_err(|_| invalid(name, &format!("size {size:?} is not a number")))?;
+    let size: i64 = size.parse().map_err(|_| invalid(name, &format!("size {} is not a number", quote(size))))?;
     let digest = Digest::parse(function, hash, size).map_err(|e| invalid(name, &e.to_string()))?;
     Ok((digest, &rest[2..]))
 }

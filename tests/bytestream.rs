@@ -259,3 +259,18 @@ async fn abandoned_uploads_are_bounded_and_expire_without_other_calls() {
     assert_eq!(temporaries(), 0);
     assert_eq!(status(names[9].clone()).await.unwrap_err().code(), Code::NotFound);
 }
+
+#[tokio::test]
+async fn error_messages_quote_client_input_bounded() {
+    let server = TestServer::start().await;
+    let mut bs = server.bytestream().await;
+    // A 20 KB resource name, malformed: the message names it, cut short, and reaches the client.
+    let name = format!("{}/blobs/abc/1", "x".repeat(20_000));
+    let err = read(&mut bs, name.clone(), 0, 0).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(err.message().len() < 1000, "{} bytes", err.message().len());
+    assert!(err.message().contains("bytes in all"), "{}", err.message());
+    let err = bs.query_write_status(QueryWriteStatusRequest { resource_name: format!("uploads/{}", "u".repeat(20_000)) }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().len() < 1000, "{} bytes", err.message().len());
+}

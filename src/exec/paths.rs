@@ -3,10 +3,12 @@
 //! path, symlink target) must stay inside the action's directory. Used by the server to refuse bad
 //! actions up front and by the bot, which trusts nothing it fetches.
 
+use crate::quote::quote;
+
 /// A Directory entry name: one component, not empty, `.` or `..`, without `/` or NUL.
 pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        return Err(format!("{name:?} is not a valid file name (one path component, not \".\" or \"..\")"));
+        return Err(format!("{} is not a valid file name (one path component, not \".\" or \"..\")", quote(name)));
     }
     Ok(())
 }
@@ -23,10 +25,10 @@ pub fn check_relative(path: &str) -> Result<Vec<&str>, String> {
 /// the working directory but stays inside the input root.
 pub fn resolve<'a>(base: &[&'a str], path: &'a str) -> Result<Vec<&'a str>, String> {
     if path.starts_with('/') {
-        return Err(format!("{path:?} is absolute; paths must be relative to the action's directory"));
+        return Err(format!("{} is absolute; paths must be relative to the action's directory", quote(path)));
     }
     if path.contains('\0') {
-        return Err(format!("{path:?} contains a NUL byte"));
+        return Err(format!("{} contains a NUL byte", quote(path)));
     }
     let mut parts: Vec<&str> = base.to_vec();
     for part in path.split('/') {
@@ -34,7 +36,7 @@ pub fn resolve<'a>(base: &[&'a str], path: &'a str) -> Result<Vec<&'a str>, Stri
             "" | "." => {}
             ".." => {
                 if parts.pop().is_none() {
-                    return Err(format!("{path:?} leaves the input root"));
+                    return Err(format!("{} leaves the input root", quote(path)));
                 }
             }
             p => parts.push(p),
@@ -50,7 +52,7 @@ pub fn check_symlink_target(target: &str, depth: usize) -> Result<(), String> {
         return Err("a symlink with an empty target".into());
     }
     if target.starts_with('/') {
-        return Err(format!("symlink target {target:?} is absolute"));
+        return Err(format!("symlink target {} is absolute", quote(target)));
     }
     let mut level = depth as i64;
     for part in target.split('/') {
@@ -60,7 +62,7 @@ pub fn check_symlink_target(target: &str, depth: usize) -> Result<(), String> {
             _ => level += 1,
         }
         if level < 0 {
-            return Err(format!("symlink target {target:?} leaves the action's directory"));
+            return Err(format!("symlink target {} leaves the action's directory", quote(target)));
         }
     }
     Ok(())

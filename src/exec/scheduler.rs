@@ -114,9 +114,9 @@ pub struct Reported {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
-    #[error("unknown bot session {0:?}: the server may have restarted or expired it; create a new session")]
+    #[error("unknown bot session {}: the server may have restarted or expired it; create a new session", crate::quote::quote(.0))]
     UnknownSession(String),
-    #[error("unknown operation {0:?}")]
+    #[error("unknown operation {}", crate::quote::quote(.0))]
     UnknownOperation(String),
 }
 

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::exec::rwapi::{self, bots_server::Bots, BotSession, BotStatus, LeaseState};
 use crate::exec::scheduler::{LeaseReport, NewSession, Scheduler, SessionView};
 use crate::instances::Instances;
+use crate::quote::quote;
 use crate::status;
 
 /// A long poll never holds a call longer than this, so a bot behind a silent network is noticed.
@@ -75,7 +76,7 @@ fn config<T: std::str::FromStr>(session: &BotSession, key: &str, default: T, val
         None => Ok(default),
         Some(c) => match c.value.parse::<T>() {
             Ok(n) if valid(&n) => Ok(n),
-            _ => Err(Status::invalid_argument(format!("worker config {key} {:?} is not a valid number", c.value))),
+            _ => Err(Status::invalid_argument(format!("worker config {key} {} is not a valid number", quote(&c.value)))),
         },
     }
 }
@@ -151,7 +152,7 @@ impl Bots for BotsService {
         let session = req.bot_session.ok_or_else(|| Status::invalid_argument("bot_session missing"))?;
         let name = if req.name.is_empty() { session.name.clone() } else { req.name };
         if !session.name.is_empty() && session.name != name {
-            return Err(Status::invalid_argument(format!("name {name:?} and bot_session.name {:?} differ", session.name)));
+            return Err(Status::invalid_argument(format!("name {} and bot_session.name {} differ", quote(&name), quote(&session.name))));
         }
         tracing::trace!(session = %name, ?session, "UpdateBotSession");
         let calling = Calling::new(&self.scheduler, &name);

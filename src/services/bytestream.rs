@@ -19,6 +19,7 @@ use strata_backends::{Blob, BlobWriter, Digest, Hasher};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::instances::Instances;
+use crate::quote::quote;
 use crate::resource::{parse_read, parse_write};
 use crate::status;
 use crate::uploads::{Parking, ParkingLimits};
@@ -72,8 +73,9 @@ impl ByteStreamService {
             };
             if !msg.resource_name.is_empty() && msg.resource_name != name {
                 return Err((None, Status::invalid_argument(format!(
-                    "resource_name changed within one Write call, from {name:?} to {:?}",
-                    msg.resource_name
+                    "resource_name changed within one Write call, from {} to {}",
+                    quote(name),
+                    quote(&msg.resource_name)
                 ))));
             }
             if msg.write_offset != upload.committed as i64 {
@@ -175,8 +177,9 @@ impl ByteStream for ByteStreamService {
             },
             None => {
                 return Err(Status::invalid_argument(format!(
-                    "write_offset {}: there is no interrupted upload named {name:?} to resume; start at 0",
-                    first.write_offset
+                    "write_offset {}: there is no interrupted upload named {} to resume; start at 0",
+                    first.write_offset,
+                    quote(&name)
                 )))
             }
         };
@@ -209,7 +212,7 @@ impl ByteStream for ByteStreamService {
         }
         match self.uploads.committed(&name) {
             Some(committed) => Ok(Response::new(QueryWriteStatusResponse { committed_size: committed as i64, complete: false })),
-            None => Err(Status::not_found(format!("no upload named {name:?} is in progress or stored"))),
+            None => Err(Status::not_found(format!("no upload named {} is in progress or stored", quote(&name)))),
         }
     }
 }

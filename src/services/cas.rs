@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{digest_function, parse_digest, parse_digests, to_proto};
 use crate::cas::Cas;
 use crate::instances::Instances;
+use crate::quote::quote;
 use crate::status;
 
 /// Directories per GetTree page when the client does not say.
@@ -127,7 +128,7 @@ impl ContentAddressableStorage for CasService {
         let skip = match req.page_token.as_str() {
             "" => 0,
             token => token.parse::<usize>().map_err(|_| {
-                Status::invalid_argument(format!("page_token {token:?} was not issued by this server"))
+                Status::invalid_argument(format!("page_token {} was not issued by this server", quote(token)))
             })?,
         };
         let root_dir = load_directory(&cas, &root).await?.ok_or_else(|| {

@@ -22,6 +22,7 @@ use crate::exec::paths;
 use crate::exec::rwapi::{self, PreconditionFailure, Violation};
 use crate::exec::scheduler::{NewJob, OpState, OperationView, Outcome, Scheduler};
 use crate::instances::Instances;
+use crate::quote::quote;
 use crate::status;
 
 pub type OperationStream = Pin<Box<dyn Stream<Item = Result<Operation, Status>> + Send>>;
@@ -109,7 +110,7 @@ async fn check_inputs(cas: &Cas, function: DigestFunction, root: Digest) -> Resu
             missing.push(digest);
             continue;
         };
-        let bad = |name: &str, e: String| Status::invalid_argument(format!("input tree, directory {path:?}: entry {name:?}: {e}"));
+        let bad = |name: &str, e: String| Status::invalid_argument(format!("input tree, directory {}: entry {}: {e}", quote(&path), quote(name)));
         for file in &dir.files {
             paths::check_name(&file.name).map_err(|e| bad(&file.name, e))?;
             files.push(parse_digest(function, file.digest.as_ref(), &format!("input file {path}/{}", file.name))?);

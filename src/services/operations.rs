@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 use super::execution::to_operation;
 use crate::exec::scheduler::{OperationView, Scheduler};
+use crate::quote::quote;
 use crate::status;
 
 const DEFAULT_PAGE: usize = 100;
@@ -34,7 +35,7 @@ impl Operations for OperationsService {
     async fn list_operations(&self, request: Request<ListOperationsRequest>) -> Result<Response<ListOperationsResponse>, Status> {
         let req = request.into_inner();
         if !req.filter.is_empty() {
-            return Err(Status::invalid_argument(format!("filter {:?}: filters are not supported", req.filter)));
+            return Err(Status::invalid_argument(format!("filter {}: filters are not supported", quote(&req.filter))));
         }
         let page_size = match req.page_size {
             n if n < 0 => return Err(Status::invalid_argument(format!("page_size {n} is negative"))),
