@@ -148,6 +148,7 @@ impl Server {
                 .map_err(|e| ServeError::Tls(format!("tls: the certificate or key is not usable: {e}")))?;
         }
         let mut router = builder
+            .layer(crate::status::DecodeStatusLayer)
             .tcp_nodelay(true)
             // HTTP/2's default 64 KiB windows stall large uploads on every window update.
             .initial_stream_window_size(STREAM_WINDOW)

@@ -228,3 +228,33 @@ async fn get_tree_leaves_out_missing_subtrees() {
     let dirs: Vec<_> = get_tree(&mut cas, sha256(&root.encode_to_vec()), 0, String::new()).await.unwrap().into_iter().flat_map(|p| p.directories).collect();
     assert_eq!(dirs, vec![root]);
 }
+
+/// A message whose field 1 is bytes where FindMissingBlobsRequest has a string: invalid UTF-8 there
+/// makes the request undecodable.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Undecodable {
+    #[prost(bytes = "vec", tag = "1")]
+    data: Vec<u8>,
+}
+
+#[tokio::test]
+async fn oversized_and_undecodable_requests_get_the_contract_statuses() {
+    let server = TestServer::start().await;
+    let mut cas = server.cas().await;
+    // 100,000 digests: over the message limit (max_batch_total_size plus framing).
+    let digests: Vec<reapi::Digest> = (0..100_000u32).map(|i| sha256(&i.to_le_bytes())).collect();
+    let err = cas
+        .find_missing_blobs(reapi::FindMissingBlobsRequest { instance_name: String::new(), blob_digests: digests, digest_function: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    assert!(err.message().contains("limit") && err.message().contains("split"), "{}", err.message());
+
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/build.bazel.remote.execution.v2.ContentAddressableStorage/FindMissingBlobs");
+    let codec = tonic_prost::ProstCodec::<Undecodable, reapi::FindMissingBlobsResponse>::default();
+    let err = grpc.unary(tonic::Request::new(Undecodable { data: vec![0xff, 0xfe, 0xfd] }), path, codec).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(err.message().contains("not a valid protobuf message"), "{}", err.message());
+}
