@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::protobuf::{Any, Timestamp};
-use bytes::Bytes;
 
 use super::inputs::{parse, InputCache};
 use super::outputs::{self, Uploads};
@@ -81,10 +80,16 @@ pub async fn run(ctx: Arc<Context>, lease_id: String, payload: Any) -> Result<re
     let input_root = parse(action.input_root_digest.as_ref(), "action.input_root_digest")?;
     let command: reapi::Command = ctx.cache.message(&command_digest, "Command").await?;
 
+    // The action's timeout covers staging its inputs too.
+    let timeout = action.timeout.as_ref().map_or(Duration::from_secs(3600), |t| Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32));
+    let started = std::time::Instant::now();
     let scratch = Scratch(ctx.actions_dir.join(lease_id.replace('/', "_")));
     let root = scratch.0.join("root");
     std::fs::create_dir_all(&root).map_err(|e| BotError::io(&root, e))?;
-    ctx.cache.stage(&input_root, &root).await?;
+    match tokio::time::timeout(timeout, ctx.cache.stage(&input_root, &root)).await {
+        Ok(staged) => staged?,
+        Err(_) => return Err(BotError::TimedOut { timeout, partial: Box::default() }),
+    }
     metadata.input_fetch_completed_timestamp = now();
 
     let workdir_parts = paths::check_relative(&command.working_directory).map_err(|e| BotError::Invalid(format!("working_directory: {e}")))?;
@@ -97,7 +102,6 @@ pub async fn run(ctx: Arc<Context>, lease_id: String, payload: Any) -> Result<re
     let create = |p: &Path| std::fs::File::create(p).map_err(|e| BotError::io(p, e));
     let environment: Vec<(String, String)> = command.environment_variables.iter().map(|v| (v.name.clone(), v.value.clone())).collect();
     let network = crate::exec::platform(&action, &command).any(|(k, v)| k == NETWORK_PROPERTY && v != "off");
-    let timeout = action.timeout.as_ref().map_or(Duration::from_secs(3600), |t| Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32));
     let spawn = Spawn {
         arguments: &command.arguments,
         environment: &environment,
@@ -108,16 +112,24 @@ pub async fn run(ctx: Arc<Context>, lease_id: String, payload: Any) -> Result<re
         network,
     };
     metadata.execution_start_timestamp = now();
-    let exit = ctx.runner.run(spawn, timeout).await?;
+    let exit = ctx.runner.run(spawn, timeout.saturating_sub(started.elapsed())).await?;
     metadata.execution_completed_timestamp = now();
 
     metadata.output_upload_start_timestamp = now();
-    let mut result = reapi::ActionResult::default();
-    let mut uploads = Uploads::default();
-    let read = |p: &Path| std::fs::read(p).map(Bytes::from).map_err(|e| BotError::io(p, e));
-    result.stdout_digest = Some(to_proto(&uploads.add(read(&stdout_path)?)));
-    result.stderr_digest = Some(to_proto(&uploads.add(read(&stderr_path)?)));
-    outputs::collect(&command, &root, &workdir_parts, &mut result, &mut uploads)?;
+    // Hashing outputs reads files: off the async runtime.
+    let workdir_owned: Vec<String> = workdir_parts.iter().map(|p| p.to_string()).collect();
+    let collect_root = root.clone();
+    let (mut result, uploads) = tokio::task::spawn_blocking(move || -> Result<_, BotError> {
+        let mut result = reapi::ActionResult::default();
+        let mut uploads = Uploads::default();
+        result.stdout_digest = Some(to_proto(&uploads.add_file(&stdout_path)?.0));
+        result.stderr_digest = Some(to_proto(&uploads.add_file(&stderr_path)?.0));
+        let workdir: Vec<&str> = workdir_owned.iter().map(String::as_str).collect();
+        outputs::collect(&command, &collect_root, &workdir, &mut result, &mut uploads)?;
+        Ok((result, uploads))
+    })
+    .await
+    .map_err(|e| BotError::Setup(format!("collecting outputs: {e}")))??;
     uploads.upload(ctx.cache.cas()).await?;
     metadata.output_upload_completed_timestamp = now();
     metadata.worker_completed_timestamp = now();

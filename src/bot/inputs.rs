@@ -23,6 +23,8 @@ const FETCH_CONCURRENCY: usize = 16;
 pub struct InputCache {
     dir: PathBuf,
     cas: Arc<dyn BlobStore>,
+    /// Paths an input root may expand to at most.
+    max_paths: usize,
     /// Names temporary files uniquely.
     next: AtomicU64,
 }
@@ -33,9 +35,9 @@ pub fn parse(digest: Option<&reapi::Digest>, what: &str) -> Result<Digest, BotEr
 }
 
 impl InputCache {
-    pub fn open(dir: PathBuf, cas: Arc<dyn BlobStore>) -> Result<InputCache, BotError> {
+    pub fn open(dir: PathBuf, cas: Arc<dyn BlobStore>, max_paths: usize) -> Result<InputCache, BotError> {
         std::fs::create_dir_all(&dir).map_err(|e| BotError::io(&dir, e))?;
-        Ok(InputCache { dir, cas, next: AtomicU64::new(0) })
+        Ok(InputCache { dir, cas, max_paths, next: AtomicU64::new(0) })
     }
 
     pub fn cas(&self) -> &Arc<dyn BlobStore> {
@@ -63,6 +65,7 @@ impl InputCache {
         let mut files: Vec<(PathBuf, Digest, bool)> = Vec::new();
         let mut dirs: HashMap<Digest, reapi::Directory> = HashMap::new();
         let mut pending = vec![(*root_digest, root.to_path_buf(), 0usize)];
+        let mut paths = 0usize;
         while let Some((digest, path, depth)) = pending.pop() {
             let dir = match dirs.get(&digest) {
                 Some(d) => d.clone(),
@@ -72,6 +75,13 @@ impl InputCache {
                     d
                 }
             };
+            paths += dir.files.len() + dir.directories.len() + dir.symlinks.len();
+            if paths > self.max_paths {
+                return Err(BotError::Invalid(format!(
+                    "the input tree expands to more than {} files, directories and symlinks (this bot's --max-input-paths)",
+                    self.max_paths
+                )));
+            }
             let bad = |name: &str, e: String| BotError::Invalid(format!("input tree at {}: entry {name:?}: {e}", path.display()));
             for file in &dir.files {
                 paths::check_name(&file.name).map_err(|e| bad(&file.name, e))?;

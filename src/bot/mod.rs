@@ -59,7 +59,13 @@ pub struct BotArgs {
     /// The bot's id (default: host name and process id).
     #[arg(long)]
     pub bot_id: Option<String>,
+    /// Files, directories and symlinks an input root may expand to: a small DAG of Directory
+    /// blobs that share children can name millions of paths.
+    #[arg(long, default_value_t = DEFAULT_MAX_INPUT_PATHS)]
+    pub max_input_paths: usize,
 }
+
+pub const DEFAULT_MAX_INPUT_PATHS: usize = 1_000_000;
 
 /// The properties the bot offers: those given, plus `OSFamily` and `ISA` of this machine unless
 /// given (BuildStream always asks for both; BuildGrid's workers declare them too).
@@ -154,7 +160,7 @@ pub async fn run(args: BotArgs, shutdown: impl Future<Output = ()>) -> Result<()
         bearer_token: None,
         ca_certificate: None,
     })?;
-    let cache = inputs::InputCache::open(args.work_dir.join("cache"), Arc::new(cas))?;
+    let cache = inputs::InputCache::open(args.work_dir.join("cache"), Arc::new(cas), args.max_input_paths)?;
     let actions_dir = args.work_dir.join("actions");
     // Directories of actions that were running when a previous bot died.
     let _ = std::fs::remove_dir_all(&actions_dir);

@@ -16,37 +16,87 @@ use super::BotError;
 use crate::exec::paths;
 use crate::services::to_proto;
 
-/// Blobs to upload: contents by digest (outputs are read whole; actions' outputs are files on disk
-/// that the bot must hash anyway).
+/// Bytes per read when hashing and uploading output files: outputs are streamed from disk, never
+/// held whole in memory (a 200 MiB stdout must not cost 200 MiB).
+const FILE_CHUNK: usize = 1 << 20;
+
+/// Where an output blob's bytes are: small encoded messages in memory, files on disk.
+enum Source {
+    Bytes(Bytes),
+    File(PathBuf),
+}
+
+/// Blobs to upload, by digest.
 #[derive(Default)]
 pub struct Uploads {
-    blobs: HashMap<Digest, Bytes>,
+    blobs: HashMap<Digest, Source>,
 }
 
 impl Uploads {
+    /// A small blob held in memory (Tree and Directory messages).
     pub fn add(&mut self, data: Bytes) -> Digest {
         let digest = DigestFunction::Sha256.digest_of(&data);
-        self.blobs.insert(digest, data);
+        self.blobs.insert(digest, Source::Bytes(data));
         digest
     }
 
-    fn add_file(&mut self, path: &Path) -> Result<(Digest, bool), BotError> {
-        let data = std::fs::read(path).map_err(|e| BotError::io(path, e))?;
-        let meta = std::fs::metadata(path).map_err(|e| BotError::io(path, e))?;
-        Ok((self.add(Bytes::from(data)), meta.permissions().mode() & 0o111 != 0))
+    /// A file, hashed by reading it in chunks; whether it is executable. Blocking: run it off the
+    /// async runtime.
+    pub fn add_file(&mut self, path: &Path) -> Result<(Digest, bool), BotError> {
+        let mut file = std::fs::File::open(path).map_err(|e| BotError::io(path, e))?;
+        let meta = file.metadata().map_err(|e| BotError::io(path, e))?;
+        let mut hasher = DigestFunction::Sha256.hasher();
+        let mut buf = vec![0u8; FILE_CHUNK];
+        let mut size = 0u64;
+        loop {
+            let n = std::io::Read::read(&mut file, &mut buf).map_err(|e| BotError::io(path, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        let digest = Digest { function: DigestFunction::Sha256, hash: hasher.finish(), size };
+        self.blobs.insert(digest, Source::File(path.to_path_buf()));
+        Ok((digest, meta.permissions().mode() & 0o111 != 0))
     }
 
-    /// Uploads what the CAS lacks.
+    /// Uploads what the CAS lacks, files streamed in chunks.
     pub async fn upload(self, cas: &Arc<dyn BlobStore>) -> Result<(), BotError> {
         let digests: Vec<Digest> = self.blobs.keys().filter(|d| !d.is_empty_blob()).copied().collect();
         let present = cas.contains(&digests).await?;
         for (digest, present) in digests.iter().zip(present) {
-            if !present {
-                cas.write(digest, self.blobs[digest].clone()).await?;
+            if present {
+                continue;
+            }
+            match &self.blobs[digest] {
+                Source::Bytes(data) => cas.write(digest, data.clone()).await?,
+                Source::File(path) => upload_file(cas, digest, path).await?,
             }
         }
         Ok(())
     }
+}
+
+async fn upload_file(cas: &Arc<dyn BlobStore>, digest: &Digest, path: &Path) -> Result<(), BotError> {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(path).await.map_err(|e| BotError::io(path, e))?;
+    let mut writer = cas.writer(digest).await?;
+    let mut sent = 0u64;
+    loop {
+        let mut buf = Vec::with_capacity(FILE_CHUNK);
+        let n = (&mut file).take(FILE_CHUNK as u64).read_to_end(&mut buf).await.map_err(|e| BotError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        sent += n as u64;
+        writer.append(Bytes::from(buf)).await?;
+    }
+    if sent != digest.size {
+        return Err(BotError::Invalid(format!("output {} changed while it was uploaded", path.display())));
+    }
+    writer.commit().await?;
+    Ok(())
 }
 
 /// The output at `relative` to the working directory `workdir` (components below `root`), if the

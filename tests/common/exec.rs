@@ -166,6 +166,7 @@ impl InProcessBot {
             runner: runner.into(),
             work_dir: work_dir.to_path_buf(),
             bot_id: Some(id.clone()),
+            max_input_paths: 1000,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -1,0 +1,75 @@
+//! The bot's own limits, over gRPC on 127.0.0.1: an input root whose Directory DAG expands to more
+//! paths than the bot allows is refused (not staged), and outputs larger than a read chunk are
+//! streamed from disk and arrive whole.
+
+mod common;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use common::exec::*;
+use common::TestServer;
+use prost::Message;
+
+const CONFIG: &str = r#"
+listen: 127.0.0.1:0
+storage:
+  main:
+    cas:
+      - memory: { max_size: 128MiB, max_blob: 32MiB }
+    action_cache:
+      - memory: { max_size: 8MiB }
+instances:
+  - { name: "", storage: main, services: [cas, action_cache, execution] }
+execution:
+  queue_timeout: 10s
+"#;
+
+#[tokio::test]
+async fn a_directory_dag_that_expands_past_the_bots_limit_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(CONFIG, &tmp.path().join("server")).await;
+    // Twelve levels, each naming the level below twice: 13 small blobs, 8,190 directories staged.
+    let mut blobs = Vec::new();
+    let mut child = reapi::Directory::default().encode_to_vec();
+    for _ in 0..12 {
+        let digest = common::sha256(&child);
+        blobs.push(child);
+        let node = |name: &str| reapi::DirectoryNode { name: name.into(), digest: Some(digest.clone()) };
+        child = reapi::Directory { directories: vec![node("a"), node("b")], ..Default::default() }.encode_to_vec();
+    }
+    let root = common::sha256(&child);
+    blobs.push(child);
+    let mut cas = server.cas().await;
+    let refs: Vec<&[u8]> = blobs.iter().map(|b| b.as_slice()).collect();
+    common::upload(&mut cas, "", &refs).await;
+
+    // The test bots allow 1,000 paths.
+    let bot = InProcessBot::start(&server, &tmp.path().join("bot"), 1, &[]);
+    let mut spec = sh("true");
+    spec.input_root = Some(root);
+    let response = execute(&server, &action(&server, &spec).await).await;
+    let status = response.status.unwrap();
+    assert_eq!(status.code, tonic::Code::InvalidArgument as i32, "{}", status.message);
+    assert!(status.message.contains("max-input-paths"), "{}", status.message);
+    assert!(!tmp.path().join("bot/actions").read_dir().unwrap().any(|_| true), "nothing is left staged");
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn large_outputs_are_streamed_and_arrive_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(CONFIG, &tmp.path().join("server")).await;
+    let bot = InProcessBot::start(&server, &tmp.path().join("bot"), 1, &[]);
+    // 5 MiB of stdout and a 3 MiB output file: several read chunks each.
+    let mut spec = sh("seq 1 800000; head -c 3145728 /dev/zero | tr '\\0' 'z' > big.out");
+    spec.output_files = vec!["big.out".into()];
+    let result = execute(&server, &action(&server, &spec).await).await.result.unwrap();
+    assert_eq!(result.exit_code, 0);
+    let stdout = read_blob(&server, &result.stdout_digest).await;
+    let expected: String = (1..=800000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(stdout.len(), expected.len());
+    assert!(stdout == expected.as_bytes());
+    let big = read_blob(&server, &result.output_files[0].digest).await;
+    assert_eq!(big.len(), 3 << 20);
+    assert!(big.iter().all(|&b| b == b'z'));
+    bot.stop().await;
+}
