@@ -109,6 +109,9 @@ pub struct LocalBotConfig {
     /// The platform properties it offers.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// Bytes its input cache holds at most.
+    #[serde(default = "default_bot_cache_size")]
+    pub cache_size: ByteSize,
 }
 
 fn default_queue_timeout() -> Duration {
@@ -128,6 +131,9 @@ fn default_operation_retention() -> Duration {
 }
 fn default_runner() -> String {
     "host".into()
+}
+fn default_bot_cache_size() -> ByteSize {
+    ByteSize(10 << 30)
 }
 fn default_bot_dir() -> PathBuf {
     "bot".into()

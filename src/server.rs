@@ -68,6 +68,7 @@ fn local_bot(config: &Config, bot: &LocalBotConfig) -> BotArgs {
         work_dir: config.data_path(&bot.work_dir),
         bot_id: None,
         max_input_paths: crate::bot::DEFAULT_MAX_INPUT_PATHS,
+        cache_size: bot.cache_size,
     }
 }
 

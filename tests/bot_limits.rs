@@ -73,3 +73,32 @@ async fn large_outputs_are_streamed_and_arrive_whole() {
     assert!(big.iter().all(|&b| b == b'z'));
     bot.stop().await;
 }
+
+#[tokio::test]
+async fn the_input_cache_stays_within_its_budget_and_refetches_what_it_evicted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(CONFIG, &tmp.path().join("server")).await;
+    let mut args = InProcessBot::args(format!("grpc://{}", server.addr), None, &tmp.path().join("bot"), 1, &[], "host");
+    args.cache_size = strata::config::ByteSize(100_000);
+    let bot = InProcessBot::run(args);
+    let cache_bytes = || -> u64 {
+        std::fs::read_dir(tmp.path().join("bot/cache")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()
+    };
+    // Eight actions, each with its own 40 KB input: the cache keeps two at a time.
+    let mut cas = server.cas().await;
+    let inputs: Vec<Vec<u8>> = (0..8u8).map(|i| vec![b'a' + i; 40_000]).collect();
+    for round in 0..2 {
+        for (i, data) in inputs.iter().enumerate() {
+            let file = reapi::FileNode { name: "in.txt".into(), digest: Some(common::sha256(data)), ..Default::default() };
+            let dir = reapi::Directory { files: vec![file], ..Default::default() }.encode_to_vec();
+            common::upload(&mut cas, "", &[data, &dir]).await;
+            let mut spec = sh(&format!("head -c 3 in.txt; echo {round}"));
+            spec.input_root = Some(common::sha256(&dir));
+            let result = execute(&server, &action(&server, &spec).await).await.result.unwrap();
+            let expected = format!("{0}{0}{0}{round}\n", (b'a' + i as u8) as char);
+            assert_eq!(read_blob(&server, &result.stdout_digest).await, expected.as_bytes());
+            assert!(cache_bytes() <= 100_000, "{} bytes cached", cache_bytes());
+        }
+    }
+    bot.stop().await;
+}

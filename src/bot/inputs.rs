@@ -1,6 +1,7 @@
 //! Stages an action's input tree. Files come from a local cache of read-only files named by digest,
 //! hard-linked into the action's directory (copied when the cache is on another file system), so
-//! an input used by many actions is fetched once. Every name from the CAS is checked first.
+//! an input used by many actions is fetched once; the cache is bounded in bytes (`cache_index`).
+//! Every name from the CAS is checked first.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -14,6 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use prost::Message;
 use strata_backends::{BlobStore, Digest, DigestFunction};
 
+use super::cache_index::CacheIndex;
 use super::BotError;
 use crate::exec::paths;
 
@@ -25,6 +27,7 @@ pub struct InputCache {
     cas: Arc<dyn BlobStore>,
     /// Paths an input root may expand to at most.
     max_paths: usize,
+    index: CacheIndex,
     /// Names temporary files uniquely.
     next: AtomicU64,
 }
@@ -35,9 +38,12 @@ pub fn parse(digest: Option<&reapi::Digest>, what: &str) -> Result<Digest, BotEr
 }
 
 impl InputCache {
-    pub fn open(dir: PathBuf, cas: Arc<dyn BlobStore>, max_paths: usize) -> Result<InputCache, BotError> {
+    pub fn open(dir: PathBuf, cas: Arc<dyn BlobStore>, max_paths: usize, max_bytes: u64) -> Result<InputCache, BotError> {
         std::fs::create_dir_all(&dir).map_err(|e| BotError::io(&dir, e))?;
-        Ok(InputCache { dir, cas, max_paths, next: AtomicU64::new(0) })
+        let index = CacheIndex::load(&dir, max_bytes).map_err(|e| BotError::io(&dir, e))?;
+        let (files, bytes) = index.usage();
+        tracing::info!(dir = %dir.display(), files, bytes, max_bytes, "input cache opened");
+        Ok(InputCache { dir, cas, max_paths, index, next: AtomicU64::new(0) })
     }
 
     pub fn cas(&self) -> &Arc<dyn BlobStore> {
@@ -103,7 +109,13 @@ impl InputCache {
         futures::stream::iter(files)
             .map(|(path, digest, executable)| async move {
                 let cached = self.cached(&digest, executable).await?;
-                link_or_copy(&cached, &path)
+                match link_or_copy(&cached, &path) {
+                    // Evicted between the lookup and the link (the budget is full): fetch it again.
+                    Err(BotError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                        link_or_copy(&self.cached(&digest, executable).await?, &path)
+                    }
+                    linked => linked,
+                }
             })
             .buffer_unordered(FETCH_CONCURRENCY)
             .try_collect::<Vec<()>>()
@@ -114,8 +126,8 @@ impl InputCache {
     /// The cache file of a blob, fetched if absent.
     async fn cached(&self, digest: &Digest, executable: bool) -> Result<PathBuf, BotError> {
         let name = format!("{}{}", digest.hash_hex(), if executable { "-x" } else { "" });
-        let path = self.dir.join(name);
-        if path.exists() {
+        let path = self.dir.join(&name);
+        if self.index.touch(&name) && path.exists() {
             return Ok(path);
         }
         let tmp = self.dir.join(format!("tmp-{}-{}", std::process::id(), self.next.fetch_add(1, Ordering::Relaxed)));
@@ -125,6 +137,9 @@ impl InputCache {
         }
         result?;
         std::fs::rename(&tmp, &path).map_err(|e| BotError::io(&path, e))?;
+        for evicted in self.index.insert(&name, digest.size) {
+            let _ = std::fs::remove_file(self.dir.join(evicted));
+        }
         Ok(path)
     }
 

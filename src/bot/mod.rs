@@ -5,6 +5,7 @@
 //! restarted) gets a new one.
 
 mod action;
+mod cache_index;
 mod inputs;
 mod outputs;
 mod runner;
@@ -63,7 +64,12 @@ pub struct BotArgs {
     /// blobs that share children can name millions of paths.
     #[arg(long, default_value_t = DEFAULT_MAX_INPUT_PATHS)]
     pub max_input_paths: usize,
+    /// Bytes the input cache under --work-dir holds at most (least recently used files go first).
+    #[arg(long, default_value = DEFAULT_CACHE_SIZE)]
+    pub cache_size: crate::config::ByteSize,
 }
+
+pub const DEFAULT_CACHE_SIZE: &str = "10GiB";
 
 pub const DEFAULT_MAX_INPUT_PATHS: usize = 1_000_000;
 
@@ -160,7 +166,7 @@ pub async fn run(args: BotArgs, shutdown: impl Future<Output = ()>) -> Result<()
         bearer_token: None,
         ca_certificate: None,
     })?;
-    let cache = inputs::InputCache::open(args.work_dir.join("cache"), Arc::new(cas), args.max_input_paths)?;
+    let cache = inputs::InputCache::open(args.work_dir.join("cache"), Arc::new(cas), args.max_input_paths, args.cache_size.0)?;
     let actions_dir = args.work_dir.join("actions");
     // Directories of actions that were running when a previous bot died.
     let _ = std::fs::remove_dir_all(&actions_dir);

@@ -156,8 +156,20 @@ impl InProcessBot {
         properties: &[(&str, &str)],
         runner: &str,
     ) -> InProcessBot {
+        InProcessBot::run(InProcessBot::args(server, cas, work_dir, capacity, properties, runner))
+    }
+
+    /// The arguments `start_with` runs a bot with, to adjust before `run`.
+    pub fn args(
+        server: String,
+        cas: Option<String>,
+        work_dir: &std::path::Path,
+        capacity: usize,
+        properties: &[(&str, &str)],
+        runner: &str,
+    ) -> strata::bot::BotArgs {
         let id = format!("test-bot-{}", work_dir.file_name().unwrap().to_string_lossy());
-        let args = strata::bot::BotArgs {
+        strata::bot::BotArgs {
             server,
             cas,
             instance: String::new(),
@@ -167,7 +179,12 @@ impl InProcessBot {
             work_dir: work_dir.to_path_buf(),
             bot_id: Some(id.clone()),
             max_input_paths: 1000,
-        };
+            cache_size: strata::config::ByteSize(64 << 20),
+        }
+    }
+
+    pub fn run(args: strata::bot::BotArgs) -> InProcessBot {
+        let id = args.bot_id.clone().unwrap_or_default();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             strata::bot::run(args, async { let _ = stopped.await; }).await.unwrap();
