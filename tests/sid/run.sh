@@ -9,7 +9,8 @@
 #            on the worker, and after `clean --expunge` gets every action from the cache.
 #   default  `strata serve` on its embedded default: Bazel 7 with --remote_cache, then with
 #            --remote_executor (on the in-process bot), both with --remote_download_minimal and all
-#            hits after `clean --expunge`; recc compiles remotely on the in-process bot.
+#            hits after `clean --expunge`; recc compiles remotely on the in-process bot, and in
+#            cache-only mode (a local compile uploaded, then an action cache hit).
 #
 # (buildbox-run-bubblewrap makes the input root the sandbox's `/`, so it runs BuildStream's actions,
 # whose input root is a whole system, not recc's or Bazel's: tests/buildstream/run.sh runs it.)
@@ -150,6 +151,20 @@ YAML
     kill "$worker" "$casd" 2>/dev/null || true
 }
 
+# recc in cache-only mode: the first compile runs locally and is uploaded, the second is a hit.
+recc_cache_only() {
+    mkdir -p "$work/cache-only"
+    echo 'int cached(void) { return 7; }' >"$work/cache-only/c.c"
+    local env="RECC_SERVER=http://127.0.0.1:$port RECC_CACHE_ONLY=1 RECC_CACHE_UPLOAD_LOCAL_BUILD=1 RECC_VERBOSE=1"
+    in_sid sh -c "cd $inside/cache-only && $env recc gcc -c c.c -o c.o" >"$work/recc-cache-1.log" 2>&1 || fail "recc (cache-only) failed"
+    grep -q "Action cache updated" "$work/recc-cache-1.log" || fail "recc did not upload its local build"
+    rm "$work/cache-only/c.o"
+    in_sid sh -c "cd $inside/cache-only && $env recc gcc -c c.c -o c.o" >"$work/recc-cache-2.log" 2>&1 || fail "recc (cache-only) failed"
+    grep -q "Action Cache hit" "$work/recc-cache-2.log" || fail "recc's second compile was not a cache hit"
+    [ -s "$work/cache-only/c.o" ] || fail "the cached object file is missing"
+    echo "recc cache-only: local build uploaded, then an action cache hit"
+}
+
 scenario_default() {
     echo "== strata serve on its embedded default"
     strata_args=()
@@ -158,6 +173,7 @@ scenario_default() {
     bazel_twice exec --remote_download_minimal
     grep -q "action finished" "$work/strata.log" || fail "the in-process bot logged no action"
     recc_compiles --any-compiler
+    recc_cache_only
     stop_strata
 }
 
