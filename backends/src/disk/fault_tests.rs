@@ -139,3 +139,50 @@ async fn a_declared_size_evicts_nothing_and_a_full_log_says_so() {
     assert!(readable(&log, &big_a).await);
     assert!(log.stats().bytes <= max);
 }
+
+#[tokio::test]
+async fn a_ranged_read_of_a_large_blob_checks_only_the_chunks_it_touches() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = DiskLog::open(config(dir.path(), 64 << 20)).unwrap();
+    let chunk = large::CHUNK as usize;
+    let (big, data) = blob(800, 3 * chunk + 12_345);
+    let mut writer = log.writer(&big).await.unwrap();
+    for piece in data.chunks(100_000) {
+        writer.append(Bytes::copy_from_slice(piece)).await.unwrap();
+    }
+    writer.commit().await.unwrap();
+    let range = |offset: u64, limit: u64| {
+        let log = log.clone();
+        async move {
+            match log.read(&big, offset, Some(limit)).await.unwrap() {
+                Some(blob) => Some(blob.into_bytes().await.unwrap()),
+                None => None,
+            }
+        }
+    };
+    // Damage one byte in the last chunk.
+    let path = large::large_path(&dir.path().join("large"), &big.key());
+    flip(&path, (record::HEADER_LEN + 3 * chunk + 10) as u64);
+    // A read inside the first chunks is served, from intact bytes only.
+    assert_eq!(range(5, 1).await.unwrap(), data.slice(5..6));
+    assert_eq!(range(chunk as u64 - 10, 20).await.unwrap(), data.slice(chunk - 10..chunk + 10));
+    // A read that touches the damaged chunk is never served, nor is the whole blob.
+    assert!(range(3 * chunk as u64, 1).await.is_none());
+    assert!(log.read(&big, 0, None).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn large_files_without_a_chunk_table_are_checked_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (big, data) = blob(801, 100_000);
+    // The format of earlier versions: the record header, then the payload, nothing after it.
+    std::fs::create_dir_all(dir.path().join("large")).unwrap();
+    let header = record::Header::new(big.key(), &data).encode();
+    let path = large::large_path(&dir.path().join("large"), &big.key());
+    std::fs::write(&path, [header.as_slice(), &data].concat()).unwrap();
+    let log = DiskLog::open(config(dir.path(), 64 << 20)).unwrap();
+    let whole = log.read(&big, 0, None).await.unwrap().unwrap().into_bytes().await.unwrap();
+    assert_eq!(whole, data);
+    flip(&path, (record::HEADER_LEN + 90_000) as u64);
+    assert!(log.read(&big, 0, Some(10)).await.unwrap().is_none(), "no table: any damage fails every read");
+}

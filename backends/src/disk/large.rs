@@ -2,10 +2,16 @@
 //! (the same header as in segments), under the same byte budget and eviction order as the segments.
 //! They are streamed to a temporary file and renamed into place on commit, so a crash or an abandoned
 //! upload leaves at most a temporary file that start-up removes.
+//!
+//! After the payload comes a table of CRC32s, one per `CHUNK` of payload, and a footer (magic and
+//! chunk size), so that a ranged read checks only the chunks it touches: a 1-byte read of a 4 GiB
+//! blob must not checksum 4 GiB. Files without the table (written by earlier versions) are checked
+//! whole, against the header's checksum.
 
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -45,17 +51,55 @@ pub fn is_temporary(name: &str) -> bool {
     name.starts_with("tmp-")
 }
 
-/// Reads a large blob, checking its header and checksum; `None` if it is missing or damaged.
-pub fn read_large(dir: &Path, key: &Key) -> Option<Bytes> {
+/// Payload bytes per checksum of the chunk table.
+pub const CHUNK: u64 = 1 << 20;
+const FOOTER_MAGIC: [u8; 8] = *b"STRBCHK1";
+const FOOTER_LEN: usize = 16;
+
+/// Reads a large blob whose bytes in `range` (of the payload) are intact; `None` if it is missing or
+/// damaged there. The whole payload comes back (zero-copy), for the caller to slice.
+pub fn read_large(dir: &Path, key: &Key, range: Range<u64>) -> Option<Bytes> {
     let file = File::open(large_path(dir, key)).ok()?;
     // SAFETY: large files are written once to a temporary name and never modified after the rename.
     let map = unsafe { Mmap::map(&file) }.ok()?;
     let header = Header::decode(&map)?;
-    let payload = map.get(HEADER_LEN..)?;
-    if header.key != *key || !header.check_payload(payload) {
+    let len = usize::try_from(header.payload_len).ok()?;
+    let payload = map.get(HEADER_LEN..HEADER_LEN.checked_add(len)?)?;
+    if header.key != *key {
         return None;
     }
-    Some(Bytes::from_owner(map).slice(HEADER_LEN..))
+    let intact = match chunk_table(&map, len) {
+        Some(table) => chunks_intact(payload, table, range),
+        None => header.check_payload(payload),
+    };
+    intact.then(|| Bytes::from_owner(map).slice(HEADER_LEN..HEADER_LEN + len))
+}
+
+/// The chunk table after a payload of `len` bytes, if the file has one.
+fn chunk_table(map: &[u8], len: usize) -> Option<&[u8]> {
+    let footer = map.get(map.len().checked_sub(FOOTER_LEN)?..)?;
+    if footer[..8] != FOOTER_MAGIC || u64::from_le_bytes(footer[8..16].try_into().ok()?) != CHUNK {
+        return None;
+    }
+    let entries = (len as u64).div_ceil(CHUNK) as usize;
+    let start = HEADER_LEN + len;
+    let table = map.get(start..start + entries * 4)?;
+    (start + entries * 4 + FOOTER_LEN == map.len()).then_some(table)
+}
+
+/// Whether every chunk of `payload` that overlaps `range` matches its checksum (an empty range
+/// reads nothing and needs no check).
+fn chunks_intact(payload: &[u8], table: &[u8], range: Range<u64>) -> bool {
+    let len = payload.len() as u64;
+    let end = range.end.min(len);
+    if range.start >= end {
+        return true;
+    }
+    (range.start / CHUNK..end.div_ceil(CHUNK)).all(|i| {
+        let chunk = &payload[(i * CHUNK) as usize..((i + 1) * CHUNK).min(len) as usize];
+        let expected = table.get(i as usize * 4..i as usize * 4 + 4).and_then(|b| <[u8; 4]>::try_from(b).ok());
+        expected.map(u32::from_le_bytes) == Some(crc32fast::hash(chunk))
+    })
 }
 
 /// Reads only the header of a large file (start-up: trust the checksum later, at read time).
@@ -77,6 +121,9 @@ pub struct LargeWriter {
     file: Option<File>,
     tmp: PathBuf,
     crc: crc32fast::Hasher,
+    /// The checksum of the chunk being written, and those of the chunks before it.
+    chunk_crc: crc32fast::Hasher,
+    chunk_crcs: Vec<u8>,
     written: u64,
 }
 
@@ -84,7 +131,17 @@ impl LargeWriter {
     pub fn create(log: DiskLog, key: Key) -> Result<LargeWriter> {
         let n = NEXT_TMP.fetch_add(1, Ordering::Relaxed);
         let tmp = log.large_dir().join(format!("tmp-{}-{n}", std::process::id()));
-        let mut writer = LargeWriter { log, key, reserved: 0, file: None, tmp, crc: crc32fast::Hasher::new(), written: 0 };
+        let mut writer = LargeWriter {
+            log,
+            key,
+            reserved: 0,
+            file: None,
+            tmp,
+            crc: crc32fast::Hasher::new(),
+            chunk_crc: crc32fast::Hasher::new(),
+            chunk_crcs: Vec::new(),
+            written: 0,
+        };
         let file = File::create(&writer.tmp).map_err(|e| StoreError::io(&writer.tmp, e))?;
         // The header goes in last, once the checksum is known; until then the file is not a record.
         file.set_len(HEADER_LEN as u64).map_err(|e| StoreError::io(&writer.tmp, e))?;
@@ -106,7 +163,19 @@ impl BlobWriter for LargeWriter {
         let tmp = self.tmp.clone();
         self.file()?.write_all_at(&chunk, offset).map_err(|e| StoreError::io(&tmp, e))?;
         self.crc.update(&chunk);
-        self.written += chunk.len() as u64;
+        // The chunk table's checksums cover fixed CHUNK-sized pieces, whatever the appends' sizes.
+        let mut rest: &[u8] = &chunk;
+        while !rest.is_empty() {
+            let room = (CHUNK - self.written % CHUNK) as usize;
+            let (piece, more) = rest.split_at(room.min(rest.len()));
+            self.chunk_crc.update(piece);
+            self.written += piece.len() as u64;
+            if self.written % CHUNK == 0 {
+                let done = std::mem::replace(&mut self.chunk_crc, crc32fast::Hasher::new()).finalize();
+                self.chunk_crcs.extend_from_slice(&done.to_le_bytes());
+            }
+            rest = more;
+        }
         Ok(())
     }
 
@@ -115,6 +184,13 @@ impl BlobWriter for LargeWriter {
         let tmp = self.tmp.clone();
         let durable = self.log.syncs_writes();
         let mut file = self.file.take().ok_or_else(|| StoreError::Config("large blob committed twice".into()))?;
+        let mut table = std::mem::take(&mut self.chunk_crcs);
+        if self.written % CHUNK != 0 {
+            table.extend_from_slice(&self.chunk_crc.clone().finalize().to_le_bytes());
+        }
+        table.extend_from_slice(&FOOTER_MAGIC);
+        table.extend_from_slice(&CHUNK.to_le_bytes());
+        file.write_all_at(&table, HEADER_LEN as u64 + self.written).map_err(|e| StoreError::io(&tmp, e))?;
         file.write_all_at(&header.encode(), 0).map_err(|e| StoreError::io(&tmp, e))?;
         file.flush().map_err(|e| StoreError::io(&tmp, e))?;
         if durable {

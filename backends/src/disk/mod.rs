@@ -166,6 +166,11 @@ impl DiskLog {
     /// The stored value for `key` and where it was, or `None`. Damaged records count as absent and
     /// are dropped from the index.
     fn lookup(&self, key: &Key) -> Option<(Bytes, Found)> {
+        self.lookup_range(key, 0..u64::MAX)
+    }
+
+    /// As `lookup`, but a large blob is checked only in `range` (the rest is not read).
+    fn lookup_range(&self, key: &Key, range: std::ops::Range<u64>) -> Option<(Bytes, Found)> {
         let (segment, loc) = {
             let st = self.inner.state.read();
             match st.index.get(key) {
@@ -173,7 +178,7 @@ impl DiskLog {
                 None => {
                     let entry = *st.large.get(key)?;
                     drop(st);
-                    return match large::read_large(self.large_dir(), key) {
+                    return match large::read_large(self.large_dir(), key, range) {
                         Some(data) => Some((data, Found::Large(entry))),
                         None => {
                             self.forget_large(key, "missing or damaged");
@@ -433,7 +438,8 @@ impl BlobStore for DiskLog {
 
     async fn read(&self, digest: &Digest, offset: u64, limit: Option<u64>) -> Result<Option<Blob>> {
         let key = digest.key();
-        let found = self.lookup(&key).filter(|(data, _)| data.len() as u64 == digest.size);
+        let range = offset..limit.map_or(u64::MAX, |l| offset.saturating_add(l));
+        let found = self.lookup_range(&key, range).filter(|(data, _)| data.len() as u64 == digest.size);
         self.inner.counters.hit(found.is_some());
         Ok(found.map(|(data, at)| {
             self.refresh(&key, &data, &at);
