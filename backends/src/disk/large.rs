@@ -9,11 +9,11 @@
 //! whole, against the header's checksum.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -118,7 +118,8 @@ pub struct LargeWriter {
     log: DiskLog,
     key: Key,
     reserved: u64,
-    file: Option<File>,
+    /// Shared with the blocking tasks that write it (`write_at` takes `&File`).
+    file: Option<Arc<File>>,
     tmp: PathBuf,
     crc: crc32fast::Hasher,
     /// The checksum of the chunk being written, and those of the chunks before it.
@@ -145,12 +146,12 @@ impl LargeWriter {
         let file = File::create(&writer.tmp).map_err(|e| StoreError::io(&writer.tmp, e))?;
         // The header goes in last, once the checksum is known; until then the file is not a record.
         file.set_len(HEADER_LEN as u64).map_err(|e| StoreError::io(&writer.tmp, e))?;
-        writer.file = Some(file);
+        writer.file = Some(Arc::new(file));
         Ok(writer)
     }
 
-    fn file(&mut self) -> Result<&mut File> {
-        self.file.as_mut().ok_or_else(|| StoreError::Config("large blob writer used after commit".into()))
+    fn file(&self) -> Result<Arc<File>> {
+        self.file.clone().ok_or_else(|| StoreError::Config("large blob writer used after commit".into()))
     }
 }
 
@@ -160,8 +161,8 @@ impl BlobWriter for LargeWriter {
         self.log.reserve(chunk.len() as u64)?;
         self.reserved += chunk.len() as u64;
         let offset = HEADER_LEN as u64 + self.written;
-        let tmp = self.tmp.clone();
-        self.file()?.write_all_at(&chunk, offset).map_err(|e| StoreError::io(&tmp, e))?;
+        let (file, tmp, data) = (self.file()?, self.tmp.clone(), chunk.clone());
+        blocking(move || file.write_all_at(&data, offset).map_err(|e| StoreError::io(&tmp, e))).await?;
         self.crc.update(&chunk);
         // The chunk table's checksums cover fixed CHUNK-sized pieces, whatever the appends' sizes.
         let mut rest: &[u8] = &chunk;
@@ -183,30 +184,41 @@ impl BlobWriter for LargeWriter {
         let header = Header { key: self.key, payload_len: self.written, payload_crc: self.crc.clone().finalize() };
         let tmp = self.tmp.clone();
         let durable = self.log.syncs_writes();
-        let mut file = self.file.take().ok_or_else(|| StoreError::Config("large blob committed twice".into()))?;
+        let file = self.file.take().ok_or_else(|| StoreError::Config("large blob committed twice".into()))?;
         let mut table = std::mem::take(&mut self.chunk_crcs);
         if self.written % CHUNK != 0 {
             table.extend_from_slice(&self.chunk_crc.clone().finalize().to_le_bytes());
         }
         table.extend_from_slice(&FOOTER_MAGIC);
         table.extend_from_slice(&CHUNK.to_le_bytes());
-        file.write_all_at(&table, HEADER_LEN as u64 + self.written).map_err(|e| StoreError::io(&tmp, e))?;
-        file.write_all_at(&header.encode(), 0).map_err(|e| StoreError::io(&tmp, e))?;
-        file.flush().map_err(|e| StoreError::io(&tmp, e))?;
-        if durable {
-            file.sync_data().map_err(|e| StoreError::io(&tmp, e))?;
-        }
-        let path = large_path(self.log.large_dir(), &self.key);
-        std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
-        if durable {
-            if let Ok(dir) = File::open(self.log.large_dir()) {
-                let _ = dir.sync_all();
+        let (end, dir) = (HEADER_LEN as u64 + self.written, self.log.large_dir().to_path_buf());
+        let path = large_path(&dir, &self.key);
+        blocking(move || {
+            file.write_all_at(&table, end).map_err(|e| StoreError::io(&tmp, e))?;
+            file.write_all_at(&header.encode(), 0).map_err(|e| StoreError::io(&tmp, e))?;
+            if durable {
+                file.sync_data().map_err(|e| StoreError::io(&tmp, e))?;
             }
-        }
+            std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
+            if durable {
+                if let Ok(dir) = File::open(&dir) {
+                    let _ = dir.sync_all();
+                }
+            }
+            Ok(())
+        })
+        .await?;
         let reserved = std::mem::take(&mut self.reserved);
         self.log.register_large(self.key, self.written, reserved);
         Ok(())
     }
+}
+
+/// Runs file I/O off the async runtime.
+async fn blocking(work: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StoreError::Io { path: "disk log".into(), source: std::io::Error::other(e.to_string()) })?
 }
 
 impl Drop for LargeWriter {

@@ -9,6 +9,7 @@
 //! Blobs larger than `max_record` are files of their own under `large/`, in the same budget.
 //! The same log serves the CAS (keys checked against sizes) and the action cache (any value).
 
+mod appender;
 mod index;
 mod large;
 mod record;
@@ -80,6 +81,8 @@ struct Inner {
     state: RwLock<State>,
     writer: Mutex<Writer>,
     commits: Arc<GroupCommit>,
+    /// Set once at open: the writer thread holds a weak reference to this `Inner`.
+    appender: std::sync::OnceLock<appender::Appender>,
     counters: Counters,
 }
 
@@ -124,9 +127,13 @@ impl DiskLog {
             state: RwLock::new(recovered.state),
             writer: Mutex::new(recovered.writer),
             commits: GroupCommit::new(),
+            appender: std::sync::OnceLock::new(),
             counters: Counters::default(),
             cfg,
         });
+        let name = inner.cfg.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let writer = appender::Appender::start(Arc::downgrade(&inner), &name).map_err(|e| StoreError::io(&inner.cfg.path, e))?;
+        let _ = inner.appender.set(writer);
         inner
             .commits
             .start(Arc::downgrade(&inner), inner.cfg.sync)
@@ -237,7 +244,12 @@ impl DiskLog {
             return;
         }
         let result = match found {
-            Found::Segment(_) => self.append(key, data).map(|_| ()),
+            Found::Segment(_) => {
+                if let Some(appender) = self.inner.appender.get() {
+                    appender.append_detached(*key, data.clone());
+                }
+                Ok(())
+            }
             Found::Large(_) => {
                 let open = self.inner.writer.lock().open.id;
                 let now = std::time::SystemTime::now();
@@ -258,6 +270,7 @@ impl DiskLog {
     }
 
     /// Appends one record and publishes it in the index; returns its sequence number for durability.
+    /// Blocking: only the writer thread (`appender`) calls it.
     fn append(&self, key: &Key, payload: &[u8]) -> Result<u64> {
         let mut w = self.inner.writer.lock();
         let rec = record_len(payload.len() as u64);
@@ -383,8 +396,9 @@ impl DiskLog {
     }
 
     /// Appends and, under the `always` policy, waits for the group commit that covers the append.
-    async fn append_durably(&self, key: &Key, payload: &[u8]) -> Result<()> {
-        let seq = self.append(key, payload)?;
+    async fn append_durably(&self, key: &Key, payload: Bytes) -> Result<()> {
+        let appender = self.inner.appender.get().ok_or_else(|| StoreError::Config("the disk log has no writer".into()))?;
+        let seq = appender.append(*key, payload).await?;
         if self.syncs_writes() {
             self.inner.commits.wait(seq).await?;
         }
@@ -452,7 +466,7 @@ impl BlobStore for DiskLog {
             return Ok(());
         }
         if digest.size <= self.inner.cfg.max_record {
-            return self.append_durably(&digest.key(), &data).await;
+            return self.append_durably(&digest.key(), data).await;
         }
         let mut writer = Box::new(self.large_writer(digest)?);
         writer.append(data).await?;
@@ -491,7 +505,7 @@ impl ActionCacheStore for DiskLog {
         if value.len() as u64 > self.inner.cfg.max_record {
             return Err(StoreError::TooLarge { digest: *action, store: "the disk action cache".into(), limit: self.inner.cfg.max_record });
         }
-        self.append_durably(&action.key(), &value).await
+        self.append_durably(&action.key(), value).await
     }
 }
 
