@@ -28,23 +28,6 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-in_sid() { "$root/tests/sid/chroot.sh" --run "$sid_root" "$@"; }
-
-# worker PORT NAME: casd and buildbox-worker for the server on PORT; their pids go to $worker_pids.
-worker() {
-    mkdir -p "$work/$2"
-    in_sid buildbox-casd --cas-remote="http://127.0.0.1:$1" --bind="unix:$inside/$2/casd.sock" "$inside/$2/cache" \
-        >"$work/$2-casd.log" 2>&1 &
-    worker_pids=($!)
-    wait_socket "$work/$2/casd.sock" "$work/$2-casd.log"
-    in_sid buildbox-worker --bots-remote="http://127.0.0.1:$1" --cas-remote="unix:$inside/$2/casd.sock" \
-        --buildbox-run=/usr/bin/buildbox-run-hosttools --runner-arg=--staging-mode=copy-or-link \
-        "bench-$2" >"$work/$2-worker.log" 2>&1 &
-    worker_pids+=($!)
-    pids+=("${worker_pids[@]}")
-    sleep 2
-}
-
 measure() { # PORT NAME
     for i in $(seq 1 "$runs"); do
         "$strata" bench --endpoint "grpc://127.0.0.1:$1" --scenario execute --concurrency 1 --duration "$duration" --json \
@@ -59,19 +42,19 @@ storage:
     action_cache: [ { memory: { max_size: 64MiB } } ]
 instances: [ { name: "", storage: memory, services: [cas, action_cache, execution] } ]
 YAML
-strata_port=$(free_port)
-STRATA_LOG=warn "$strata" serve --config "$work/strata.yaml" --data-dir "$work/data" --listen "127.0.0.1:$strata_port" \
-    2>"$work/strata.log" &
-strata_pid=$!
-pids+=("$strata_pid")
-wait_port "$strata_port" "$work/strata.log"
-worker "$strata_port" strata
-measure "$strata_port" strata
-kill "${worker_pids[@]}" "$strata_pid"
+port=$(free_port)
+STRATA_LOG=warn start_strata --config "$work/strata.yaml"
+start_buildbox_worker run-hosttools strata
+sleep 2
+measure "$port" strata
+stop_buildbox_worker
+stop_strata
 
 bgd_port=$(free_port)
 "$peer/start.sh" "$bgd_port" server.yaml >"$work/bgd-start.log" 2>&1 || { cat "$work/bgd-start.log"; exit 1; }
-worker "$bgd_port" buildgrid
+port=$bgd_port
+start_buildbox_worker run-hosttools buildgrid
+sleep 2
 measure "$bgd_port" buildgrid
 
 python3 - "$work" "$runs" <<'PY'

@@ -17,6 +17,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/../lib/e2e.sh"
 chain=""
 runner=""
 if [ "${1:-}" = "--chain" ]; then chain=1; shift; fi
@@ -39,20 +40,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port=$(free_port)
-wait_port() {
-    for _ in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "strata did not start on port $1; its log:" >&2; cat "$work/strata.log" >&2; exit 1
-}
 if [ -n "$chain" ]; then
     upstream_port=$(free_port)
     "$strata" serve --listen "127.0.0.1:$upstream_port" --data-dir "$work/upstream" 2>>"$work/strata.log" &
     upstream_pid=$!
-    wait_port "$upstream_port"
+    wait_port "$upstream_port" "$work/strata.log"
     export STRATA_UPSTREAM="grpc://127.0.0.1:$upstream_port"
 fi
 if [ -n "$runner" ]; then
@@ -79,7 +72,7 @@ start_strata() {
         "$strata" serve --listen "127.0.0.1:$port" --data-dir "$work/data" 2>>"$work/strata.log" &
     fi
     strata_pid=$!
-    wait_port "$port"
+    wait_port "$port" "$work/strata.log"
     if [ -n "$runner" ] && [ -z "$bot_pid" ]; then
         "$strata" bot --server "grpc://127.0.0.1:$port" --runner "$runner" --capacity 2 \
             --work-dir "$work/bot" 2>>"$work/bot.log" &
@@ -113,12 +106,7 @@ fi
 bazel_test || { echo "bazel failed; strata's log:" >&2; cat "$work/strata.log" "$work/bot.log" >&2 2>/dev/null; exit 1; }
 grep -q "Build completed successfully" "$work/bazel.log"
 if [ -n "$runner" ]; then
-    summary=$(grep -E '^INFO: [0-9]+ processes: ' "$work/bazel.log" | tail -n 1)
-    echo "process summary: $summary"
-    echo "$summary" | grep -qE '[0-9]+ remote[,.]' || { echo "FAIL: no action ran remotely" >&2; exit 1; }
-    if echo "$summary" | grep -qE 'local|linux-sandbox|processwrapper-sandbox|worker'; then
-        echo "FAIL: the first build ran actions outside the bot: $summary" >&2; exit 1
-    fi
+    expect_all_remote "$work/bazel.log"
     grep -q "action finished" "$work/bot.log" || { echo "FAIL: the bot logged no action" >&2; exit 1; }
 fi
 
@@ -131,22 +119,6 @@ bazel --output_user_root="$work/bazel-root" clean --expunge
 
 echo "== second build after a Strata restart and bazel clean --expunge: all remote cache hits"
 bazel_test
-summary=$(grep -E '^INFO: [0-9]+ processes: ' "$work/bazel.log" | tail -n 1)
-echo "process summary: $summary"
-kinds=$(echo "$summary" | sed -E 's/^INFO: [0-9]+ processes: //; s/\.$//')
-hits=0
-IFS=',' read -ra parts <<<"$kinds"
-for part in "${parts[@]}"; do
-    part=$(echo "$part" | sed -E 's/^ +//')
-    case "$part" in
-        *" internal") ;;
-        *" remote cache hit") hits=${part%% *} ;;
-        *) echo "FAIL: the second build ran actions outside the remote cache: '$part'" >&2; exit 1 ;;
-    esac
-done
-if [ "$hits" -lt 10 ]; then
-    echo "FAIL: expected at least 10 remote cache hits, got $hits" >&2
-    exit 1
-fi
+expect_all_hits "$work/bazel.log" 10
 grep -q "1 test passes" "$work/bazel.log"
-echo "bazel e2e${chain:+ through a site cache}${runner:+ with remote execution ($runner)}: 1 passed, 0 failed ($hits remote cache hits)"
+echo "bazel e2e${chain:+ through a site cache}${runner:+ with remote execution ($runner)}: 1 passed, 0 failed ($BAZEL_HITS remote cache hits)"

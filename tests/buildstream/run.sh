@@ -46,7 +46,6 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; for log in "$work"/*.log; do echo "--- $log" >&2; tail -n 40 "$log" >&2; done; exit 1; }
 
 # The project, with its imported system: busybox and the commands the element uses.
 cp -r "$here/project" "$work/project"
@@ -55,16 +54,6 @@ cp "$busybox" "$work/project/rootfs/bin/busybox"
 for tool in sh mkdir cp echo cat test uname pwd head; do ln -s busybox "$work/project/rootfs/bin/$tool"; done
 
 port=$(free_port)
-start_strata() { # [--config FILE]
-    "$strata" serve "$@" --listen "127.0.0.1:$port" --data-dir "$work/data" 2>>"$work/strata.log" &
-    strata_pid=$!
-    pids+=("$strata_pid")
-    wait_port "$port" "$work/strata.log"
-}
-stop_strata() {
-    kill -TERM "$strata_pid"
-    wait "$strata_pid" || fail "strata did not exit cleanly"
-}
 
 # bst build and checkout against instance $1; the build must have run remotely.
 bst_remote_build() {
@@ -128,23 +117,11 @@ scenario_bot() {
 scenario_worker() {
     echo "== BuildStream on buildbox-worker with buildbox-run-bubblewrap"
     [ -e "$sid_root/.strata-ready" ] || fail "no sid chroot at $sid_root (tests/sid/chroot.sh builds it)"
-    in_sid() { "$here/../sid/chroot.sh" --run "$sid_root" "$@"; }
     start_bare_strata
-    mkdir -p "$work/casd"
-    in_sid buildbox-casd --cas-remote="http://127.0.0.1:$port" --bind="unix:$inside/casd/casd.sock" "$inside/casd/cache" \
-        >"$work/casd.log" 2>&1 &
-    local casd=$!
-    pids+=("$casd")
-    wait_socket "$work/casd/casd.sock" "$work/casd.log"
-    # casd and the worker each have a mount namespace of their own: staging by hard links, not FUSE.
-    in_sid buildbox-worker --bots-remote="http://127.0.0.1:$port" --cas-remote="unix:$inside/casd/casd.sock" \
-        --buildbox-run=/usr/bin/buildbox-run-bubblewrap --runner-arg=--staging-mode=copy-or-link \
-        --platform OSFamily=linux --platform ISA=x86-64 bst-worker >"$work/worker.log" 2>&1 &
-    local worker=$!
-    pids+=("$worker")
+    start_buildbox_worker run-bubblewrap bst-worker --platform OSFamily=linux --platform ISA=x86-64
     bst_remote_build "" worker
-    grep -q "Runner exited with code 0" "$work/worker.log" || fail "buildbox-worker ran nothing"
-    kill "$worker" "$casd" 2>/dev/null || true
+    grep -q "Runner exited with code 0" "$work/bst-worker-worker.log" || fail "buildbox-worker ran nothing"
+    stop_buildbox_worker
     stop_strata
 }
 

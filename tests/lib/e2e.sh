@@ -60,3 +60,54 @@ expect_all_hits() {
     fi
     BAZEL_HITS=$hits
 }
+
+# The functions below work on the caller's globals: $strata (the binary), $work (a scratch directory,
+# inside the sid chroot when one is used), $port (Strata's port), the array pids (what cleanup
+# kills), $sid_root (the chroot, tests/sid/chroot.sh) and $inside ($work as seen in the chroot).
+
+# fail MESSAGE: says what failed, shows the end of every log in $work, exits 1.
+fail() {
+    echo "FAIL: $*" >&2
+    for log in "$work"/*.log; do echo "--- $log" >&2; tail -n 40 "$log" >&2; done
+    exit 1
+}
+
+# start_strata [ARGS...]: `strata serve ARGS` on $port with data in $work/data; sets $strata_pid.
+start_strata() {
+    "$strata" serve "$@" --listen "127.0.0.1:$port" --data-dir "$work/data" 2>>"$work/strata.log" &
+    strata_pid=$!
+    pids+=("$strata_pid")
+    wait_port "$port" "$work/strata.log"
+}
+
+# stop_strata: SIGTERM, and it must exit cleanly.
+stop_strata() {
+    kill -TERM "$strata_pid"
+    wait "$strata_pid" || fail "strata did not exit cleanly"
+}
+
+# in_sid COMMAND...: runs COMMAND in the sid chroot.
+in_sid() { "$(dirname "${BASH_SOURCE[0]}")/../sid/chroot.sh" --run "$sid_root" "$@"; }
+
+# start_buildbox_worker RUNNER NAME [WORKER ARGS...]: buildbox-casd and buildbox-worker (with
+# /usr/bin/buildbox-RUNNER) in the chroot, as a bot of the server on $port; sets worker_pids and
+# logs to $work/NAME-casd.log and $work/NAME-worker.log. casd and the worker each get a mount
+# namespace of their own (chroot.sh --run), so a FUSE staging by casd would be invisible to the
+# runner: it stages by hard links instead.
+start_buildbox_worker() {
+    local runner=$1 name=$2
+    shift 2
+    mkdir -p "$work/$name"
+    in_sid buildbox-casd --cas-remote="http://127.0.0.1:$port" --bind="unix:$inside/$name/casd.sock" "$inside/$name/cache" \
+        >"$work/$name-casd.log" 2>&1 &
+    worker_pids=($!)
+    wait_socket "$work/$name/casd.sock" "$work/$name-casd.log"
+    in_sid buildbox-worker --bots-remote="http://127.0.0.1:$port" --cas-remote="unix:$inside/$name/casd.sock" \
+        --buildbox-run="/usr/bin/buildbox-$runner" --runner-arg=--staging-mode=copy-or-link "$@" "$name" \
+        >"$work/$name-worker.log" 2>&1 &
+    worker_pids+=($!)
+    pids+=("${worker_pids[@]}")
+}
+
+# stop_buildbox_worker: ends what start_buildbox_worker started.
+stop_buildbox_worker() { kill "${worker_pids[@]}" 2>/dev/null || true; }

@@ -32,13 +32,13 @@ while [ $# -gt 0 ]; do
 done
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(worker default)
 strata=$(realpath "$strata")
-root=${STRATA_SID_ROOT:-/var/cache/strata-ci/sid}
+sid_root=${STRATA_SID_ROOT:-/var/cache/strata-ci/sid}
 [ -x "$strata" ] || { echo "strata binary not found at $strata (run cargo build first)" >&2; exit 1; }
-[ -e "$root/.strata-ready" ] || { echo "no sid chroot at $root: run tests/sid/chroot.sh $root" >&2; exit 1; }
+[ -e "$sid_root/.strata-ready" ] || { echo "no sid chroot at $sid_root: run tests/sid/chroot.sh $sid_root" >&2; exit 1; }
 
 # The work directory is inside the chroot, so that both sides see it: $work on the host, $inside in it.
-work=$(mktemp -d "$root/tmp/strata-e2e.XXXXXX")
-inside=${work#"$root"}
+work=$(mktemp -d "$sid_root/tmp/strata-e2e.XXXXXX")
+inside=${work#"$sid_root"}
 pids=()
 cleanup() {
     in_sid sh -c "cd $inside/ws 2>/dev/null && bazel --output_user_root=$inside/bazel-root shutdown" >/dev/null 2>&1 || true
@@ -47,21 +47,9 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-in_sid() { "$here/chroot.sh" --run "$root" "$@"; }
-fail() { echo "FAIL: $*" >&2; for log in "$work"/*.log; do echo "--- $log" >&2; tail -n 40 "$log" >&2; done; exit 1; }
 
 port=$(free_port)
 endpoint=grpc://127.0.0.1:$port
-start_strata() { # [--config FILE]
-    "$strata" serve "$@" --listen "127.0.0.1:$port" --data-dir "$work/data" 2>>"$work/strata.log" &
-    strata_pid=$!
-    pids+=("$strata_pid")
-    wait_port "$port" "$work/strata.log"
-}
-stop_strata() {
-    kill -TERM "$strata_pid"
-    wait "$strata_pid" || fail "strata did not exit cleanly"
-}
 
 # recc compiles sources in $inside/src remotely; each object must be what a local compile makes,
 # or (with --any-compiler, when the bot's compiler is another one) at least define its function.
@@ -130,25 +118,13 @@ storage:
 instances:
   - { name: "", storage: local, services: [cas, action_cache, execution] }
 YAML
-    # casd and the worker each run in a mount namespace of their own (chroot.sh --run), so a FUSE
-    # staging by casd would be invisible to the runner: it stages by hard links instead.
     strata_args=(--config "$work/exec.yaml")
     start_strata "${strata_args[@]}"
-    mkdir -p "$work/casd"
-    in_sid buildbox-casd --cas-remote="http://127.0.0.1:$port" --bind="unix:$inside/casd/casd.sock" "$inside/casd/cache" \
-        >"$work/casd.log" 2>&1 &
-    local casd=$!
-    pids+=("$casd")
-    wait_socket "$work/casd/casd.sock" "$work/casd.log"
-    in_sid buildbox-worker --bots-remote="http://127.0.0.1:$port" --cas-remote="unix:$inside/casd/casd.sock" \
-        --buildbox-run=/usr/bin/buildbox-run-hosttools --concurrent-jobs=2 --runner-arg=--staging-mode=copy-or-link \
-        --platform OSFamily=linux --platform ISA=x86-64 e2e-worker >"$work/worker.log" 2>&1 &
-    local worker=$!
-    pids+=("$worker")
+    start_buildbox_worker run-hosttools e2e-worker --concurrent-jobs=2 --platform OSFamily=linux --platform ISA=x86-64
     recc_compiles
     bazel_twice exec
     stop_strata
-    kill "$worker" "$casd" 2>/dev/null || true
+    stop_buildbox_worker
 }
 
 # recc in cache-only mode: the first compile runs locally and is uploaded, the second is a hit.
