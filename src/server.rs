@@ -20,7 +20,7 @@ use tonic::transport::{Identity, ServerTlsConfig};
 use crate::cas::Cas;
 use crate::bot::BotArgs;
 use crate::config::{Config, ExecutionConfig, LocalBotConfig, Service};
-use crate::exec::rwapi::bots_server::BotsServer;
+use crate::protocol::rwapi::bots_server::BotsServer;
 use crate::exec::scheduler::{Scheduler, SchedulerConfig};
 use crate::services::bots::BotsService;
 use crate::services::execution::ExecutionService;
@@ -37,9 +37,7 @@ use crate::uploads::ParkingLimits;
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// HTTP/2 flow control and framing sized for multi-megabyte blobs.
-pub const STREAM_WINDOW: u32 = 8 << 20;
-pub const CONNECTION_WINDOW: u32 = 32 << 20;
-pub const MAX_FRAME: u32 = 1 << 20;
+use crate::protocol::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 
 /// Room for protobuf framing around a maximal batch.
 const MESSAGE_OVERHEAD: usize = 1 << 20;

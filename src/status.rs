@@ -23,18 +23,6 @@ pub fn from_digest(error: DigestError) -> Status {
     Status::invalid_argument(error.to_string())
 }
 
-/// A `google.rpc.Status` for per-item results inside batch responses.
-pub fn to_rpc(status: &Status) -> bazel_remote_apis::google::rpc::Status {
-    bazel_remote_apis::google::rpc::Status {
-        code: status.code() as i32,
-        message: status.message().to_string(),
-        details: Vec::new(),
-    }
-}
-
-pub fn ok_rpc() -> bazel_remote_apis::google::rpc::Status {
-    bazel_remote_apis::google::rpc::Status { code: Code::Ok as i32, message: String::new(), details: Vec::new() }
-}
 
 pub fn from_scheduler(error: crate::exec::scheduler::SchedulerError) -> Status {
     use crate::exec::scheduler::SchedulerError;

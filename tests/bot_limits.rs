@@ -79,7 +79,7 @@ async fn the_input_cache_stays_within_its_budget_and_refetches_what_it_evicted()
     let tmp = tempfile::tempdir().unwrap();
     let server = TestServer::start_in(CONFIG, &tmp.path().join("server")).await;
     let mut args = InProcessBot::args(format!("grpc://{}", server.addr), None, &tmp.path().join("bot"), 1, &[], "host");
-    args.cache_size = strata::config::ByteSize(100_000);
+    args.cache_size = strata::units::ByteSize(100_000);
     let bot = InProcessBot::run(args);
     let cache_bytes = || -> u64 {
         std::fs::read_dir(tmp.path().join("bot/cache")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()

@@ -11,7 +11,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use common::exec::*;
 use common::TestServer;
 use prost::Message;
-use strata::exec::rwapi::{self, bots_client::BotsClient, BotSession, BotStatus, Lease, LeaseState};
+use strata::protocol::rwapi::{self, bots_client::BotsClient, BotSession, BotStatus, Lease, LeaseState};
 use tonic::transport::Channel;
 
 /// Long session timeouts, so a held long poll would last 30 s: every "answered at once" below is

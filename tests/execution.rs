@@ -326,7 +326,7 @@ fn precondition_subjects(status: &tonic::Status) -> Vec<String> {
     let details = bazel_remote_apis::google::rpc::Status::decode(status.details()).unwrap();
     let any = &details.details[0];
     assert!(any.type_url.ends_with("google.rpc.PreconditionFailure"));
-    let failure = strata::exec::rwapi::PreconditionFailure::decode(any.value.as_slice()).unwrap();
+    let failure = strata::protocol::rwapi::PreconditionFailure::decode(any.value.as_slice()).unwrap();
     failure.violations.iter().inspect(|v| assert_eq!(v.r#type, "MISSING")).map(|v| v.subject.clone()).collect()
 }
 

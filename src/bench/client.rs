@@ -15,7 +15,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::blobs::UniqueBlob;
 use super::{BenchError, Plan};
-use crate::services::to_proto;
+use crate::protocol::to_proto;
 
 const MAX_MESSAGE: usize = 256 << 20;
 const WRITE_CHUNK: usize = 1 << 20;
@@ -41,9 +41,9 @@ pub async fn connect(endpoint: &str) -> Result<Client, BenchError> {
         .map_err(|e| BenchError::Usage(format!("endpoint {endpoint:?}: {e}")))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
-        .initial_stream_window_size(crate::server::STREAM_WINDOW)
-        .initial_connection_window_size(crate::server::CONNECTION_WINDOW)
-        .max_frame_size(crate::server::MAX_FRAME)
+        .initial_stream_window_size(crate::protocol::STREAM_WINDOW)
+        .initial_connection_window_size(crate::protocol::CONNECTION_WINDOW)
+        .max_frame_size(crate::protocol::MAX_FRAME)
         .connect()
         .await
         .map_err(|e| unreachable(format!("{e} ({})", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())))?;

@@ -91,7 +91,7 @@ pub struct Plan {
 impl Plan {
     pub fn new(args: BenchArgs) -> Result<Plan, BenchError> {
         let size = |text: &str, what: &str| {
-            text.parse::<crate::config::ByteSize>()
+            text.parse::<crate::units::ByteSize>()
                 .map(|s| s.0 as usize)
                 .map_err(|e| BenchError::Usage(format!("{what}: {e}")))
         };

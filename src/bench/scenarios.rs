@@ -14,7 +14,7 @@ use strata_backends::Digest;
 use super::blobs::{run_nonce, BlobFactory, UniqueBlob};
 use super::client::{connect_all, max_batch, upload_batch, write_blob, Client};
 use super::{BenchError, Done, Plan};
-use crate::services::to_proto;
+use crate::protocol::to_proto;
 
 #[async_trait]
 pub trait Scenario: Send + Sync {

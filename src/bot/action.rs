@@ -12,8 +12,9 @@ use super::inputs::{parse, InputCache};
 use super::outputs::{self, Uploads};
 use super::runner::{Exit, Runner, Spawn};
 use super::BotError;
-use crate::exec::{paths, rwapi};
-use crate::services::to_proto;
+use crate::exec::paths;
+use crate::protocol::rwapi;
+use crate::protocol::to_proto;
 
 /// The platform property that lets an action use the network in the bubblewrap runner.
 const NETWORK_PROPERTY: &str = "network";

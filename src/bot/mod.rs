@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::exec::rwapi::{self, bots_client::BotsClient, BotSession, BotStatus, Lease, LeaseState};
+use crate::protocol::rwapi::{self, bots_client::BotsClient, BotSession, BotStatus, Lease, LeaseState};
 use action::Context;
 
 /// The deadline of each long poll.
@@ -66,7 +66,7 @@ pub struct BotArgs {
     pub max_input_paths: usize,
     /// Bytes the input cache under --work-dir holds at most (least recently used files go first).
     #[arg(long, default_value = DEFAULT_CACHE_SIZE)]
-    pub cache_size: crate::config::ByteSize,
+    pub cache_size: crate::units::ByteSize,
 }
 
 pub const DEFAULT_CACHE_SIZE: &str = "10GiB";
@@ -356,15 +356,15 @@ impl Bot {
             let slot = match action::run(ctx, id.clone(), payload).await {
                 Ok(result) => {
                     tracing::info!(lease = %id, exit_code = result.exit_code, elapsed = ?started.elapsed(), "action finished");
-                    Slot::Done { result: Some(Box::new(result)), status: crate::status::ok_rpc() }
+                    Slot::Done { result: Some(Box::new(result)), status: crate::protocol::ok_rpc() }
                 }
                 Err(BotError::TimedOut { timeout, partial }) => {
                     let message = format!("the action did not finish within its timeout of {timeout:?}");
-                    Slot::Done { result: Some(partial), status: crate::status::to_rpc(&Status::deadline_exceeded(message)) }
+                    Slot::Done { result: Some(partial), status: crate::protocol::to_rpc(&Status::deadline_exceeded(message)) }
                 }
                 Err(e) => {
                     tracing::warn!(lease = %id, "action failed to run: {e}");
-                    Slot::Done { result: None, status: crate::status::to_rpc(&Status::new(e.code(), e.to_string())) }
+                    Slot::Done { result: None, status: crate::protocol::to_rpc(&Status::new(e.code(), e.to_string())) }
                 }
             };
             let _ = done.send((id, slot));

@@ -14,7 +14,7 @@ use strata_backends::{BlobStore, Digest, DigestFunction};
 
 use super::BotError;
 use crate::exec::paths;
-use crate::services::to_proto;
+use crate::protocol::to_proto;
 
 /// Bytes per read when hashing and uploading output files: outputs are streamed from disk, never
 /// held whole in memory (a 200 MiB stdout must not cost 200 MiB).

@@ -14,7 +14,7 @@ use strata_backends::{ActionCacheStore, Digest};
 use tokio::sync::{watch, Notify};
 use tonic::Code;
 
-use super::rwapi::{self, BotStatus, LeaseState};
+use crate::protocol::rwapi::{self, BotStatus, LeaseState};
 
 /// The scheduler's limits (the `execution` section of the configuration).
 #[derive(Clone, Debug)]
@@ -419,7 +419,7 @@ impl Scheduler {
         for (job_id, report) in finished {
             let Some(job) = st.jobs.get_mut(&job_id) else { continue };
             job.running = None;
-            let bot_status = report.status.unwrap_or_else(crate::status::ok_rpc);
+            let bot_status = report.status.unwrap_or_else(crate::protocol::ok_rpc);
             let ok = bot_status.code == Code::Ok as i32;
             let response = reapi::ExecuteResponse {
                 result: report.result,

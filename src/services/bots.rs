@@ -13,7 +13,8 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::protobuf::Empty;
 use tonic::{Request, Response, Status};
 
-use crate::exec::rwapi::{self, bots_server::Bots, BotSession, BotStatus, LeaseState};
+use crate::protocol;
+use crate::protocol::rwapi::{self, bots_server::Bots, BotSession, BotStatus, LeaseState};
 use crate::exec::scheduler::{LeaseReport, NewSession, Scheduler, SessionView};
 use crate::instances::Instances;
 use crate::quote::quote;
@@ -95,7 +96,7 @@ fn reports(session: &BotSession) -> Vec<LeaseReport> {
                 Some(Some(Ok(result))) => Some(result),
                 Some(_) => {
                     let message = format!("the bot's result for lease {} is not an ActionResult", lease.id);
-                    status = Some(status::to_rpc(&Status::internal(message)));
+                    status = Some(protocol::to_rpc(&Status::internal(message)));
                     None
                 }
                 None => None,

@@ -15,7 +15,8 @@ use strata_backends::{Digest, DigestFunction};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{digest_function, parse_digest, parse_digests, to_proto};
+use super::{digest_function, parse_digest, parse_digests};
+use crate::protocol::{self, to_proto};
 use crate::cas::Cas;
 use crate::instances::Instances;
 use crate::quote::quote;
@@ -80,7 +81,7 @@ impl ContentAddressableStorage for CasService {
             .await;
             batch_update_blobs_response::Response {
                 digest: r.digest,
-                status: Some(result.map_or_else(|e| status::to_rpc(&e), |()| status::ok_rpc())),
+                status: Some(result.map_or_else(|e| protocol::to_rpc(&e), |()| protocol::ok_rpc())),
             }
         });
         // Concurrent writes share the disk log's group commits instead of waiting for one each.
@@ -99,9 +100,9 @@ impl ContentAddressableStorage for CasService {
         self.check_batch_size(digests.iter().map(|d| d.size).sum(), "BatchReadBlobs")?;
         let reads = digests.iter().map(|digest| async move {
             let (data, status) = match cas.read_whole(digest).await {
-                Ok(Some(data)) => (data.to_vec(), status::ok_rpc()),
-                Ok(None) => (Vec::new(), status::to_rpc(&Status::not_found(format!("blob {digest} not found")))),
-                Err(e) => (Vec::new(), status::to_rpc(&status::from_store(e))),
+                Ok(Some(data)) => (data.to_vec(), protocol::ok_rpc()),
+                Ok(None) => (Vec::new(), protocol::to_rpc(&Status::not_found(format!("blob {digest} not found")))),
+                Err(e) => (Vec::new(), protocol::to_rpc(&status::from_store(e))),
             };
             batch_read_blobs_response::Response {
                 digest: Some(to_proto(digest)),

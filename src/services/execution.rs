@@ -16,10 +16,11 @@ use prost::Message;
 use strata_backends::{Digest, DigestFunction};
 use tonic::{Code, Request, Response, Status};
 
-use super::{digest_function, parse_digest, to_proto};
+use super::{digest_function, parse_digest};
+use crate::protocol::{self, to_proto};
 use crate::cas::Cas;
 use crate::exec::paths;
-use crate::exec::rwapi::{self, PreconditionFailure, Violation};
+use crate::protocol::rwapi::{self, PreconditionFailure, Violation};
 use crate::exec::scheduler::{NewJob, OpState, OperationView, Outcome, Scheduler};
 use crate::instances::Instances;
 use crate::quote::quote;
@@ -183,7 +184,7 @@ impl ExecutionService {
         let cacheable = !action.do_not_cache;
         if cacheable && !req.skip_cache_lookup {
             if let Some(result) = super::action_cache::lookup(action_cache.as_ref(), cas, function, &action_digest).await? {
-                let response = reapi::ExecuteResponse { result: Some(result), cached_result: true, status: Some(status::ok_rpc()), ..Default::default() };
+                let response = reapi::ExecuteResponse { result: Some(result), cached_result: true, status: Some(protocol::ok_rpc()), ..Default::default() };
                 return Ok(self.scheduler.completed(action_digest, response));
             }
         }

@@ -32,6 +32,3 @@ pub fn parse_digests(function: DigestFunction, digests: &[reapi::Digest], field:
     digests.iter().enumerate().map(|(i, d)| parse_digest(function, Some(d), &format!("{field}[{i}]"))).collect()
 }
 
-pub fn to_proto(digest: &Digest) -> reapi::Digest {
-    reapi::Digest { hash: digest.hash_hex(), size_bytes: digest.size as i64 }
-}

@@ -179,7 +179,7 @@ impl InProcessBot {
             work_dir: work_dir.to_path_buf(),
             bot_id: Some(id.clone()),
             max_input_paths: 1000,
-            cache_size: strata::config::ByteSize(64 << 20),
+            cache_size: strata::units::ByteSize(64 << 20),
         }
     }
 

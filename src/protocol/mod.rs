@@ -1,0 +1,31 @@
+//! What the server and its clients (`strata bot`, `strata bench`, the remote tier's callers) share on
+//! the wire: digest conversion, `google.rpc.Status` values, the Remote Workers API messages, and the
+//! HTTP/2 settings every gRPC endpoint uses. Clients depend on this module, never on `services/`.
+
+pub mod rwapi;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use strata_backends::Digest;
+use tonic::{Code, Status};
+
+/// HTTP/2 windows: the default 64 KiB stalls large transfers on every window update.
+pub const STREAM_WINDOW: u32 = 8 << 20;
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
+pub const MAX_FRAME: u32 = 1 << 20;
+
+pub fn to_proto(digest: &Digest) -> reapi::Digest {
+    reapi::Digest { hash: digest.hash_hex(), size_bytes: digest.size as i64 }
+}
+
+/// A `google.rpc.Status` for per-item results inside responses (batches, leases).
+pub fn to_rpc(status: &Status) -> bazel_remote_apis::google::rpc::Status {
+    bazel_remote_apis::google::rpc::Status {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        details: Vec::new(),
+    }
+}
+
+pub fn ok_rpc() -> bazel_remote_apis::google::rpc::Status {
+    bazel_remote_apis::google::rpc::Status { code: Code::Ok as i32, message: String::new(), details: Vec::new() }
+}
