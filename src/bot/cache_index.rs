@@ -70,7 +70,6 @@ impl CacheIndex {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

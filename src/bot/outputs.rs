@@ -80,6 +80,14 @@ impl Uploads {
 
 async fn upload_file(cas: &Arc<dyn BlobStore>, digest: &Digest, path: &Path) -> Result<(), BotError> {
     use tokio::io::AsyncReadExt;
+    // Small files (most of a build's outputs) go whole, so the CAS client can batch them.
+    if digest.size <= FILE_CHUNK as u64 {
+        let data = tokio::fs::read(path).await.map_err(|e| BotError::io(path, e))?;
+        if data.len() as u64 != digest.size {
+            return Err(BotError::Invalid(format!("output {} changed while it was uploaded", path.display())));
+        }
+        return Ok(cas.write(digest, Bytes::from(data)).await?);
+    }
     let mut file = tokio::fs::File::open(path).await.map_err(|e| BotError::io(path, e))?;
     let mut writer = cas.writer(digest).await?;
     let mut sent = 0u64;

@@ -340,12 +340,14 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Opens a bot session and hands it whatever queued work it can take. A bot id names one bot:
-    /// a session it had before (it restarted) is closed and its leases go back to the queue at once.
+    /// Opens a bot session and hands it whatever queued work it can take. A bot id names one bot of
+    /// an instance: a session it had there before (it restarted) is closed and its leases go back
+    /// to the queue at once.
     pub fn create_session(&self, new: NewSession) -> (String, SessionView) {
         let NewSession { instance, bot_id, properties, capacity, status, priority } = new;
         let mut st = self.state.lock();
-        let previous: Vec<String> = st.sessions.iter().filter(|(_, s)| s.bot_id == bot_id).map(|(n, _)| n.clone()).collect();
+        let previous: Vec<String> =
+            st.sessions.iter().filter(|(_, s)| s.bot_id == bot_id && s.instance == instance).map(|(n, _)| n.clone()).collect();
         for old in previous {
             if let Some(s) = st.sessions.remove(&old) {
                 tracing::info!(session = %old, bot_id, "bot opened a new session; its old one is closed and its leases queued again");
