@@ -1,10 +1,11 @@
-//! The CAS as the services see it: a blob store plus the rules every entry point shares. Bytes are
-//! verified against their digest here before any tier sees them; the empty blob always exists.
+//! The CAS as the services see it: a blob store behind the rules every entry point shares. Whole
+//! blobs are verified against their digest before any tier sees them, streamed ones as they pass
+//! (`VerifyingWriter`); the empty blob always exists (`EmptyBlob`).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use strata_backends::{Blob, BlobStore, BlobWriter, Digest, StoreError};
+use strata_backends::{Blob, BlobStore, Digest, EmptyBlob, StoreError, VerifyingWriter};
 
 #[derive(Clone)]
 pub struct Cas {
@@ -13,20 +14,15 @@ pub struct Cas {
 
 impl Cas {
     pub fn new(store: Arc<dyn BlobStore>) -> Self {
-        Cas { store }
+        Cas { store: Arc::new(EmptyBlob::new(store)) }
     }
 
-    /// Presence of each digest (the empty blob is always present).
+    /// Presence of each digest.
     pub async fn contains(&self, digests: &[Digest]) -> Result<Vec<bool>, StoreError> {
-        let asked: Vec<Digest> = digests.iter().filter(|d| !d.is_empty_blob()).copied().collect();
-        let mut answers = self.store.contains(&asked).await?.into_iter();
-        Ok(digests.iter().map(|d| d.is_empty_blob() || answers.next().unwrap_or(false)).collect())
+        self.store.contains(digests).await
     }
 
     pub async fn read(&self, digest: &Digest, offset: u64, limit: Option<u64>) -> Result<Option<Blob>, StoreError> {
-        if digest.is_empty_blob() {
-            return Ok(Some(Blob::Bytes(Bytes::new())));
-        }
         self.store.read(digest, offset, limit).await
     }
 
@@ -41,14 +37,11 @@ impl Cas {
     /// Verifies `data` against `digest` and stores it.
     pub async fn put(&self, digest: &Digest, data: Bytes) -> Result<(), StoreError> {
         digest.verify(&data)?;
-        if digest.is_empty_blob() {
-            return Ok(());
-        }
         self.store.write(digest, data).await
     }
 
-    /// A streaming write; the caller verifies the bytes (ByteStream hashes as they arrive).
-    pub async fn writer(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>, StoreError> {
-        self.store.writer(digest).await
+    /// A streaming write that hashes as it goes and commits only a blob that matches `digest`.
+    pub async fn writer(&self, digest: &Digest) -> Result<VerifyingWriter, StoreError> {
+        Ok(VerifyingWriter::new(*digest, self.store.writer(digest).await?))
     }
 }

@@ -105,7 +105,7 @@ mod tests {
 
     #[test]
     fn names_built_by_the_clients_parse_back() {
-        use strata_backends::digest::resource_name;
+        use strata_backends::resource_name;
         for function in DigestFunction::ALL {
             let d = function.digest_of(b"round trip");
             let w = parse_write(&resource_name("a/b", Some("u1"), &d)).unwrap();

@@ -10,7 +10,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2::content_addressable_
 use bazel_remote_apis::build::bazel::remote::execution::v2::execution_server::ExecutionServer;
 use bazel_remote_apis::google::bytestream::byte_stream_server::ByteStreamServer;
 use bazel_remote_apis::google::longrunning::operations_server::OperationsServer;
-use strata_backends::disk::DiskLog;
+use strata_backends::DiskLog;
 use strata_backends::StoreError;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -62,7 +62,7 @@ fn local_bot(config: &Config, bot: &LocalBotConfig) -> BotArgs {
         instance: bot.instance.clone(),
         capacity: bot.capacity.unwrap_or(cores),
         properties: bot.properties.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        runner: bot.runner.clone(),
+        runner: bot.runner,
         work_dir: config.data_path(&bot.work_dir),
         bot_id: None,
         max_input_paths: crate::bot::DEFAULT_MAX_INPUT_PATHS,

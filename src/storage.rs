@@ -1,22 +1,22 @@
-//! Builds the storage trees that the configuration describes. This is the only code that knows how
-//! tiers are stacked; everything else sees a `BlobStore` and an `ActionCacheStore`.
+//! Builds the storage trees that the configuration describes: one `match` over the tier kinds, then
+//! the layers each tier's policy asks for. This is the only code that knows how tiers are stacked;
+//! everything else sees a `BlobStore` and an `ActionCacheStore`.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
-use strata_backends::action_cache::TieredActionCache;
-use strata_backends::disk::{DiskConfig, DiskLog};
-use strata_backends::memory::{Admission, MemoryStore};
-use strata_backends::remote::{RemoteConfig, RemoteStore};
-use strata_backends::s3::{S3Config, S3Store};
-use strata_backends::spool::Spooled;
-use strata_backends::tiered::{Tier, TieredStore};
-use strata_backends::{ActionCacheStore, BlobStore, StoreError};
+use strata_backends::{
+    ActionCacheStore, Admission, BlobStore, DiskConfig, DiskLog, ExistenceCache, MemoryStore, RemoteConfig,
+    RemoteStore, S3Config, S3Store, Spooled, StoreError, Tier, TieredActionCache, TieredStore, Verified,
+};
 
-use crate::config::{parse_sync, Config, DiskTierConfig, RemoteTierConfig, S3TierConfig, TierConfig};
+use crate::config::{Checksum, Config, DiskTier, ExistenceCacheConfig, RemoteTier, S3Tier, TierKind, TierPolicy, WhenUnavailable};
 
 /// The memory tier keeps blobs up to this size unless configured otherwise.
 const DEFAULT_MEMORY_MAX_BLOB: u64 = 1 << 20;
+/// How often uploads queued for an unavailable upstream are retried unless configured otherwise.
+const DEFAULT_QUEUE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One named storage stack: a CAS and an action cache.
 pub struct Storage {
@@ -30,6 +30,12 @@ pub struct Built {
     pub disks: Vec<DiskLog>,
 }
 
+/// One tier's store, before the CAS policy's layers, with the name it is logged under.
+struct Opened<S: ?Sized> {
+    name: String,
+    store: Arc<S>,
+}
+
 pub async fn build(config: &Config) -> Result<Built, StoreError> {
     let mut built = Built { stacks: BTreeMap::new(), disks: Vec::new() };
     for (name, stack) in &config.storage {
@@ -37,75 +43,89 @@ pub async fn build(config: &Config) -> Result<Built, StoreError> {
         for (i, tier) in stack.cas.iter().enumerate() {
             let label = format!("storage.{name}.cas[{i}]");
             let last = i + 1 == stack.cas.len();
-            cas_tiers.push(match tier {
-                TierConfig::Memory(m) => Tier {
-                    name: label,
-                    store: Arc::new(MemoryStore::new(m.max_size.0, admission(last))),
-                    min_blob: m.min_blob.map_or(0, |s| s.0),
-                    max_blob: m.max_blob.map_or(DEFAULT_MEMORY_MAX_BLOB, |s| s.0),
-                    promote: m.promote,
-                    durable: false,
-                    verify: false,
-                },
-                TierConfig::Disk(d) => {
-                    let log = open_disk(config, d, &label)?;
-                    built.disks.push(log.clone());
-                    Tier {
-                        name: label,
-                        store: Arc::new(log),
-                        min_blob: d.min_blob.map_or(0, |s| s.0),
-                        max_blob: d.max_blob.map_or(u64::MAX, |s| s.0),
-                        promote: d.promote,
-                        durable: true,
-                        verify: false,
-                    }
-                }
-                TierConfig::Remote(r) => Tier {
-                    name: format!("{label} ({})", r.endpoint),
-                    store: queued(config, Arc::new(open_remote(r, &label)?), &r.when_unavailable, r.queue_retry, &label)?,
-                    min_blob: r.min_blob.map_or(0, |s| s.0),
-                    max_blob: r.max_blob.map_or(u64::MAX, |s| s.0),
-                    // The slowest tier: nothing is copied into it but writes.
-                    promote: false,
-                    durable: r.durable,
-                    verify: true,
-                },
-                TierConfig::S3(c) => {
-                    let store = open_s3(c, &label).await?;
-                    Tier {
-                        name: format!("{label} ({})", store.name()),
-                        store: queued(config, Arc::new(store), &c.when_unavailable, c.queue_retry, &label)?,
-                        min_blob: c.min_blob.map_or(0, |s| s.0),
-                        max_blob: c.max_blob.map_or(u64::MAX, |s| s.0),
-                        promote: false,
-                        durable: c.durable,
-                        verify: true,
-                    }
-                }
-            });
+            let opened = open_cas(config, &tier.kind, &label, last, &mut built.disks).await?;
+            cas_tiers.push(with_policy(config, opened, &tier.kind, &tier.policy, &label)?);
         }
-        let mut ac_tiers: Vec<(String, Arc<dyn ActionCacheStore>)> = Vec::new();
+        let mut ac_tiers = Vec::new();
         for (i, tier) in stack.action_cache.iter().enumerate() {
             let label = format!("storage.{name}.action_cache[{i}]");
             let last = i + 1 == stack.action_cache.len();
-            let store: Arc<dyn ActionCacheStore> = match tier {
-                TierConfig::Memory(m) => Arc::new(MemoryStore::new(m.max_size.0, admission(last))),
-                TierConfig::Disk(d) => {
-                    let log = open_disk(config, d, &label)?;
-                    built.disks.push(log.clone());
-                    Arc::new(log)
-                }
-                TierConfig::Remote(r) => Arc::new(open_remote(r, &label)?),
-                TierConfig::S3(c) => Arc::new(open_s3(c, &label).await?),
-            };
-            ac_tiers.push((label, store));
+            let opened = open_ac(config, &tier.kind, &label, last, &mut built.disks).await?;
+            ac_tiers.push((opened.name, opened.store));
         }
-        built.stacks.insert(
-            name.clone(),
-            Storage { cas: Arc::new(TieredStore::new(cas_tiers)?), action_cache: Arc::new(TieredActionCache::new(ac_tiers)?) },
-        );
+        let cas = Arc::new(TieredStore::new(cas_tiers)?);
+        built.stacks.insert(name.clone(), Storage { cas, action_cache: Arc::new(TieredActionCache::new(ac_tiers)?) });
     }
     Ok(built)
+}
+
+async fn open_cas(config: &Config, kind: &TierKind, label: &str, last: bool, disks: &mut Vec<DiskLog>) -> Result<Opened<dyn BlobStore>, StoreError> {
+    let name = label.to_string();
+    Ok(match kind {
+        TierKind::Memory(m) => Opened { name, store: Arc::new(MemoryStore::new(m.max_size.0, admission(last))) },
+        TierKind::Disk(d) => {
+            let log = open_disk(config, d, label)?;
+            disks.push(log.clone());
+            Opened { name, store: Arc::new(log) }
+        }
+        TierKind::Remote(r) => Opened { name: format!("{label} ({})", r.endpoint), store: Arc::new(open_remote(r, label)?) },
+        TierKind::S3(c) => {
+            let store = open_s3(c, label).await?;
+            Opened { name: format!("{label} ({})", store.name()), store: Arc::new(store) }
+        }
+    })
+}
+
+async fn open_ac(config: &Config, kind: &TierKind, label: &str, last: bool, disks: &mut Vec<DiskLog>) -> Result<Opened<dyn ActionCacheStore>, StoreError> {
+    let name = label.to_string();
+    Ok(match kind {
+        TierKind::Memory(m) => Opened { name, store: Arc::new(MemoryStore::new(m.max_size.0, admission(last))) },
+        TierKind::Disk(d) => {
+            let log = open_disk(config, d, label)?;
+            disks.push(log.clone());
+            Opened { name, store: Arc::new(log) }
+        }
+        TierKind::Remote(r) => Opened { name, store: Arc::new(open_remote(r, label)?) },
+        TierKind::S3(c) => Opened { name, store: Arc::new(open_s3(c, label).await?) },
+    })
+}
+
+/// The layers a CAS tier's policy asks for, and its place in the stack. Upstreams (remote, S3) are
+/// not trusted, so what they return is verified; nothing is promoted into them; an existence cache
+/// and a write-behind spool go in front when configured.
+fn with_policy(config: &Config, opened: Opened<dyn BlobStore>, kind: &TierKind, policy: &TierPolicy, label: &str) -> Result<Tier, StoreError> {
+    let Opened { name, mut store } = opened;
+    let upstream = kind.is_upstream();
+    if upstream {
+        store = Arc::new(Verified::new(store, name.clone()));
+        let existence = match kind {
+            TierKind::S3(_) => policy.existence_cache.or(Some(ExistenceCacheConfig::S3_DEFAULT)),
+            _ => policy.existence_cache,
+        };
+        if let Some(cache) = existence.filter(|c| c.max_entries > 0) {
+            store = Arc::new(ExistenceCache::new(store, cache.max_entries, cache.ttl));
+        }
+        if policy.when_unavailable == Some(WhenUnavailable::Queue) {
+            let slug: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+            let dir = config.data_path(&Path::new("spool").join(slug));
+            store = Arc::new(Spooled::new(store, dir, policy.queue_retry.unwrap_or(DEFAULT_QUEUE_RETRY))?);
+        }
+    }
+    let default_max = if matches!(kind, TierKind::Memory(_)) { DEFAULT_MEMORY_MAX_BLOB } else { u64::MAX };
+    Ok(Tier {
+        name,
+        store,
+        min_blob: policy.min_blob.map_or(0, |s| s.0),
+        max_blob: policy.max_blob.map_or(default_max, |s| s.0),
+        // Upstreams are the slowest tiers: nothing is copied into them but writes.
+        promote: !upstream && policy.promote.unwrap_or(true),
+        // The disk log is always durable; memory never is.
+        durable: match kind {
+            TierKind::Memory(_) => false,
+            TierKind::Disk(_) => true,
+            TierKind::Remote(_) | TierKind::S3(_) => policy.durable.unwrap_or(true),
+        },
+    })
 }
 
 /// A memory tier with nothing behind it must keep what it is given; in front of another tier it may
@@ -114,16 +134,7 @@ fn admission(last_tier: bool) -> Admission {
     if last_tier { Admission::Always } else { Admission::Frequency }
 }
 
-/// Wraps an upstream tier in a write-behind spool under the data directory when configured to queue.
-fn queued(config: &Config, store: Arc<dyn BlobStore>, when_unavailable: &str, retry: std::time::Duration, label: &str) -> Result<Arc<dyn BlobStore>, StoreError> {
-    if when_unavailable != "queue" {
-        return Ok(store);
-    }
-    let slug: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-    Ok(Arc::new(Spooled::new(store, config.data_path(&std::path::Path::new("spool").join(slug)), retry)?))
-}
-
-async fn open_s3(c: &S3TierConfig, label: &str) -> Result<S3Store, StoreError> {
+async fn open_s3(c: &S3Tier, label: &str) -> Result<S3Store, StoreError> {
     let access_key = c.access_key_id.clone().zip(c.secret_access_key.clone());
     S3Store::new(S3Config {
         bucket: c.bucket.clone(),
@@ -137,14 +148,13 @@ async fn open_s3(c: &S3TierConfig, label: &str) -> Result<S3Store, StoreError> {
         retries: c.retries,
         timeout: c.timeout,
         connect_timeout: c.connect_timeout,
-        checksum_when_required: c.checksum == "when_required",
-        existence_ttl: c.existence_ttl,
+        checksum_when_required: c.checksum == Checksum::WhenRequired,
     })
     .await
     .map_err(|e| StoreError::Config(format!("{label}: {e}")))
 }
 
-fn open_remote(remote: &RemoteTierConfig, label: &str) -> Result<RemoteStore, StoreError> {
+fn open_remote(remote: &RemoteTier, label: &str) -> Result<RemoteStore, StoreError> {
     RemoteStore::new(RemoteConfig {
         endpoint: remote.endpoint.clone(),
         instance: remote.instance.clone(),
@@ -164,15 +174,14 @@ fn open_remote(remote: &RemoteTierConfig, label: &str) -> Result<RemoteStore, St
     .map_err(|e| StoreError::Config(format!("{label}: {e}")))
 }
 
-fn open_disk(config: &Config, disk: &DiskTierConfig, label: &str) -> Result<DiskLog, StoreError> {
-    let sync = parse_sync(&disk.sync).map_err(|e| StoreError::Config(format!("{label}.sync: {e}")))?;
+fn open_disk(config: &Config, disk: &DiskTier, label: &str) -> Result<DiskLog, StoreError> {
     let segment_size = disk.segment_size.0;
     let cfg = DiskConfig {
         path: config.data_path(&disk.path),
         max_size: disk.max_size.0,
         segment_size,
         max_record: disk.max_record.map_or(segment_size / 16, |s| s.0),
-        sync,
+        sync: disk.sync,
     };
     DiskLog::open(cfg).map_err(|e| match e {
         StoreError::Config(msg) => StoreError::Config(format!("{label}: {msg}")),

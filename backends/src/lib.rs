@@ -1,18 +1,50 @@
-//! Strata's storage. One trait (`BlobStore` for the CAS, `ActionCacheStore` for the action cache),
-//! tiers that implement it (memory, disk), and layers that compose tiers (tiered stores with size
-//! classes). The server's configuration builds the tree; nothing else knows its shape.
+//! Strata's storage.
+//!
+//! One trait, [`BlobStore`], is the CAS (and [`ActionCacheStore`] the action cache). Tiers implement
+//! it: [`MemoryStore`], the disk log [`DiskLog`], an upstream REAPI CAS ([`RemoteStore`]) and S3
+//! ([`S3Store`]). Layers wrap any store and add one behaviour each: [`TieredStore`] stacks tiers
+//! (order, size classes, promotion, durability), [`Verified`] hashes what an untrusted tier returns,
+//! [`VerifyingWriter`] refuses an upload that does not match its digest, [`ExistenceCache`]
+//! remembers what a slow tier holds, [`EmptyBlob`] answers for the empty blob, and [`Spooled`] queues
+//! writes for an upstream that is down. The server's configuration builds the tree; nothing else
+//! knows its shape.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use bytes::Bytes;
+//! use strata_backends::{Admission, BlobStore, DigestFunction, EmptyBlob, MemoryStore, Tier, TieredStore};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let memory = Tier::new("memory", Arc::new(MemoryStore::new(64 << 20, Admission::Always)));
+//! let cas = EmptyBlob::new(Arc::new(TieredStore::new(vec![memory]).unwrap()));
+//! let data = Bytes::from_static(b"hello");
+//! let digest = DigestFunction::Sha256.digest_of(&data);
+//! cas.write(&digest, data).await.unwrap();
+//! let empty = DigestFunction::Sha256.empty();
+//! assert_eq!(cas.contains(&[digest, empty]).await.unwrap(), vec![true, true]);
+//! # });
+//! ```
 
-pub mod action_cache;
-pub mod digest;
-pub mod disk;
-pub mod error;
-pub mod memory;
-pub mod remote;
-pub mod s3;
-pub mod spool;
-pub mod store;
-pub mod tiered;
+mod digest;
+mod disk;
+mod error;
+mod layers;
+mod memory;
+mod remote;
+mod s3;
+mod store;
 
-pub use digest::{Digest, DigestError, DigestFunction, Hasher, Key};
-pub use error::StoreError;
-pub use store::{ActionCacheStore, Blob, BlobStore, BlobWriter, StoreStats};
+pub use digest::{resource_name, Digest, DigestError, DigestFunction, Hasher, Key};
+pub use disk::{DiskConfig, DiskLog, SyncPolicy};
+pub use error::{Result, StoreError};
+pub use layers::action_cache::TieredActionCache;
+pub use layers::empty_blob::EmptyBlob;
+pub use layers::existence_cache::ExistenceCache;
+pub use layers::single_flight::SingleFlight;
+pub use layers::spool::Spooled;
+pub use layers::tiered::{Tier, TieredStore};
+pub use layers::verify::{Verified, VerifyingWriter};
+pub use memory::{Admission, MemoryStore};
+pub use remote::{channel, RemoteConfig, RemoteStore};
+pub use s3::{S3Config, S3Store};
+pub use store::{slice_range, ActionCacheStore, Blob, BlobStore, BlobWriter, BufferedWriter, StoreStats};

@@ -10,7 +10,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2::content_addressable_
 use bazel_remote_apis::build::bazel::remote::execution::v2::execution_client::ExecutionClient;
 use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
 use bazel_remote_apis::google::bytestream::WriteRequest;
-use strata_backends::digest::resource_name;
+use strata_backends::resource_name;
 use tonic::transport::{Channel, Endpoint};
 
 use super::blobs::UniqueBlob;

@@ -8,7 +8,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::bytestream::ReadRequest;
 use bazel_remote_apis::google::longrunning::operation;
 use prost::Message;
-use strata_backends::digest::resource_name;
+use strata_backends::resource_name;
 use strata_backends::Digest;
 
 use super::blobs::{run_nonce, BlobFactory, UniqueBlob};

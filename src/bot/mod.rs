@@ -10,6 +10,8 @@ mod inputs;
 mod outputs;
 mod runner;
 
+pub use runner::RunnerKind;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
-use strata_backends::remote::{RemoteConfig, RemoteStore};
+use strata_backends::{RemoteConfig, RemoteStore};
 use strata_backends::{Digest, StoreError};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -52,8 +54,8 @@ pub struct BotArgs {
     pub properties: Vec<(String, String)>,
     /// `host` (the command sees this machine's file system), `bubblewrap` (the same, read-only, in a
     /// sandbox) or `hermetic` (the input root is the sandbox's `/`, as BuildStream needs).
-    #[arg(long, default_value = "host")]
-    pub runner: String,
+    #[arg(long, value_enum, default_value_t = RunnerKind::Host)]
+    pub runner: RunnerKind,
     /// Work directory: the input cache and the actions' directories.
     #[arg(long, default_value = "strata-bot")]
     pub work_dir: PathBuf,
@@ -154,7 +156,7 @@ pub async fn run(args: BotArgs, shutdown: impl Future<Output = ()>) -> Result<()
     if args.capacity == 0 {
         return Err(BotError::Setup("--capacity must be at least 1".into()));
     }
-    let runner = runner::Runner::from_name(&args.runner)?;
+    let runner = runner::Runner::new(args.runner)?;
     let cas_endpoint = args.cas.clone().unwrap_or_else(|| args.server.clone());
     let cas = RemoteStore::new(RemoteConfig {
         endpoint: cas_endpoint,
@@ -172,7 +174,7 @@ pub async fn run(args: BotArgs, shutdown: impl Future<Output = ()>) -> Result<()
     let _ = std::fs::remove_dir_all(&actions_dir);
     std::fs::create_dir_all(&actions_dir).map_err(|e| BotError::io(&actions_dir, e))?;
     let ctx = Arc::new(Context { bot_id: bot_id(&args), cache, runner, actions_dir });
-    let client = BotsClient::new(strata_backends::remote::channel(&args.server, None, Duration::from_secs(5))?);
+    let client = BotsClient::new(strata_backends::channel(&args.server, None, Duration::from_secs(5))?);
     let mut bot = Bot { args, ctx, client, slots: HashMap::new(), current: None, version: String::new() };
     tokio::select! {
         () = bot.serve() => Ok(()),

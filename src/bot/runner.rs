@@ -17,6 +17,19 @@ use std::time::Duration;
 
 use super::BotError;
 
+/// How a bot runs commands, as configured (`--runner`, `runner:`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RunnerKind {
+    /// The command sees this machine's file system.
+    #[default]
+    Host,
+    /// The same, read-only, in a bubblewrap sandbox.
+    Bubblewrap,
+    /// The input root is the sandbox's `/` (as BuildStream needs).
+    Hermetic,
+}
+
 #[derive(Clone, Debug)]
 pub enum Runner {
     Host,
@@ -45,12 +58,11 @@ pub enum Exit {
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 impl Runner {
-    pub fn from_name(name: &str) -> Result<Runner, BotError> {
-        match name {
-            "host" => Ok(Runner::Host),
-            "bubblewrap" => Ok(Runner::Bubblewrap { bwrap: bwrap(name)? }),
-            "hermetic" => Ok(Runner::Hermetic { bwrap: bwrap(name)? }),
-            other => Err(BotError::Setup(format!("unknown runner {other:?}; use host, bubblewrap or hermetic"))),
+    pub fn new(kind: RunnerKind) -> Result<Runner, BotError> {
+        match kind {
+            RunnerKind::Host => Ok(Runner::Host),
+            RunnerKind::Bubblewrap => Ok(Runner::Bubblewrap { bwrap: bwrap("bubblewrap")? }),
+            RunnerKind::Hermetic => Ok(Runner::Hermetic { bwrap: bwrap("hermetic")? }),
         }
     }
 

@@ -2,6 +2,8 @@
 //! key (and file), and every example in config/ parses and builds.
 
 use super::*;
+use crate::bot::RunnerKind;
+use crate::units::parse_duration;
 use crate::server::Server;
 
 fn parse(text: &str) -> Result<Config, String> {
@@ -101,7 +103,8 @@ fn invalid_values_name_their_key() {
                 "cas: [ { memory: { max_size: 1MiB } } ]",
                 "cas: [ { disk: { path: d, max_size: 1GiB, sync: sometimes } } ]",
             ),
-            "storage.s.cas[0].sync",
+            // The tier is named by its line (the file's line 4) and the key by its name.
+            "storage.s.cas: sync: \"sometimes\" is not `always`, `never` or an interval such as `100ms` at line 4",
         ),
         (
             MINIMAL.replace(
@@ -140,7 +143,7 @@ fn execution_settings_are_checked() {
     let c = parse(&format!("{with_exec}execution: {{ queue_timeout: 5m, bots: [ {{ capacity: 4, properties: {{ OSFamily: linux }} }} ] }}\n")).unwrap();
     assert_eq!(c.execution.queue_timeout, Duration::from_secs(300));
     assert_eq!(c.execution.bots[0].capacity, Some(4));
-    assert_eq!(c.execution.bots[0].runner, "host");
+    assert_eq!(c.execution.bots[0].runner, RunnerKind::Host);
 
     let cases = [
         (with_exec.clone() + "execution: { max_attempts: 0 }\n", "execution.max_attempts"),
@@ -157,5 +160,39 @@ fn execution_settings_are_checked() {
     for (text, key) in cases {
         let err = parse(&text).unwrap_err();
         assert!(err.contains(key), "{key}: {err}");
+    }
+}
+
+#[test]
+fn tier_policies_apply_where_they_mean_something() {
+    let cas = |tier: &str| MINIMAL.replace("cas: [ { memory: { max_size: 1MiB } } ]", &format!("cas: [ {tier} ]"));
+    let ac = |tier: &str| MINIMAL.replace("action_cache: [ { memory: { max_size: 1MiB } } ]", &format!("action_cache: [ {tier} ]"));
+    let c = parse(&cas("{ memory: { max_size: 1MiB, max_blob: 64KiB, promote: false } }")).unwrap();
+    let tier = &c.storage["s"].cas[0];
+    assert!(matches!(tier.kind, TierKind::Memory(MemoryTier { max_size: ByteSize(1048576) })));
+    assert_eq!((tier.policy.max_blob, tier.policy.promote), (Some(ByteSize(64 << 10)), Some(false)));
+    let c = parse(&cas("{ remote: { endpoint: \"grpc://127.0.0.1:1\", when_unavailable: queue, existence_cache: { max_entries: 10, ttl: 1m } } }")).unwrap();
+    let policy = &c.storage["s"].cas[0].policy;
+    assert_eq!(policy.when_unavailable, Some(WhenUnavailable::Queue));
+    assert_eq!(policy.existence_cache.map(|e| e.max_entries), Some(10));
+
+    let cases = [
+        (cas("{ memory: { max_size: 1MiB, when_unavailable: queue } }"), "storage.s.cas[0].when_unavailable: applies to remote and s3 tiers only"),
+        (cas("{ disk: { path: d, max_size: 1GiB, durable: false } }"), "storage.s.cas[0].durable"),
+        (cas("{ memory: { max_size: 1MiB, existence_cache: { max_entries: 1, ttl: 1s } } }"), "storage.s.cas[0].existence_cache"),
+        (cas("{ remote: { endpoint: \"grpc://127.0.0.1:1\", promote: true } }"), "storage.s.cas[0].promote: applies to memory and disk tiers only"),
+        (cas("{ remote: { endpoint: \"grpc://127.0.0.1:1\", when_unavailable: later } }"), "later"),
+        (cas("{ remote: { endpoint: \"grpc://127.0.0.1:1\", queue_retry: 0s } }"), "storage.s.cas[0].queue_retry"),
+        (cas("{ remote: { endpoint: \"grpc://127.0.0.1:1\", existence_cache: { max_entries: 1 } } }"), "ttl"),
+        (cas("{ memory: { max_size: 1MiB, min_blob: 2MiB, max_blob: 1MiB } }"), "storage.s.cas[0].min_blob"),
+        (cas("{ s3: { bucket: b, checksum: sometimes } }"), "sometimes"),
+        (cas("{ memory: { max_size: 1MiB }, disk: { path: d, max_size: 1GiB } }"), "one kind"),
+        (ac("{ memory: { max_size: 1MiB, max_blob: 1KiB } }"), "`max_blob` applies to CAS tiers only"),
+        (ac("{ remote: { endpoint: \"grpc://127.0.0.1:1\", when_unavailable: queue } }"), "`when_unavailable` applies to CAS tiers only"),
+        (ac("{ memory: { max_size: 1MiB, colour: red } }"), "colour"),
+    ];
+    for (text, expected) in cases {
+        let err = parse(&text).unwrap_err();
+        assert!(err.contains(expected), "expected {expected:?} in: {err}");
     }
 }

@@ -15,7 +15,7 @@ use bazel_remote_apis::google::bytestream::{
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use strata_backends::{Blob, BlobWriter, Digest, Hasher};
+use strata_backends::{Blob, BlobWriter, Digest, VerifyingWriter};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::instances::Instances;
@@ -35,9 +35,7 @@ pub struct ByteStreamService {
 /// An upload in progress: what has been received so far, hashed and handed to the storage.
 struct Upload {
     digest: Digest,
-    hasher: Hasher,
-    writer: Box<dyn BlobWriter>,
-    committed: u64,
+    writer: VerifyingWriter,
 }
 
 type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResponse, Status>> + Send>>;
@@ -48,7 +46,7 @@ impl ByteStreamService {
     }
 
     fn park(&self, name: String, upload: Upload) {
-        let bytes = upload.committed;
+        let bytes = upload.writer.received();
         self.uploads.park(name, upload, bytes);
     }
 
@@ -78,13 +76,14 @@ impl ByteStreamService {
                     quote(&msg.resource_name)
                 ))));
             }
-            if msg.write_offset != upload.committed as i64 {
+            let committed = upload.writer.received();
+            if msg.write_offset != committed as i64 {
                 return Err((None, Status::invalid_argument(format!(
-                    "write_offset {} does not follow the {} bytes committed so far",
-                    msg.write_offset, upload.committed
+                    "write_offset {} does not follow the {committed} bytes committed so far",
+                    msg.write_offset
                 ))));
             }
-            let received = upload.committed + msg.data.len() as u64;
+            let received = committed + msg.data.len() as u64;
             if received > upload.digest.size {
                 return Err((None, Status::invalid_argument(format!(
                     "blob {}: received {received} bytes or more, but the resource name declares {}",
@@ -92,14 +91,10 @@ impl ByteStreamService {
                 ))));
             }
             if !msg.data.is_empty() {
-                upload.hasher.update(&msg.data);
                 upload.writer.append(Bytes::from(msg.data)).await.map_err(|e| (None, status::from_store(e)))?;
-                upload.committed = received;
             }
             if msg.finish_write {
-                let Upload { digest, hasher, writer, committed } = upload;
-                hasher.verify(&digest, committed).map_err(|e| (None, status::from_digest(e)))?;
-                writer.commit().await.map_err(|e| (None, status::from_store(e)))?;
+                Box::new(upload.writer).commit().await.map_err(|e| (None, status::from_store(e)))?;
                 return Ok(None);
             }
         }
@@ -169,12 +164,7 @@ impl ByteStream for ByteStreamService {
         }
         let upload = match self.uploads.take(&name) {
             Some(upload) => upload,
-            None if first.write_offset == 0 => Upload {
-                digest,
-                hasher: digest.function.hasher(),
-                writer: cas.writer(&digest).await.map_err(status::from_store)?,
-                committed: 0,
-            },
+            None if first.write_offset == 0 => Upload { digest, writer: cas.writer(&digest).await.map_err(status::from_store)? },
             None => {
                 return Err(Status::invalid_argument(format!(
                     "write_offset {}: there is no interrupted upload named {} to resume; start at 0",
@@ -186,7 +176,7 @@ impl ByteStream for ByteStreamService {
         match self.receive(&name, upload, first, &mut stream).await {
             Ok(None) => Ok(Response::new(done)),
             Ok(Some(unfinished)) => {
-                let committed = unfinished.committed as i64;
+                let committed = unfinished.writer.received() as i64;
                 self.park(name, unfinished);
                 Ok(Response::new(WriteResponse { committed_size: committed }))
             }

@@ -175,7 +175,7 @@ impl InProcessBot {
             instance: String::new(),
             capacity,
             properties: properties.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            runner: runner.into(),
+            runner: clap::ValueEnum::from_str(runner, false).unwrap(),
             work_dir: work_dir.to_path_buf(),
             bot_id: Some(id.clone()),
             max_input_paths: 1000,

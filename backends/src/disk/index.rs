@@ -91,6 +91,7 @@ impl Index {
         self.by_prefix.len() + self.overflow.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

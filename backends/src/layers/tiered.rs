@@ -2,21 +2,19 @@
 //! stack and copy hits into the faster tiers that admit the blob (one fill per digest at a time,
 //! streamed, shared by concurrent readers); `contains` asks each tier only about what the faster tiers
 //! lacked; writes go through to every tier that admits the blob and succeed when the tiers marked
-//! durable have it. Blobs from tiers that are not trusted (remote, S3) are hashed on the way: a blob
-//! that does not match its digest is neither promoted nor served. This is the one place where size
-//! classes are decided.
+//! durable have it. A blob that a slower tier serves corrupt (its `Verified` layer ends the stream
+//! in `StoreError::Corrupt`) is neither promoted nor served, and the next tier is asked. This is the
+//! one place where size classes are decided.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use parking_lot::Mutex;
-use tokio::sync::OnceCell;
 
 use crate::digest::Digest;
 use crate::error::{Result, StoreError};
+use crate::layers::single_flight::SingleFlight;
 use crate::store::{Blob, BlobStore, BlobWriter, StoreStats};
 
 pub struct Tier {
@@ -28,11 +26,14 @@ pub struct Tier {
     pub promote: bool,
     /// A write is acknowledged only once this tier has the blob.
     pub durable: bool,
-    /// What this tier returns must be hashed before it is trusted (remote and S3 tiers).
-    pub verify: bool,
 }
 
 impl Tier {
+    /// A tier for every size, promoted into, not durable: change the fields for anything else.
+    pub fn new(name: impl Into<String>, store: Arc<dyn BlobStore>) -> Self {
+        Tier { name: name.into(), store, min_blob: 0, max_blob: u64::MAX, promote: true, durable: false }
+    }
+
     pub fn admits(&self, size: u64) -> bool {
         (self.min_blob..=self.max_blob).contains(&size)
     }
@@ -41,7 +42,7 @@ impl Tier {
 pub struct TieredStore {
     tiers: Vec<Tier>,
     /// Fills in progress: concurrent readers of one digest wait for the first one's fill.
-    fills: Mutex<HashMap<Digest, Arc<OnceCell<bool>>>>,
+    fills: SingleFlight<Digest, bool>,
 }
 
 impl TieredStore {
@@ -49,7 +50,7 @@ impl TieredStore {
         if tiers.is_empty() {
             return Err(StoreError::Config("a storage stack needs at least one tier".into()));
         }
-        Ok(TieredStore { tiers, fills: Mutex::new(HashMap::new()) })
+        Ok(TieredStore { tiers, fills: SingleFlight::default() })
     }
 
     pub fn tiers(&self) -> &[Tier] {
@@ -59,13 +60,7 @@ impl TieredStore {
     /// Copies a blob from tier `found` into the faster tiers that want it, once per digest however
     /// many readers ask at the same time. Returns whether tier `found` had the blob (intact).
     async fn fill(&self, found: usize, digest: &Digest) -> Result<bool> {
-        let cell = self.fills.lock().entry(*digest).or_default().clone();
-        let result = cell.get_or_try_init(|| self.copy_up(found, digest)).await.copied();
-        let mut fills = self.fills.lock();
-        if fills.get(digest).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            fills.remove(digest);
-        }
-        result
+        self.fills.run(*digest, || self.copy_up(found, digest)).await
     }
 
     async fn copy_up(&self, found: usize, digest: &Digest) -> Result<bool> {
@@ -78,15 +73,16 @@ impl TieredStore {
                 Err(e) => tracing::warn!(tier = %tier.name, %digest, "cannot promote: {e}"),
             }
         }
-        let mut hasher = source.verify.then(|| digest.function.hasher());
-        let mut received = 0u64;
         let mut chunks = blob.into_stream();
         while let Some(chunk) = chunks.next().await {
-            let chunk = chunk?;
-            received += chunk.len() as u64;
-            if let Some(h) = hasher.as_mut() {
-                h.update(&chunk);
-            }
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    tracing::error!(tier = %source.name, "{e}; not served, not promoted");
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            };
             let mut i = 0;
             while i < writers.len() {
                 if let Err(e) = writers[i].1.append(chunk.clone()).await {
@@ -95,12 +91,6 @@ impl TieredStore {
                 } else {
                     i += 1;
                 }
-            }
-        }
-        if let Some(h) = hasher {
-            if let Err(e) = h.verify(digest, received) {
-                tracing::error!(tier = %source.name, "{e}; not served, not promoted");
-                return Ok(false);
             }
         }
         for (name, writer) in writers {
@@ -157,16 +147,6 @@ impl BlobStore for TieredStore {
                 }
                 // No faster tier kept it (admission, a failed write): serve it from here.
             }
-            if tier.verify {
-                // A range cannot be checked on its own: read the whole blob, verify, serve the range.
-                let Some(blob) = tier.store.read(digest, 0, None).await? else { continue };
-                let whole = verified(blob, *digest, tier.name.clone());
-                if offset == 0 && limit.is_none() {
-                    return Ok(Some(whole));
-                }
-                let len = limit.map_or(digest.size - offset, |l| l.min(digest.size - offset));
-                return Ok(Some(range_of(whole, offset, len)));
-            }
             match tier.store.read(digest, offset, limit).await? {
                 Some(blob) => return Ok(Some(blob)),
                 None => continue,
@@ -215,62 +195,6 @@ impl BlobStore for TieredStore {
             evictions: a.evictions + s.evictions,
         })
     }
-}
-
-/// Passes a blob through, hashing it; a blob that turns out not to match its digest ends in an error
-/// instead of its last bytes, so the client never accepts it.
-fn verified(blob: Blob, digest: Digest, tier: String) -> Blob {
-    let state = (blob.into_stream(), Some(digest.function.hasher()), 0u64);
-    Blob::Stream(Box::pin(futures::stream::unfold(state, move |(mut chunks, mut hasher, mut received)| {
-        let tier = tier.clone();
-        async move {
-            let h = hasher.as_mut()?;
-            match chunks.next().await {
-                Some(Ok(chunk)) => {
-                    h.update(&chunk);
-                    received += chunk.len() as u64;
-                    Some((Ok(chunk), (chunks, hasher, received)))
-                }
-                Some(Err(e)) => Some((Err(e), (chunks, None, received))),
-                None => {
-                    let h = hasher.take()?;
-                    match h.verify(&digest, received) {
-                        Ok(()) => None,
-                        Err(e) => Some((Err(StoreError::Corrupt { digest, tier, reason: e.to_string() }), (chunks, None, received))),
-                    }
-                }
-            }
-        }
-    })))
-}
-
-/// Bytes `offset..offset + len` of a verified whole-blob stream. The last piece of the range is held
-/// back until the rest of the blob has been checked, so a corrupt blob ends in an error instead.
-fn range_of(whole: Blob, offset: u64, len: u64) -> Blob {
-    let end = offset + len;
-    let state = (whole.into_stream(), 0u64, None::<Bytes>, false);
-    Blob::Stream(Box::pin(futures::stream::unfold(state, move |(mut chunks, mut pos, mut held, done)| async move {
-        if done {
-            return None;
-        }
-        loop {
-            match chunks.next().await {
-                Some(Ok(chunk)) => {
-                    let (from, to) = (pos, pos + chunk.len() as u64);
-                    pos = to;
-                    let (lo, hi) = (offset.max(from), end.min(to));
-                    if lo < hi {
-                        let piece = chunk.slice((lo - from) as usize..(hi - from) as usize);
-                        if let Some(previous) = held.replace(piece) {
-                            return Some((Ok(previous), (chunks, pos, held, false)));
-                        }
-                    }
-                }
-                Some(Err(e)) => return Some((Err(e), (chunks, pos, None, true))),
-                None => return held.take().map(|last| (Ok(last), (chunks, pos, None, true))),
-            }
-        }
-    })))
 }
 
 /// Writes one stream to several tiers at once. A non-durable tier that fails is dropped from the

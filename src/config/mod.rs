@@ -1,0 +1,137 @@
+//! The YAML configuration: the top-level schema and loading. Storage and execution have their own
+//! schema files, `${VAR}` substitution is `env`, cross-key checks are `validate`; sizes and durations
+//! are `crate::units`. Unknown keys are errors, and every error names the key and the file.
+
+mod env;
+mod execution;
+mod storage;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use crate::units::ByteSize;
+use crate::units::duration;
+pub use execution::{ExecutionConfig, LocalBotConfig};
+pub use storage::{AcTier, CasTier, Checksum, DiskTier, ExistenceCacheConfig, MemoryTier, RemoteTier, S3Tier, StorageConfig, TierKind, TierPolicy, WhenUnavailable};
+pub use validate::check_instance_name;
+
+/// The configuration `strata serve` runs with when given none: everything on 127.0.0.1, memory in
+/// front of a disk log under the data directory, on the empty instance name.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/all-in-one.yaml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The address to serve gRPC on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Where relative tier paths live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The largest batch request (BatchUpdateBlobs, BatchReadBlobs) the server accepts.
+    #[serde(default = "default_max_batch")]
+    pub max_batch_total_size: ByteSize,
+    /// How long an interrupted ByteStream upload can be resumed.
+    #[serde(default = "default_upload_ttl", with = "duration")]
+    pub resumable_upload_ttl: Duration,
+    /// How many interrupted uploads are kept at most (the oldest go first).
+    #[serde(default = "default_parked_uploads")]
+    pub resumable_uploads_max: usize,
+    /// How many bytes interrupted uploads hold at most (the oldest go first).
+    #[serde(default = "default_parked_bytes")]
+    pub resumable_uploads_max_bytes: ByteSize,
+    /// Named storage stacks that instances refer to.
+    pub storage: BTreeMap<String, StorageConfig>,
+    pub instances: Vec<InstanceConfig>,
+    /// Serve gRPC over TLS with this certificate and key (PEM files).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// The scheduler's limits and the bots `strata serve` runs in process (instances that list
+    /// `execution` among their services use it).
+    #[serde(default)]
+    pub execution: ExecutionConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain, PEM.
+    pub certificate: PathBuf,
+    /// Its private key, PEM.
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    pub name: String,
+    pub storage: String,
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Service {
+    /// ContentAddressableStorage and ByteStream.
+    Cas,
+    ActionCache,
+    /// Execution, Operations and the Bots service for workers.
+    Execution,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:50051".into()
+}
+fn default_data_dir() -> PathBuf {
+    "strata-data".into()
+}
+fn default_max_batch() -> ByteSize {
+    ByteSize(4 << 20)
+}
+fn default_upload_ttl() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_parked_uploads() -> usize {
+    1000
+}
+fn default_parked_bytes() -> ByteSize {
+    ByteSize(1 << 30)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{origin}: environment variable ${{{name}}} is not set")]
+    UnsetVariable { origin: String, name: String },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+impl Config {
+    /// Loads a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses configuration text; `origin` names it in errors (a file name, or "the default").
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let text = env::substitute(text, origin)?;
+        let invalid = |message: String| ConfigError::Invalid { origin: origin.to_string(), message };
+        let config: Config = yaml_serde::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        config.validate().map_err(invalid)?;
+        Ok(config)
+    }
+
+    pub fn data_path(&self, path: &Path) -> PathBuf {
+        self.data_dir.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests;
