@@ -1,6 +1,7 @@
 //! Strata: a remote build cache speaking REAPI v2. The binary (`main.rs`) is a thin command line over
 //! this library, so that tests start the very same server in-process.
 
+pub mod action_results;
 pub mod bench;
 pub mod bot;
 pub mod cas;
@@ -14,5 +15,6 @@ pub mod services;
 pub mod quote;
 pub mod status;
 pub mod storage;
+pub mod tree;
 pub mod units;
 pub mod uploads;

@@ -19,6 +19,18 @@ pub fn from_store(error: StoreError) -> Status {
     Status::new(code, error.to_string())
 }
 
+pub fn from_tree(error: crate::tree::TreeError) -> Status {
+    use crate::tree::TreeError;
+    match error {
+        TreeError::Store(e) => from_store(e),
+        TreeError::Undecodable { .. } | TreeError::Invalid(_) => Status::invalid_argument(error.to_string()),
+        TreeError::StoredResult { .. } => {
+            tracing::error!("{error}");
+            Status::internal(error.to_string())
+        }
+    }
+}
+
 pub fn from_digest(error: DigestError) -> Status {
     Status::invalid_argument(error.to_string())
 }

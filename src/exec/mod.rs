@@ -1,6 +1,7 @@
 //! Remote execution: the scheduler that hands actions to bots, the services in front of it
 //! (Execution, Operations, Bots) and the worker bot (`strata bot`).
 
+pub mod admission;
 pub mod paths;
 pub mod scheduler;
 

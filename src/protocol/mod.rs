@@ -5,7 +5,7 @@
 pub mod rwapi;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
-use strata_backends::Digest;
+use strata_backends::{Digest, DigestFunction};
 use tonic::{Code, Status};
 
 /// HTTP/2 windows: the default 64 KiB stalls large transfers on every window update.
@@ -15,6 +15,12 @@ pub const MAX_FRAME: u32 = 1 << 20;
 
 pub fn to_proto(digest: &Digest) -> reapi::Digest {
     reapi::Digest { hash: digest.hash_hex(), size_bytes: digest.size as i64 }
+}
+
+/// A digest field of a message; the error says which field (`what`) and what is wrong with it.
+pub fn from_proto(function: DigestFunction, digest: Option<&reapi::Digest>, what: &str) -> Result<Digest, String> {
+    let digest = digest.ok_or_else(|| format!("{what}: digest missing"))?;
+    Digest::parse(function, &digest.hash, digest.size_bytes).map_err(|e| format!("{what}: {e}"))
 }
 
 /// A `google.rpc.Status` for per-item results inside responses (batches, leases).

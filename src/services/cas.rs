@@ -1,7 +1,6 @@
 //! ContentAddressableStorage: FindMissingBlobs, BatchUpdateBlobs, BatchReadBlobs and GetTree.
 //! Batches report one status per blob; a batch over the advertised size is refused whole.
 
-use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -11,13 +10,12 @@ use bytes::Bytes;
 use futures::Stream;
 use prost::Message;
 use reapi::{batch_read_blobs_response, batch_update_blobs_response};
-use strata_backends::{Digest, DigestFunction};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{digest_function, parse_digest, parse_digests};
 use crate::protocol::{self, to_proto};
-use crate::cas::Cas;
+use crate::tree::{load, Walk};
 use crate::instances::Instances;
 use crate::quote::quote;
 use crate::status;
@@ -132,12 +130,13 @@ impl ContentAddressableStorage for CasService {
                 Status::invalid_argument(format!("page_token {} was not issued by this server", quote(token)))
             })?,
         };
-        let root_dir = load_directory(&cas, &root).await?.ok_or_else(|| {
-            Status::not_found(format!("root directory {root} not found"))
-        })?;
+        let root_dir = load::<reapi::Directory>(&cas, &root, "Directory")
+            .await
+            .map_err(status::from_tree)?
+            .ok_or_else(|| Status::not_found(format!("root directory {root} not found")))?;
         let (tx, rx) = mpsc::channel(2);
         let max_page_bytes = self.instances.max_batch_total_size as usize;
-        tokio::spawn(walk_tree(cas, function, root, root_dir, skip, page_size, max_page_bytes, tx));
+        tokio::spawn(send_pages(Walk::new(cas, function, root, root_dir), skip, page_size, max_page_bytes, tx));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
@@ -166,42 +165,21 @@ impl ContentAddressableStorage for CasService {
     }
 }
 
-/// Reads and decodes a Directory; `None` when absent.
-async fn load_directory(cas: &Cas, digest: &Digest) -> Result<Option<reapi::Directory>, Status> {
-    let Some(data) = cas.read_whole(digest).await.map_err(status::from_store)? else { return Ok(None) };
-    reapi::Directory::decode(data)
-        .map(Some)
-        .map_err(|e| Status::invalid_argument(format!("blob {digest} is not a Directory message: {e}")))
-}
-
-/// Walks the tree breadth first (each distinct directory once), skipping the `skip` directories that
-/// earlier pages returned, and sends pages of at most `page_size` directories and `max_page_bytes`.
-/// Parts of the tree that are missing or not Directory messages are left out, as the protocol asks.
-#[allow(clippy::too_many_arguments)]
-async fn walk_tree(
-    cas: Cas,
-    function: DigestFunction,
-    root: Digest,
-    root_dir: reapi::Directory,
-    skip: usize,
-    page_size: usize,
-    max_page_bytes: usize,
-    tx: mpsc::Sender<Result<reapi::GetTreeResponse, Status>>,
-) {
-    let mut seen = HashSet::from([root]);
-    let mut queue = VecDeque::from([root_dir]);
+/// Sends pages of at most `page_size` directories and `max_page_bytes` from the walk, skipping the
+/// `skip` directories that earlier pages returned.
+async fn send_pages(mut walk: Walk, skip: usize, page_size: usize, max_page_bytes: usize, tx: mpsc::Sender<Result<reapi::GetTreeResponse, Status>>) {
     let mut position = 0usize;
     let mut page = Vec::new();
     let mut page_bytes = 0usize;
-    while let Some(dir) = queue.pop_front() {
-        for child in &dir.directories {
-            let Ok(digest) = parse_digest(function, child.digest.as_ref(), "directory") else { continue };
-            if seen.insert(digest) {
-                if let Ok(Some(d)) = load_directory(&cas, &digest).await {
-                    queue.push_back(d);
-                }
+    loop {
+        let dir = match walk.next().await {
+            Ok(Some(dir)) => dir,
+            Ok(None) => break,
+            Err(e) => {
+                let _ = tx.send(Err(status::from_tree(e))).await;
+                return;
             }
-        }
+        };
         position += 1;
         if position <= skip {
             continue;

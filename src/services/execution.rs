@@ -3,7 +3,6 @@
 //! digest), names and paths must be sane — looks it up in the action cache unless told not to, and
 //! then streams the operation's stages until its result.
 
-use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,12 +17,11 @@ use tonic::{Code, Request, Response, Status};
 
 use super::{digest_function, parse_digest};
 use crate::protocol::{self, to_proto};
-use crate::cas::Cas;
-use crate::exec::paths;
+use crate::exec::admission;
+use crate::tree::load;
 use crate::protocol::rwapi::{self, PreconditionFailure, Violation};
 use crate::exec::scheduler::{NewJob, OpState, OperationView, Outcome, Scheduler};
 use crate::instances::Instances;
-use crate::quote::quote;
 use crate::status;
 
 pub type OperationStream = Pin<Box<dyn Stream<Item = Result<Operation, Status>> + Send>>;
@@ -95,59 +93,6 @@ fn missing_blobs(digests: &[Digest]) -> Status {
     Status::with_details(Code::FailedPrecondition, message, details.encode_to_vec().into())
 }
 
-async fn load<M: Message + Default>(cas: &Cas, digest: &Digest, what: &str) -> Result<Option<M>, Status> {
-    let Some(data) = cas.read_whole(digest).await.map_err(status::from_store)? else { return Ok(None) };
-    M::decode(data).map(Some).map_err(|e| Status::invalid_argument(format!("{what} {digest} is not a valid {what} message: {e}")))
-}
-
-/// Walks the input tree: every Directory must be present and well formed; returns what is missing.
-async fn check_inputs(cas: &Cas, function: DigestFunction, root: Digest) -> Result<Vec<Digest>, Status> {
-    let mut missing = Vec::new();
-    let mut files = Vec::new();
-    let mut seen = HashSet::from([root]);
-    let mut pending = vec![(root, String::new())];
-    while let Some((digest, path)) = pending.pop() {
-        let Some(dir) = load::<reapi::Directory>(cas, &digest, "Directory").await? else {
-            missing.push(digest);
-            continue;
-        };
-        let bad = |name: &str, e: String| Status::invalid_argument(format!("input tree, directory {}: entry {}: {e}", quote(&path), quote(name)));
-        for file in &dir.files {
-            paths::check_name(&file.name).map_err(|e| bad(&file.name, e))?;
-            files.push(parse_digest(function, file.digest.as_ref(), &format!("input file {path}/{}", file.name))?);
-        }
-        for link in &dir.symlinks {
-            paths::check_name(&link.name).map_err(|e| bad(&link.name, e))?;
-            let depth = path.split('/').filter(|p| !p.is_empty()).count();
-            paths::check_symlink_target(&link.target, depth).map_err(|e| bad(&link.name, e))?;
-        }
-        for sub in &dir.directories {
-            paths::check_name(&sub.name).map_err(|e| bad(&sub.name, e))?;
-            let child = parse_digest(function, sub.digest.as_ref(), &format!("input directory {path}/{}", sub.name))?;
-            if seen.insert(child) {
-                pending.push((child, format!("{path}/{}", sub.name)));
-            }
-        }
-    }
-    let unique: HashSet<Digest> = files.drain(..).collect();
-    files.extend(unique);
-    let present = cas.contains(&files).await.map_err(status::from_store)?;
-    missing.extend(files.iter().zip(present).filter(|(_, p)| !p).map(|(d, _)| *d));
-    Ok(missing)
-}
-
-fn check_command(command: &reapi::Command) -> Result<(), Status> {
-    if command.arguments.is_empty() {
-        return Err(Status::invalid_argument("command has no arguments"));
-    }
-    let bad = |what: &str, e: String| Status::invalid_argument(format!("command {what}: {e}"));
-    let workdir = paths::check_relative(&command.working_directory).map_err(|e| bad("working_directory", e))?;
-    for path in crate::exec::outputs(command) {
-        paths::resolve(&workdir, path).map_err(|e| bad("output path", e))?;
-    }
-    Ok(())
-}
-
 impl ExecutionService {
     async fn start(&self, req: reapi::ExecuteRequest) -> Result<OperationView, Status> {
         let (action_cache, cas) = self.instances.execution(&req.instance_name)?;
@@ -156,18 +101,18 @@ impl ExecutionService {
             return Err(Status::invalid_argument(format!("execution supports SHA-256 digests only, not {function:?}")));
         }
         let action_digest = parse_digest(function, req.action_digest.as_ref(), "action_digest")?;
-        let Some(mut action) = load::<reapi::Action>(cas, &action_digest, "Action").await? else {
+        let Some(mut action) = load::<reapi::Action>(cas, &action_digest, "Action").await.map_err(status::from_tree)? else {
             return Err(missing_blobs(&[action_digest]));
         };
         let command_digest = parse_digest(function, action.command_digest.as_ref(), "action.command_digest")?;
         let input_root = parse_digest(function, action.input_root_digest.as_ref(), "action.input_root_digest")?;
-        let command = load::<reapi::Command>(cas, &command_digest, "Command").await?;
-        let mut missing = check_inputs(cas, function, input_root).await?;
+        let command = load::<reapi::Command>(cas, &command_digest, "Command").await.map_err(status::from_tree)?;
+        let mut missing = admission::missing_inputs(cas, function, input_root).await.map_err(status::from_tree)?;
         if command.is_none() {
             missing.insert(0, command_digest);
         }
         let Some(command) = command.filter(|_| missing.is_empty()) else { return Err(missing_blobs(&missing)) };
-        check_command(&command)?;
+        admission::check_command(&command).map_err(status::from_tree)?;
 
         let max = self.scheduler.config().max_execution_timeout;
         let timeout = match &action.timeout {
@@ -183,7 +128,8 @@ impl ExecutionService {
         });
         let cacheable = !action.do_not_cache;
         if cacheable && !req.skip_cache_lookup {
-            if let Some(result) = super::action_cache::lookup(action_cache.as_ref(), cas, function, &action_digest).await? {
+            let cached = crate::action_results::lookup(action_cache.as_ref(), cas, function, &action_digest).await;
+            if let Some(result) = cached.map_err(status::from_tree)? {
                 let response = reapi::ExecuteResponse { result: Some(result), cached_result: true, status: Some(protocol::ok_rpc()), ..Default::default() };
                 return Ok(self.scheduler.completed(action_digest, response));
             }

@@ -22,9 +22,7 @@ pub fn digest_function(value: i32) -> Result<DigestFunction, Status> {
 
 /// Parses a digest of a request; `what` names the field in the error message.
 pub fn parse_digest(function: DigestFunction, digest: Option<&reapi::Digest>, what: &str) -> Result<Digest, Status> {
-    let digest = digest.ok_or_else(|| Status::invalid_argument(format!("{what}: digest missing")))?;
-    Digest::parse(function, &digest.hash, digest.size_bytes)
-        .map_err(|e| Status::invalid_argument(format!("{what}: {e}")))
+    crate::protocol::from_proto(function, digest, what).map_err(Status::invalid_argument)
 }
 
 /// Parses a repeated digest field; an error names the entry (`field[i]`).
