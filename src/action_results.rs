@@ -3,11 +3,15 @@
 //! still in the CAS. A hit whose outputs are gone would fail the client in the middle of its build,
 //! so it is a miss instead. GetActionResult and Execute's cache lookup both ask here.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use prost::Message;
 use strata_backends::{ActionCacheStore, Digest, DigestFunction};
 
 use crate::cas::Cas;
+use crate::exec::scheduler::ResultSink;
 use crate::protocol::from_proto;
 use crate::tree::{load, TreeError};
 
@@ -54,6 +58,19 @@ pub async fn lookup(store: &dyn ActionCacheStore, cas: &Cas, function: DigestFun
         return Ok(None);
     }
     Ok(Some(result))
+}
+
+/// Where the scheduler puts the results bots produce: each instance's action cache.
+pub struct ActionCaches(pub HashMap<String, Arc<dyn ActionCacheStore>>);
+
+#[async_trait::async_trait]
+impl ResultSink for ActionCaches {
+    async fn store(&self, instance: &str, action: &Digest, result: &reapi::ActionResult) {
+        let Some(cache) = self.0.get(instance) else { return };
+        if let Err(e) = cache.put(action, result.encode_to_vec().into()).await {
+            tracing::warn!(%action, "caching the result failed: {e}");
+        }
+    }
 }
 
 #[cfg(test)]

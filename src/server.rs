@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, ServerTlsConfig};
 
+use crate::action_results::ActionCaches;
 use crate::cas::Cas;
 use crate::bot::BotArgs;
 use crate::config::{Config, ExecutionConfig, LocalBotConfig, Service};
@@ -121,7 +122,7 @@ impl Server {
             server.tls = Some(Identity::from_pem(read(&tls.certificate, "certificate")?, read(&tls.key, "key")?));
         }
         if server.instances.any_serves(|i| i.execution.is_some()) {
-            server.scheduler = Some(Scheduler::start(scheduler_config(&config.execution), server.instances.action_caches()));
+            server.scheduler = Some(Scheduler::start(scheduler_config(&config.execution), Arc::new(ActionCaches(server.instances.action_caches()))));
         }
         Ok(server)
     }

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::protocol;
 use crate::protocol::rwapi::{self, bots_server::Bots, BotSession, BotStatus, LeaseState};
-use crate::exec::scheduler::{LeaseReport, NewSession, Scheduler, SessionView};
+use crate::exec::scheduler::{LeaseReport, LeaseView, NewSession, Scheduler, SessionView};
 use crate::instances::Instances;
 use crate::quote::quote;
 use crate::status;
@@ -113,12 +113,22 @@ fn reports(session: &BotSession) -> Vec<LeaseReport> {
 
 /// Whether the server's view of the leases tells the bot anything it did not send.
 fn news(sent: &BotSession, view: &SessionView) -> bool {
-    view.leases.iter().any(|lease| !sent.leases.iter().any(|s| s.id == lease.id && s.state == lease.state))
+    view.leases.iter().any(|lease| !sent.leases.iter().any(|s| s.id == lease.id && s.state == lease.state as i32))
+}
+
+/// A lease on the wire: the Action packed as its payload while the bot may run it.
+fn to_lease(view: &LeaseView) -> rwapi::Lease {
+    rwapi::Lease {
+        id: view.id.clone(),
+        state: view.state as i32,
+        payload: view.action.as_ref().map(|action| rwapi::pack(rwapi::ACTION, action.as_ref())),
+        ..Default::default()
+    }
 }
 
 fn answer(name: String, mut session: BotSession, view: SessionView) -> BotSession {
     session.name = name;
-    session.leases = view.leases;
+    session.leases = view.leases.iter().map(to_lease).collect();
     session.expire_time = Some(crate::exec::timestamp(view.expire_time));
     session
 }
