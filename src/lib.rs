@@ -9,7 +9,6 @@ pub mod config;
 pub mod exec;
 pub mod instances;
 pub mod protocol;
-pub mod resource;
 pub mod server;
 pub mod services;
 pub mod quote;

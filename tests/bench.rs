@@ -9,6 +9,7 @@ use strata::bench::{run, BenchArgs, BenchError};
 fn args(endpoint: String, scenario: &str) -> BenchArgs {
     BenchArgs {
         endpoint,
+        ca_certificate: None,
         instance: String::new(),
         scenario: scenario.into(),
         duration: 0.5,

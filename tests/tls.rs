@@ -92,3 +92,30 @@ async fn tls_settings_that_cannot_work_are_refused_at_start() {
     let err = strata::server::Server::build(&config).await.err().unwrap().to_string();
     assert!(err.contains("ca_certificate needs a grpcs://"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strata_bench_drives_a_tls_server_with_the_ca_it_is_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(tmp.path());
+    let server = TestServer::start_in(&upstream_config(&cert, &key), &tmp.path().join("server")).await;
+    let args = |ca: Option<std::path::PathBuf>| strata::bench::BenchArgs {
+        endpoint: format!("grpcs://{}", server.addr),
+        ca_certificate: ca,
+        instance: String::new(),
+        scenario: "write-small".into(),
+        duration: 0.3,
+        warmup: 0.0,
+        concurrency: 1,
+        digest_function: "sha256".into(),
+        large_size: "1MiB".into(),
+        small_size: "1KiB".into(),
+        batch: 10,
+        find_missing: 10,
+        json: true,
+        quiet: true,
+    };
+    let report = strata::bench::run(args(Some(cert.clone()))).await.unwrap();
+    assert!(report.ops > 0 && report.errors == 0, "{:?}", report.first_error);
+    let untrusted = strata::bench::run(args(None)).await.unwrap_err().to_string();
+    assert!(untrusted.contains("cannot reach") || untrusted.contains("GetCapabilities"), "{untrusted}");
+}

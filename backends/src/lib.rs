@@ -25,6 +25,7 @@
 //! # });
 //! ```
 
+pub mod client;
 mod digest;
 mod disk;
 mod error;
@@ -45,6 +46,6 @@ pub use layers::spool::Spooled;
 pub use layers::tiered::{Tier, TieredStore};
 pub use layers::verify::{Verified, VerifyingWriter};
 pub use memory::{Admission, MemoryStore};
-pub use remote::{channel, RemoteConfig, RemoteStore};
+pub use remote::{RemoteConfig, RemoteStore};
 pub use s3::{S3Config, S3Store};
 pub use store::{slice_range, ActionCacheStore, Blob, BlobStore, BlobWriter, BufferedWriter, StoreStats};

@@ -21,9 +21,10 @@ use futures::StreamExt;
 use prost::Message;
 use tokio::sync::{mpsc, OnceCell};
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
+use crate::client::{channel, Backoff, MAX_MESSAGE};
 use crate::digest::{resource_name, Digest, DigestFunction};
 use crate::error::{Result, StoreError};
 use crate::store::{ActionCacheStore, Blob, BlobStore, BlobWriter, BufferedWriter, Counters, StoreStats};
@@ -34,7 +35,6 @@ const FIND_MISSING_BATCH: usize = 10_000;
 const WRITE_CHUNK: usize = 1 << 20;
 /// Blobs up to this size use the batch calls (if the upstream's limit allows).
 const SMALL_BLOB: u64 = 1 << 20;
-const MAX_MESSAGE: usize = 64 << 20;
 
 #[derive(Clone, Debug)]
 pub struct RemoteConfig {
@@ -52,33 +52,6 @@ pub struct RemoteConfig {
     pub bearer_token: Option<String>,
     /// PEM certificates to trust for a `grpcs://` upstream, besides the system's roots.
     pub ca_certificate: Option<Vec<u8>>,
-}
-
-/// A lazily connecting channel to a REAPI endpoint: `grpc://HOST:PORT`, or `grpcs://HOST:PORT` for TLS
-/// (the system's roots are trusted, plus `ca_certificate`, PEM). Windows are sized for large blobs.
-pub fn channel(endpoint: &str, ca_certificate: Option<&[u8]>, connect_timeout: Duration) -> Result<Channel> {
-    let (url, tls) = match endpoint.split_once("://") {
-        Some(("grpc" | "http", rest)) => (format!("http://{rest}"), false),
-        Some(("grpcs" | "https", rest)) => (format!("https://{rest}"), true),
-        _ => return Err(StoreError::Config(format!("{endpoint:?}: expected grpc://HOST:PORT or grpcs://HOST:PORT"))),
-    };
-    let config_error = |e: tonic::transport::Error| StoreError::Config(format!("{endpoint:?}: {e}"));
-    let mut channel = Endpoint::from_shared(url).map_err(config_error)?;
-    if tls {
-        let mut tls_config = ClientTlsConfig::new().with_native_roots();
-        if let Some(pem) = ca_certificate {
-            tls_config = tls_config.ca_certificate(Certificate::from_pem(pem));
-        }
-        channel = channel.tls_config(tls_config).map_err(config_error)?;
-    } else if ca_certificate.is_some() {
-        return Err(StoreError::Config(format!("{endpoint:?}: ca_certificate needs a grpcs:// endpoint")));
-    }
-    Ok(channel
-        .connect_timeout(connect_timeout)
-        .tcp_nodelay(true)
-        .initial_stream_window_size(8 << 20)
-        .initial_connection_window_size(32 << 20)
-        .connect_lazy())
 }
 
 #[derive(Clone)]
@@ -156,7 +129,7 @@ impl RemoteStore {
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<T, Status>>,
     {
-        let mut delay = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         let mut tries = 0;
         loop {
             let permit = self.in_flight.acquire().await.map_err(|e| StoreError::Config(e.to_string()))?;
@@ -172,8 +145,7 @@ impl RemoteStore {
                         return Err(error);
                     }
                     tries += 1;
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }

@@ -11,13 +11,13 @@ use bazel_remote_apis::build::bazel::remote::execution::v2::execution_client::Ex
 use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
 use bazel_remote_apis::google::bytestream::WriteRequest;
 use strata_backends::resource_name;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::blobs::UniqueBlob;
 use super::{BenchError, Plan};
 use crate::protocol::to_proto;
 
-const MAX_MESSAGE: usize = 256 << 20;
+use crate::protocol::MAX_MESSAGE;
 const WRITE_CHUNK: usize = 1 << 20;
 
 /// One client's connection and stubs.
@@ -30,20 +30,10 @@ pub struct Client {
     pub capabilities: CapabilitiesClient<Channel>,
 }
 
-pub async fn connect(endpoint: &str) -> Result<Client, BenchError> {
-    let url = match endpoint.split_once("://") {
-        Some(("grpc" | "http", rest)) => format!("http://{rest}"),
-        Some(("grpcs" | "https", _)) => return Err(BenchError::Usage("TLS endpoints are not supported by strata bench yet".into())),
-        _ => return Err(BenchError::Usage(format!("endpoint {endpoint:?}: expected grpc://HOST:PORT"))),
-    };
+pub async fn connect(endpoint: &str, ca_certificate: Option<&[u8]>) -> Result<Client, BenchError> {
     let unreachable = |message: String| BenchError::Unreachable { endpoint: endpoint.to_string(), message };
-    let channel = Endpoint::from_shared(url)
-        .map_err(|e| BenchError::Usage(format!("endpoint {endpoint:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .initial_stream_window_size(crate::protocol::STREAM_WINDOW)
-        .initial_connection_window_size(crate::protocol::CONNECTION_WINDOW)
-        .max_frame_size(crate::protocol::MAX_FRAME)
+    let channel = crate::protocol::endpoint(endpoint, ca_certificate, Duration::from_secs(5))
+        .map_err(|e| BenchError::Usage(e.to_string()))?
         .connect()
         .await
         .map_err(|e| unreachable(format!("{e} ({})", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())))?;
@@ -58,9 +48,15 @@ pub async fn connect(endpoint: &str) -> Result<Client, BenchError> {
 
 /// One connection per client, and the endpoint's capabilities.
 pub async fn connect_all(plan: &Plan) -> Result<(Vec<Client>, reapi::ServerCapabilities), BenchError> {
+    let ca = match &plan.args.ca_certificate {
+        Some(path) => Some(
+            tokio::fs::read(path).await.map_err(|e| BenchError::Usage(format!("--ca-certificate {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
     let mut clients = Vec::new();
     for _ in 0..plan.args.concurrency {
-        clients.push(connect(&plan.args.endpoint).await?);
+        clients.push(connect(&plan.args.endpoint, ca.as_deref()).await?);
     }
     let request = reapi::GetCapabilitiesRequest { instance_name: plan.args.instance.clone() };
     let caps = tokio::time::timeout(Duration::from_secs(10), clients[0].capabilities.clone().get_capabilities(request))

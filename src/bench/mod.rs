@@ -21,9 +21,13 @@ use self::scenarios::Scenario;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
-    /// The server to drive, e.g. grpc://127.0.0.1:50051 (not needed for `baseline`).
+    /// The server to drive, e.g. grpc://127.0.0.1:50051, or grpcs://HOST:PORT for TLS (not needed
+    /// for `baseline`).
     #[arg(long, default_value = "grpc://127.0.0.1:50051")]
     pub endpoint: String,
+    /// A PEM file of CA certificates to trust for a grpcs:// endpoint, besides the system's.
+    #[arg(long)]
+    pub ca_certificate: Option<std::path::PathBuf>,
     /// The instance name to use.
     #[arg(long, default_value = "")]
     pub instance: String,

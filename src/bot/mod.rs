@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::protocol::Backoff;
 use crate::protocol::rwapi::{self, bots_client::BotsClient, BotSession, BotStatus, Lease, LeaseState};
 use action::Context;
 
@@ -174,7 +175,7 @@ pub async fn run(args: BotArgs, shutdown: impl Future<Output = ()>) -> Result<()
     let _ = std::fs::remove_dir_all(&actions_dir);
     std::fs::create_dir_all(&actions_dir).map_err(|e| BotError::io(&actions_dir, e))?;
     let ctx = Arc::new(Context { bot_id: bot_id(&args), cache, runner, actions_dir });
-    let client = BotsClient::new(strata_backends::channel(&args.server, None, Duration::from_secs(5))?);
+    let client = BotsClient::new(crate::protocol::channel(&args.server, None, Duration::from_secs(5))?);
     let mut bot = Bot { args, ctx, client, slots: HashMap::new(), current: None, version: String::new() };
     tokio::select! {
         () = bot.serve() => Ok(()),
@@ -235,7 +236,7 @@ impl Bot {
 
     /// Session after session: a new one whenever the server forgets the last.
     async fn serve(&mut self) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             self.version.clear();
             let session = self.session("", BotStatus::Ok);
@@ -244,15 +245,15 @@ impl Bot {
             request.set_timeout(POLL);
             match self.client.create_bot_session(request).await {
                 Ok(response) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     let session = response.into_inner();
                     tracing::info!(session = %session.name, bot_id = %self.ctx.bot_id, "bot session opened");
                     self.poll(session).await;
                 }
                 Err(status) => {
-                    tracing::warn!("cannot open a bot session at {}: {} ({:?}); retrying in {backoff:?}", self.args.server, status.message(), status.code());
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    let delay = backoff.next_delay();
+                    tracing::warn!("cannot open a bot session at {}: {} ({:?}); retrying in {delay:?}", self.args.server, status.message(), status.code());
+                    tokio::time::sleep(delay).await;
                 }
             }
         }
@@ -264,7 +265,7 @@ impl Bot {
         let name = first.name.clone();
         self.current = Some(name.clone());
         self.apply(&first, &[], &done_tx);
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             let reported: Vec<String> = self.slots.iter().filter(|(_, s)| !matches!(s, Slot::Running(_))).map(|(id, _)| id.clone()).collect();
             if reported.is_empty() && self.slots.len() >= self.args.capacity {
@@ -283,7 +284,7 @@ impl Bot {
             tokio::select! {
                 answer = client.update_bot_session(request) => match answer {
                     Ok(response) => {
-                        backoff = Duration::from_millis(100);
+                        backoff.reset();
                         self.apply(&response.into_inner(), &reported, &done_tx);
                     }
                     Err(status) if status.code() == Code::NotFound => {
@@ -297,9 +298,9 @@ impl Bot {
                     }
                     Err(status) if status.code() == Code::DeadlineExceeded => {}
                     Err(status) => {
-                        tracing::warn!("UpdateBotSession failed: {} ({:?}); retrying in {backoff:?}", status.message(), status.code());
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        let delay = backoff.next_delay();
+                        tracing::warn!("UpdateBotSession failed: {} ({:?}); retrying in {delay:?}", status.message(), status.code());
+                        tokio::time::sleep(delay).await;
                     }
                 },
                 Some((id, slot)) = done_rx.recv() => self.finished(id, slot),

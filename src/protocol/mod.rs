@@ -1,17 +1,18 @@
-//! What the server and its clients (`strata bot`, `strata bench`, the remote tier's callers) share on
-//! the wire: digest conversion, `google.rpc.Status` values, the Remote Workers API messages, and the
-//! HTTP/2 settings every gRPC endpoint uses. Clients depend on this module, never on `services/`.
+//! What the server and its clients (`strata bot`, `strata bench`, the remote tier) share on the wire:
+//! digest conversion, ByteStream resource names, `google.rpc.Status` values, `Any` packing and the
+//! Remote Workers API messages (`rwapi`), and the client plumbing (channel, HTTP/2 windows, message
+//! size, backoff). Clients depend on this module, never on `services/`.
 
+pub mod resource;
 pub mod rwapi;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use strata_backends::{Digest, DigestFunction};
 use tonic::{Code, Status};
 
-/// HTTP/2 windows: the default 64 KiB stalls large transfers on every window update.
-pub const STREAM_WINDOW: u32 = 8 << 20;
-pub const CONNECTION_WINDOW: u32 = 32 << 20;
-pub const MAX_FRAME: u32 = 1 << 20;
+/// The client plumbing (channel builder, HTTP/2 windows, message size, backoff) lives with the
+/// remote tier, the first client; the server's endpoints use the same windows.
+pub use strata_backends::client::{channel, endpoint, Backoff, CONNECTION_WINDOW, MAX_FRAME, MAX_MESSAGE, STREAM_WINDOW};
 
 pub fn to_proto(digest: &Digest) -> reapi::Digest {
     reapi::Digest { hash: digest.hash_hex(), size_bytes: digest.size as i64 }

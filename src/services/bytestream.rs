@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::instances::Instances;
 use crate::quote::quote;
-use crate::resource::{parse_read, parse_write};
+use crate::protocol::resource::{parse_read, parse_write};
 use crate::status;
 use crate::uploads::{Parking, ParkingLimits};
 
