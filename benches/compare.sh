@@ -7,6 +7,9 @@
 #
 # Usage: benches/compare.sh            env: RUNS=3 DURATION=5 CONCURRENCY=8 LARGE_SIZE=16MiB
 #                                           BUILDGRID_PEER=<path to shared/peers/buildgrid>
+#                                           STRATA_BEFORE=<another strata binary, e.g. built from main>
+# With STRATA_BEFORE, that binary is measured too, in the same run and with the same client, and the
+# table gains a before column: a change's cost or gain, side by side.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,6 +25,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 echo "== building Strata (release) and setting up BuildGrid"
 (cd "$root" && cargo build --release -q)
 strata=$root/target/release/strata
+before=${STRATA_BEFORE:-}
 "$peer/setup.sh" >"$results/setup.log" 2>&1 || { cat "$results/setup.log"; exit 1; }
 peer_home=${PEER_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/strata-peers/buildgrid}
 
@@ -48,8 +52,8 @@ instances: [ { name: "", storage: memory, services: [cas, action_cache, executio
 execution:
   bots: [ { capacity: 8, work_dir: bot } ]
 YAML
-start_strata() {
-    STRATA_LOG=warn "$strata" serve --config "$results/strata.yaml" --data-dir "$results/strata-data" \
+start_strata() { # [binary]
+    STRATA_LOG=warn "${1:-$strata}" serve --config "$results/strata.yaml" --data-dir "$results/strata-data" \
         --listen "127.0.0.1:$strata_port" 2>>"$results/strata.log" &
     strata_pid=$!
     sleep 1
@@ -94,6 +98,12 @@ echo "== Strata on port $strata_port"
 start_strata
 measure strata "grpc://127.0.0.1:$strata_port"
 kill "$strata_pid"; wait "$strata_pid" 2>/dev/null || true; strata_pid=""
+if [ -n "$before" ]; then
+    echo "== Strata before ($before) on port $strata_port"
+    start_strata "$before"
+    measure before "grpc://127.0.0.1:$strata_port"
+    kill "$strata_pid"; wait "$strata_pid" 2>/dev/null || true; strata_pid=""
+fi
 echo "== BuildGrid on port $bgd_port"
 start_buildgrid
 measure buildgrid "grpc://127.0.0.1:$bgd_port"
@@ -120,9 +130,9 @@ rss_peak=$(awk '/VmHWM/ {print $2}' "/proc/$mem_pid/status")
 kill "$mem_pid"; wait "$mem_pid" 2>/dev/null || true
 echo "{\"rss_before_kib\": $rss_before, \"rss_peak_kib\": $rss_peak, \"streams\": 4}" >"$results/rss.json"
 
-python3 - "$results" "$out" "$(nproc)" "$concurrency" "$duration" "$runs" "$large" <<'PY'
+python3 - "$results" "$out" "$(nproc)" "$concurrency" "$duration" "$runs" "$large" "$before" <<'PY'
 import json, os, statistics, sys, datetime
-results, out, cores, conc, duration, runs, large = sys.argv[1:]
+results, out, cores, conc, duration, runs, large, before = sys.argv[1:]
 
 def load(server, label):
     path = os.path.join(results, f"{server}.{label}.jsonl")
@@ -164,8 +174,9 @@ lines = [
     "",
     f"Raw-TCP hashing baseline: {fmt(base, 1e6)} MB/s.",
     "",
-    "| scenario | unit | Strata | BuildGrid | Strata / BuildGrid | Strata / baseline | Strata p99 ms | BuildGrid p99 ms | errors (Strata / BuildGrid) |",
-    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    "| scenario | unit | Strata | BuildGrid | Strata / BuildGrid | Strata / baseline | Strata p99 ms | BuildGrid p99 ms | errors (Strata / BuildGrid) |"
+    + (" Strata before | after / before |" if before else ""),
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if before else ""),
 ]
 for label, unit, key, scale in rows:
     s, b = load("strata", label), load("buildgrid", label)
@@ -174,8 +185,13 @@ for label, unit, key, scale in rows:
     if key == "p50_ms" and sv and bv:
         ratio = f"{bv / sv:.1f}x faster"
     frac = f"{sv / base:.0%}" if key == "bytes_per_sec" and sv and base else ""
-    lines.append(f"| {label} | {unit} | {fmt(sv, scale)} | {fmt(bv, scale)} | {ratio} | {frac} | "
-                 f"{fmt(median(s, 'p99_ms'), 1)} | {fmt(median(b, 'p99_ms'), 1)} | {errors(s)} / {errors(b)} |")
+    row = (f"| {label} | {unit} | {fmt(sv, scale)} | {fmt(bv, scale)} | {ratio} | {frac} | "
+           f"{fmt(median(s, 'p99_ms'), 1)} | {fmt(median(b, 'p99_ms'), 1)} | {errors(s)} / {errors(b)} |")
+    if before:
+        pv = median(load("before", label), key)
+        change = "n/a" if sv is None or not pv else (f"{pv / sv:.2f}x faster" if key == "p50_ms" else f"{sv / pv:.2f}x")
+        row += f" {fmt(pv, scale)} | {change} |"
+    lines.append(row)
 rss = json.load(open(os.path.join(results, "rss.json")))
 growth = (rss["rss_peak_kib"] - rss["rss_before_kib"]) / 1024
 mem = json.load(open(os.path.join(results, "memory.json"))) if os.path.getsize(os.path.join(results, "memory.json")) else {}
@@ -184,6 +200,8 @@ lines += ["", f"Memory during streamed uploads (Strata on a disk log, write-larg
           f"{growth / rss['streams']:,.1f} MiB per concurrent stream."]
 errors = os.path.join(results, "errors.log")
 failures = open(errors).read().strip() if os.path.exists(errors) else ""
+if before:
+    lines += ["", "Strata before: the binary given as STRATA_BEFORE, measured in the same run with the same client and configuration."]
 lines += ["", "execute runs `true` (no inputs, `do_not_cache`, `skip_cache_lookup`) on 8 bot slots: Strata's bot in",
           "process (host runner), BuildGrid's 8 bot.py bots; execute-1 is the round trip of one client.",
           "", "n/a: every run failed."]

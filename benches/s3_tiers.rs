@@ -31,7 +31,7 @@ storage:
       - memory: {{ max_size: 512MiB, max_blob: 1MiB }}
       - disk: {{ path: cas, max_size: 2GiB, segment_size: 64MiB, sync: never }}
       - s3: {{ bucket: {bucket}, endpoint: "{endpoint}", path_style: true, access_key_id: {ACCESS_KEY},
-              secret_access_key: {SECRET_KEY}, checksum: when_required, existence_cache: { max_entries: 1000000, ttl: 10m } }}
+              secret_access_key: {SECRET_KEY}, checksum: when_required, existence_cache: {{ max_entries: 1000000, ttl: 10m }} }}
     action_cache:
       - memory: {{ max_size: 1MiB }}
 instances:

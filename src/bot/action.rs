@@ -12,7 +12,7 @@ use super::inputs::{parse, InputCache};
 use super::outputs::{self, Uploads};
 use super::runner::{Exit, Runner, Spawn};
 use super::BotError;
-use crate::exec::paths;
+use crate::protocol::paths;
 use crate::protocol::rwapi;
 use crate::protocol::to_proto;
 
@@ -28,7 +28,7 @@ pub struct Context {
 }
 
 fn now() -> Option<Timestamp> {
-    Some(crate::exec::timestamp(SystemTime::now()))
+    Some(crate::protocol::timestamp(SystemTime::now()))
 }
 
 /// Removes the action's directory when the run ends, however it ends.
@@ -102,7 +102,7 @@ pub async fn run(ctx: Arc<Context>, lease_id: String, payload: Any) -> Result<re
     let stderr_path = scratch.0.join("stderr");
     let create = |p: &Path| std::fs::File::create(p).map_err(|e| BotError::io(p, e));
     let environment: Vec<(String, String)> = command.environment_variables.iter().map(|v| (v.name.clone(), v.value.clone())).collect();
-    let network = crate::exec::platform(&action, &command).any(|(k, v)| k == NETWORK_PROPERTY && v != "off");
+    let network = crate::protocol::platform(&action, &command).any(|(k, v)| k == NETWORK_PROPERTY && v != "off");
     let spawn = Spawn {
         arguments: &command.arguments,
         environment: &environment,
@@ -151,7 +151,7 @@ fn below(root: &Path, parts: &[&str]) -> PathBuf {
 
 /// Outputs' parent directories exist before the command runs, as the protocol promises.
 fn create_output_parents(command: &reapi::Command, root: &Path, workdir: &[&str]) -> Result<(), BotError> {
-    for output in crate::exec::outputs(command) {
+    for output in crate::protocol::outputs(command) {
         let parts = paths::resolve(workdir, output).map_err(|e| BotError::Invalid(format!("output path: {e}")))?;
         let Some((_, parents)) = parts.split_last() else { continue };
         // An input symlink on the way could point anywhere; parents must be plain directories.

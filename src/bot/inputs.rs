@@ -17,7 +17,7 @@ use strata_backends::{BlobStore, Digest, DigestFunction};
 
 use super::cache_index::CacheIndex;
 use super::BotError;
-use crate::exec::paths;
+use crate::protocol::paths;
 
 /// Files fetched at once.
 const FETCH_CONCURRENCY: usize = 16;

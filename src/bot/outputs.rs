@@ -13,7 +13,7 @@ use prost::Message;
 use strata_backends::{BlobStore, Digest, DigestFunction};
 
 use super::BotError;
-use crate::exec::paths;
+use crate::protocol::paths;
 use crate::protocol::to_proto;
 
 /// Bytes per read when hashing and uploading output files: outputs are streamed from disk, never
@@ -170,7 +170,7 @@ pub fn collect(
     result: &mut reapi::ActionResult,
     uploads: &mut Uploads,
 ) -> Result<(), BotError> {
-    for relative in crate::exec::outputs(command) {
+    for relative in crate::protocol::outputs(command) {
         let Some((path, meta)) = locate(root, workdir, relative)? else { continue };
         if meta.file_type().is_symlink() {
             let target = std::fs::read_link(&path).map_err(|e| BotError::io(&path, e))?.to_string_lossy().into_owned();

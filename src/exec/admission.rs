@@ -9,7 +9,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use strata_backends::{Digest, DigestFunction};
 
 use crate::cas::Cas;
-use crate::exec::paths;
+use crate::protocol::paths;
 use crate::protocol::from_proto;
 use crate::quote::quote;
 use crate::tree::{load_all, TreeError};
@@ -65,7 +65,7 @@ pub fn check_command(command: &reapi::Command) -> Result<(), TreeError> {
     }
     let bad = |what: &str, e: String| TreeError::Invalid(format!("command {what}: {e}"));
     let workdir = paths::check_relative(&command.working_directory).map_err(|e| bad("working_directory", e))?;
-    for path in crate::exec::outputs(command) {
+    for path in crate::protocol::outputs(command) {
         paths::resolve(&workdir, path).map_err(|e| bad("output path", e))?;
     }
     Ok(())

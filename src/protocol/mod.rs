@@ -3,8 +3,12 @@
 //! Remote Workers API messages (`rwapi`), and the client plumbing (channel, HTTP/2 windows, message
 //! size, backoff). Clients depend on this module, never on `services/`.
 
+pub mod action;
+pub mod paths;
 pub mod resource;
 pub mod rwapi;
+
+pub use action::{outputs, platform, timestamp};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use strata_backends::{Digest, DigestFunction};

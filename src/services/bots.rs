@@ -129,7 +129,7 @@ fn to_lease(view: &LeaseView) -> rwapi::Lease {
 fn answer(name: String, mut session: BotSession, view: SessionView) -> BotSession {
     session.name = name;
     session.leases = view.leases.iter().map(to_lease).collect();
-    session.expire_time = Some(crate::exec::timestamp(view.expire_time));
+    session.expire_time = Some(crate::protocol::timestamp(view.expire_time));
     session
 }
 

@@ -134,7 +134,7 @@ impl ExecutionService {
                 return Ok(self.scheduler.completed(action_digest, response));
             }
         }
-        let platform = crate::exec::platform(&action, &command).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let platform = crate::protocol::platform(&action, &command).map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let priority = req.execution_policy.as_ref().map_or(0, |p| p.priority);
         Ok(self.scheduler.submit(NewJob {
             instance: req.instance_name,
