@@ -30,10 +30,19 @@ pub struct Built {
     pub disks: Vec<DiskLog>,
 }
 
-/// One tier's store, before the CAS policy's layers, with the name it is logged under.
-struct Opened<S: ?Sized> {
+/// One opened tier: the same store seen as a CAS tier and as an action-cache tier (every kind is
+/// both), with the name it is logged under.
+struct Opened {
     name: String,
-    store: Arc<S>,
+    cas: Arc<dyn BlobStore>,
+    ac: Arc<dyn ActionCacheStore>,
+}
+
+impl Opened {
+    fn new<T: BlobStore + ActionCacheStore>(name: String, store: T) -> Opened {
+        let store = Arc::new(store);
+        Opened { name, cas: store.clone(), ac: store }
+    }
 }
 
 pub async fn build(config: &Config) -> Result<Built, StoreError> {
@@ -43,15 +52,15 @@ pub async fn build(config: &Config) -> Result<Built, StoreError> {
         for (i, tier) in stack.cas.iter().enumerate() {
             let label = format!("storage.{name}.cas[{i}]");
             let last = i + 1 == stack.cas.len();
-            let opened = open_cas(config, &tier.kind, &label, last, &mut built.disks).await?;
+            let opened = open(config, &tier.kind, &label, last, &mut built.disks).await?;
             cas_tiers.push(with_policy(config, opened, &tier.kind, &tier.policy, &label)?);
         }
         let mut ac_tiers = Vec::new();
         for (i, tier) in stack.action_cache.iter().enumerate() {
             let label = format!("storage.{name}.action_cache[{i}]");
             let last = i + 1 == stack.action_cache.len();
-            let opened = open_ac(config, &tier.kind, &label, last, &mut built.disks).await?;
-            ac_tiers.push((opened.name, opened.store));
+            let opened = open(config, &tier.kind, &label, last, &mut built.disks).await?;
+            ac_tiers.push((opened.name, opened.ac));
         }
         let cas = Arc::new(TieredStore::new(cas_tiers)?);
         built.stacks.insert(name.clone(), Storage { cas, action_cache: Arc::new(TieredActionCache::new(ac_tiers)?) });
@@ -59,42 +68,27 @@ pub async fn build(config: &Config) -> Result<Built, StoreError> {
     Ok(built)
 }
 
-async fn open_cas(config: &Config, kind: &TierKind, label: &str, last: bool, disks: &mut Vec<DiskLog>) -> Result<Opened<dyn BlobStore>, StoreError> {
-    let name = label.to_string();
+async fn open(config: &Config, kind: &TierKind, label: &str, last: bool, disks: &mut Vec<DiskLog>) -> Result<Opened, StoreError> {
     Ok(match kind {
-        TierKind::Memory(m) => Opened { name, store: Arc::new(MemoryStore::new(m.max_size.0, admission(last))) },
+        TierKind::Memory(m) => Opened::new(label.to_string(), MemoryStore::new(m.max_size.0, admission(last))),
         TierKind::Disk(d) => {
             let log = open_disk(config, d, label)?;
             disks.push(log.clone());
-            Opened { name, store: Arc::new(log) }
+            Opened::new(label.to_string(), log)
         }
-        TierKind::Remote(r) => Opened { name: format!("{label} ({})", r.endpoint), store: Arc::new(open_remote(r, label)?) },
+        TierKind::Remote(r) => Opened::new(format!("{label} ({})", r.endpoint), open_remote(r, label)?),
         TierKind::S3(c) => {
             let store = open_s3(c, label).await?;
-            Opened { name: format!("{label} ({})", store.name()), store: Arc::new(store) }
+            Opened::new(format!("{label} ({})", store.name()), store)
         }
-    })
-}
-
-async fn open_ac(config: &Config, kind: &TierKind, label: &str, last: bool, disks: &mut Vec<DiskLog>) -> Result<Opened<dyn ActionCacheStore>, StoreError> {
-    let name = label.to_string();
-    Ok(match kind {
-        TierKind::Memory(m) => Opened { name, store: Arc::new(MemoryStore::new(m.max_size.0, admission(last))) },
-        TierKind::Disk(d) => {
-            let log = open_disk(config, d, label)?;
-            disks.push(log.clone());
-            Opened { name, store: Arc::new(log) }
-        }
-        TierKind::Remote(r) => Opened { name, store: Arc::new(open_remote(r, label)?) },
-        TierKind::S3(c) => Opened { name, store: Arc::new(open_s3(c, label).await?) },
     })
 }
 
 /// The layers a CAS tier's policy asks for, and its place in the stack. Upstreams (remote, S3) are
 /// not trusted, so what they return is verified; nothing is promoted into them; an existence cache
 /// and a write-behind spool go in front when configured.
-fn with_policy(config: &Config, opened: Opened<dyn BlobStore>, kind: &TierKind, policy: &TierPolicy, label: &str) -> Result<Tier, StoreError> {
-    let Opened { name, mut store } = opened;
+fn with_policy(config: &Config, opened: Opened, kind: &TierKind, policy: &TierPolicy, label: &str) -> Result<Tier, StoreError> {
+    let Opened { name, cas: mut store, .. } = opened;
     let upstream = kind.is_upstream();
     if upstream {
         store = Arc::new(Verified::new(store, name.clone()));
