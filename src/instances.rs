@@ -7,6 +7,7 @@ use std::sync::Arc;
 use strata_backends::ActionCacheStore;
 use tonic::Status;
 
+use crate::assets::Assets;
 use crate::cas::Cas;
 use crate::quote::quote;
 
@@ -18,6 +19,8 @@ pub struct Instance {
     /// The storage that execution reads actions from and caches results in, when the instance
     /// serves execution (whether or not it also serves the CAS to clients).
     pub execution: Option<(Arc<dyn ActionCacheStore>, Cas)>,
+    /// The Remote Asset API's index, when the instance serves it.
+    pub assets: Option<Assets>,
 }
 
 pub struct Instances {
@@ -56,6 +59,13 @@ impl Instances {
             .action_cache
             .as_ref()
             .ok_or_else(|| Status::unimplemented(format!("instance {} does not serve the action cache", quote(name))))
+    }
+
+    pub fn assets(&self, name: &str) -> Result<&Assets, Status> {
+        self.get(name)?
+            .assets
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented(format!("instance {} does not serve the Remote Asset API", quote(name))))
     }
 
     pub fn execution(&self, name: &str) -> Result<&(Arc<dyn ActionCacheStore>, Cas), Status> {

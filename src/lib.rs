@@ -2,6 +2,7 @@
 //! this library, so that tests start the very same server in-process.
 
 pub mod action_results;
+pub mod assets;
 pub mod bench;
 pub mod bot;
 pub mod cas;

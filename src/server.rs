@@ -18,6 +18,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, ServerTlsConfig};
 
 use crate::action_results::ActionCaches;
+use crate::assets::Assets;
 use crate::cas::Cas;
 use crate::bot::BotArgs;
 use crate::config::{Config, ExecutionConfig, LocalBotConfig, Service};
@@ -30,7 +31,10 @@ use crate::instances::{Instance, Instances};
 use crate::services::action_cache::ActionCacheService;
 use crate::services::bytestream::ByteStreamService;
 use crate::services::capabilities::CapabilitiesService;
+use crate::services::asset::AssetService;
 use crate::services::cas::CasService;
+use bazel_remote_apis::build::bazel::remote::asset::v1::fetch_server::FetchServer;
+use bazel_remote_apis::build::bazel::remote::asset::v1::push_server::PushServer;
 use crate::storage;
 use crate::uploads::ParkingLimits;
 
@@ -104,7 +108,12 @@ impl Server {
                 name: ic.name.clone(),
                 cas: ic.services.contains(&Service::Cas).then(|| cas.clone()),
                 action_cache: ic.services.contains(&Service::ActionCache).then(|| (stack.action_cache.clone(), cas.clone())),
-                execution: ic.services.contains(&Service::Execution).then(|| (stack.action_cache.clone(), cas)),
+                execution: ic.services.contains(&Service::Execution).then(|| (stack.action_cache.clone(), cas.clone())),
+                assets: ic.services.contains(&Service::Asset).then(|| Assets {
+                    index: stack.asset_index.clone(),
+                    upstream: stack.asset_upstream.clone(),
+                    cas,
+                }),
             });
         }
         let uploads = ParkingLimits {
@@ -175,6 +184,12 @@ impl Server {
                     .max_decoding_message_size(max_message)
                     .max_encoding_message_size(max_message),
             );
+        }
+        if instances.any_serves(|i| i.assets.is_some()) {
+            let service = || AssetService { instances: instances.clone() };
+            router = router
+                .add_service(FetchServer::new(service()).max_decoding_message_size(max_message).max_encoding_message_size(max_message))
+                .add_service(PushServer::new(service()).max_decoding_message_size(max_message).max_encoding_message_size(max_message));
         }
         if let Some(scheduler) = &self.scheduler {
             router = router

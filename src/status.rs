@@ -31,6 +31,35 @@ pub fn from_tree(error: crate::tree::TreeError) -> Status {
     }
 }
 
+/// FAILED_PRECONDITION naming the blobs `who` needs that the CAS lacks, with the PreconditionFailure
+/// details REAPI clients read to upload them (the first ten are in the message too).
+pub fn missing_blobs(digests: &[strata_backends::Digest], who: &str) -> Status {
+    use crate::protocol::rwapi::{self, PreconditionFailure, Violation};
+    let violations = digests
+        .iter()
+        .map(|d| Violation { r#type: "MISSING".into(), subject: format!("blobs/{}/{}", d.hash_hex(), d.size), description: String::new() })
+        .collect();
+    let failure = PreconditionFailure { violations };
+    let list: Vec<String> = digests.iter().take(10).map(|d| d.to_string()).collect();
+    let more = if digests.len() > 10 { format!(" and {} more", digests.len() - 10) } else { String::new() };
+    let message = format!("{} blob(s) {who} needs are not in the CAS: {}{more}", digests.len(), list.join(", "));
+    let details = bazel_remote_apis::google::rpc::Status {
+        code: Code::FailedPrecondition as i32,
+        message: message.clone(),
+        details: vec![rwapi::pack(rwapi::PRECONDITION_FAILURE, &failure)],
+    };
+    Status::with_details(Code::FailedPrecondition, message, prost::Message::encode_to_vec(&details).into())
+}
+
+pub fn from_asset(error: crate::assets::AssetError) -> Status {
+    use crate::assets::AssetError;
+    match error {
+        AssetError::Store(e) => from_store(e),
+        AssetError::Tree(e) => from_tree(e),
+        AssetError::Missing(digests) => missing_blobs(&digests, "the asset"),
+    }
+}
+
 pub fn from_digest(error: DigestError) -> Status {
     Status::invalid_argument(error.to_string())
 }

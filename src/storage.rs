@@ -18,11 +18,19 @@ const DEFAULT_MEMORY_MAX_BLOB: u64 = 1 << 20;
 /// How often uploads queued for an unavailable upstream are retried unless configured otherwise.
 const DEFAULT_QUEUE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// One named storage stack: a CAS and an action cache.
+/// One named storage stack: a CAS, an action cache, and the Remote Asset API's index.
 pub struct Storage {
     pub cas: Arc<dyn BlobStore>,
     pub action_cache: Arc<dyn ActionCacheStore>,
+    /// The action cache's key-value tiers but the remote ones: asset records share them under keys
+    /// of their own (a remote tier's action cache holds only ActionResults).
+    pub asset_index: Arc<dyn ActionCacheStore>,
+    /// The upstream of the first remote action-cache tier, asked through its own Remote Asset API.
+    pub asset_upstream: Option<Arc<RemoteStore>>,
 }
+
+/// The asset index of a stack whose action cache is remote only: assets are kept in memory here.
+const ASSET_INDEX_MEMORY: u64 = 16 << 20;
 
 /// Every storage stack of the configuration, plus the disk logs to flush at shutdown.
 pub struct Built {
@@ -55,15 +63,31 @@ pub async fn build(config: &Config) -> Result<Built, StoreError> {
             let opened = open(config, &tier.kind, &label, last, &mut built.disks).await?;
             cas_tiers.push(with_policy(config, opened, &tier.kind, &tier.policy, &label)?);
         }
-        let mut ac_tiers = Vec::new();
+        let (mut ac_tiers, mut asset_tiers, mut asset_upstream) = (Vec::new(), Vec::new(), None);
         for (i, tier) in stack.action_cache.iter().enumerate() {
             let label = format!("storage.{name}.action_cache[{i}]");
             let last = i + 1 == stack.action_cache.len();
             let opened = open(config, &tier.kind, &label, last, &mut built.disks).await?;
+            match &tier.kind {
+                TierKind::Remote(r) if asset_upstream.is_none() => asset_upstream = Some(Arc::new(open_remote(r, &label)?)),
+                TierKind::Remote(_) => {}
+                _ => asset_tiers.push((opened.name.clone(), opened.ac.clone())),
+            }
             ac_tiers.push((opened.name, opened.ac));
         }
-        let cas = Arc::new(TieredStore::new(cas_tiers)?);
-        built.stacks.insert(name.clone(), Storage { cas, action_cache: Arc::new(TieredActionCache::new(ac_tiers)?) });
+        if asset_tiers.is_empty() {
+            let memory: Arc<dyn ActionCacheStore> = Arc::new(MemoryStore::new(ASSET_INDEX_MEMORY, Admission::Always));
+            asset_tiers.push((format!("storage.{name} asset index (memory)"), memory));
+        }
+        built.stacks.insert(
+            name.clone(),
+            Storage {
+                cas: Arc::new(TieredStore::new(cas_tiers)?),
+                action_cache: Arc::new(TieredActionCache::new(ac_tiers)?),
+                asset_index: Arc::new(TieredActionCache::new(asset_tiers)?),
+                asset_upstream,
+            },
+        );
     }
     Ok(built)
 }

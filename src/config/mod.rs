@@ -81,6 +81,8 @@ pub enum Service {
     ActionCache,
     /// Execution, Operations and the Bots service for workers.
     Execution,
+    /// The Remote Asset API (Fetch and Push), for BuildStream's caches and Bazel's downloader.
+    Asset,
 }
 
 fn default_listen() -> String {

@@ -11,15 +11,14 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::build::bazel::remote::execution::v2::execution_server::Execution;
 use bazel_remote_apis::google::longrunning::{operation, Operation};
 use futures::Stream;
-use prost::Message;
 use strata_backends::{Digest, DigestFunction};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use super::{digest_function, parse_digest};
 use crate::protocol::{self, to_proto};
 use crate::exec::admission;
 use crate::tree::load;
-use crate::protocol::rwapi::{self, PreconditionFailure, Violation};
+use crate::protocol::rwapi;
 use crate::exec::scheduler::{NewJob, OpState, OperationView, Outcome, Scheduler};
 use crate::instances::Instances;
 use crate::status;
@@ -72,27 +71,6 @@ pub fn operation_stream(view: OperationView) -> OperationStream {
     Box::pin(stream)
 }
 
-fn missing_blobs(digests: &[Digest]) -> Status {
-    let violations = digests
-        .iter()
-        .map(|d| Violation {
-            r#type: "MISSING".into(),
-            subject: format!("blobs/{}/{}", d.hash_hex(), d.size),
-            description: String::new(),
-        })
-        .collect();
-    let failure = PreconditionFailure { violations };
-    let list: Vec<String> = digests.iter().take(10).map(|d| d.to_string()).collect();
-    let more = if digests.len() > 10 { format!(" and {} more", digests.len() - 10) } else { String::new() };
-    let message = format!("{} blob(s) the action needs are not in the CAS: {}{more}", digests.len(), list.join(", "));
-    let details = bazel_remote_apis::google::rpc::Status {
-        code: Code::FailedPrecondition as i32,
-        message: message.clone(),
-        details: vec![rwapi::pack(rwapi::PRECONDITION_FAILURE, &failure)],
-    };
-    Status::with_details(Code::FailedPrecondition, message, details.encode_to_vec().into())
-}
-
 impl ExecutionService {
     async fn start(&self, req: reapi::ExecuteRequest) -> Result<OperationView, Status> {
         let (action_cache, cas) = self.instances.execution(&req.instance_name)?;
@@ -102,7 +80,7 @@ impl ExecutionService {
         }
         let action_digest = parse_digest(function, req.action_digest.as_ref(), "action_digest")?;
         let Some(mut action) = load::<reapi::Action>(cas, &action_digest, "Action").await.map_err(status::from_tree)? else {
-            return Err(missing_blobs(&[action_digest]));
+            return Err(status::missing_blobs(&[action_digest], "the action"));
         };
         let command_digest = parse_digest(function, action.command_digest.as_ref(), "action.command_digest")?;
         let input_root = parse_digest(function, action.input_root_digest.as_ref(), "action.input_root_digest")?;
@@ -111,7 +89,7 @@ impl ExecutionService {
         if command.is_none() {
             missing.insert(0, command_digest);
         }
-        let Some(command) = command.filter(|_| missing.is_empty()) else { return Err(missing_blobs(&missing)) };
+        let Some(command) = command.filter(|_| missing.is_empty()) else { return Err(status::missing_blobs(&missing, "the action")) };
         admission::check_command(&command).map_err(status::from_tree)?;
 
         let max = self.scheduler.config().max_execution_timeout;

@@ -24,6 +24,8 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
+mod assets;
+
 use crate::client::{channel, Backoff, MAX_MESSAGE};
 use crate::digest::{resource_name, Digest, DigestFunction};
 use crate::error::{Result, StoreError};

@@ -1,0 +1,141 @@
+//! Remote Asset API v1: Fetch (FetchBlob, FetchDirectory) and Push (PushBlob, PushDirectory), on
+//! instances that list the `asset` service. The rules are `crate::assets`; here requests are checked
+//! and answers rendered. A request without URIs is INVALID_ARGUMENT (BuildStream probes every remote
+//! with exactly that, and keeps only those that answer so).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bazel_remote_apis::build::bazel::remote::asset::v1 as asset;
+use bazel_remote_apis::build::bazel::remote::asset::v1::fetch_server::Fetch;
+use bazel_remote_apis::build::bazel::remote::asset::v1::push_server::Push;
+use bazel_remote_apis::google::protobuf::Timestamp;
+use strata_backends::DigestFunction;
+use tonic::{Request, Response, Status};
+
+use super::{digest_function, parse_digest, parse_digests};
+use crate::assets::{self, Assets, Kind, Name, Record};
+use crate::instances::Instances;
+use crate::protocol;
+use crate::quote::quote;
+use crate::status;
+
+/// URIs per request at most, and bytes per URI or qualifier.
+const MAX_URIS: usize = 1000;
+const MAX_TEXT: usize = 64 << 10;
+
+pub struct AssetService {
+    pub instances: Arc<Instances>,
+}
+
+/// The name a request gives, checked: URIs present and bounded, qualifiers unique.
+fn name(kind: Kind, function: i32, uris: &[String], qualifiers: &[asset::Qualifier]) -> Result<Name, Status> {
+    let function: DigestFunction = digest_function(function)?;
+    if uris.is_empty() {
+        return Err(Status::invalid_argument("uris is empty: name the asset by at least one URI"));
+    }
+    if uris.len() > MAX_URIS {
+        return Err(Status::invalid_argument(format!("{} URIs in one request; at most {MAX_URIS} are accepted", uris.len())));
+    }
+    for uri in uris {
+        if uri.is_empty() || uri.len() > MAX_TEXT {
+            return Err(Status::invalid_argument(format!("URI {} is empty or longer than {MAX_TEXT} bytes", quote(uri))));
+        }
+    }
+    let mut seen = HashSet::new();
+    for q in qualifiers {
+        if q.name.is_empty() || q.name.len() > MAX_TEXT || q.value.len() > MAX_TEXT {
+            return Err(Status::invalid_argument(format!("qualifier {} is empty or longer than {MAX_TEXT} bytes", quote(&q.name))));
+        }
+        if !seen.insert(q.name.as_str()) {
+            return Err(Status::invalid_argument(format!("qualifier {} is given twice", quote(&q.name))));
+        }
+    }
+    let mut qualifiers: Vec<(String, String)> = qualifiers.iter().map(|q| (q.name.clone(), q.value.clone())).collect();
+    qualifiers.sort();
+    Ok(Name { kind, function, qualifiers })
+}
+
+fn not_found(uris: &[String]) -> Status {
+    let shown: Vec<String> = uris.iter().take(3).map(|u| quote(u).to_string()).collect();
+    let more = if uris.len() > 3 { format!(" and {} more", uris.len() - 3) } else { String::new() };
+    Status::not_found(format!("no asset is stored for {}{more} (or what it names is no longer in the CAS)", shown.join(", ")))
+}
+
+fn expiry(record: &Record) -> Option<Timestamp> {
+    (record.expire_at != 0).then_some(Timestamp { seconds: record.expire_at, nanos: 0 })
+}
+
+async fn fetch(assets: &Assets, name: &Name, uris: &[String], oldest: Option<Timestamp>) -> Result<Record, Status> {
+    assets.fetch(name, uris, oldest.map(|t| t.seconds)).await.map_err(status::from_asset)?.ok_or_else(|| not_found(uris))
+}
+
+#[tonic::async_trait]
+impl Fetch for AssetService {
+    async fn fetch_blob(&self, request: Request<asset::FetchBlobRequest>) -> Result<Response<asset::FetchBlobResponse>, Status> {
+        let req = request.into_inner();
+        // The instance first: one without the service answers UNIMPLEMENTED even to an empty probe.
+        let assets = self.instances.assets(&req.instance_name)?;
+        let name = name(Kind::Blob, req.digest_function, &req.uris, &req.qualifiers)?;
+        let record = fetch(assets, &name, &req.uris, req.oldest_content_accepted).await?;
+        Ok(Response::new(asset::FetchBlobResponse {
+            status: Some(protocol::ok_rpc()),
+            expires_at: expiry(&record),
+            uri: record.uri,
+            qualifiers: req.qualifiers,
+            blob_digest: record.digest,
+            digest_function: name.function.to_proto(),
+        }))
+    }
+
+    async fn fetch_directory(&self, request: Request<asset::FetchDirectoryRequest>) -> Result<Response<asset::FetchDirectoryResponse>, Status> {
+        let req = request.into_inner();
+        // The instance first: one without the service answers UNIMPLEMENTED even to an empty probe.
+        let assets = self.instances.assets(&req.instance_name)?;
+        let name = name(Kind::Directory, req.digest_function, &req.uris, &req.qualifiers)?;
+        let record = fetch(assets, &name, &req.uris, req.oldest_content_accepted).await?;
+        Ok(Response::new(asset::FetchDirectoryResponse {
+            status: Some(protocol::ok_rpc()),
+            expires_at: expiry(&record),
+            uri: record.uri,
+            qualifiers: req.qualifiers,
+            root_directory_digest: record.digest,
+            digest_function: name.function.to_proto(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Push for AssetService {
+    async fn push_blob(&self, request: Request<asset::PushBlobRequest>) -> Result<Response<asset::PushBlobResponse>, Status> {
+        let req = request.into_inner();
+        let assets = self.instances.assets(&req.instance_name)?;
+        let name = name(Kind::Blob, req.digest_function, &req.uris, &req.qualifiers)?;
+        let push = assets::Push {
+            digest: parse_digest(name.function, req.blob_digest.as_ref(), "blob_digest")?,
+            references_blobs: parse_digests(name.function, &req.references_blobs, "references_blobs")?,
+            references_directories: parse_digests(name.function, &req.references_directories, "references_directories")?,
+            expire_at: req.expire_at,
+            uris: req.uris,
+            name,
+        };
+        assets.push(push).await.map_err(status::from_asset)?;
+        Ok(Response::new(asset::PushBlobResponse {}))
+    }
+
+    async fn push_directory(&self, request: Request<asset::PushDirectoryRequest>) -> Result<Response<asset::PushDirectoryResponse>, Status> {
+        let req = request.into_inner();
+        let assets = self.instances.assets(&req.instance_name)?;
+        let name = name(Kind::Directory, req.digest_function, &req.uris, &req.qualifiers)?;
+        let push = assets::Push {
+            digest: parse_digest(name.function, req.root_directory_digest.as_ref(), "root_directory_digest")?,
+            references_blobs: parse_digests(name.function, &req.references_blobs, "references_blobs")?,
+            references_directories: parse_digests(name.function, &req.references_directories, "references_directories")?,
+            expire_at: req.expire_at,
+            uris: req.uris,
+            name,
+        };
+        assets.push(push).await.map_err(status::from_asset)?;
+        Ok(Response::new(asset::PushDirectoryResponse {}))
+    }
+}
