@@ -67,7 +67,9 @@ fn expiry(record: &Record) -> Option<Timestamp> {
 }
 
 async fn fetch(assets: &Assets, name: &Name, uris: &[String], oldest: Option<Timestamp>) -> Result<Record, Status> {
-    assets.fetch(name, uris, oldest.map(|t| t.seconds)).await.map_err(status::from_asset)?.ok_or_else(|| not_found(uris))
+    let found = assets.fetch(name, uris, oldest.map(|t| t.seconds)).await.map_err(status::from_asset)?;
+    tracing::debug!(kind = ?name.kind, uri = %quote(&uris[0]), uris = uris.len(), found = found.is_some(), "asset fetch");
+    found.ok_or_else(|| not_found(uris))
 }
 
 #[tonic::async_trait]
@@ -119,6 +121,7 @@ impl Push for AssetService {
             uris: req.uris,
             name,
         };
+        tracing::debug!(kind = ?push.name.kind, uri = %quote(&push.uris[0]), uris = push.uris.len(), "asset push");
         assets.push(push).await.map_err(status::from_asset)?;
         Ok(Response::new(asset::PushBlobResponse {}))
     }
@@ -135,6 +138,7 @@ impl Push for AssetService {
             uris: req.uris,
             name,
         };
+        tracing::debug!(kind = ?push.name.kind, uri = %quote(&push.uris[0]), uris = push.uris.len(), "asset push");
         assets.push(push).await.map_err(status::from_asset)?;
         Ok(Response::new(asset::PushDirectoryResponse {}))
     }
