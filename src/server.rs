@@ -18,6 +18,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, ServerTlsConfig};
 
 use crate::action_results::ActionCaches;
+use crate::assets::http::{HttpFetchLimits, HttpFetcher};
 use crate::assets::Assets;
 use crate::cas::Cas;
 use crate::bot::BotArgs;
@@ -95,11 +96,25 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("{0}")]
     Tls(String),
+    #[error("http_fetch: {0}")]
+    HttpFetch(String),
 }
 
 impl Server {
     pub async fn build(config: &Config) -> Result<Server, ServeError> {
         let built = storage::build(config).await?;
+        let http = match &config.http_fetch {
+            Some(h) => Some(Arc::new(
+                HttpFetcher::new(HttpFetchLimits {
+                    allow: h.allow.clone(),
+                    max_size: h.max_size.0,
+                    timeout: h.timeout,
+                    spool: config.data_path(std::path::Path::new("downloads")),
+                })
+                .map_err(ServeError::HttpFetch)?,
+            )),
+            None => None,
+        };
         let mut instances = Vec::new();
         for ic in &config.instances {
             let stack = &built.stacks[&ic.storage];
@@ -112,6 +127,7 @@ impl Server {
                 assets: ic.services.contains(&Service::Asset).then(|| Assets {
                     index: stack.asset_index.clone(),
                     upstream: stack.asset_upstream.clone(),
+                    http: http.clone(),
                     cas,
                 }),
             });

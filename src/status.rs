@@ -57,6 +57,7 @@ pub fn from_asset(error: crate::assets::AssetError) -> Status {
         AssetError::Store(e) => from_store(e),
         AssetError::Tree(e) => from_tree(e),
         AssetError::Missing(digests) => missing_blobs(&digests, "the asset"),
+        AssetError::Origin(e) => Status::new(e.code(), e.to_string()),
     }
 }
 

@@ -31,6 +31,12 @@ instances:
   - { name: "no-assets", storage: main, services: [cas, action_cache] }
 "#;
 
+/// A server on `config` with its data in a directory that lives as long as the guard returned.
+async fn start(config: &str) -> (TestServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    (TestServer::start_in(config, dir.path()).await, dir)
+}
+
 async fn clients(server: &TestServer) -> (FetchClient<Channel>, PushClient<Channel>) {
     let channel = server.channel().await;
     (FetchClient::new(channel.clone()), PushClient::new(channel))
@@ -54,7 +60,7 @@ fn now() -> i64 {
 
 #[tokio::test]
 async fn buildstreams_probe_and_instances_without_the_service() {
-    let server = TestServer::start_in(ASSET_CONFIG, tempfile::tempdir().unwrap().path()).await;
+    let (server, _server_dir) = start(ASSET_CONFIG).await;
     let (mut fetch, mut push) = clients(&server).await;
     let err = fetch.fetch_blob(asset::FetchBlobRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
@@ -69,7 +75,7 @@ async fn buildstreams_probe_and_instances_without_the_service() {
 
 #[tokio::test]
 async fn a_pushed_blob_is_found_by_every_uri_with_its_qualifiers_in_any_order() {
-    let server = TestServer::start_in(ASSET_CONFIG, tempfile::tempdir().unwrap().path()).await;
+    let (server, _server_dir) = start(ASSET_CONFIG).await;
     let (mut fetch, mut push) = clients(&server).await;
     let blob = content(1, 5000);
     upload(&mut server.cas().await, "", &[&blob]).await;
@@ -80,7 +86,7 @@ async fn a_pushed_blob_is_found_by_every_uri_with_its_qualifiers_in_any_order() 
         let found = fetch.fetch_blob(fetch_blob(&["urn:unknown", uri], vec![q("arch", "x86-64"), q("checksum.sri", "sha256-x")])).await.unwrap().into_inner();
         assert_eq!(found.blob_digest, Some(sha256(&blob)));
         assert_eq!(found.uri, uri);
-        assert_eq!(found.status.map(|s| s.code), Some(0));
+        assert_eq!(found.status.as_ref().map(|s| s.code), Some(0), "{:?}", found.status);
     }
     let cases = [
         fetch_blob(&["urn:a"], vec![]),
@@ -103,7 +109,7 @@ async fn a_push_of_what_the_cas_lacks_names_it_and_an_evicted_blob_makes_the_ass
         "      - memory: { max_size: 8MiB, max_blob: 16KiB }\n      - disk: { path: cas, max_size: 64MiB, segment_size: 1MiB, sync: always }",
         "      - memory: { max_size: 256KiB }",
     );
-    let server = TestServer::start_in(&config, tempfile::tempdir().unwrap().path()).await;
+    let (server, _server_dir) = start(&config).await;
     let (mut fetch, mut push) = clients(&server).await;
     let mut cas = server.cas().await;
     let (blob, reference, absent) = (content(2, 4000), content(3, 4000), content(4, 10));
@@ -135,7 +141,7 @@ async fn a_push_of_what_the_cas_lacks_names_it_and_an_evicted_blob_makes_the_ass
 
 #[tokio::test]
 async fn expired_and_too_old_assets_are_not_found() {
-    let server = TestServer::start_in(ASSET_CONFIG, tempfile::tempdir().unwrap().path()).await;
+    let (server, _server_dir) = start(ASSET_CONFIG).await;
     let (mut fetch, mut push) = clients(&server).await;
     let blob = content(5, 100);
     upload(&mut server.cas().await, "", &[&blob]).await;
@@ -159,7 +165,7 @@ async fn expired_and_too_old_assets_are_not_found() {
 
 #[tokio::test]
 async fn malformed_requests_are_refused_and_store_nothing() {
-    let server = TestServer::start_in(ASSET_CONFIG, tempfile::tempdir().unwrap().path()).await;
+    let (server, _server_dir) = start(ASSET_CONFIG).await;
     let (mut fetch, mut push) = clients(&server).await;
     let blob = content(6, 100);
     upload(&mut server.cas().await, "", &[&blob]).await;
@@ -275,4 +281,107 @@ instances:
     let found = site_fetch.fetch_blob(fetch_blob(&["urn:artifact:b"], vec![])).await.unwrap().into_inner();
     assert_eq!(found.blob_digest, Some(sha256(&other)));
     assert_eq!(site_fetch.fetch_blob(fetch_blob(&["urn:artifact:none"], vec![])).await.unwrap_err().code(), Code::Unavailable);
+}
+
+/// A local HTTP/1.1 server on 127.0.0.1 for the downloader's tests: `/file` answers `body`,
+/// `/moved` redirects to `/file`, anything else is 404. Counts the requests it served.
+async fn http_origin(body: Vec<u8>) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let (body, count) = (body.clone(), count.clone());
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let Ok(n) = socket.read(&mut buf).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let path = String::from_utf8_lossy(&request).split_whitespace().nth(1).unwrap_or("").to_string();
+                let head = match path.as_str() {
+                    "/file" => format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len()),
+                    "/moved" => "HTTP/1.1 302 Found\r\nlocation: /file\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into(),
+                    _ => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into(),
+                };
+                let _ = socket.write_all(head.as_bytes()).await;
+                if path == "/file" {
+                    let _ = socket.write_all(&body).await;
+                }
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    (addr, served, task)
+}
+
+fn sri(data: &[u8]) -> asset::Qualifier {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    q("checksum.sri", &format!("sha256-{}", base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(data))))
+}
+
+#[tokio::test]
+async fn http_uris_are_downloaded_once_verified_and_then_served_without_the_network() {
+    let body = content(10, 300_000);
+    let (origin, served, task) = http_origin(body.clone()).await;
+    let config = format!("{ASSET_CONFIG}http_fetch: {{ allow: [\"http://{origin}/\"], max_size: 1MiB, timeout: 10s }}\n");
+    let (server, _server_dir) = start(&config).await;
+    let (mut fetch, _) = clients(&server).await;
+    let file = format!("http://{origin}/file");
+
+    let found = fetch.fetch_blob(fetch_blob(&[&file], vec![sri(&body)])).await.unwrap().into_inner();
+    assert_eq!(found.status.as_ref().map(|s| s.code), Some(0), "{:?}", found.status);
+    assert_eq!(found.blob_digest, Some(sha256(&body)));
+    assert!(missing(&mut server.cas().await, "", vec![sha256(&body)]).await.is_empty(), "stored in the CAS");
+    // A redirect is followed; without a checksum the download is stored under what it hashes to.
+    let moved = format!("http://{origin}/moved");
+    assert_eq!(fetch.fetch_blob(fetch_blob(&[&moved], vec![])).await.unwrap().into_inner().blob_digest, Some(sha256(&body)));
+
+    // The origin goes away: the same fetch is served from Strata.
+    task.abort();
+    let before = served.load(std::sync::atomic::Ordering::SeqCst);
+    let again = fetch.fetch_blob(fetch_blob(&[&file], vec![sri(&body)])).await.unwrap().into_inner();
+    assert_eq!(again.blob_digest, Some(sha256(&body)));
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), before);
+}
+
+#[tokio::test]
+async fn downloads_that_fail_or_do_not_match_store_nothing_and_say_why() {
+    let body = content(11, 5000);
+    let (origin, _, _task) = http_origin(body.clone()).await;
+    let config = format!("{ASSET_CONFIG}http_fetch: {{ allow: [\"http://{origin}/\"], max_size: 4KiB, timeout: 10s }}\n");
+    let (server, _server_dir) = start(&config).await;
+    let (mut fetch, _) = clients(&server).await;
+    let file = format!("http://{origin}/file");
+    let status_of = |r: asset::FetchBlobResponse| r.status.map(|s| (s.code, s.message)).unwrap_or_default();
+
+    let (code, message) = status_of(fetch.fetch_blob(fetch_blob(&[&file], vec![sri(b"other bytes")])).await.unwrap().into_inner());
+    assert_eq!(code, Code::ResourceExhausted as i32, "{message}"); // 5000 bytes over the 4KiB limit, checked first
+    let small = ASSET_CONFIG.to_string() + &format!("http_fetch: {{ allow: [\"http://{origin}/\"], timeout: 10s }}\n");
+    let (server2, _server2_dir) = start(&small).await;
+    let (mut fetch2, _) = clients(&server2).await;
+    let (code, message) = status_of(fetch2.fetch_blob(fetch_blob(&[&file], vec![sri(b"other bytes")])).await.unwrap().into_inner());
+    assert_eq!(code, Code::Aborted as i32, "{message}");
+    assert!(message.contains("checksum.sri"), "{message}");
+    assert_eq!(missing(&mut server2.cas().await, "", vec![sha256(&body)]).await.len(), 1, "a mismatch stores nothing");
+    let (code, _) = status_of(fetch2.fetch_blob(fetch_blob(&[&format!("http://{origin}/nothing")], vec![])).await.unwrap().into_inner());
+    assert_eq!(code, Code::NotFound as i32);
+    let (code, message) = status_of(fetch2.fetch_blob(fetch_blob(&[&file], vec![q("checksum.sri", "md5-abc")])).await.unwrap().into_inner());
+    assert_eq!(code, Code::PermissionDenied as i32, "{message}");
+
+    // URLs outside the allow-list are never fetched: the asset is simply not found.
+    let err = fetch.fetch_blob(fetch_blob(&["http://127.0.0.1:1/elsewhere"], vec![])).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let (plain, _plain_dir) = start(ASSET_CONFIG).await;
+    let (mut fetch3, _) = clients(&plain).await;
+    assert_eq!(fetch3.fetch_blob(fetch_blob(&[&file], vec![])).await.unwrap_err().code(), Code::NotFound, "off unless configured");
 }

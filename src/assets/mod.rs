@@ -5,6 +5,7 @@
 //! stack's key-value tiers; a site cache asks its upstream's Remote Asset API on a miss and keeps
 //! what it learns.
 
+pub mod http;
 mod record;
 
 use std::sync::Arc;
@@ -28,6 +29,8 @@ pub struct Assets {
     pub index: Arc<dyn ActionCacheStore>,
     /// The server behind a site cache, asked on a miss and told of every push.
     pub upstream: Option<Arc<RemoteStore>>,
+    /// Downloads of http(s) URIs on a miss, when the configuration allows them.
+    pub http: Option<Arc<http::HttpFetcher>>,
     pub cas: Cas,
 }
 
@@ -40,6 +43,9 @@ pub enum AssetError {
     /// A push names blobs or directories the CAS does not hold.
     #[error("{} blob(s) the asset names are not in the CAS", .0.len())]
     Missing(Vec<Digest>),
+    /// Downloading the asset from its origin failed.
+    #[error(transparent)]
+    Origin(#[from] http::HttpFetchError),
 }
 
 /// A push, after the service has checked its fields.
@@ -77,13 +83,44 @@ impl Assets {
                 return Ok(Some(record));
             }
         }
-        let Some(upstream) = &self.upstream else { return Ok(None) };
-        let Some(record) = self.fetch_upstream(upstream, name, uris, oldest).await? else { return Ok(None) };
-        if !self.missing(name, &record).await?.is_empty() {
-            return Ok(None);
-        }
+        let record = match &self.upstream {
+            Some(upstream) => self.fetch_upstream(upstream, name, uris, oldest).await?,
+            None => None,
+        };
+        let record = match record {
+            Some(record) if self.missing(name, &record).await?.is_empty() => Some(record),
+            _ => self.download(name, uris, now).await?,
+        };
+        let Some(record) = record else { return Ok(None) };
         self.index.put(&name.key(&record.uri), record.encode_to_vec().into()).await?;
         Ok(Some(record))
+    }
+
+    /// The first of `uris` the downloader may fetch, fetched; the last failure if all fail.
+    async fn download(&self, name: &Name, uris: &[String], now: i64) -> Result<Option<Record>, AssetError> {
+        let Some(http) = self.http.as_ref().filter(|_| name.kind == Kind::Blob) else { return Ok(None) };
+        let mut failure = None;
+        for uri in uris.iter().filter(|u| http.handles(u)) {
+            match http.fetch(&self.cas, name.function, uri, &name.qualifiers).await {
+                Ok(digest) => {
+                    return Ok(Some(Record {
+                        kind: Kind::Blob as i32,
+                        digest: Some(to_proto(&digest)),
+                        uri: uri.clone(),
+                        qualifiers: name.qualifiers_proto(),
+                        stored_at: now,
+                        expire_at: 0,
+                        references_blobs: Vec::new(),
+                        references_directories: Vec::new(),
+                    }))
+                }
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    failure = Some(e);
+                }
+            }
+        }
+        failure.map_or(Ok(None), |e| Err(e.into()))
     }
 
     /// Records an asset under each of its URIs, once the CAS holds everything it names.

@@ -54,6 +54,31 @@ pub struct Config {
     /// `execution` among their services use it).
     #[serde(default)]
     pub execution: ExecutionConfig,
+    /// FetchBlob of http(s) URIs (Bazel's downloader): Strata downloads what its clients name, so it
+    /// is off unless configured, and then only for the URL prefixes listed.
+    #[serde(default)]
+    pub http_fetch: Option<HttpFetchConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFetchConfig {
+    /// URL prefixes that may be downloaded, e.g. `https://` (any https URL) or
+    /// `https://mirror.example.org/`.
+    pub allow: Vec<String>,
+    /// Bytes one download may have at most.
+    #[serde(default = "default_download_size")]
+    pub max_size: ByteSize,
+    /// How long one download may take.
+    #[serde(default = "default_download_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
+fn default_download_size() -> ByteSize {
+    ByteSize(4 << 30)
+}
+fn default_download_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 #[derive(Debug, Deserialize)]

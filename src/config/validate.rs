@@ -15,6 +15,16 @@ impl Config {
             return Err(format!("max_batch_total_size: {} is below the minimum of 64KiB", self.max_batch_total_size));
         }
         self.validate_instances()?;
+        if let Some(http) = &self.http_fetch {
+            for (i, prefix) in http.allow.iter().enumerate() {
+                if !(prefix.starts_with("http://") || prefix.starts_with("https://")) {
+                    return Err(format!("http_fetch.allow[{i}]: {prefix:?} is not an http:// or https:// URL prefix"));
+                }
+            }
+            if http.timeout.is_zero() {
+                return Err("http_fetch.timeout: must be longer than zero".into());
+            }
+        }
         self.validate_execution()?;
         self.validate_storage()
     }

@@ -14,7 +14,7 @@ use strata_backends::DigestFunction;
 use tonic::{Request, Response, Status};
 
 use super::{digest_function, parse_digest, parse_digests};
-use crate::assets::{self, Assets, Kind, Name, Record};
+use crate::assets::{self, AssetError, Assets, Kind, Name, Record};
 use crate::instances::Instances;
 use crate::protocol;
 use crate::quote::quote;
@@ -66,10 +66,22 @@ fn expiry(record: &Record) -> Option<Timestamp> {
     (record.expire_at != 0).then_some(Timestamp { seconds: record.expire_at, nanos: 0 })
 }
 
-async fn fetch(assets: &Assets, name: &Name, uris: &[String], oldest: Option<Timestamp>) -> Result<Record, Status> {
-    let found = assets.fetch(name, uris, oldest.map(|t| t.seconds)).await.map_err(status::from_asset)?;
-    tracing::debug!(kind = ?name.kind, uri = %quote(&uris[0]), uris = uris.len(), found = found.is_some(), "asset fetch");
-    found.ok_or_else(|| not_found(uris))
+/// A fetch's answer: the asset, or why its origin could not give it (the Remote Asset API reports
+/// that in the response's status, not as the call's).
+enum Fetched {
+    Found(Record),
+    OriginFailed(bazel_remote_apis::google::rpc::Status),
+}
+
+async fn fetch(assets: &Assets, name: &Name, uris: &[String], oldest: Option<Timestamp>) -> Result<Fetched, Status> {
+    let found = assets.fetch(name, uris, oldest.map(|t| t.seconds)).await;
+    tracing::debug!(kind = ?name.kind, uri = %quote(&uris[0]), uris = uris.len(), found = matches!(found, Ok(Some(_))), "asset fetch");
+    match found {
+        Ok(Some(record)) => Ok(Fetched::Found(record)),
+        Ok(None) => Err(not_found(uris)),
+        Err(AssetError::Origin(e)) => Ok(Fetched::OriginFailed(protocol::to_rpc(&Status::new(e.code(), e.to_string())))),
+        Err(e) => Err(status::from_asset(e)),
+    }
 }
 
 #[tonic::async_trait]
@@ -79,7 +91,13 @@ impl Fetch for AssetService {
         // The instance first: one without the service answers UNIMPLEMENTED even to an empty probe.
         let assets = self.instances.assets(&req.instance_name)?;
         let name = name(Kind::Blob, req.digest_function, &req.uris, &req.qualifiers)?;
-        let record = fetch(assets, &name, &req.uris, req.oldest_content_accepted).await?;
+        let record = match fetch(assets, &name, &req.uris, req.oldest_content_accepted).await? {
+            Fetched::Found(record) => record,
+            Fetched::OriginFailed(status) => {
+                let uri = req.uris[0].clone();
+                return Ok(Response::new(asset::FetchBlobResponse { status: Some(status), uri, qualifiers: req.qualifiers, ..Default::default() }));
+            }
+        };
         Ok(Response::new(asset::FetchBlobResponse {
             status: Some(protocol::ok_rpc()),
             expires_at: expiry(&record),
@@ -95,7 +113,13 @@ impl Fetch for AssetService {
         // The instance first: one without the service answers UNIMPLEMENTED even to an empty probe.
         let assets = self.instances.assets(&req.instance_name)?;
         let name = name(Kind::Directory, req.digest_function, &req.uris, &req.qualifiers)?;
-        let record = fetch(assets, &name, &req.uris, req.oldest_content_accepted).await?;
+        let record = match fetch(assets, &name, &req.uris, req.oldest_content_accepted).await? {
+            Fetched::Found(record) => record,
+            Fetched::OriginFailed(status) => {
+                let uri = req.uris[0].clone();
+                return Ok(Response::new(asset::FetchDirectoryResponse { status: Some(status), uri, qualifiers: req.qualifiers, ..Default::default() }));
+            }
+        };
         Ok(Response::new(asset::FetchDirectoryResponse {
             status: Some(protocol::ok_rpc()),
             expires_at: expiry(&record),
