@@ -259,6 +259,24 @@ async fn store_file(cas: &Cas, digest: &Digest, path: &PathBuf) -> Result<(), Ht
     Ok(())
 }
 
+impl HttpFetchError {
+    /// The code a FetchBlobResponse's status carries for this failure at the origin (the Remote
+    /// Asset API reports those in the response, not as the call's own status).
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            HttpFetchError::Refused(_) => Code::PermissionDenied,
+            HttpFetchError::Failed { .. } => Code::Unavailable,
+            HttpFetchError::Missing { .. } => Code::NotFound,
+            HttpFetchError::TimedOut { .. } => Code::DeadlineExceeded,
+            HttpFetchError::Mismatch { .. } => Code::Aborted,
+            HttpFetchError::TooLarge { .. } => Code::ResourceExhausted,
+            HttpFetchError::Store(StoreError::TooLarge { .. } | StoreError::Full { .. } | StoreError::NoSpace { .. }) => Code::ResourceExhausted,
+            HttpFetchError::Store(_) => Code::Internal,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,24 +293,6 @@ mod tests {
         assert!(Sri::parse("sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=").is_ok());
         for bad in ["md5-xyz", "sha256", "sha256-***"] {
             assert!(matches!(Sri::parse(bad), Err(HttpFetchError::Refused(_))), "{bad}");
-        }
-    }
-}
-
-impl HttpFetchError {
-    /// The code a FetchBlobResponse's status carries for this failure at the origin (the Remote
-    /// Asset API reports those in the response, not as the call's own status).
-    pub fn code(&self) -> tonic::Code {
-        use tonic::Code;
-        match self {
-            HttpFetchError::Refused(_) => Code::PermissionDenied,
-            HttpFetchError::Failed { .. } => Code::Unavailable,
-            HttpFetchError::Missing { .. } => Code::NotFound,
-            HttpFetchError::TimedOut { .. } => Code::DeadlineExceeded,
-            HttpFetchError::Mismatch { .. } => Code::Aborted,
-            HttpFetchError::TooLarge { .. } => Code::ResourceExhausted,
-            HttpFetchError::Store(StoreError::TooLarge { .. } | StoreError::Full { .. } | StoreError::NoSpace { .. }) => Code::ResourceExhausted,
-            HttpFetchError::Store(_) => Code::Internal,
         }
     }
 }

@@ -75,7 +75,9 @@ enum Fetched {
 
 async fn fetch(assets: &Assets, name: &Name, uris: &[String], oldest: Option<Timestamp>) -> Result<Fetched, Status> {
     let found = assets.fetch(name, uris, oldest.map(|t| t.seconds)).await;
-    tracing::debug!(kind = ?name.kind, uri = %quote(&uris[0]), uris = uris.len(), found = matches!(found, Ok(Some(_))), "asset fetch");
+    // Qualifier names only: values may carry credentials (`http_header:Authorization`).
+    let qualifiers: Vec<&str> = name.qualifiers.iter().map(|(k, _)| k.as_str()).collect();
+    tracing::debug!(kind = ?name.kind, uri = %quote(&uris[0]), uris = uris.len(), ?qualifiers, found = matches!(found, Ok(Some(_))), "asset fetch");
     match found {
         Ok(Some(record)) => Ok(Fetched::Found(record)),
         Ok(None) => Err(not_found(uris)),

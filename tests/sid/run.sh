@@ -10,12 +10,17 @@
 #   default  `strata serve` on its embedded default: Bazel 7 with --remote_cache, then with
 #            --remote_executor (on the in-process bot), both with --remote_download_minimal and all
 #            hits after `clean --expunge`; recc compiles remotely on the in-process bot, and in
-#            cache-only mode (a local compile uploaded, then an action cache hit).
+#            cache-only mode (a local compile uploaded, then an action cache hit); Bazel 7's
+#            --experimental_remote_downloader gets an http_file through Strata, and after the HTTP
+#            server is stopped and `clean --expunge`, from Strata alone.
 #
 # (buildbox-run-bubblewrap makes the input root the sandbox's `/`, so it runs BuildStream's actions,
 # whose input root is a whole system, not recc's or Bazel's: tests/buildstream/run.sh runs it.)
 #
-# Usage: tests/sid/run.sh [worker|default]... [--strata path/to/strata]   (default: both, target/debug/strata)
+#   downloader  only the default's remote-downloader part.
+#
+# Usage: tests/sid/run.sh [worker|default|downloader]... [--strata path/to/strata]
+#        (default: worker and default, target/debug/strata)
 # The chroot is $STRATA_SID_ROOT (default /var/cache/strata-ci/sid), built by tests/sid/chroot.sh.
 set -euo pipefail
 
@@ -26,8 +31,8 @@ scenarios=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --strata) strata=$2; shift 2 ;;
-        worker|default) scenarios+=("$1"); shift ;;
-        *) echo "usage: $0 [worker|default]... [--strata PATH]" >&2; exit 2 ;;
+        worker|default|downloader) scenarios+=("$1"); shift ;;
+        *) echo "usage: $0 [worker|default|downloader]... [--strata PATH]" >&2; exit 2 ;;
     esac
 done
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(worker default)
@@ -141,6 +146,37 @@ recc_cache_only() {
     echo "recc cache-only: local build uploaded, then an action cache hit"
 }
 
+# Bazel 7's downloader through Strata's Remote Asset API: an http_file from a local HTTP server.
+bazel_downloader() {
+    mkdir -p "$work/origin"
+    head -c 200000 /dev/urandom | base64 >"$work/origin/payload.txt"
+    local sha http_port
+    sha=$(sha256sum "$work/origin/payload.txt" | cut -d' ' -f1)
+    http_port=$(free_port)
+    python3 -m http.server "$http_port" --bind 127.0.0.1 --directory "$work/origin" >"$work/origin.log" 2>&1 &
+    local origin=$!
+    pids+=("$origin")
+    wait_port "$http_port" "$work/origin.log"
+    rm -rf "$work/dl" "$work/dl-root"
+    cp -r "$here/downloader" "$work/dl"
+    sed -e "s|@URL@|http://127.0.0.1:$http_port/payload.txt|" -e "s|@SHA256@|$sha|" "$work/dl/WORKSPACE.in" >"$work/dl/WORKSPACE"
+    # No repository cache: every fetch must go to the downloader (which Bazel uses only beside a
+    # gRPC --remote_cache).
+    local flags=(--experimental_remote_downloader="$endpoint" --remote_cache="$endpoint" --repository_cache= --remote_timeout=60)
+    dl() { in_sid sh -c "cd $inside/dl && bazel --output_user_root=$inside/dl-root $* 2>&1" ; }
+    dl build //:copy "${flags[@]}" >"$work/bazel-dl.log" || fail "bazel 7 with the remote downloader failed"
+    grep -q "downloaded for a FetchBlob" "$work/strata.log" || fail "Strata did not download the http_file"
+    grep -q "GET /payload.txt" "$work/origin.log" || fail "the HTTP server was never asked"
+    kill "$origin"
+    wait "$origin" 2>/dev/null || true
+    dl clean --expunge >/dev/null
+    dl build //:copy "${flags[@]}" >"$work/bazel-dl.log" || fail "bazel 7 failed once the HTTP server was gone"
+    cmp "$work/origin/payload.txt" "$work/dl/bazel-bin/copy.txt" 2>/dev/null \
+        || in_sid cmp "$inside/origin/payload.txt" "$inside/dl/bazel-bin/copy.txt" || fail "the downloaded file is wrong"
+    in_sid sh -c "cd $inside/dl && bazel --output_user_root=$inside/dl-root shutdown" >/dev/null 2>&1 || true
+    echo "bazel 7 downloader: http_file fetched through Strata, and again from Strata alone after the origin stopped"
+}
+
 scenario_default() {
     echo "== strata serve on its embedded default"
     strata_args=()
@@ -150,6 +186,14 @@ scenario_default() {
     grep -q "action finished" "$work/strata.log" || fail "the in-process bot logged no action"
     recc_compiles --any-compiler
     recc_cache_only
+    bazel_downloader
+    stop_strata
+}
+
+scenario_downloader() {
+    echo "== Bazel 7's remote downloader on the embedded default"
+    start_strata
+    bazel_downloader
     stop_strata
 }
 
