@@ -78,7 +78,7 @@ async fn read_errors() {
     // A negative offset is outside the blob: OUT_OF_RANGE, as the ByteStream contract says.
     assert_eq!(read(&mut bs, blob_name("", &absent), -1, 0).await.unwrap_err().code(), Code::OutOfRange);
     assert_eq!(read(&mut bs, blob_name("", &absent), 0, -1).await.unwrap_err().code(), Code::InvalidArgument);
-    for bad in ["", "blobs", "blobs/abc/1", &format!("blobs/{}/x", absent.hash), &format!("compressed-blobs/zstd/{}/12", absent.hash)] {
+    for bad in ["", "blobs", "blobs/abc/1", &format!("blobs/{}/x", absent.hash), &format!("compressed-blobs/deflate/{}/12", absent.hash)] {
         let err = read(&mut bs, bad.to_string(), 0, 0).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
         assert!(err.message().contains("resource name"), "{}", err.message());

@@ -4,6 +4,7 @@
 //! size, backoff). Clients depend on this module, never on `services/`.
 
 pub mod action;
+pub mod compression;
 pub mod paths;
 pub mod resource;
 pub mod rwapi;

@@ -14,6 +14,8 @@ use crate::quote::quote;
 pub struct ReadResource {
     pub instance: String,
     pub digest: Digest,
+    /// `compressed-blobs/zstd/...`: the bytes travel zstd-compressed.
+    pub compressed: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -21,6 +23,8 @@ pub struct WriteResource {
     pub instance: String,
     pub uuid: String,
     pub digest: Digest,
+    /// `compressed-blobs/zstd/...`: the bytes travel zstd-compressed.
+    pub compressed: bool,
 }
 
 fn invalid(name: &str, why: &str) -> Status {
@@ -32,11 +36,11 @@ pub fn parse_read(name: &str) -> Result<ReadResource, Status> {
     let Some(at) = segments.iter().position(|s| *s == "blobs" || *s == "compressed-blobs") else {
         return Err(invalid(name, "expected {instance}/blobs/{hash}/{size}"));
     };
-    let (digest, rest) = parse_blob_part(name, &segments[at..])?;
+    let (digest, compressed, rest) = parse_blob_part(name, &segments[at..])?;
     if !rest.is_empty() {
         return Err(invalid(name, "unexpected segments after {hash}/{size}"));
     }
-    Ok(ReadResource { instance: segments[..at].join("/"), digest })
+    Ok(ReadResource { instance: segments[..at].join("/"), digest, compressed })
 }
 
 pub fn parse_write(name: &str) -> Result<WriteResource, Status> {
@@ -49,21 +53,21 @@ pub fn parse_write(name: &str) -> Result<WriteResource, Status> {
         _ => return Err(invalid(name, "expected {instance}/uploads/{uuid}/blobs/{hash}/{size}")),
     };
     // Whatever follows {size} is optional metadata, which this server ignores.
-    let (digest, _metadata) = parse_blob_part(name, &segments[at + 2..])?;
-    Ok(WriteResource { instance: segments[..at].join("/"), uuid, digest })
+    let (digest, compressed, _metadata) = parse_blob_part(name, &segments[at + 2..])?;
+    Ok(WriteResource { instance: segments[..at].join("/"), uuid, digest, compressed })
 }
 
-/// Parses `blobs/{digest_function/}{hash}/{size}...`, returning the digest and what follows it.
-fn parse_blob_part<'a>(name: &str, segments: &'a [&'a str]) -> Result<(Digest, &'a [&'a str]), Status> {
-    let mut rest = match segments.first() {
-        Some(&"blobs") => &segments[1..],
-        Some(&"compressed-blobs") => {
-            let compressor = segments.get(1).copied().unwrap_or("");
-            return Err(invalid(
-                name,
-                &format!("compressor {} is not supported; this server advertises identity only, use blobs/", quote(compressor)),
-            ));
-        }
+/// Parses `blobs/{digest_function/}{hash}/{size}...` or `compressed-blobs/zstd/...`, returning the
+/// digest, whether it is compressed, and what follows it.
+fn parse_blob_part<'a>(name: &str, segments: &'a [&'a str]) -> Result<(Digest, bool, &'a [&'a str]), Status> {
+    let (mut rest, compressed) = match segments.first() {
+        Some(&"blobs") => (&segments[1..], false),
+        Some(&"compressed-blobs") => match segments.get(1).copied().unwrap_or("") {
+            "zstd" => (&segments[2..], true),
+            other => {
+                return Err(invalid(name, &format!("compressor {} is not supported; this server supports zstd (and identity, as blobs/)", quote(other))))
+            }
+        },
         _ => return Err(invalid(name, "expected blobs/{hash}/{size}")),
     };
     let mut function = DigestFunction::Sha256;
@@ -80,7 +84,7 @@ fn parse_blob_part<'a>(name: &str, segments: &'a [&'a str]) -> Result<(Digest, &
     };
     let size: i64 = size.parse().map_err(|_| invalid(name, &format!("size {} is not a number", quote(size))))?;
     let digest = Digest::parse(function, hash, size).map_err(|e| invalid(name, &e.to_string()))?;
-    Ok((digest, &rest[2..]))
+    Ok((digest, compressed, &rest[2..]))
 }
 
 #[cfg(test)]
@@ -125,12 +129,23 @@ mod tests {
             format!("blobs/{}/1", &H[1..]),
             format!("blobs/sha1/{H}/1"),
             format!("blobs/{H}/1/extra"),
-            format!("compressed-blobs/zstd/{H}/1"),
+            format!("compressed-blobs/deflate/{H}/1"),
+            format!("compressed-blobs/{H}/1"),
+            format!("compressed-blobs/zstd/{H}"),
         ] {
             assert!(parse_read(&bad).is_err(), "{bad}");
         }
         assert!(parse_write(&format!("uploads/u/blobs/{H}")).is_err());
         assert!(parse_write(&format!("blobs/{H}/1")).is_err());
-        assert!(parse_write(&format!("uploads/u/compressed-blobs/zstd/{H}/1")).is_err());
+        assert!(parse_write(&format!("uploads/u/compressed-blobs/brotli/{H}/1")).is_err());
+    }
+
+    #[test]
+    fn compressed_names_parse() {
+        let r = parse_read(&format!("i/compressed-blobs/zstd/{H}/7")).unwrap();
+        assert!(r.compressed && r.instance == "i" && r.digest.size == 7);
+        let w = parse_write(&format!("uploads/u/compressed-blobs/zstd/blake3/{H}/7/meta")).unwrap();
+        assert!(w.compressed && w.digest.function == DigestFunction::Blake3);
+        assert!(!parse_read(&format!("blobs/{H}/7")).unwrap().compressed);
     }
 }

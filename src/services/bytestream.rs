@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::instances::Instances;
 use crate::quote::quote;
+use crate::protocol::compression::{Compressor, Decompressor};
 use crate::protocol::resource::{parse_read, parse_write};
 use crate::status;
 use crate::uploads::{Parking, ParkingLimits};
@@ -36,6 +37,14 @@ pub struct ByteStreamService {
 struct Upload {
     digest: Digest,
     writer: VerifyingWriter,
+}
+
+/// How one Write call's bytes travel: as they are, or as a zstd stream starting at `base`.
+struct Wire {
+    decoder: Option<Decompressor>,
+    base: u64,
+    /// Compressed bytes received in this call.
+    sent: u64,
 }
 
 type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResponse, Status>> + Send>>;
@@ -56,6 +65,7 @@ impl ByteStreamService {
         &self,
         name: &str,
         mut upload: Upload,
+        wire: &mut Wire,
         first: WriteRequest,
         stream: &mut Streaming<WriteRequest>,
     ) -> Result<Option<Upload>, (Option<Upload>, Status)> {
@@ -77,21 +87,34 @@ impl ByteStreamService {
                 ))));
             }
             let committed = upload.writer.received();
-            if msg.write_offset != committed as i64 {
+            // Identity: offsets count the blob's bytes. Compressed: the first is where the blob
+            // resumes (uncompressed) and later ones add the compressed bytes sent since.
+            let expected = match &wire.decoder {
+                Some(_) => wire.base + wire.sent,
+                None => committed,
+            };
+            if msg.write_offset != expected as i64 {
                 return Err((None, Status::invalid_argument(format!(
-                    "write_offset {} does not follow the {committed} bytes committed so far",
+                    "write_offset {} does not follow the {expected} bytes committed so far",
                     msg.write_offset
                 ))));
             }
-            let received = committed + msg.data.len() as u64;
+            let data = match wire.decoder.as_mut() {
+                Some(decoder) => {
+                    wire.sent += msg.data.len() as u64;
+                    decoder.feed(&msg.data).map_err(|e| (None, Status::invalid_argument(format!("blob {}: {e}", upload.digest))))?
+                }
+                None => msg.data,
+            };
+            let received = committed + data.len() as u64;
             if received > upload.digest.size {
                 return Err((None, Status::invalid_argument(format!(
                     "blob {}: received {received} bytes or more, but the resource name declares {}",
                     upload.digest, upload.digest.size
                 ))));
             }
-            if !msg.data.is_empty() {
-                upload.writer.append(Bytes::from(msg.data)).await.map_err(|e| (None, status::from_store(e)))?;
+            if !data.is_empty() {
+                upload.writer.append(Bytes::from(data)).await.map_err(|e| (None, status::from_store(e)))?;
             }
             if msg.finish_write {
                 Box::new(upload.writer).commit().await.map_err(|e| (None, status::from_store(e)))?;
@@ -99,6 +122,37 @@ impl ByteStreamService {
             }
         }
     }
+}
+
+/// A blob (from its read offset on) as one zstd frame, compressed a piece at a time: at most
+/// READ_CHUNK of input per step keeps every message small and the CPU work in short slices.
+fn compressed(blob: Blob) -> ReadStream {
+    let pieces = blob.into_stream().flat_map(|chunk| {
+        let pieces: Vec<Result<Bytes, _>> = match chunk {
+            Ok(data) => (0..data.len().div_ceil(READ_CHUNK)).map(|i| Ok(data.slice(i * READ_CHUNK..((i + 1) * READ_CHUNK).min(data.len())))).collect(),
+            Err(e) => vec![Err(e)],
+        };
+        futures::stream::iter(pieces)
+    });
+    let state = (Box::pin(pieces), Some(Compressor::new()));
+    Box::pin(futures::stream::unfold(state, |(mut pieces, mut compressor)| async move {
+        loop {
+            let c = compressor.as_mut()?;
+            match pieces.next().await {
+                Some(Ok(data)) => {
+                    let out = c.feed(&data);
+                    if !out.is_empty() {
+                        return Some((Ok(ReadResponse { data: out }), (pieces, compressor)));
+                    }
+                }
+                Some(Err(e)) => return Some((Err(status::from_store(e)), (pieces, None))),
+                None => {
+                    let out = compressor.take()?.finish();
+                    return Some((Ok(ReadResponse { data: out }), (pieces, None)));
+                }
+            }
+        }
+    }))
 }
 
 #[tonic::async_trait]
@@ -125,6 +179,12 @@ impl ByteStream for ByteStreamService {
                 digest.size
             )));
         }
+        if resource.compressed && req.read_limit != 0 {
+            return Err(Status::invalid_argument(format!(
+                "read_limit {} on a compressed read: REAPI allows none (the compressed size is not known ahead)",
+                req.read_limit
+            )));
+        }
         let limit = (req.read_limit > 0).then_some(req.read_limit as u64);
         let blob = cas
             .read(&digest, offset, limit)
@@ -132,6 +192,7 @@ impl ByteStream for ByteStreamService {
             .map_err(status::from_store)?
             .ok_or_else(|| Status::not_found(format!("blob {digest} not found")))?;
         let stream: ReadStream = match blob {
+            blob if resource.compressed => compressed(blob),
             Blob::Bytes(data) if data.is_empty() => Box::pin(futures::stream::once(async { Ok(ReadResponse::default()) })),
             Blob::Bytes(data) => Box::pin(futures::stream::unfold(data, |mut rest| async move {
                 if rest.is_empty() {
@@ -157,10 +218,11 @@ impl ByteStream for ByteStreamService {
         let resource = parse_write(&name)?;
         let cas = self.instances.cas(&resource.instance)?;
         let digest = resource.digest;
-        let done = WriteResponse { committed_size: digest.size as i64 };
         // Only a shortcut: if the check itself fails (an upstream is down), the upload goes ahead.
+        // A compressed upload that finds the blob stored ends with -1, as REAPI asks.
         if cas.contains(&[digest]).await.is_ok_and(|present| present.first() == Some(&true)) {
-            return Ok(Response::new(done));
+            let committed_size = if resource.compressed { -1 } else { digest.size as i64 };
+            return Ok(Response::new(WriteResponse { committed_size }));
         }
         let upload = match self.uploads.take(&name) {
             Some(upload) => upload,
@@ -173,8 +235,16 @@ impl ByteStream for ByteStreamService {
                 )))
             }
         };
-        match self.receive(&name, upload, first, &mut stream).await {
-            Ok(None) => Ok(Response::new(done)),
+        let base = upload.writer.received();
+        let decoder = match resource.compressed {
+            true => Some(Decompressor::new(digest.size - base).map_err(|e| Status::internal(e.to_string()))?),
+            false => None,
+        };
+        let mut wire = Wire { decoder, base, sent: 0 };
+        match self.receive(&name, upload, &mut wire, first, &mut stream).await {
+            // Compressed: the bytes this call processed, the resumption point plus what was sent.
+            Ok(None) if resource.compressed => Ok(Response::new(WriteResponse { committed_size: (wire.base + wire.sent) as i64 })),
+            Ok(None) => Ok(Response::new(WriteResponse { committed_size: digest.size as i64 })),
             Ok(Some(unfinished)) => {
                 let committed = unfinished.writer.received() as i64;
                 self.park(name, unfinished);

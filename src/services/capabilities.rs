@@ -28,6 +28,7 @@ impl Capabilities for CapabilitiesService {
         let instance = self.instances.get(&request.get_ref().instance_name)?;
         let digest_functions: Vec<i32> = DigestFunction::ALL.iter().map(|f| f.to_proto()).collect();
         let identity = reapi::compressor::Value::Identity as i32;
+        let zstd = reapi::compressor::Value::Zstd as i32;
         let cache = reapi::CacheCapabilities {
             digest_functions: digest_functions.clone(),
             action_cache_update_capabilities: Some(reapi::ActionCacheUpdateCapabilities {
@@ -35,8 +36,8 @@ impl Capabilities for CapabilitiesService {
             }),
             max_batch_total_size_bytes: self.instances.max_batch_total_size as i64,
             symlink_absolute_path_strategy: reapi::symlink_absolute_path_strategy::Value::Allowed as i32,
-            supported_compressors: vec![identity],
-            supported_batch_update_compressors: vec![identity],
+            supported_compressors: vec![identity, zstd],
+            supported_batch_update_compressors: vec![identity, zstd],
             ..Default::default()
         };
         Ok(Response::new(reapi::ServerCapabilities {

@@ -14,11 +14,14 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{digest_function, parse_digest, parse_digests};
-use crate::protocol::{self, to_proto};
+use crate::protocol::{self, compression, to_proto};
 use crate::tree::{load, Walk};
 use crate::instances::Instances;
 use crate::quote::quote;
 use crate::status;
+
+const IDENTITY: i32 = reapi::compressor::Value::Identity as i32;
+const ZSTD: i32 = reapi::compressor::Value::Zstd as i32;
 
 /// Directories per GetTree page when the client does not say.
 const DEFAULT_TREE_PAGE: usize = 1000;
@@ -64,17 +67,23 @@ impl ContentAddressableStorage for CasService {
         let req = request.into_inner();
         let cas = self.instances.cas(&req.instance_name)?;
         let function = digest_function(req.digest_function)?;
-        self.check_batch_size(req.requests.iter().map(|r| r.data.len() as u64).sum(), "BatchUpdateBlobs")?;
+        // Compressed entries count at their uncompressed size: that bounds what decompression makes.
+        let total = req.requests.iter().map(|r| if r.compressor == ZSTD { r.digest.as_ref().map_or(0, |d| d.size_bytes.max(0) as u64) } else { r.data.len() as u64 }).sum();
+        self.check_batch_size(total, "BatchUpdateBlobs")?;
         let writes = req.requests.into_iter().enumerate().map(|(i, r)| async move {
             let result = async {
                 let digest = parse_digest(function, r.digest.as_ref(), &format!("requests[{i}].digest"))?;
-                if r.compressor != reapi::compressor::Value::Identity as i32 {
-                    return Err(Status::invalid_argument(format!(
-                        "requests[{i}]: compressor {} is not supported; this server accepts identity only",
-                        r.compressor
-                    )));
-                }
-                cas.put(&digest, Bytes::from(r.data)).await.map_err(status::from_store)
+                let data = match r.compressor {
+                    IDENTITY => r.data,
+                    ZSTD => compression::decompress(&r.data, digest.size)
+                        .map_err(|e| Status::invalid_argument(format!("requests[{i}]: blob {digest}: {e}")))?,
+                    other => {
+                        return Err(Status::invalid_argument(format!(
+                            "requests[{i}]: compressor {other} is not supported; this server accepts identity and zstd"
+                        )))
+                    }
+                };
+                cas.put(&digest, Bytes::from(data)).await.map_err(status::from_store)
             }
             .await;
             batch_update_blobs_response::Response {
@@ -96,18 +105,22 @@ impl ContentAddressableStorage for CasService {
         let function = digest_function(req.digest_function)?;
         let digests = parse_digests(function, &req.digests, "digests")?;
         self.check_batch_size(digests.iter().map(|d| d.size).sum(), "BatchReadBlobs")?;
+        let zstd_ok = req.acceptable_compressors.contains(&ZSTD);
         let reads = digests.iter().map(|digest| async move {
             let (data, status) = match cas.read_whole(digest).await {
                 Ok(Some(data)) => (data.to_vec(), protocol::ok_rpc()),
                 Ok(None) => (Vec::new(), protocol::to_rpc(&Status::not_found(format!("blob {digest} not found")))),
                 Err(e) => (Vec::new(), protocol::to_rpc(&status::from_store(e))),
             };
-            batch_read_blobs_response::Response {
-                digest: Some(to_proto(digest)),
-                data,
-                compressor: reapi::compressor::Value::Identity as i32,
-                status: Some(status),
-            }
+            // Compressed only where that makes the answer smaller.
+            let (data, compressor) = match zstd_ok && !data.is_empty() {
+                true => match compression::compress(&data) {
+                    smaller if smaller.len() < data.len() => (smaller, ZSTD),
+                    _ => (data, IDENTITY),
+                },
+                false => (data, IDENTITY),
+            };
+            batch_read_blobs_response::Response { digest: Some(to_proto(digest)), data, compressor, status: Some(status) }
         });
         let responses = futures::future::join_all(reads).await;
         Ok(Response::new(reapi::BatchReadBlobsResponse { responses }))

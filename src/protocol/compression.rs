@@ -1,0 +1,164 @@
+//! zstd on the wire, as REAPI defines it: blobs travel compressed (`compressed-blobs/zstd/...`,
+//! batch `compressor: ZSTD`) but are named, checked and stored by their uncompressed digest. Both
+//! directions stream: a compressed upload is decompressed as it arrives, with its output bounded by
+//! the digest's size, so a small frame that expands without end (a zstd bomb) is stopped there.
+
+use zstd::stream::raw::{Decoder, Encoder, InBuffer, Operation, OutBuffer};
+
+/// The level compressed reads are made with: zstd's fastest, as bazel-remote and Buildbarn use.
+pub const LEVEL: i32 = 1;
+/// Output produced per step.
+const STEP: usize = 128 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompressionError {
+    #[error("the zstd data is not valid: {0}")]
+    Corrupt(String),
+    #[error("the zstd data decompresses to more than the {limit} bytes its digest declares")]
+    TooLong { limit: u64 },
+}
+
+/// Decompresses an upload piece by piece, never past `limit` bytes of output.
+pub struct Decompressor {
+    decoder: Decoder<'static>,
+    limit: u64,
+    produced: u64,
+}
+
+impl Decompressor {
+    pub fn new(limit: u64) -> Result<Decompressor, CompressionError> {
+        let decoder = Decoder::new().map_err(|e| CompressionError::Corrupt(e.to_string()))?;
+        Ok(Decompressor { decoder, limit, produced: 0 })
+    }
+
+    /// The decompressed bytes this input gives (a frame may span several inputs).
+    pub fn feed(&mut self, input: &[u8]) -> Result<Vec<u8>, CompressionError> {
+        let mut out = Vec::new();
+        let mut input = InBuffer::around(input);
+        let mut step = vec![0u8; STEP];
+        loop {
+            let mut output = OutBuffer::around(&mut step[..]);
+            self.decoder.run(&mut input, &mut output).map_err(|e| CompressionError::Corrupt(e.to_string()))?;
+            let written = output.pos();
+            self.produced += written as u64;
+            if self.produced > self.limit {
+                return Err(CompressionError::TooLong { limit: self.limit });
+            }
+            out.extend_from_slice(&step[..written]);
+            // Done when the input is used up and the decoder had nothing more to give.
+            if input.pos() == input.src.len() && written < STEP {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// Decompresses a whole (batch) blob of at most `limit` bytes.
+pub fn decompress(data: &[u8], limit: u64) -> Result<Vec<u8>, CompressionError> {
+    Decompressor::new(limit)?.feed(data)
+}
+
+/// Compresses a whole (batch) blob.
+pub fn compress(data: &[u8]) -> Vec<u8> {
+    // Compressing into memory cannot fail but for allocation; an empty result would not decode.
+    zstd::bulk::compress(data, LEVEL).unwrap_or_else(|_| streaming_whole(data))
+}
+
+fn streaming_whole(data: &[u8]) -> Vec<u8> {
+    let mut c = Compressor::new();
+    let mut out = c.feed(data);
+    out.extend(c.finish());
+    out
+}
+
+/// Compresses a read piece by piece into one zstd frame.
+pub struct Compressor {
+    encoder: Option<Encoder<'static>>,
+}
+
+impl Default for Compressor {
+    fn default() -> Self {
+        Compressor::new()
+    }
+}
+
+impl Compressor {
+    pub fn new() -> Compressor {
+        Compressor { encoder: Encoder::new(LEVEL).ok() }
+    }
+
+    /// Compressed bytes for this input (possibly none yet: zstd buffers).
+    pub fn feed(&mut self, data: &[u8]) -> Vec<u8> {
+        let Some(encoder) = self.encoder.as_mut() else { return Vec::new() };
+        let mut out = Vec::new();
+        let mut input = InBuffer::around(data);
+        let mut step = vec![0u8; STEP];
+        while input.pos() < input.src.len() {
+            let mut output = OutBuffer::around(&mut step[..]);
+            if encoder.run(&mut input, &mut output).is_err() {
+                self.encoder = None;
+                return out;
+            }
+            let written = output.pos();
+            out.extend_from_slice(&step[..written]);
+        }
+        out
+    }
+
+    /// The rest of the frame.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let Some(mut encoder) = self.encoder.take() else { return Vec::new() };
+        let mut out = Vec::new();
+        let mut step = vec![0u8; STEP];
+        loop {
+            let mut output = OutBuffer::around(&mut step[..]);
+            let Ok(remaining) = encoder.finish(&mut output, true) else { return out };
+            let written = output.pos();
+            out.extend_from_slice(&step[..written]);
+            if remaining == 0 {
+                return out;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i % 251) as u8 ^ (i / 4096) as u8).collect()
+    }
+
+    #[test]
+    fn streams_round_trip_in_any_pieces() {
+        let data = sample(1 << 20);
+        let mut c = Compressor::new();
+        let mut frame = Vec::new();
+        for piece in data.chunks(100_000) {
+            frame.extend(c.feed(piece));
+        }
+        frame.extend(c.finish());
+        assert!(frame.len() < data.len() / 2);
+        let mut d = Decompressor::new(data.len() as u64).unwrap();
+        let mut back = Vec::new();
+        for piece in frame.chunks(7_777) {
+            back.extend(d.feed(piece).unwrap());
+        }
+        assert_eq!(back, data);
+        assert_eq!(decompress(&compress(&data), data.len() as u64).unwrap(), data);
+        assert_eq!(decompress(&compress(b""), 0).unwrap(), b"");
+    }
+
+    #[test]
+    fn bombs_stop_at_the_declared_size_and_garbage_is_refused() {
+        let zeros = vec![0u8; 64 << 20];
+        let bomb = compress(&zeros);
+        assert!(bomb.len() < 64 << 10, "{} bytes", bomb.len());
+        assert!(matches!(decompress(&bomb, 1000), Err(CompressionError::TooLong { limit: 1000 })));
+        let mut d = Decompressor::new(1 << 20).unwrap();
+        let outcome = bomb.chunks(1000).try_for_each(|piece| d.feed(piece).map(|_| ()));
+        assert!(matches!(outcome, Err(CompressionError::TooLong { .. })));
+        assert!(matches!(decompress(b"not zstd at all", 100), Err(CompressionError::Corrupt(_))));
+    }
+}
