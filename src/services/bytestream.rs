@@ -191,6 +191,9 @@ impl ByteStream for ByteStreamService {
             .await
             .map_err(status::from_store)?
             .ok_or_else(|| Status::not_found(format!("blob {digest} not found")))?;
+        if resource.compressed {
+            tracing::debug!(%digest, offset, "compressed read");
+        }
         let stream: ReadStream = match blob {
             blob if resource.compressed => compressed(blob),
             Blob::Bytes(data) if data.is_empty() => Box::pin(futures::stream::once(async { Ok(ReadResponse::default()) })),
@@ -240,6 +243,9 @@ impl ByteStream for ByteStreamService {
             true => Some(Decompressor::new(digest.size - base).map_err(|e| Status::internal(e.to_string()))?),
             false => None,
         };
+        if resource.compressed {
+            tracing::debug!(%digest, base, "compressed write");
+        }
         let mut wire = Wire { decoder, base, sent: 0 };
         match self.receive(&name, upload, &mut wire, first, &mut stream).await {
             // Compressed: the bytes this call processed, the resumption point plus what was sent.

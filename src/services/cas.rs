@@ -76,6 +76,7 @@ impl ContentAddressableStorage for CasService {
                 let data = match r.compressor {
                     IDENTITY => r.data,
                     ZSTD => compression::decompress(&r.data, digest.size)
+                        .inspect(|_| tracing::debug!(%digest, "compressed batch upload"))
                         .map_err(|e| Status::invalid_argument(format!("requests[{i}]: blob {digest}: {e}")))?,
                     other => {
                         return Err(Status::invalid_argument(format!(

@@ -9,7 +9,8 @@
 #            on the worker, and after `clean --expunge` gets every action from the cache.
 #   default  `strata serve` on its embedded default: Bazel 7 with --remote_cache, then with
 #            --remote_executor (on the in-process bot), both with --remote_download_minimal and all
-#            hits after `clean --expunge`; recc compiles remotely on the in-process bot, and in
+#            hits after `clean --expunge`, and with --remote_cache_compression (zstd) in both
+#            modes; recc compiles remotely on the in-process bot, and in
 #            cache-only mode (a local compile uploaded, then an action cache hit); Bazel 7's
 #            --experimental_remote_downloader gets an http_file through Strata, and after the HTTP
 #            server is stopped and `clean --expunge`, from Strata alone.
@@ -87,6 +88,15 @@ bazel_twice() { # exec|cache [extra flags...]
     in_sid sh -c "cd $inside/ws 2>/dev/null && bazel --output_user_root=$inside/bazel-root shutdown" >/dev/null 2>&1 || true
     rm -rf "$work/ws" "$work/bazel-root"
     cp -r "$here/workspace" "$work/ws"
+    # Debian's Bazel looks for zstd-jni (for --remote_cache_compression) only in its own directory,
+    # where libzstd-jni1 does not put it: point it at the library under the name it asks for.
+    local jni
+    jni=$(cd "$sid_root" && ls usr/lib/x86_64-linux-gnu/libzstd-jni.so.* 2>/dev/null | head -n 1)
+    if [ -n "$jni" ]; then
+        mkdir -p "$work/jni"
+        ln -sf "/$jni" "$work/jni/libzstd-jni.so"
+        echo "startup --host_jvm_args=-Djava.library.path=/usr/share/bazel:$inside/jni" >>"$work/ws/.bazelrc"
+    fi
     local flags=(--remote_timeout=60 "$@") first=()
     if [ "$mode" = exec ]; then
         flags+=(--remote_executor="$endpoint" --spawn_strategy=remote --noremote_local_fallback)
@@ -182,7 +192,8 @@ scenario_default() {
     strata_args=()
     start_strata
     bazel_twice cache --remote_download_minimal
-    bazel_twice exec --remote_download_minimal
+    bazel_twice cache --remote_cache_compression
+    bazel_twice exec --remote_download_minimal --remote_cache_compression
     grep -q "action finished" "$work/strata.log" || fail "the in-process bot logged no action"
     recc_compiles --any-compiler
     recc_cache_only
