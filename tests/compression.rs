@@ -181,7 +181,7 @@ async fn batches_carry_zstd_both_ways_where_it_pays() {
         UpdateRequest { digest: Some(sha256(&text)), data: zstd::bulk::compress(&text, 1).unwrap(), compressor: ZSTD },
         UpdateRequest { digest: Some(sha256(&noise)), data: noise.clone(), compressor: 0 },
         UpdateRequest { digest: Some(sha256(b"wrong")), data: zstd::bulk::compress(b"other", 1).unwrap(), compressor: ZSTD },
-        UpdateRequest { digest: Some(sha256(&vec![1u8; 100])), data: zstd::bulk::compress(&vec![1u8; 1 << 20], 1).unwrap(), compressor: ZSTD },
+        UpdateRequest { digest: Some(sha256(&[1u8; 100])), data: zstd::bulk::compress(&vec![1u8; 1 << 20], 1).unwrap(), compressor: ZSTD },
     ];
     let request = reapi::BatchUpdateBlobsRequest { requests, ..Default::default() };
     let statuses: Vec<i32> = cas.batch_update_blobs(request).await.unwrap().into_inner().responses.iter().map(|r| r.status.as_ref().unwrap().code).collect();

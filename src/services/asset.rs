@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bazel_remote_apis::build::bazel::remote::asset::v1 as asset;
 use bazel_remote_apis::build::bazel::remote::asset::v1::fetch_server::Fetch;
 use bazel_remote_apis::build::bazel::remote::asset::v1::push_server::Push;
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::protobuf::Timestamp;
 use strata_backends::DigestFunction;
 use tonic::{Request, Response, Status};
@@ -86,49 +87,103 @@ async fn fetch(assets: &Assets, name: &Name, uris: &[String], oldest: Option<Tim
     }
 }
 
+/// A fetch request, whichever kind.
+struct FetchAsk {
+    instance: String,
+    function: i32,
+    uris: Vec<String>,
+    qualifiers: Vec<asset::Qualifier>,
+    oldest: Option<Timestamp>,
+}
+
+/// A fetch's answer, whichever kind: each RPC puts it into its own response type.
+struct Answer {
+    status: bazel_remote_apis::google::rpc::Status,
+    uri: String,
+    qualifiers: Vec<asset::Qualifier>,
+    expires_at: Option<Timestamp>,
+    digest: Option<reapi::Digest>,
+    function: i32,
+}
+
+/// A push request, whichever kind; `field` names its digest in errors.
+struct PushAsk {
+    instance: String,
+    function: i32,
+    uris: Vec<String>,
+    qualifiers: Vec<asset::Qualifier>,
+    digest: Option<reapi::Digest>,
+    field: &'static str,
+    references_blobs: Vec<reapi::Digest>,
+    references_directories: Vec<reapi::Digest>,
+    expire_at: Option<Timestamp>,
+}
+
+impl AssetService {
+    async fn answer(&self, kind: Kind, ask: FetchAsk) -> Result<Answer, Status> {
+        // The instance first: one without the service answers UNIMPLEMENTED even to an empty probe.
+        let assets = self.instances.assets(&ask.instance)?;
+        let name = name(kind, ask.function, &ask.uris, &ask.qualifiers)?;
+        let function = name.function.to_proto();
+        Ok(match fetch(assets, &name, &ask.uris, ask.oldest).await? {
+            Fetched::Found(record) => Answer {
+                status: protocol::ok_rpc(),
+                expires_at: expiry(&record),
+                uri: record.uri,
+                qualifiers: ask.qualifiers,
+                digest: record.digest,
+                function,
+            },
+            Fetched::OriginFailed(status) => {
+                let uri = ask.uris.into_iter().next().unwrap_or_default();
+                Answer { status, uri, qualifiers: ask.qualifiers, expires_at: None, digest: None, function }
+            }
+        })
+    }
+
+    async fn record(&self, kind: Kind, ask: PushAsk) -> Result<(), Status> {
+        let assets = self.instances.assets(&ask.instance)?;
+        let name = name(kind, ask.function, &ask.uris, &ask.qualifiers)?;
+        let push = assets::Push {
+            digest: parse_digest(name.function, ask.digest.as_ref(), ask.field)?,
+            references_blobs: parse_digests(name.function, &ask.references_blobs, "references_blobs")?,
+            references_directories: parse_digests(name.function, &ask.references_directories, "references_directories")?,
+            expire_at: ask.expire_at,
+            uris: ask.uris,
+            name,
+        };
+        tracing::debug!(kind = ?push.name.kind, uri = %quote(&push.uris[0]), uris = push.uris.len(), "asset push");
+        assets.push(push).await.map_err(status::from_asset)
+    }
+}
+
 #[tonic::async_trait]
 impl Fetch for AssetService {
     async fn fetch_blob(&self, request: Request<asset::FetchBlobRequest>) -> Result<Response<asset::FetchBlobResponse>, Status> {
-        let req = request.into_inner();
-        // The instance first: one without the service answers UNIMPLEMENTED even to an empty probe.
-        let assets = self.instances.assets(&req.instance_name)?;
-        let name = name(Kind::Blob, req.digest_function, &req.uris, &req.qualifiers)?;
-        let record = match fetch(assets, &name, &req.uris, req.oldest_content_accepted).await? {
-            Fetched::Found(record) => record,
-            Fetched::OriginFailed(status) => {
-                let uri = req.uris[0].clone();
-                return Ok(Response::new(asset::FetchBlobResponse { status: Some(status), uri, qualifiers: req.qualifiers, ..Default::default() }));
-            }
-        };
+        let r = request.into_inner();
+        let ask = FetchAsk { instance: r.instance_name, function: r.digest_function, uris: r.uris, qualifiers: r.qualifiers, oldest: r.oldest_content_accepted };
+        let a = self.answer(Kind::Blob, ask).await?;
         Ok(Response::new(asset::FetchBlobResponse {
-            status: Some(protocol::ok_rpc()),
-            expires_at: expiry(&record),
-            uri: record.uri,
-            qualifiers: req.qualifiers,
-            blob_digest: record.digest,
-            digest_function: name.function.to_proto(),
+            status: Some(a.status),
+            uri: a.uri,
+            qualifiers: a.qualifiers,
+            expires_at: a.expires_at,
+            blob_digest: a.digest,
+            digest_function: a.function,
         }))
     }
 
     async fn fetch_directory(&self, request: Request<asset::FetchDirectoryRequest>) -> Result<Response<asset::FetchDirectoryResponse>, Status> {
-        let req = request.into_inner();
-        // The instance first: one without the service answers UNIMPLEMENTED even to an empty probe.
-        let assets = self.instances.assets(&req.instance_name)?;
-        let name = name(Kind::Directory, req.digest_function, &req.uris, &req.qualifiers)?;
-        let record = match fetch(assets, &name, &req.uris, req.oldest_content_accepted).await? {
-            Fetched::Found(record) => record,
-            Fetched::OriginFailed(status) => {
-                let uri = req.uris[0].clone();
-                return Ok(Response::new(asset::FetchDirectoryResponse { status: Some(status), uri, qualifiers: req.qualifiers, ..Default::default() }));
-            }
-        };
+        let r = request.into_inner();
+        let ask = FetchAsk { instance: r.instance_name, function: r.digest_function, uris: r.uris, qualifiers: r.qualifiers, oldest: r.oldest_content_accepted };
+        let a = self.answer(Kind::Directory, ask).await?;
         Ok(Response::new(asset::FetchDirectoryResponse {
-            status: Some(protocol::ok_rpc()),
-            expires_at: expiry(&record),
-            uri: record.uri,
-            qualifiers: req.qualifiers,
-            root_directory_digest: record.digest,
-            digest_function: name.function.to_proto(),
+            status: Some(a.status),
+            uri: a.uri,
+            qualifiers: a.qualifiers,
+            expires_at: a.expires_at,
+            root_directory_digest: a.digest,
+            digest_function: a.function,
         }))
     }
 }
@@ -136,36 +191,36 @@ impl Fetch for AssetService {
 #[tonic::async_trait]
 impl Push for AssetService {
     async fn push_blob(&self, request: Request<asset::PushBlobRequest>) -> Result<Response<asset::PushBlobResponse>, Status> {
-        let req = request.into_inner();
-        let assets = self.instances.assets(&req.instance_name)?;
-        let name = name(Kind::Blob, req.digest_function, &req.uris, &req.qualifiers)?;
-        let push = assets::Push {
-            digest: parse_digest(name.function, req.blob_digest.as_ref(), "blob_digest")?,
-            references_blobs: parse_digests(name.function, &req.references_blobs, "references_blobs")?,
-            references_directories: parse_digests(name.function, &req.references_directories, "references_directories")?,
-            expire_at: req.expire_at,
-            uris: req.uris,
-            name,
+        let r = request.into_inner();
+        let ask = PushAsk {
+            instance: r.instance_name,
+            function: r.digest_function,
+            uris: r.uris,
+            qualifiers: r.qualifiers,
+            digest: r.blob_digest,
+            field: "blob_digest",
+            references_blobs: r.references_blobs,
+            references_directories: r.references_directories,
+            expire_at: r.expire_at,
         };
-        tracing::debug!(kind = ?push.name.kind, uri = %quote(&push.uris[0]), uris = push.uris.len(), "asset push");
-        assets.push(push).await.map_err(status::from_asset)?;
+        self.record(Kind::Blob, ask).await?;
         Ok(Response::new(asset::PushBlobResponse {}))
     }
 
     async fn push_directory(&self, request: Request<asset::PushDirectoryRequest>) -> Result<Response<asset::PushDirectoryResponse>, Status> {
-        let req = request.into_inner();
-        let assets = self.instances.assets(&req.instance_name)?;
-        let name = name(Kind::Directory, req.digest_function, &req.uris, &req.qualifiers)?;
-        let push = assets::Push {
-            digest: parse_digest(name.function, req.root_directory_digest.as_ref(), "root_directory_digest")?,
-            references_blobs: parse_digests(name.function, &req.references_blobs, "references_blobs")?,
-            references_directories: parse_digests(name.function, &req.references_directories, "references_directories")?,
-            expire_at: req.expire_at,
-            uris: req.uris,
-            name,
+        let r = request.into_inner();
+        let ask = PushAsk {
+            instance: r.instance_name,
+            function: r.digest_function,
+            uris: r.uris,
+            qualifiers: r.qualifiers,
+            digest: r.root_directory_digest,
+            field: "root_directory_digest",
+            references_blobs: r.references_blobs,
+            references_directories: r.references_directories,
+            expire_at: r.expire_at,
         };
-        tracing::debug!(kind = ?push.name.kind, uri = %quote(&push.uris[0]), uris = push.uris.len(), "asset push");
-        assets.push(push).await.map_err(status::from_asset)?;
+        self.record(Kind::Directory, ask).await?;
         Ok(Response::new(asset::PushDirectoryResponse {}))
     }
 }
