@@ -142,3 +142,27 @@ async fn when_s3_goes_away_local_blobs_are_served_and_the_rest_is_unavailable() 
     assert!(err.message().contains(&bucket), "{}", err.message());
     assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assets_kept_in_s3_are_shared_by_sites_that_start_empty() {
+    use bazel_remote_apis::build::bazel::remote::asset::v1 as asset;
+    let s3 = s3_server().await;
+    let bucket = new_bucket(&s3.endpoint).await;
+    let config = strata_config(&s3.endpoint, &bucket).replace("services: [cas, action_cache]", "services: [cas, action_cache, asset]");
+    let blob = content(9, 4000);
+    let uris = vec!["urn:fdc:example:artifact:1".to_string()];
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let site = TestServer::start_in(&config, dir.path()).await;
+        upload(&mut site.cas().await, "", &[&blob]).await;
+        let push = asset::PushBlobRequest { uris: uris.clone(), blob_digest: Some(sha256(&blob)), ..Default::default() };
+        asset::push_client::PushClient::new(site.channel().await).push_blob(push).await.unwrap();
+        site.stop().await;
+    }
+    // Another site with nothing local: the record and the blob both come from the bucket.
+    let dir = tempfile::tempdir().unwrap();
+    let site = TestServer::start_in(&config, dir.path()).await;
+    let fetch = asset::FetchBlobRequest { uris, ..Default::default() };
+    let found = asset::fetch_client::FetchClient::new(site.channel().await).fetch_blob(fetch).await.unwrap().into_inner();
+    assert_eq!(found.blob_digest, Some(sha256(&blob)));
+}
