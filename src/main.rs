@@ -34,13 +34,24 @@ enum Command {
     Bot(strata::bot::BotArgs),
 }
 
+/// Logs to stderr: `STRATA_LOG` filters (default `info`), `STRATA_LOG_FORMAT=json` gives one JSON
+/// object per line, and colours are used only when stderr is a terminal (never in a log file).
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match std::env::var("STRATA_LOG_FORMAT").as_deref() {
+        Ok("json") => logs.json().init(),
+        Ok("text") | Err(_) => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        Ok(other) => {
+            logs.with_ansi(std::io::stderr().is_terminal()).init();
+            tracing::warn!("STRATA_LOG_FORMAT={other:?} is not `text` or `json`; logging text");
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -81,6 +92,9 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option
     let listener = Server::bind(&config.listen).await.map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "strata serving");
+    for line in config.summary() {
+        tracing::info!("{line}");
+    }
     server.serve(listener, shutdown_signal()).await.map_err(|e| e.to_string())?;
     tracing::info!("strata stopped cleanly");
     Ok(())

@@ -15,6 +15,18 @@ impl fmt::Display for ByteSize {
     }
 }
 
+impl ByteSize {
+    /// The size as people write it in the configuration: `512MiB`, `20GiB`, `1000 bytes`.
+    pub fn short(&self) -> String {
+        match self.0 {
+            n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{}GiB", n >> 30),
+            n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
+            n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+            n => format!("{n} bytes"),
+        }
+    }
+}
+
 impl std::str::FromStr for ByteSize {
     type Err = String;
 

@@ -139,3 +139,40 @@ fn a_bad_configuration_file_is_reported_and_nothing_starts() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read configuration file"));
 }
+
+#[tokio::test]
+async fn logs_to_a_file_carry_no_colour_say_what_runs_and_can_be_json() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = spawn_strata(&["serve", "--listen", &listen, "--data-dir", data_dir]);
+    connect(port).await;
+    assert!(terminate(&mut child).await.success());
+    let mut text = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut text).unwrap();
+    assert!(!text.contains('\u{1b}'), "ANSI codes in a log that is not a terminal: {text}");
+    for expected in [
+        "instance \"hermetic\": cas, action_cache, execution, asset on storage \"local\"",
+        "memory 512MiB -> disk 20GiB at cas",
+        "bot for instance \"hermetic\": hermetic runner",
+    ] {
+        assert!(text.contains(expected), "expected {expected:?} in the start-up log:\n{text}");
+    }
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["serve", "--listen", &listen, "--data-dir", data_dir])
+        .env("STRATA_LOG_FORMAT", "json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    connect(port).await;
+    assert!(terminate(&mut child).await.success());
+    let mut json = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut json).unwrap();
+    let lines: Vec<serde_json::Value> = json.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "strata serving"), "{json}");
+}

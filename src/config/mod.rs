@@ -98,6 +98,18 @@ pub struct InstanceConfig {
     pub services: Vec<Service>,
 }
 
+impl Service {
+    /// The name the configuration uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Cas => "cas",
+            Service::ActionCache => "action_cache",
+            Service::Execution => "execution",
+            Service::Asset => "asset",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum Service {
@@ -153,6 +165,25 @@ impl Config {
         let config: Config = yaml_serde::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         config.validate().map_err(invalid)?;
         Ok(config)
+    }
+
+    /// What this configuration runs, a line per instance and per in-process bot, for the start-up log.
+    pub fn summary(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for instance in &self.instances {
+            let services: Vec<&str> = instance.services.iter().map(|s| s.name()).collect();
+            let stack = self.storage.get(&instance.storage).map_or_else(String::new, |s| s.describe());
+            lines.push(format!("instance {:?}: {} on storage {:?} ({stack})", instance.name, services.join(", "), instance.storage));
+        }
+        for bot in &self.execution.bots {
+            let capacity = bot.capacity.map_or("one per core".to_string(), |c| c.to_string());
+            let runner = format!("{:?}", bot.runner).to_lowercase();
+            lines.push(format!("bot for instance {:?}: {runner} runner, {capacity} slots", bot.instance));
+        }
+        if let Some(http) = &self.http_fetch {
+            lines.push(format!("http_fetch: FetchBlob downloads URLs starting with {}", http.allow.join(", ")));
+        }
+        lines
     }
 
     pub fn data_path(&self, path: &Path) -> PathBuf {

@@ -20,6 +20,15 @@ pub struct StorageConfig {
     pub action_cache: Vec<AcTier>,
 }
 
+impl StorageConfig {
+    /// The stack in a few words: `cas: memory 512MiB → disk 20GiB; action cache: ...`.
+    pub fn describe(&self) -> String {
+        let cas: Vec<String> = self.cas.iter().map(|t| t.kind.describe()).collect();
+        let ac: Vec<String> = self.action_cache.iter().map(|t| t.kind.describe()).collect();
+        format!("cas: {}; action cache: {}", cas.join(" -> "), ac.join(" -> "))
+    }
+}
+
 /// A tier of a CAS stack: `- memory: { max_size: 1GiB, max_blob: 1MiB }`.
 #[derive(Debug)]
 pub struct CasTier {
@@ -49,6 +58,16 @@ impl TierKind {
             TierKind::Disk(_) => "disk",
             TierKind::Remote(_) => "remote",
             TierKind::S3(_) => "s3",
+        }
+    }
+
+    /// The tier in a few words, for the start-up log.
+    pub fn describe(&self) -> String {
+        match self {
+            TierKind::Memory(m) => format!("memory {}", m.max_size.short()),
+            TierKind::Disk(d) => format!("disk {} at {}", d.max_size.short(), d.path.display()),
+            TierKind::Remote(r) => format!("remote {}", r.endpoint),
+            TierKind::S3(s) => format!("s3 {}/{}", s.bucket, s.prefix),
         }
     }
 
