@@ -59,6 +59,24 @@ pub struct Server {
     tls: Option<Identity>,
 }
 
+/// The gRPC services a server with these instances runs, by their full names.
+fn served_services(instances: &Instances, execution: bool) -> Vec<&'static str> {
+    let mut names = vec!["build.bazel.remote.execution.v2.Capabilities"];
+    if instances.any_serves(|i| i.cas.is_some()) {
+        names.extend(["build.bazel.remote.execution.v2.ContentAddressableStorage", "google.bytestream.ByteStream"]);
+    }
+    if instances.any_serves(|i| i.action_cache.is_some()) {
+        names.push("build.bazel.remote.execution.v2.ActionCache");
+    }
+    if instances.any_serves(|i| i.assets.is_some()) {
+        names.extend(["build.bazel.remote.asset.v1.Fetch", "build.bazel.remote.asset.v1.Push"]);
+    }
+    if execution {
+        names.extend(["build.bazel.remote.execution.v2.Execution", "google.longrunning.Operations", "google.devtools.remoteworkers.v1test2.Bots"]);
+    }
+    names
+}
+
 /// A bot of the configuration; its server address is filled in when the listener is bound.
 fn local_bot(config: &Config, bot: &LocalBotConfig) -> BotArgs {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -221,6 +239,14 @@ impl Server {
                         .max_encoding_message_size(max_message),
                 );
         }
+        // grpc.health.v1: every service this server runs, and "" for the server as a whole, SERVING
+        // until shutdown begins (then NOT_SERVING, so that load balancers drain it).
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let served = served_services(&instances, self.scheduler.is_some());
+        for name in served.iter().chain(std::iter::once(&"")) {
+            health.set_service_status(*name, tonic_health::ServingStatus::Serving).await;
+        }
+        router = router.add_service(health_service);
         let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: "the bound socket".into(), source })?;
         let mut local_bots = Vec::new();
         for (i, mut args) in self.bots.iter().cloned().enumerate() {
@@ -239,6 +265,9 @@ impl Server {
         let scheduler = self.scheduler.clone();
         let serving = router.serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
+            for name in served.iter().chain(std::iter::once(&"")) {
+                health.set_service_status(*name, tonic_health::ServingStatus::NotServing).await;
+            }
             // Bots' long polls would otherwise hold the shutdown for their whole wait.
             if let Some(scheduler) = scheduler {
                 scheduler.close();

@@ -176,3 +176,23 @@ async fn logs_to_a_file_carry_no_colour_say_what_runs_and_can_be_json() {
     let lines: Vec<serde_json::Value> = json.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
     assert!(lines.iter().any(|l| l["fields"]["message"] == "strata serving"), "{json}");
 }
+
+#[tokio::test]
+async fn grpc_health_reports_every_service_serving_and_unknown_ones_not_found() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = spawn_strata(&["serve", "--listen", &listen, "--data-dir", dir.path().to_str().unwrap()]);
+    connect(port).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.unwrap();
+    let mut health = HealthClient::new(channel);
+    for service in ["", "build.bazel.remote.execution.v2.ContentAddressableStorage", "build.bazel.remote.execution.v2.Execution", "build.bazel.remote.asset.v1.Fetch", "google.devtools.remoteworkers.v1test2.Bots"] {
+        let answer = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        assert_eq!(answer.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "{service}");
+    }
+    let err = health.check(HealthCheckRequest { service: "no.such.Service".into() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(terminate(&mut child).await.success());
+}
