@@ -65,6 +65,10 @@ bst_conf() {
     cat >"$work/$name.conf" <<YAML
 cachedir: $work/$name-cache
 logdir: $work/$name-logs
+# buildbox-casd otherwise keeps ~5% of the disk free and, on a fuller disk, stalls the build in
+# endless LRU cleanups without an error; the test needs a few MB.
+cache:
+  reserved-disk-space: 1G
 scheduler:
   on-error: quit
 remote-execution:
