@@ -306,7 +306,8 @@ async fn http_origin(body: Vec<u8>) -> (std::net::SocketAddr, std::sync::Arc<std
                     request.extend_from_slice(&buf[..n]);
                 }
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let path = String::from_utf8_lossy(&request).split_whitespace().nth(1).unwrap_or("").to_string();
+                let target = String::from_utf8_lossy(&request).split_whitespace().nth(1).unwrap_or("").to_string();
+                let path = target.split('?').next().unwrap_or("").to_string();
                 let head = match path.as_str() {
                     "/file" => format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len()),
                     "/moved" => "HTTP/1.1 302 Found\r\nlocation: /file\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into(),
@@ -345,6 +346,19 @@ async fn http_uris_are_downloaded_once_verified_and_then_served_without_the_netw
     // A redirect is followed; without a checksum the download is stored under what it hashes to.
     let moved = format!("http://{origin}/moved");
     assert_eq!(fetch.fetch_blob(fetch_blob(&[&moved], vec![])).await.unwrap().into_inner().blob_digest, Some(sha256(&body)));
+
+    // Ten clients asking for a new URI at once cause one download.
+    let before = served.load(std::sync::atomic::Ordering::SeqCst);
+    let many = format!("http://{origin}/file?many");
+    let asks = (0..10).map(|_| {
+        let mut fetch = fetch.clone();
+        let request = fetch_blob(&[&many], vec![sri(&body)]);
+        async move { fetch.fetch_blob(request).await.unwrap().into_inner().blob_digest }
+    });
+    for digest in futures::future::join_all(asks).await {
+        assert_eq!(digest, Some(sha256(&body)));
+    }
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), before + 1, "one download for ten concurrent fetches");
 
     // The origin goes away: the same fetch is served from Strata.
     task.abort();

@@ -16,7 +16,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sha2::Digest as _;
-use strata_backends::{BlobWriter, Digest, DigestFunction, StoreError};
+use strata_backends::{BlobWriter, Digest, DigestFunction, SingleFlight, StoreError};
+use tokio::sync::Semaphore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cas::Cas;
@@ -24,6 +25,8 @@ use crate::quote::quote;
 
 /// Redirects followed at most.
 const MAX_REDIRECTS: usize = 5;
+/// Downloads in progress at once; more wait for a slot (each may hold up to max_size in the spool).
+const MAX_DOWNLOADS: usize = 8;
 /// Bytes per read when the downloaded file is copied into the CAS.
 const COPY_CHUNK: usize = 1 << 20;
 
@@ -59,6 +62,9 @@ pub enum HttpFetchError {
 pub struct HttpFetcher {
     limits: HttpFetchLimits,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    /// Concurrent fetches of one URI (Bazel's parallel repository fetches) share one download.
+    flights: SingleFlight<String, Digest>,
+    slots: Semaphore,
 }
 
 /// A `checksum.sri` value: algorithm and expected hash.
@@ -128,7 +134,12 @@ impl HttpFetcher {
             .https_or_http()
             .enable_http1()
             .build();
-        Ok(HttpFetcher { limits, client: Client::builder(TokioExecutor::new()).build(https) })
+        Ok(HttpFetcher {
+            limits,
+            client: Client::builder(TokioExecutor::new()).build(https),
+            flights: SingleFlight::default(),
+            slots: Semaphore::new(MAX_DOWNLOADS),
+        })
     }
 
     /// Whether this fetcher would try `uri` at all.
@@ -136,8 +147,15 @@ impl HttpFetcher {
         (uri.starts_with("http://") || uri.starts_with("https://")) && self.limits.allow.iter().any(|p| uri.starts_with(p.as_str()))
     }
 
-    /// Downloads `uri` into the CAS and returns its digest.
+    /// Downloads `uri` into the CAS and returns its digest; callers asking for the same URI and
+    /// qualifiers meanwhile wait for this download instead of starting their own.
     pub async fn fetch(&self, cas: &Cas, function: DigestFunction, uri: &str, qualifiers: &[(String, String)]) -> Result<Digest, HttpFetchError> {
+        let key = format!("{}\0{uri}\0{qualifiers:?}", function.name());
+        self.flights.run(key, || self.fetch_once(cas, function, uri, qualifiers)).await
+    }
+
+    async fn fetch_once(&self, cas: &Cas, function: DigestFunction, uri: &str, qualifiers: &[(String, String)]) -> Result<Digest, HttpFetchError> {
+        let _slot = self.slots.acquire().await.map_err(|e| self.failed(uri, e.to_string()))?;
         let sri = qualifiers.iter().find(|(k, _)| k == "checksum.sri").map(|(_, v)| Sri::parse(v)).transpose()?;
         let headers: Vec<(&str, &str)> =
             qualifiers.iter().filter_map(|(k, v)| Some((k.strip_prefix("http_header:")?, v.as_str()))).collect();

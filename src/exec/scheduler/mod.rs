@@ -105,7 +105,7 @@ impl Scheduler {
     }
 
     /// Queues a job, or joins an identical cacheable one in flight, and returns the new operation.
-    pub fn submit(&self, new: NewJob) -> OperationView {
+    pub fn submit(&self, mut new: NewJob) -> OperationView {
         let mut st = self.state.lock();
         let name = self.new_name(&mut st, "operations");
         let action_digest = new.action_digest;
@@ -124,7 +124,8 @@ impl Scheduler {
                 }
                 let needs = Needs::new(new.instance.clone(), new.platform.clone());
                 st.queue.push(id, needs.clone(), new.priority, Instant::now());
-                let action = Arc::new(new.action.clone());
+                // The Action lives once, shared with every lease view; the job keeps the rest.
+                let action = Arc::new(std::mem::take(&mut new.action));
                 st.jobs.insert(id, Job { new, action, needs, operations: vec![name.clone()], attempts: 0, running: None });
                 (id, Stage::Queued)
             }
