@@ -58,65 +58,52 @@ pub fn decompress(data: &[u8], limit: u64) -> Result<Vec<u8>, CompressionError> 
     Decompressor::new(limit)?.feed(data)
 }
 
-/// Compresses a whole (batch) blob.
-pub fn compress(data: &[u8]) -> Vec<u8> {
-    // Compressing into memory cannot fail but for allocation; an empty result would not decode.
-    zstd::bulk::compress(data, LEVEL).unwrap_or_else(|_| streaming_whole(data))
+/// Compresses a whole (batch) blob; `None` if zstd could not (it cannot allocate), and the blob
+/// then goes as it is.
+pub fn compress(data: &[u8]) -> Option<Vec<u8>> {
+    zstd::bulk::compress(data, LEVEL).ok()
 }
 
-fn streaming_whole(data: &[u8]) -> Vec<u8> {
-    let mut c = Compressor::new();
-    let mut out = c.feed(data);
-    out.extend(c.finish());
-    out
-}
-
-/// Compresses a read piece by piece into one zstd frame.
+/// Compresses a read piece by piece into one zstd frame. A failure (zstd could not allocate) is an
+/// error, never a silently truncated frame.
 pub struct Compressor {
-    encoder: Option<Encoder<'static>>,
+    encoder: Encoder<'static>,
 }
 
-impl Default for Compressor {
-    fn default() -> Self {
-        Compressor::new()
-    }
+fn failed(e: std::io::Error) -> CompressionError {
+    CompressionError::Corrupt(format!("zstd compression failed: {e}"))
 }
 
 impl Compressor {
-    pub fn new() -> Compressor {
-        Compressor { encoder: Encoder::new(LEVEL).ok() }
+    pub fn new() -> Result<Compressor, CompressionError> {
+        Ok(Compressor { encoder: Encoder::new(LEVEL).map_err(failed)? })
     }
 
     /// Compressed bytes for this input (possibly none yet: zstd buffers).
-    pub fn feed(&mut self, data: &[u8]) -> Vec<u8> {
-        let Some(encoder) = self.encoder.as_mut() else { return Vec::new() };
+    pub fn feed(&mut self, data: &[u8]) -> Result<Vec<u8>, CompressionError> {
         let mut out = Vec::new();
         let mut input = InBuffer::around(data);
         let mut step = vec![0u8; STEP];
         while input.pos() < input.src.len() {
             let mut output = OutBuffer::around(&mut step[..]);
-            if encoder.run(&mut input, &mut output).is_err() {
-                self.encoder = None;
-                return out;
-            }
+            self.encoder.run(&mut input, &mut output).map_err(failed)?;
             let written = output.pos();
             out.extend_from_slice(&step[..written]);
         }
-        out
+        Ok(out)
     }
 
     /// The rest of the frame.
-    pub fn finish(&mut self) -> Vec<u8> {
-        let Some(mut encoder) = self.encoder.take() else { return Vec::new() };
+    pub fn finish(&mut self) -> Result<Vec<u8>, CompressionError> {
         let mut out = Vec::new();
         let mut step = vec![0u8; STEP];
         loop {
             let mut output = OutBuffer::around(&mut step[..]);
-            let Ok(remaining) = encoder.finish(&mut output, true) else { return out };
+            let remaining = self.encoder.finish(&mut output, true).map_err(failed)?;
             let written = output.pos();
             out.extend_from_slice(&step[..written]);
             if remaining == 0 {
-                return out;
+                return Ok(out);
             }
         }
     }
@@ -133,12 +120,12 @@ mod tests {
     #[test]
     fn streams_round_trip_in_any_pieces() {
         let data = sample(1 << 20);
-        let mut c = Compressor::new();
+        let mut c = Compressor::new().unwrap();
         let mut frame = Vec::new();
         for piece in data.chunks(100_000) {
-            frame.extend(c.feed(piece));
+            frame.extend(c.feed(piece).unwrap());
         }
-        frame.extend(c.finish());
+        frame.extend(c.finish().unwrap());
         assert!(frame.len() < data.len() / 2);
         let mut d = Decompressor::new(data.len() as u64).unwrap();
         let mut back = Vec::new();
@@ -146,14 +133,14 @@ mod tests {
             back.extend(d.feed(piece).unwrap());
         }
         assert_eq!(back, data);
-        assert_eq!(decompress(&compress(&data), data.len() as u64).unwrap(), data);
-        assert_eq!(decompress(&compress(b""), 0).unwrap(), b"");
+        assert_eq!(decompress(&compress(&data).unwrap(), data.len() as u64).unwrap(), data);
+        assert_eq!(decompress(&compress(b"").unwrap(), 0).unwrap(), b"");
     }
 
     #[test]
     fn bombs_stop_at_the_declared_size_and_garbage_is_refused() {
         let zeros = vec![0u8; 64 << 20];
-        let bomb = compress(&zeros);
+        let bomb = compress(&zeros).unwrap();
         assert!(bomb.len() < 64 << 10, "{} bytes", bomb.len());
         assert!(matches!(decompress(&bomb, 1000), Err(CompressionError::TooLong { limit: 1000 })));
         let mut d = Decompressor::new(1 << 20).unwrap();

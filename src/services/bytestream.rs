@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::instances::Instances;
 use crate::quote::quote;
-use crate::protocol::compression::{Compressor, Decompressor};
+use crate::protocol::compression::{CompressionError, Compressor, Decompressor};
 use crate::protocol::resource::{parse_read, parse_write};
 use crate::status;
 use crate::uploads::{Parking, ParkingLimits};
@@ -134,22 +134,26 @@ fn compressed(blob: Blob) -> ReadStream {
         };
         futures::stream::iter(pieces)
     });
+    let internal = |e: CompressionError| Status::internal(format!("compressing the read: {e}"));
     let state = (Box::pin(pieces), Some(Compressor::new()));
-    Box::pin(futures::stream::unfold(state, |(mut pieces, mut compressor)| async move {
+    Box::pin(futures::stream::unfold(state, move |(mut pieces, mut compressor)| async move {
         loop {
-            let c = compressor.as_mut()?;
-            match pieces.next().await {
-                Some(Ok(data)) => {
-                    let out = c.feed(&data);
-                    if !out.is_empty() {
-                        return Some((Ok(ReadResponse { data: out }), (pieces, compressor)));
-                    }
+            let c = match compressor.as_mut()? {
+                Ok(c) => c,
+                Err(_) => {
+                    let e = compressor.take()?.err()?;
+                    return Some((Err(internal(e)), (pieces, None)));
                 }
+            };
+            let (out, more) = match pieces.next().await {
+                Some(Ok(data)) => (c.feed(&data), true),
                 Some(Err(e)) => return Some((Err(status::from_store(e)), (pieces, None))),
-                None => {
-                    let out = compressor.take()?.finish();
-                    return Some((Ok(ReadResponse { data: out }), (pieces, None)));
-                }
+                None => (c.finish(), false),
+            };
+            match out {
+                Ok(out) if more && out.is_empty() => continue,
+                Ok(data) => return Some((Ok(ReadResponse { data }), (pieces, if more { compressor } else { None }))),
+                Err(e) => return Some((Err(internal(e)), (pieces, None))),
             }
         }
     }))

@@ -116,7 +116,7 @@ impl ContentAddressableStorage for CasService {
             // Compressed only where that makes the answer smaller.
             let (data, compressor) = match zstd_ok && !data.is_empty() {
                 true => match compression::compress(&data) {
-                    smaller if smaller.len() < data.len() => (smaller, ZSTD),
+                    Some(smaller) if smaller.len() < data.len() => (smaller, ZSTD),
                     _ => (data, IDENTITY),
                 },
                 false => (data, IDENTITY),
