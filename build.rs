@@ -1,5 +1,7 @@
-//! Generates the gRPC server and client of the Remote Workers API (Bots service). Its messages are
-//! written by hand in `src/protocol/rwapi.rs`: no `protoc` is needed to build Strata.
+//! Generates the gRPC code Strata needs beyond the REAPI crate, without a system `protoc`:
+//! - the Remote Workers API's Bots service, whose messages are written by hand in
+//!   `src/protocol/rwapi.rs`;
+//! - Strata's own admin API from `proto/` (parsed by `protox`).
 
 use tonic_build::manual::{Method, Service};
 
@@ -13,7 +15,7 @@ fn method(name: &str, route: &str, input: &str, output: &str) -> Method {
         .build()
 }
 
-fn main() {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bots = Service::builder()
         .name("Bots")
         .package("google.devtools.remoteworkers.v1test2")
@@ -27,4 +29,11 @@ fn main() {
         ))
         .build();
     tonic_build::manual::Builder::new().compile(&[bots]);
+
+    let admin = "proto/strata/admin/v1/admin.proto";
+    println!("cargo:rerun-if-changed={admin}");
+    let descriptors = protox::compile([admin], ["proto"])?;
+    // Serialize: `strata status --json` prints the messages as they are.
+    tonic_prost_build::configure().type_attribute(".", "#[derive(serde::Serialize)]").compile_fds(descriptors)?;
+    Ok(())
 }

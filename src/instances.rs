@@ -9,6 +9,7 @@ use tonic::Status;
 
 use crate::assets::Assets;
 use crate::cas::Cas;
+use crate::metrics::Metrics;
 use crate::quote::quote;
 
 pub struct Instance {
@@ -21,18 +22,42 @@ pub struct Instance {
     pub execution: Option<(Arc<dyn ActionCacheStore>, Cas)>,
     /// The Remote Asset API's index, when the instance serves it.
     pub assets: Option<Assets>,
+    /// The storage stack, tier by tier, for status and the admin API (None for embedded stores).
+    pub storage: Option<Arc<crate::storage::Storage>>,
+}
+
+impl Instance {
+    /// The services it offers, as the configuration names them.
+    pub fn service_names(&self) -> Vec<&'static str> {
+        let offered = [
+            (self.cas.is_some(), "cas"),
+            (self.action_cache.is_some(), "action_cache"),
+            (self.execution.is_some(), "execution"),
+            (self.assets.is_some(), "asset"),
+        ];
+        offered.into_iter().filter(|(on, _)| *on).map(|(_, name)| name).collect()
+    }
 }
 
 pub struct Instances {
     by_name: HashMap<String, Arc<Instance>>,
     /// The largest batch request accepted, as advertised in the capabilities.
     pub max_batch_total_size: u64,
+    /// Where the services count their cache lookups.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Instances {
-    pub fn new(instances: Vec<Instance>, max_batch_total_size: u64) -> Self {
+    pub fn new(instances: Vec<Instance>, max_batch_total_size: u64, metrics: Arc<Metrics>) -> Self {
         let by_name = instances.into_iter().map(|i| (i.name.clone(), Arc::new(i))).collect();
-        Instances { by_name, max_batch_total_size }
+        Instances { by_name, max_batch_total_size, metrics }
+    }
+
+    /// Every instance, by name.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Instance>> {
+        let mut all: Vec<&Arc<Instance>> = self.by_name.values().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all.into_iter()
     }
 
     pub fn get(&self, name: &str) -> Result<&Arc<Instance>, Status> {

@@ -2,13 +2,17 @@
 //! this library, so that tests start the very same server in-process.
 
 pub mod action_results;
+pub mod admin;
 pub mod assets;
 pub mod bench;
 pub mod bot;
 pub mod cas;
 pub mod config;
 pub mod exec;
+pub mod health;
+pub mod http;
 pub mod instances;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod services;

@@ -27,6 +27,19 @@ enum Command {
         /// Directory for the disk tiers, overriding the configuration's data_dir.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// HOST:PORT for the HTTP listener (metrics, status page, health), overriding the
+        /// configuration's http.listen.
+        #[arg(long)]
+        http_listen: Option<String>,
+    },
+    /// Show what a running server holds and does: instances, tiers, hit ratios, queue, bots.
+    Status(strata::admin::client::Target),
+    /// Operator actions on a running server (the admin API).
+    Admin {
+        #[command(flatten)]
+        target: strata::admin::client::Target,
+        #[command(subcommand)]
+        command: strata::admin::client::AdminCommand,
     },
     /// Drive a REAPI endpoint (Strata or another server) with load and report throughput and latency.
     Bench(strata::bench::BenchArgs),
@@ -61,7 +74,11 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve { config, listen, data_dir } => runtime.block_on(serve(config, listen, data_dir)),
+        Command::Serve { config, listen, data_dir, http_listen } => runtime.block_on(serve(config, listen, data_dir, http_listen)),
+        Command::Status(target) => runtime.block_on(async { strata::admin::client::status(&target).await.map(|out| print!("{out}")).map_err(|e| e.to_string()) }),
+        Command::Admin { target, command } => runtime.block_on(async {
+            strata::admin::client::admin(&target, &command).await.map(|out| print!("{out}")).map_err(|e| e.to_string())
+        }),
         Command::Bench(args) => runtime.block_on(bench(args)),
         Command::Bot(args) => runtime.block_on(async {
             strata::bot::run(args, shutdown_signal()).await.map_err(|e| e.to_string())
@@ -76,7 +93,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathBuf>) -> Result<(), String> {
+async fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathBuf>, http_listen: Option<String>) -> Result<(), String> {
     let mut config = match &config {
         Some(path) => Config::load(path),
         None => Config::parse(DEFAULT_CONFIG, "the embedded default configuration"),
@@ -88,9 +105,18 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option
     if let Some(dir) = data_dir {
         config.data_dir = dir;
     }
-    let server = Server::build(&config).await.map_err(|e| e.to_string())?;
+    if let Some(listen) = http_listen {
+        config.http = Some(strata::config::HttpConfig { listen });
+    }
+    let mut server = Server::build(&config).await.map_err(|e| e.to_string())?;
     let listener = Server::bind(&config.listen).await.map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    if let Some(http) = &config.http {
+        let http_listener = Server::bind(&http.listen).await.map_err(|e| format!("http.listen: {e}"))?;
+        let http_addr = http_listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!("HTTP on http://{http_addr}: status page /, /metrics, /healthz, /readyz");
+        server = server.with_http(http_listener);
+    }
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "strata serving");
     for line in config.summary() {
         tracing::info!("{line}");

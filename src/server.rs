@@ -37,6 +37,12 @@ use crate::services::cas::CasService;
 use bazel_remote_apis::build::bazel::remote::asset::v1::fetch_server::FetchServer;
 use bazel_remote_apis::build::bazel::remote::asset::v1::push_server::PushServer;
 use crate::storage;
+use crate::admin::Admin;
+use crate::health::Health;
+use crate::metrics::rpc::RpcMetricsLayer;
+use crate::metrics::{Exporter, Metrics};
+use crate::protocol::admin::admin_server::AdminServer;
+use crate::services::admin::AdminService;
 use crate::uploads::ParkingLimits;
 
 /// How long calls in flight may take to finish after a shutdown signal.
@@ -50,6 +56,11 @@ const MESSAGE_OVERHEAD: usize = 1 << 20;
 
 pub struct Server {
     instances: Arc<Instances>,
+    metrics: Arc<Metrics>,
+    stacks: Vec<Arc<storage::Storage>>,
+    health_probe_interval: std::time::Duration,
+    /// Where `/metrics`, the status page and the health endpoints are served, if anywhere.
+    http: Option<TcpListener>,
     disks: Vec<DiskLog>,
     uploads: ParkingLimits,
     scheduler: Option<Arc<Scheduler>>,
@@ -59,22 +70,47 @@ pub struct Server {
     tls: Option<Identity>,
 }
 
-/// The gRPC services a server with these instances runs, by their full names.
-fn served_services(instances: &Instances, execution: bool) -> Vec<&'static str> {
-    let mut names = vec!["build.bazel.remote.execution.v2.Capabilities"];
+const CAPABILITIES: &str = "build.bazel.remote.execution.v2.Capabilities";
+const ADMIN: &str = "strata.admin.v1.Admin";
+const HEALTH: &str = "grpc.health.v1.Health";
+
+/// The gRPC services a server with these instances runs, by their full names, each with the storage
+/// stacks of the instances that offer it (a service is healthy while all of them serve).
+fn served_services(instances: &Instances, execution: bool) -> Vec<(&'static str, Vec<String>)> {
+    let storages = |pick: fn(&Instance) -> bool| -> Vec<String> {
+        instances.all().filter(|i| pick(i)).filter_map(|i| Some(i.storage.as_ref()?.name.clone())).collect()
+    };
+    let mut names = vec![(CAPABILITIES, Vec::new()), (ADMIN, Vec::new())];
     if instances.any_serves(|i| i.cas.is_some()) {
-        names.extend(["build.bazel.remote.execution.v2.ContentAddressableStorage", "google.bytestream.ByteStream"]);
+        let s = storages(|i| i.cas.is_some());
+        names.extend([("build.bazel.remote.execution.v2.ContentAddressableStorage", s.clone()), ("google.bytestream.ByteStream", s)]);
     }
     if instances.any_serves(|i| i.action_cache.is_some()) {
-        names.push("build.bazel.remote.execution.v2.ActionCache");
+        names.push(("build.bazel.remote.execution.v2.ActionCache", storages(|i| i.action_cache.is_some())));
     }
     if instances.any_serves(|i| i.assets.is_some()) {
-        names.extend(["build.bazel.remote.asset.v1.Fetch", "build.bazel.remote.asset.v1.Push"]);
+        let s = storages(|i| i.assets.is_some());
+        names.extend([("build.bazel.remote.asset.v1.Fetch", s.clone()), ("build.bazel.remote.asset.v1.Push", s)]);
     }
     if execution {
-        names.extend(["build.bazel.remote.execution.v2.Execution", "google.longrunning.Operations", "google.devtools.remoteworkers.v1test2.Bots"]);
+        let s = storages(|i| i.execution.is_some());
+        names.extend([
+            ("build.bazel.remote.execution.v2.Execution", s.clone()),
+            ("google.longrunning.Operations", Vec::new()),
+            ("google.devtools.remoteworkers.v1test2.Bots", s),
+        ]);
     }
     names
+}
+
+/// Sets each service's gRPC health from its storage stacks' health; "" is the server as a whole.
+async fn report_health(reporter: &tonic_health::server::HealthReporter, served: &[(&'static str, Vec<String>)], health: &Health) {
+    use tonic_health::ServingStatus::{NotServing, Serving};
+    for (name, storages) in served {
+        let up = storages.iter().all(|s| health.stack_up(s));
+        reporter.set_service_status(*name, if up { Serving } else { NotServing }).await;
+    }
+    reporter.set_service_status("", if health.all_up() { Serving } else { NotServing }).await;
 }
 
 /// A bot of the configuration; its server address is filled in when the listener is bound.
@@ -120,7 +156,8 @@ pub enum ServeError {
 
 impl Server {
     pub async fn build(config: &Config) -> Result<Server, ServeError> {
-        let built = storage::build(config).await?;
+        let metrics = Arc::new(Metrics::default());
+        let built = storage::build(config, &metrics.upstream).await?;
         let http = match &config.http_fetch {
             Some(h) => Some(Arc::new(
                 HttpFetcher::new(HttpFetchLimits {
@@ -135,7 +172,7 @@ impl Server {
         };
         let mut instances = Vec::new();
         for ic in &config.instances {
-            let stack = &built.stacks[&ic.storage];
+            let stack = built.stacks[&ic.storage].clone();
             let cas = Cas::new(stack.cas.clone());
             instances.push(Instance {
                 name: ic.name.clone(),
@@ -148,6 +185,7 @@ impl Server {
                     http: http.clone(),
                     cas,
                 }),
+                storage: Some(stack),
             });
         }
         let uploads = ParkingLimits {
@@ -155,7 +193,9 @@ impl Server {
             max_uploads: config.resumable_uploads_max,
             max_bytes: config.resumable_uploads_max_bytes.0,
         };
-        let mut server = Server::from_instances(instances, config.max_batch_total_size.0, uploads);
+        let mut server = Server::with_metrics(instances, config.max_batch_total_size.0, uploads, metrics);
+        server.stacks = built.stacks.into_values().collect();
+        server.health_probe_interval = config.health_probe_interval;
         server.disks = built.disks;
         server.bots = config.execution.bots.iter().map(|b| local_bot(config, b)).collect();
         if let Some(tls) = &config.tls {
@@ -172,8 +212,29 @@ impl Server {
 
     /// A server over instances built elsewhere (embedding, tests).
     pub fn from_instances(instances: Vec<Instance>, max_batch_total_size: u64, uploads: ParkingLimits) -> Server {
-        let instances = Arc::new(Instances::new(instances, max_batch_total_size));
-        Server { instances, disks: Vec::new(), uploads, scheduler: None, bots: Vec::new(), tls: None }
+        Server::with_metrics(instances, max_batch_total_size, uploads, Arc::new(Metrics::default()))
+    }
+
+    fn with_metrics(instances: Vec<Instance>, max_batch_total_size: u64, uploads: ParkingLimits, metrics: Arc<Metrics>) -> Server {
+        let instances = Arc::new(Instances::new(instances, max_batch_total_size, metrics.clone()));
+        Server {
+            instances,
+            metrics,
+            stacks: Vec::new(),
+            health_probe_interval: std::time::Duration::from_secs(10),
+            http: None,
+            disks: Vec::new(),
+            uploads,
+            scheduler: None,
+            bots: Vec::new(),
+            tls: None,
+        }
+    }
+
+    /// Serves HTTP (`/metrics`, the status page, `/healthz`, `/readyz`) on `listener` too.
+    pub fn with_http(mut self, listener: TcpListener) -> Server {
+        self.http = Some(listener);
+        self
     }
 
     /// Binds the configured address.
@@ -191,7 +252,11 @@ impl Server {
                 .tls_config(ServerTlsConfig::new().identity(identity))
                 .map_err(|e| ServeError::Tls(format!("tls: the certificate or key is not usable: {e}")))?;
         }
+        let served = served_services(&instances, self.scheduler.is_some());
+        let mut names: Vec<&'static str> = served.iter().map(|(n, _)| *n).collect();
+        names.push(HEALTH);
         let mut router = builder
+            .layer(RpcMetricsLayer::new(self.metrics.clone(), &names))
             .layer(crate::status::DecodeStatusLayer)
             .tcp_nodelay(true)
             // HTTP/2's default 64 KiB windows stall large uploads on every window update.
@@ -239,14 +304,38 @@ impl Server {
                         .max_encoding_message_size(max_message),
                 );
         }
+        let health = Arc::new(Health::new(self.stacks.clone()));
+        let admin = Arc::new(Admin {
+            instances: instances.clone(),
+            scheduler: self.scheduler.clone(),
+            health: health.clone(),
+            metrics: self.metrics.clone(),
+        });
+        router = router.add_service(AdminServer::new(AdminService { admin: admin.clone() }));
         // grpc.health.v1: every service this server runs, and "" for the server as a whole, SERVING
-        // until shutdown begins (then NOT_SERVING, so that load balancers drain it).
-        let (health, health_service) = tonic_health::server::health_reporter();
-        let served = served_services(&instances, self.scheduler.is_some());
-        for name in served.iter().chain(std::iter::once(&"")) {
-            health.set_service_status(*name, tonic_health::ServingStatus::Serving).await;
-        }
+        // while its storage serves and until shutdown begins (then NOT_SERVING, so that load
+        // balancers drain it).
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        report_health(&reporter, &served, &health).await;
         router = router.add_service(health_service);
+        let probing = {
+            let (reporter, served, health, interval) = (reporter.clone(), served.clone(), health.clone(), self.health_probe_interval);
+            tokio::spawn(async move {
+                loop {
+                    if health.probe_all().await {
+                        report_health(&reporter, &served, &health).await;
+                    }
+                    tokio::time::sleep(interval).await;
+                }
+            })
+        };
+        let http_stop = Arc::new(Notify::new());
+        let http_task = self.http.map(|listener| {
+            let exporter = Arc::new(Exporter::new(&self.metrics, self.stacks.clone(), self.scheduler.clone()));
+            let state = crate::http::HttpState { admin: admin.clone(), exporter };
+            let stop = http_stop.clone();
+            tokio::spawn(crate::http::serve(listener, state, async move { stop.notified().await }))
+        });
         let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: "the bound socket".into(), source })?;
         let mut local_bots = Vec::new();
         for (i, mut args) in self.bots.iter().cloned().enumerate() {
@@ -263,11 +352,14 @@ impl Server {
         let signalled = Arc::new(Notify::new());
         let notify = signalled.clone();
         let scheduler = self.scheduler.clone();
+        let stop_http = http_stop.clone();
         let serving = router.serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
-            for name in served.iter().chain(std::iter::once(&"")) {
-                health.set_service_status(*name, tonic_health::ServingStatus::NotServing).await;
+            probing.abort();
+            for (name, _) in served.iter().chain(std::iter::once(&("", Vec::new()))) {
+                reporter.set_service_status(*name, tonic_health::ServingStatus::NotServing).await;
             }
+            stop_http.notify_one();
             // Bots' long polls would otherwise hold the shutdown for their whole wait.
             if let Some(scheduler) = scheduler {
                 scheduler.close();
@@ -285,6 +377,10 @@ impl Server {
         tokio::select! {
             result = serving => result?,
             () = grace => tracing::warn!("calls still open {SHUTDOWN_GRACE:?} after the shutdown signal; stopping anyway"),
+        }
+        http_stop.notify_one();
+        if let Some(task) = http_task {
+            task.abort();
         }
         for disk in &self.disks {
             disk.flush()?;

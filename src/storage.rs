@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use strata_backends::{
-    ActionCacheStore, Admission, BlobStore, DiskConfig, DiskLog, ExistenceCache, MemoryStore, RemoteConfig,
-    RemoteStore, S3Config, S3Store, Spooled, StoreError, Tier, TieredActionCache, TieredStore, Verified,
+    ActionCacheStore, Admission, BlobStore, DiskConfig, DiskLog, ExistenceCache, MemoryStore, Metered, RemoteConfig,
+    RemoteStore, S3Config, S3Store, Spooled, StoreError, Tier, TieredActionCache, TieredStore, UpstreamMetrics, Verified,
 };
 
 use crate::config::{Checksum, Config, DiskTier, ExistenceCacheConfig, RemoteTier, S3Tier, TierKind, TierPolicy, WhenUnavailable};
@@ -20,6 +20,9 @@ const DEFAULT_QUEUE_RETRY: std::time::Duration = std::time::Duration::from_secs(
 
 /// One named storage stack: a CAS, an action cache, and the Remote Asset API's index.
 pub struct Storage {
+    pub name: String,
+    /// Each tier on its own, for metrics, status and the admin API (which asks tiers one by one).
+    pub tiers: Vec<TierView>,
     pub cas: Arc<dyn BlobStore>,
     pub action_cache: Arc<dyn ActionCacheStore>,
     /// The action cache's key-value tiers but the remote ones: asset records share them under keys
@@ -30,11 +33,23 @@ pub struct Storage {
 }
 
 /// The asset index of a stack whose action cache is remote only: assets are kept in memory here.
+/// One tier of a stack as the operator sees it.
+#[derive(Clone)]
+pub struct TierView {
+    /// `cas` or `action_cache`.
+    pub role: &'static str,
+    pub name: String,
+    pub kind: &'static str,
+    /// A local tier (memory, disk) rather than an upstream.
+    pub local: bool,
+    pub store: Arc<dyn BlobStore>,
+}
+
 const ASSET_INDEX_MEMORY: u64 = 16 << 20;
 
 /// Every storage stack of the configuration, plus the disk logs to flush at shutdown.
 pub struct Built {
-    pub stacks: BTreeMap<String, Storage>,
+    pub stacks: BTreeMap<String, Arc<Storage>>,
     pub disks: Vec<DiskLog>,
 }
 
@@ -53,21 +68,28 @@ impl Opened {
     }
 }
 
-pub async fn build(config: &Config) -> Result<Built, StoreError> {
+/// Opens every storage stack of the configuration; calls to upstream tiers are counted in `upstream`.
+pub async fn build(config: &Config, upstream: &UpstreamMetrics) -> Result<Built, StoreError> {
     let mut built = Built { stacks: BTreeMap::new(), disks: Vec::new() };
     for (name, stack) in &config.storage {
-        let mut cas_tiers = Vec::new();
+        let (mut cas_tiers, mut views) = (Vec::new(), Vec::new());
         for (i, tier) in stack.cas.iter().enumerate() {
             let label = format!("storage.{name}.cas[{i}]");
             let last = i + 1 == stack.cas.len();
-            let opened = open(config, &tier.kind, &label, last, &mut built.disks).await?;
-            cas_tiers.push(with_policy(config, opened, &tier.kind, &tier.policy, &label)?);
+            let mut opened = open(config, &tier.kind, &label, last, &mut built.disks).await?;
+            if tier.kind.is_upstream() {
+                opened.cas = Arc::new(Metered::new(opened.cas, opened.name.clone(), upstream.clone()));
+            }
+            let tier_built = with_policy(config, opened, &tier.kind, &tier.policy, &label)?;
+            views.push(TierView::of("cas", &tier.kind, tier_built.name.clone(), tier_built.store.clone()));
+            cas_tiers.push(tier_built);
         }
         let (mut ac_tiers, mut asset_tiers, mut asset_upstream) = (Vec::new(), Vec::new(), None);
         for (i, tier) in stack.action_cache.iter().enumerate() {
             let label = format!("storage.{name}.action_cache[{i}]");
             let last = i + 1 == stack.action_cache.len();
             let opened = open(config, &tier.kind, &label, last, &mut built.disks).await?;
+            views.push(TierView::of("action_cache", &tier.kind, opened.name.clone(), opened.cas.clone()));
             match &tier.kind {
                 TierKind::Remote(r) if asset_upstream.is_none() => asset_upstream = Some(Arc::new(open_remote(r, &label)?)),
                 TierKind::Remote(_) => {}
@@ -81,15 +103,29 @@ pub async fn build(config: &Config) -> Result<Built, StoreError> {
         }
         built.stacks.insert(
             name.clone(),
-            Storage {
+            Arc::new(Storage {
+                name: name.clone(),
+                tiers: views,
                 cas: Arc::new(TieredStore::new(cas_tiers)?),
                 action_cache: Arc::new(TieredActionCache::new(ac_tiers)?),
                 asset_index: Arc::new(TieredActionCache::new(asset_tiers)?),
                 asset_upstream,
-            },
+            }),
         );
     }
     Ok(built)
+}
+
+impl TierView {
+    fn of(role: &'static str, kind: &TierKind, name: String, store: Arc<dyn BlobStore>) -> TierView {
+        let kind_name = match kind {
+            TierKind::Memory(_) => "memory",
+            TierKind::Disk(_) => "disk",
+            TierKind::Remote(_) => "remote",
+            TierKind::S3(_) => "s3",
+        };
+        TierView { role, name, kind: kind_name, local: !kind.is_upstream(), store }
+    }
 }
 
 async fn open(config: &Config, kind: &TierKind, label: &str, last: bool, disks: &mut Vec<DiskLog>) -> Result<Opened, StoreError> {

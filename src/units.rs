@@ -27,6 +27,25 @@ impl ByteSize {
     }
 }
 
+impl ByteSize {
+    /// For people: three significant figures and a binary unit ("1.50 GiB").
+    pub fn human(&self) -> String {
+        let units = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+        let mut value = self.0 as f64;
+        let mut unit = 0;
+        while value >= 1024.0 && unit + 1 < units.len() {
+            value /= 1024.0;
+            unit += 1;
+        }
+        match unit {
+            0 => format!("{} bytes", self.0),
+            _ if value >= 100.0 => format!("{value:.0} {}", units[unit]),
+            _ if value >= 10.0 => format!("{value:.1} {}", units[unit]),
+            _ => format!("{value:.2} {}", units[unit]),
+        }
+    }
+}
+
 impl std::str::FromStr for ByteSize {
     type Err = String;
 

@@ -154,7 +154,7 @@ async fn lying_upstream(digests_and_wrong_bytes: &[(Digest, Vec<u8>)]) -> (std::
         store.write(d, Bytes::from(wrong.clone())).await.unwrap();
     }
     let cas = Cas::new(Arc::new(store));
-    let instance = Instance { name: String::new(), cas: Some(cas), action_cache: None, execution: None, assets: None };
+    let instance = Instance { name: String::new(), cas: Some(cas), action_cache: None, execution: None, assets: None, storage: None };
     let server = Server::from_instances(vec![instance], 4 << 20, strata::uploads::ParkingLimits { ttl: Duration::from_secs(60), max_uploads: 100, max_bytes: 1 << 30 });
     let listener = Server::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

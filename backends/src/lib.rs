@@ -5,7 +5,7 @@
 //! ([`S3Store`]). Layers wrap any store and add one behaviour each: [`TieredStore`] stacks tiers
 //! (order, size classes, promotion, durability), [`Verified`] hashes what an untrusted tier returns,
 //! [`VerifyingWriter`] refuses an upload that does not match its digest, [`ExistenceCache`]
-//! remembers what a slow tier holds, [`EmptyBlob`] answers for the empty blob, and [`Spooled`] queues
+//! remembers what a slow tier holds, [`EmptyBlob`] answers for the empty blob, [`Metered`] counts and times the calls to an upstream, and [`Spooled`] queues
 //! writes for an upstream that is down. The server's configuration builds the tree; nothing else
 //! knows its shape.
 //!
@@ -41,6 +41,7 @@ pub use error::{Result, StoreError};
 pub use layers::action_cache::TieredActionCache;
 pub use layers::empty_blob::EmptyBlob;
 pub use layers::existence_cache::ExistenceCache;
+pub use layers::metered::{Metered, UpstreamMetrics};
 pub use layers::single_flight::SingleFlight;
 pub use layers::spool::Spooled;
 pub use layers::tiered::{Tier, TieredStore};

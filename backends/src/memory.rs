@@ -64,6 +64,7 @@ impl MemoryStore {
     }
 
     async fn insert(&self, key: Key, data: Bytes) {
+        self.counters.written(data.len() as u64);
         self.cache.insert(key, data).await;
     }
 }
@@ -98,6 +99,10 @@ impl BlobStore for MemoryStore {
 
     fn stats(&self) -> StoreStats {
         self.counters.snapshot(self.cache.entry_count(), self.cache.weighted_size())
+    }
+
+    async fn evict(&self, digest: &Digest) -> Result<bool> {
+        Ok(self.cache.remove(&digest.key()).await.is_some())
     }
 }
 

@@ -62,6 +62,11 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Starts a streaming write of a verified-as-it-goes blob (ByteStream uploads).
     async fn writer(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>>;
     fn stats(&self) -> StoreStats;
+    /// Drops a blob from this tier now (the admin API's evict). Tiers that cannot drop one blob on
+    /// request (upstreams, and layers, which the admin API never asks) keep it and say `false`.
+    async fn evict(&self, _digest: &Digest) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// Action results keyed by the action digest (local tiers use its key; a remote tier needs it whole).
@@ -110,20 +115,34 @@ pub struct StoreStats {
     pub hits: u64,
     pub misses: u64,
     pub evictions: u64,
+    /// Bytes accepted for storage since start.
+    pub bytes_written: u64,
+    /// Calls to an upstream repeated after a transient failure.
+    pub retries: u64,
+    /// When the oldest data still held was written, where the tier knows.
+    pub oldest: Option<std::time::SystemTime>,
+    /// Uploads queued for an upstream that was down.
+    pub spooled: u64,
 }
 
-/// Hit, miss and eviction counters shared by the tiers.
+/// Hit, miss, eviction and write counters shared by the tiers.
 #[derive(Default, Debug)]
 pub struct Counters {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     pub evictions: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub retries: AtomicU64,
 }
 
 impl Counters {
     pub fn hit(&self, hit: bool) {
         let counter = if hit { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn written(&self, bytes: u64) {
+        self.bytes_written.fetch_add(bytes, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self, blobs: u64, bytes: u64) -> StoreStats {
@@ -133,6 +152,10 @@ impl Counters {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
+            bytes_written: self.bytes_written.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            oldest: None,
+            spooled: 0,
         }
     }
 }

@@ -65,7 +65,9 @@ fn unix_now() -> i64 {
 impl Assets {
     /// The first of `uris` with a complete, unexpired record at least as new as `oldest` (seconds
     /// since the epoch), then the upstream's answer.
-    pub async fn fetch(&self, name: &Name, uris: &[String], oldest: Option<i64>) -> Result<Option<Record>, AssetError> {
+    /// The record answering `name` at one of `uris`, and whether the index held it (a cache hit)
+    /// rather than the upstream or the origin.
+    pub async fn fetch(&self, name: &Name, uris: &[String], oldest: Option<i64>) -> Result<Option<(Record, bool)>, AssetError> {
         let now = unix_now();
         for uri in uris {
             let Some(bytes) = self.index.get(&name.key(uri)).await? else { continue };
@@ -80,7 +82,7 @@ impl Assets {
             let expired = record.expire_at != 0 && record.expire_at <= now;
             let too_old = oldest.is_some_and(|o| record.stored_at < o);
             if !expired && !too_old && self.missing(name, &record).await?.is_empty() {
-                return Ok(Some(record));
+                return Ok(Some((record, true)));
             }
         }
         let record = match &self.upstream {
@@ -93,7 +95,7 @@ impl Assets {
         };
         let Some(record) = record else { return Ok(None) };
         self.index.put(&name.key(&record.uri), record.encode_to_vec().into()).await?;
-        Ok(Some(record))
+        Ok(Some((record, false)))
     }
 
     /// The first of `uris` the downloader may fetch, fetched; the last failure if all fail.

@@ -58,6 +58,23 @@ pub struct Config {
     /// is off unless configured, and then only for the URL prefixes listed.
     #[serde(default)]
     pub http_fetch: Option<HttpFetchConfig>,
+    /// The HTTP listener for `/metrics`, the status page and `/healthz`, `/readyz`.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+    /// How often each storage stack and tier is probed for the health services.
+    #[serde(default = "default_probe_interval", with = "duration")]
+    pub health_probe_interval: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// HOST:PORT to serve HTTP on.
+    pub listen: String,
+}
+
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Deserialize)]

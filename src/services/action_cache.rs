@@ -42,10 +42,10 @@ impl ActionCache for ActionCacheService {
         let (store, cas) = self.instances.action_cache(&req.instance_name)?;
         let function = digest_function(req.digest_function)?;
         let action = parse_digest(function, req.action_digest.as_ref(), "action_digest")?;
-        let mut result = lookup(store.as_ref(), cas, function, &action)
-            .await
-            .map_err(status::from_tree)?
-            .ok_or_else(|| Status::not_found(format!("no action result for {action}")))?;
+        let found = lookup(store.as_ref(), cas, function, &action).await.map_err(status::from_tree)?;
+        let hit = found.is_some();
+        self.instances.metrics.looked_up(&req.instance_name, "action_cache", "get", u64::from(hit), u64::from(!hit));
+        let mut result = found.ok_or_else(|| Status::not_found(format!("no action result for {action}")))?;
         let mut budget = self.instances.max_batch_total_size;
         if req.inline_stdout && result.stdout_raw.is_empty() {
             if let Some(data) = inline(cas, function, &result.stdout_digest, &mut budget).await {

@@ -74,13 +74,14 @@ enum Fetched {
     OriginFailed(bazel_remote_apis::google::rpc::Status),
 }
 
-async fn fetch(assets: &Assets, name: &Name, uris: &[String], oldest: Option<Timestamp>) -> Result<Fetched, Status> {
+async fn fetch(assets: &Assets, name: &Name, uris: &[String], oldest: Option<Timestamp>, count: impl FnOnce(bool)) -> Result<Fetched, Status> {
     let found = assets.fetch(name, uris, oldest.map(|t| t.seconds)).await;
+    count(matches!(found, Ok(Some((_, true)))));
     // Qualifier names only: values may carry credentials (`http_header:Authorization`).
     let qualifiers: Vec<&str> = name.qualifiers.iter().map(|(k, _)| k.as_str()).collect();
     tracing::debug!(kind = ?name.kind, uri = %quote(&uris[0]), uris = uris.len(), ?qualifiers, found = matches!(found, Ok(Some(_))), "asset fetch");
     match found {
-        Ok(Some(record)) => Ok(Fetched::Found(record)),
+        Ok(Some((record, _))) => Ok(Fetched::Found(record)),
         Ok(None) => Err(not_found(uris)),
         Err(AssetError::Origin(e)) => Ok(Fetched::OriginFailed(protocol::to_rpc(&Status::new(e.code(), e.to_string())))),
         Err(e) => Err(status::from_asset(e)),
@@ -125,7 +126,9 @@ impl AssetService {
         let assets = self.instances.assets(&ask.instance)?;
         let name = name(kind, ask.function, &ask.uris, &ask.qualifiers)?;
         let function = name.function.to_proto();
-        Ok(match fetch(assets, &name, &ask.uris, ask.oldest).await? {
+        let metrics = &self.instances.metrics;
+        let count = |hit: bool| metrics.looked_up(&ask.instance, "asset", "fetch", u64::from(hit), u64::from(!hit));
+        Ok(match fetch(assets, &name, &ask.uris, ask.oldest, count).await? {
             Fetched::Found(record) => Answer {
                 status: protocol::ok_rpc(),
                 expires_at: expiry(&record),

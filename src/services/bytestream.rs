@@ -190,11 +190,10 @@ impl ByteStream for ByteStreamService {
             )));
         }
         let limit = (req.read_limit > 0).then_some(req.read_limit as u64);
-        let blob = cas
-            .read(&digest, offset, limit)
-            .await
-            .map_err(status::from_store)?
-            .ok_or_else(|| Status::not_found(format!("blob {digest} not found")))?;
+        let found = cas.read(&digest, offset, limit).await.map_err(status::from_store)?;
+        let hit = found.is_some();
+        self.instances.metrics.looked_up(&resource.instance, "cas", "read", u64::from(hit), u64::from(!hit));
+        let blob = found.ok_or_else(|| Status::not_found(format!("blob {digest} not found")))?;
         if resource.compressed {
             tracing::debug!(%digest, offset, "compressed read");
         }

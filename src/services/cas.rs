@@ -55,6 +55,8 @@ impl ContentAddressableStorage for CasService {
         let function = digest_function(req.digest_function)?;
         let digests = parse_digests(function, &req.blob_digests, "blob_digests")?;
         let present = cas.contains(&digests).await.map_err(status::from_store)?;
+        let hits = present.iter().filter(|p| **p).count() as u64;
+        self.instances.metrics.looked_up(&req.instance_name, "cas", "find_missing", hits, present.len() as u64 - hits);
         // The client's own digest messages go back as they came: no re-encoding of hashes.
         let missing = req.blob_digests.into_iter().zip(present).filter(|(_, p)| !p).map(|(d, _)| d).collect();
         Ok(Response::new(reapi::FindMissingBlobsResponse { missing_blob_digests: missing }))
@@ -124,6 +126,9 @@ impl ContentAddressableStorage for CasService {
             batch_read_blobs_response::Response { digest: Some(to_proto(digest)), data, compressor, status: Some(status) }
         });
         let responses = futures::future::join_all(reads).await;
+        let missing = responses.iter().filter(|r| r.status.as_ref().is_some_and(|s| s.code == tonic::Code::NotFound as i32)).count() as u64;
+        let found = responses.iter().filter(|r| r.status.as_ref().is_some_and(|s| s.code == 0)).count() as u64;
+        self.instances.metrics.looked_up(&req.instance_name, "cas", "read", found, missing);
         Ok(Response::new(reapi::BatchReadBlobsResponse { responses }))
     }
 

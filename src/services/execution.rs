@@ -106,8 +106,10 @@ impl ExecutionService {
         });
         let cacheable = !action.do_not_cache;
         if cacheable && !req.skip_cache_lookup {
-            let cached = crate::action_results::lookup(action_cache.as_ref(), cas, function, &action_digest).await;
-            if let Some(result) = cached.map_err(status::from_tree)? {
+            let cached = crate::action_results::lookup(action_cache.as_ref(), cas, function, &action_digest).await.map_err(status::from_tree)?;
+            let hit = cached.is_some();
+            self.instances.metrics.looked_up(&req.instance_name, "action_cache", "execute", u64::from(hit), u64::from(!hit));
+            if let Some(result) = cached {
                 let response = reapi::ExecuteResponse { result: Some(result), cached_result: true, status: Some(protocol::ok_rpc()), ..Default::default() };
                 return Ok(self.scheduler.completed(action_digest, response));
             }

@@ -2,6 +2,7 @@
 //! action cache, map errors through `crate::status`. Digests from requests are parsed here only.
 
 pub mod action_cache;
+pub mod admin;
 pub mod asset;
 pub mod bytestream;
 pub mod capabilities;

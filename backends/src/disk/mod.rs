@@ -384,6 +384,7 @@ impl DiskLog {
         let mut w = self.inner.writer.lock();
         w.reserved_large -= reserved;
         let mut st = self.inner.state.write();
+        self.inner.counters.written(size);
         let entry = LargeEntry { size, seq: w.open.id, used: std::time::SystemTime::now() };
         if let Some(old) = st.large.insert(key, entry) {
             st.large_bytes -= old.size;
@@ -398,6 +399,7 @@ impl DiskLog {
     /// Appends and, under the `always` policy, waits for the group commit that covers the append.
     async fn append_durably(&self, key: &Key, payload: Bytes) -> Result<()> {
         let appender = self.inner.appender.get().ok_or_else(|| StoreError::Config("the disk log has no writer".into()))?;
+        self.inner.counters.written(payload.len() as u64);
         let seq = appender.append(*key, payload).await?;
         if self.syncs_writes() {
             self.inner.commits.wait(seq).await?;
@@ -485,7 +487,38 @@ impl BlobStore for DiskLog {
     fn stats(&self) -> StoreStats {
         let st = self.inner.state.read();
         let bytes = st.segments.len() as u64 * self.inner.cfg.segment_size + st.large_bytes;
-        self.inner.counters.snapshot((st.index.len() + st.large.len()) as u64, bytes)
+        let oldest_segment = st.segments.values().next().map(|s| s.written);
+        let oldest_large = st.large.values().map(|l| l.used).min();
+        StoreStats {
+            oldest: oldest_segment.into_iter().chain(oldest_large).min(),
+            ..self.inner.counters.snapshot((st.index.len() + st.large.len()) as u64, bytes)
+        }
+    }
+
+    async fn evict(&self, digest: &Digest) -> Result<bool> {
+        let key = digest.key();
+        let (segment, loc) = {
+            let mut st = self.inner.state.write();
+            match st.index.get(&key) {
+                Some(loc) => {
+                    st.index.remove(&key, loc);
+                    (st.segments.get(&loc.segment).cloned(), loc)
+                }
+                None if st.large.contains_key(&key) => {
+                    drop(st);
+                    self.evict_large(&key);
+                    return Ok(true);
+                }
+                None => return Ok(false),
+            }
+        };
+        // The record stays in its segment until the segment is evicted; clearing its magic keeps a
+        // restart from finding it again.
+        if let Some(segment) = segment {
+            segment.invalidate(loc.offset)?;
+        }
+        self.inner.counters.evictions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(true)
     }
 }
 

@@ -24,6 +24,9 @@ pub struct Segment {
     pub id: u32,
     pub path: PathBuf,
     pub file: File,
+    /// When the segment was created (this process) or last written (a segment found at start): the
+    /// age of the data it holds, for the retention metric.
+    pub written: std::time::SystemTime,
     map: Arc<Mmap>,
 }
 
@@ -70,9 +73,11 @@ impl Segment {
 
     fn map(id: u32, path: PathBuf, file: File) -> Result<Segment> {
         // SAFETY: segment files belong to this process's data directory; the log only appends past
-        // the records it has published, so mapped bytes that a reader sees never change under it.
+        // the records it has published, so mapped payload bytes never change under a reader (an
+        // eviction by the admin API clears a record's magic, which readers check before the payload).
         let map = unsafe { Mmap::map(&file) }.map_err(|e| StoreError::io(&path, e))?;
-        Ok(Segment { id, path, file, map: Arc::new(map) })
+        let written = file.metadata().and_then(|m| m.modified()).unwrap_or_else(|_| std::time::SystemTime::now());
+        Ok(Segment { id, path, file, written, map: Arc::new(map) })
     }
 
     pub fn len(&self) -> u64 {
@@ -89,6 +94,12 @@ impl Segment {
 
     pub fn sync(&self) -> Result<()> {
         self.file.sync_data().map_err(|e| StoreError::io(&self.path, e))
+    }
+
+    /// Makes the record at `offset` unreadable, now and after a restart (its header no longer
+    /// decodes, so reads and the recovery scan skip it).
+    pub fn invalidate(&self, offset: u32) -> Result<()> {
+        self.write_at(u64::from(offset), &[0u8; 4])
     }
 
     pub fn header_at(&self, offset: u32) -> Option<Header> {

@@ -4,6 +4,7 @@
 pub mod action_cache;
 pub mod empty_blob;
 pub mod existence_cache;
+pub mod metered;
 pub mod single_flight;
 pub mod spool;
 pub mod tiered;

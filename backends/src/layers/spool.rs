@@ -7,6 +7,7 @@
 //! clients upload it (into the queue) instead of failing.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ const UPLOAD_CHUNK: usize = 1 << 20;
 pub struct Spooled {
     inner: Arc<dyn BlobStore>,
     dir: Arc<PathBuf>,
+    /// Spooled uploads not yet taken upstream (recounted by every drain).
+    pending: Arc<AtomicU64>,
 }
 
 impl Spooled {
@@ -36,14 +39,14 @@ impl Spooled {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        let spooled = Spooled { inner, dir: Arc::new(dir) };
+        let spooled = Spooled { inner, dir: Arc::new(dir), pending: Arc::default() };
         let weak = Arc::downgrade(&spooled.dir);
-        let inner = spooled.inner.clone();
+        let (inner, pending) = (spooled.inner.clone(), spooled.pending.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(retry_every).await;
                 let Some(dir) = weak.upgrade() else { return };
-                Spooled { inner: inner.clone(), dir }.drain().await;
+                Spooled { inner: inner.clone(), dir, pending: pending.clone() }.drain().await;
             }
         });
         Ok(spooled)
@@ -58,6 +61,7 @@ impl Spooled {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, data).map_err(|e| StoreError::io(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
+        self.pending.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%digest, "upstream unavailable; upload queued in {}", self.dir.display());
         Ok(())
     }
@@ -73,6 +77,7 @@ impl Spooled {
             Err(_) => return 0,
         };
         entries.sort();
+        let queued = entries.len();
         let mut sent = 0;
         for (_, path) in entries {
             let Some(digest) = parse_name(&path) else { continue };
@@ -85,6 +90,7 @@ impl Spooled {
                 Err(e) => tracing::error!(%digest, "queued upload failed, will retry: {e}"),
             }
         }
+        self.pending.store((queued - sent) as u64, Ordering::Relaxed);
         sent
     }
 
@@ -144,7 +150,7 @@ impl BlobStore for Spooled {
     }
 
     fn stats(&self) -> StoreStats {
-        self.inner.stats()
+        StoreStats { spooled: self.pending.load(Ordering::Relaxed), ..self.inner.stats() }
     }
 }
 
@@ -195,6 +201,7 @@ impl BlobWriter for SpoolingWriter {
         }
         let path = self.spool.path(&self.digest);
         std::fs::rename(&self.tmp, &path).map_err(|e| StoreError::io(&path, e))?;
+        self.spool.pending.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(digest = %self.digest, "upstream unavailable; upload queued");
         Ok(())
     }

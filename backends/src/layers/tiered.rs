@@ -193,6 +193,13 @@ impl BlobStore for TieredStore {
             hits: a.hits + s.hits,
             misses: a.misses + s.misses,
             evictions: a.evictions + s.evictions,
+            bytes_written: a.bytes_written + s.bytes_written,
+            retries: a.retries + s.retries,
+            oldest: match (a.oldest, s.oldest) {
+                (Some(x), Some(y)) => Some(x.min(y)),
+                (x, y) => x.or(y),
+            },
+            spooled: a.spooled + s.spooled,
         })
     }
 }

@@ -147,6 +147,7 @@ impl RemoteStore {
                         return Err(error);
                     }
                     tries += 1;
+                    self.counters.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
             }

@@ -7,6 +7,7 @@
 //! `ResultSink` before their operations complete.
 
 mod expiry;
+pub mod metrics;
 mod operations;
 mod queue;
 mod sessions;
@@ -26,6 +27,7 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use crate::protocol::rwapi::{BotStatus, LeaseState};
+use metrics::{BotSnapshot, QueuedGroup, RunningJob, SchedulerMetrics, Snapshot};
 use operations::Operations;
 use queue::{Needs, Queue};
 use sessions::{Session, SessionLease, Sessions};
@@ -54,6 +56,7 @@ struct State {
     in_flight: HashMap<(String, Digest), u64>,
     operations: Operations,
     sessions: Sessions,
+    metrics: SchedulerMetrics,
 }
 
 struct Job {
@@ -100,6 +103,7 @@ impl Scheduler {
     pub fn completed(&self, action_digest: Digest, response: reapi::ExecuteResponse) -> OperationView {
         let mut st = self.state.lock();
         let name = self.new_name(&mut st, "operations");
+        st.metrics.completed("cached");
         let state = OpState { stage: Stage::Completed, outcome: Some(Outcome::Response(Arc::new(response))) };
         st.operations.insert(name, action_digest, None, state, Instant::now())
     }
@@ -310,6 +314,50 @@ impl Scheduler {
         Counts { queued: st.queue.len(), running, sessions: st.sessions.len(), operations: st.operations.len() }
     }
 
+    /// The counters and histograms, for the server's registry.
+    pub fn metrics(&self) -> SchedulerMetrics {
+        self.state.lock().metrics.clone()
+    }
+
+    /// The queue, the running jobs and the bots, for metrics and the admin API.
+    pub fn snapshot(&self) -> Snapshot {
+        let st = self.state.lock();
+        let now = Instant::now();
+        let queued = st
+            .queue
+            .by_needs()
+            .map(|(needs, jobs)| QueuedGroup { instance: needs.instance.clone(), platform: needs.platform.clone(), jobs })
+            .collect();
+        let running = st
+            .jobs
+            .values()
+            .filter_map(|j| {
+                let (session, _, since) = j.running.as_ref()?;
+                Some(RunningJob {
+                    instance: j.new.instance.clone(),
+                    action_digest: j.new.action_digest,
+                    bot_id: st.sessions.get(session).map(|s| s.bot_id.clone()).unwrap_or_default(),
+                    running_for: now.saturating_duration_since(*since),
+                })
+            })
+            .collect();
+        let bots = st
+            .sessions
+            .iter()
+            .map(|(name, s)| BotSnapshot {
+                session: name.clone(),
+                bot_id: s.bot_id.clone(),
+                instance: s.instance.clone(),
+                status: format!("{:?}", s.status),
+                capacity: s.capacity,
+                busy: s.busy(),
+                properties: s.property_pairs(),
+                last_seen: now.saturating_duration_since(s.last_seen),
+            })
+            .collect();
+        Snapshot { queued, running, bots, operations: st.operations.len() }
+    }
+
     fn view(&self, st: &State, name: &str) -> Option<SessionView> {
         let s = st.sessions.get(name)?;
         let mut leases: Vec<LeaseView> = s
@@ -353,6 +401,9 @@ fn fill_session(st: &mut State, session: &str) {
 
 fn assign(st: &mut State, job_id: u64, session: &str) {
     let (Some(job), Some(s)) = (st.jobs.get_mut(&job_id), st.sessions.get_mut(session)) else { return };
+    if let Some(queued) = st.queue.queued_at(job_id) {
+        st.metrics.queued_for(queued.elapsed());
+    }
     st.queue.remove(job_id);
     job.attempts += 1;
     let lease_id = format!("{job_id}-{}", job.attempts);
@@ -406,6 +457,12 @@ fn forget_in_flight(st: &mut State, job: &Job, job_id: u64) {
 
 /// Completes every operation of a job with `outcome` and forgets the job.
 fn finish_job(st: &mut State, job_id: u64, outcome: Outcome) {
+    if let Some((_, _, since)) = st.jobs.get(&job_id).and_then(|j| j.running.as_ref()) {
+        st.metrics.executed_for(since.elapsed());
+    }
+    if st.jobs.contains_key(&job_id) {
+        st.metrics.completed(metrics::result_of(&outcome));
+    }
     drop_job(st, job_id, false);
     let Some(job) = st.jobs.remove(&job_id) else { return };
     forget_in_flight(st, &job, job_id);

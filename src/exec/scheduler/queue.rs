@@ -37,6 +37,16 @@ impl Queue {
         self.entries.insert(id, (needs, priority, now));
     }
 
+    /// When a waiting job was queued.
+    pub fn queued_at(&self, id: u64) -> Option<Instant> {
+        self.entries.get(&id).map(|e| e.2)
+    }
+
+    /// How many jobs wait for each set of needs.
+    pub fn by_needs(&self) -> impl Iterator<Item = (&Needs, usize)> {
+        self.by_needs.iter().filter(|(_, jobs)| !jobs.is_empty()).map(|(needs, jobs)| (needs.as_ref(), jobs.len()))
+    }
+
     pub fn remove(&mut self, id: u64) {
         let Some((needs, priority, since)) = self.entries.remove(&id) else { return };
         self.by_age.remove(&(since, id));

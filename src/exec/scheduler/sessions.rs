@@ -39,6 +39,14 @@ impl Session {
         healthy(self.status) && self.busy() < self.capacity
     }
 
+    /// The properties as sorted name/value pairs.
+    pub fn property_pairs(&self) -> Vec<(String, String)> {
+        let mut pairs: Vec<(String, String)> =
+            self.properties.iter().flat_map(|(k, vs)| vs.iter().map(move |v| (k.clone(), v.clone()))).collect();
+        pairs.sort();
+        pairs
+    }
+
     pub fn offers(&self, key: &str, value: &str) -> bool {
         self.properties.get(key).is_some_and(|vs| vs.contains(value))
     }
@@ -60,6 +68,10 @@ pub struct Sessions {
 }
 
 impl Sessions {
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Session)> {
+        self.by_name.iter()
+    }
+
     pub fn get(&self, name: &str) -> Option<&Session> {
         self.by_name.get(name)
     }

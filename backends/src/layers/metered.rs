@@ -1,0 +1,130 @@
+//! Metering of an upstream tier (remote REAPI, S3): every call counted by operation and outcome,
+//! with its latency, into metric families the server registers and exports. It sits directly on the
+//! upstream, below verification and caching, so that it sees the calls that really leave the process.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::store::{Blob, BlobStore, BlobWriter, StoreStats};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamCall {
+    pub tier: String,
+    pub op: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamOp {
+    pub tier: String,
+    pub op: &'static str,
+}
+
+/// The upstream call metrics of a server, shared by all its upstream tiers.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    calls: Family<UpstreamCall, Counter>,
+    latency: Family<UpstreamOp, Histogram>,
+}
+
+impl Default for UpstreamMetrics {
+    fn default() -> Self {
+        UpstreamMetrics {
+            calls: Family::default(),
+            // 100 µs to ~26 s.
+            latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 4.0, 10))),
+        }
+    }
+}
+
+impl UpstreamMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("strata_upstream_calls", "Calls to upstream tiers, by operation and result", self.calls.clone());
+        registry.register("strata_upstream_call_seconds", "Latency of calls to upstream tiers", self.latency.clone());
+    }
+
+    fn record<T>(&self, tier: &str, op: &'static str, started: Instant, outcome: &Result<T>) {
+        let result = if outcome.is_ok() { "ok" } else { "error" };
+        self.calls.get_or_create(&UpstreamCall { tier: tier.to_string(), op, result }).inc();
+        self.latency.get_or_create(&UpstreamOp { tier: tier.to_string(), op }).observe(started.elapsed().as_secs_f64());
+    }
+}
+
+pub struct Metered {
+    inner: Arc<dyn BlobStore>,
+    tier: String,
+    metrics: UpstreamMetrics,
+}
+
+impl Metered {
+    pub fn new(inner: Arc<dyn BlobStore>, tier: impl Into<String>, metrics: UpstreamMetrics) -> Self {
+        Metered { inner, tier: tier.into(), metrics }
+    }
+}
+
+#[async_trait]
+impl BlobStore for Metered {
+    async fn contains(&self, digests: &[Digest]) -> Result<Vec<bool>> {
+        let started = Instant::now();
+        let outcome = self.inner.contains(digests).await;
+        self.metrics.record(&self.tier, "contains", started, &outcome);
+        outcome
+    }
+
+    async fn read(&self, digest: &Digest, offset: u64, limit: Option<u64>) -> Result<Option<Blob>> {
+        let started = Instant::now();
+        let outcome = self.inner.read(digest, offset, limit).await;
+        self.metrics.record(&self.tier, "read", started, &outcome);
+        outcome
+    }
+
+    async fn write(&self, digest: &Digest, data: Bytes) -> Result<()> {
+        let started = Instant::now();
+        let outcome = self.inner.write(digest, data).await;
+        self.metrics.record(&self.tier, "write", started, &outcome);
+        outcome
+    }
+
+    async fn writer(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {
+        let started = Instant::now();
+        let outcome = self.inner.writer(digest).await;
+        self.metrics.record(&self.tier, "start_write", started, &outcome);
+        outcome
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.inner.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::DigestFunction;
+    use crate::layers::testing::Down;
+    use crate::memory::{Admission, MemoryStore};
+
+    #[tokio::test]
+    async fn counts_calls_by_outcome() {
+        let metrics = UpstreamMetrics::default();
+        let up = Metered::new(Arc::new(MemoryStore::new(1 << 20, Admission::Always)), "up", metrics.clone());
+        let down = Metered::new(Arc::new(Down), "down", metrics.clone());
+        let d = DigestFunction::Sha256.digest_of(b"x");
+        up.write(&d, Bytes::from_static(b"x")).await.unwrap();
+        up.contains(&[d]).await.unwrap();
+        assert!(down.contains(&[d]).await.is_err());
+        let count = |tier: &str, op, result| metrics.calls.get_or_create(&UpstreamCall { tier: tier.into(), op, result }).get();
+        assert_eq!((count("up", "write", "ok"), count("up", "contains", "ok")), (1, 1));
+        assert_eq!((count("down", "contains", "error"), count("down", "contains", "ok")), (1, 0));
+    }
+}
