@@ -32,28 +32,50 @@ pub enum Admission {
 pub struct MemoryStore {
     cache: Cache<Key, Bytes>,
     counters: Arc<Counters>,
+    /// Entries and weighted bytes held, kept here because moka's own counts lag until its next
+    /// maintenance (which an idle cache never runs).
+    held: Arc<Held>,
+}
+
+#[derive(Default, Debug)]
+struct Held {
+    entries: std::sync::atomic::AtomicI64,
+    bytes: std::sync::atomic::AtomicI64,
+}
+
+impl Held {
+    fn add(&self, value: &Bytes, sign: i64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.entries.fetch_add(sign, Relaxed);
+        self.bytes.fetch_add(sign * weight(value) as i64, Relaxed);
+    }
+}
+
+fn weight(value: &Bytes) -> u64 {
+    value.len() as u64 + ENTRY_OVERHEAD
 }
 
 impl MemoryStore {
     pub fn new(max_bytes: u64, admission: Admission) -> Self {
         let counters = Arc::new(Counters::default());
-        let evictions = counters.clone();
+        let held = Arc::new(Held::default());
+        let (evictions, removed) = (counters.clone(), held.clone());
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .eviction_policy(match admission {
                 Admission::Frequency => EvictionPolicy::tiny_lfu(),
                 Admission::Always => EvictionPolicy::lru(),
             })
-            .weigher(|_key: &Key, value: &Bytes| {
-                u32::try_from(value.len() as u64 + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
-            })
-            .eviction_listener(move |_key, _value, cause| {
+            .weigher(|_key: &Key, value: &Bytes| u32::try_from(weight(value)).unwrap_or(u32::MAX))
+            // Called for every entry that leaves: replaced, removed, evicted, or refused admission.
+            .eviction_listener(move |_key, value, cause| {
+                removed.add(&value, -1);
                 if cause.was_evicted() {
                     evictions.evictions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             })
             .build();
-        MemoryStore { cache, counters }
+        MemoryStore { cache, counters, held }
     }
 
     /// Looks a blob up; an entry whose length disagrees with the digest is not the blob asked for.
@@ -65,6 +87,7 @@ impl MemoryStore {
 
     async fn insert(&self, key: Key, data: Bytes) {
         self.counters.written(data.len() as u64);
+        self.held.add(&data, 1);
         self.cache.insert(key, data).await;
     }
 }
@@ -98,7 +121,9 @@ impl BlobStore for MemoryStore {
     }
 
     fn stats(&self) -> StoreStats {
-        self.counters.snapshot(self.cache.entry_count(), self.cache.weighted_size())
+        use std::sync::atomic::Ordering::Relaxed;
+        let (entries, bytes) = (self.held.entries.load(Relaxed).max(0), self.held.bytes.load(Relaxed).max(0));
+        self.counters.snapshot(entries as u64, bytes as u64)
     }
 
     async fn evict(&self, digest: &Digest) -> Result<bool> {
@@ -143,6 +168,22 @@ mod tests {
         }
         store.cache.run_pending_tasks().await;
         assert!(store.stats().bytes <= 64 * 1024);
+        assert_eq!(store.stats().blobs, store.cache.entry_count(), "own counts agree with moka's once it has caught up");
+    }
+
+    #[tokio::test]
+    async fn stats_count_what_is_held_at_once() {
+        let store = MemoryStore::new(1 << 20, Admission::Always);
+        let (a, b) = (Bytes::from_static(b"aaaa"), Bytes::from_static(b"bb"));
+        let (da, db) = (DigestFunction::Sha256.digest_of(&a), DigestFunction::Sha256.digest_of(&b));
+        store.write(&da, a.clone()).await.unwrap();
+        store.write(&db, b.clone()).await.unwrap();
+        store.write(&da, a).await.unwrap();
+        let s = store.stats();
+        assert_eq!((s.blobs, s.bytes, s.bytes_written), (2, 6 + 2 * ENTRY_OVERHEAD, 10));
+        assert!(store.evict(&db).await.unwrap());
+        assert!(!store.evict(&db).await.unwrap());
+        assert_eq!((store.stats().blobs, store.stats().bytes), (1, 4 + ENTRY_OVERHEAD));
     }
 
     #[tokio::test]

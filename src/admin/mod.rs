@@ -153,6 +153,21 @@ impl Admin {
         views.iter().map(|v| operation(&v.name, &v.action_digest, &v.state.borrow())).collect()
     }
 
+    /// The result of the newest operation of `action` that ran to a result (failed actions are not
+    /// cached, so the action cache alone cannot show them), with the operation's name.
+    pub fn latest_result(&self, action: &Digest) -> Option<(String, bazel_remote_apis::build::bazel::remote::execution::v2::ActionResult)> {
+        let (views, _) = self.scheduler.as_ref()?.list("", usize::MAX);
+        let number = |name: &str| name.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        views
+            .iter()
+            .filter(|v| v.action_digest == *action)
+            .filter_map(|v| match &v.state.borrow().outcome {
+                Some(Outcome::Response(r)) => Some((v.name.clone(), r.result.clone()?)),
+                _ => None,
+            })
+            .max_by_key(|(name, _)| number(name))
+    }
+
     pub fn cancel(&self, name: &str) -> Result<(), Status> {
         self.scheduler()?.cancel(name).map_err(crate::status::from_scheduler)
     }

@@ -218,12 +218,12 @@ fn scheduler_section(admin: &Admin, b: &mut String) {
 }
 
 fn lookup_form(admin: &Admin, digest: &str, instance: Option<&str>) -> String {
-    let mut options = String::from("<option value=\"\">(search every instance)</option>");
-    for i in admin.instances.all() {
+    let mut options = String::from("<option value=\"\">(any instance)</option>");
+    for i in admin.instances.all().filter(|i| !i.name.is_empty()) {
         let selected = if instance == Some(i.name.as_str()) { " selected" } else { "" };
         let _ = write!(options, "<option value=\"{}\"{selected}>{}</option>", esc(&i.name), esc(&format!("{:?}", i.name)));
     }
-    // An empty instance value means "search all"; the named instance "" is picked by searching.
+    // An empty value searches every instance, "" included.
     format!(
         "<h2>Action browser</h2><form method=\"get\" action=\"/action\">\
          <label>instance <select name=\"instance\">{options}</select></label> \
@@ -258,9 +258,16 @@ pub async fn action(admin: &Admin, query: &ActionQuery) -> (StatusCode, String) 
             Some(store) => store.get(&digest).await.ok().flatten().and_then(|data| reapi::ActionResult::decode(data).ok()),
             None => None,
         };
-        match result {
-            Some(result) => render_result(&mut b, &cas, &name, &result).await,
-            None => b.push_str("<h2>Result</h2><p class=\"muted\">The action cache holds no result for this action.</p>"),
+        match (result, admin.latest_result(&digest)) {
+            (Some(result), _) => {
+                b.push_str("<h2>Result</h2><p class=\"muted\">from the action cache</p>");
+                render_result(&mut b, &cas, &name, &result).await;
+            }
+            (None, Some((operation, result))) => {
+                let _ = write!(b, "<h2>Result</h2><p class=\"muted\">from operation <code>{}</code> (not in the action cache)</p>", esc(&operation));
+                render_result(&mut b, &cas, &name, &result).await;
+            }
+            (None, None) => b.push_str("<h2>Result</h2><p class=\"muted\">Neither the action cache nor a recent operation holds a result.</p>"),
         }
         b.push_str(&form);
         return (StatusCode::OK, page(&format!("Action {}", digest.hash_hex()), &b));
@@ -313,7 +320,7 @@ fn seconds_between(from: &Option<Timestamp>, to: &Option<Timestamp>) -> Option<f
 
 async fn render_result(b: &mut String, cas: &Cas, instance: &str, result: &reapi::ActionResult) {
     let class = if result.exit_code == 0 { "ok" } else { "bad" };
-    let _ = write!(b, "<h2>Result</h2><p>exit code <span class=\"{class}\">{}</span></p>", result.exit_code);
+    let _ = write!(b, "<p>exit code <span class=\"{class}\">{}</span></p>", result.exit_code);
     if let Some(m) = &result.execution_metadata {
         b.push_str("<table>");
         let _ = write!(b, "<tr><th>worker</th><td>{}</td></tr>", esc(&m.worker));

@@ -44,6 +44,8 @@ instances:
 
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
+    /// The HTTP listener's address, when the configuration has an `http` section.
+    pub http: Option<std::net::SocketAddr>,
     pub data_dir: std::path::PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -66,14 +68,20 @@ impl TestServer {
     pub async fn start_at(config_text: &str, data_dir: &std::path::Path, addr: std::net::SocketAddr) -> TestServer {
         let mut config = Config::parse(config_text, "test configuration").unwrap();
         config.data_dir = data_dir.to_path_buf();
-        let server = Server::build(&config).await.unwrap();
+        let mut server = Server::build(&config).await.unwrap();
         let listener = Server::bind(&addr.to_string()).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let mut http = None;
+        if let Some(h) = &config.http {
+            let listener = Server::bind(&h.listen).await.unwrap();
+            http = Some(listener.local_addr().unwrap());
+            server = server.with_http(listener);
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server.serve(listener, async { let _ = stopped.await; }).await.unwrap();
         });
-        TestServer { addr, data_dir: data_dir.to_path_buf(), stop: Some(stop), task: Some(task), _tmp: None }
+        TestServer { addr, http, data_dir: data_dir.to_path_buf(), stop: Some(stop), task: Some(task), _tmp: None }
     }
 
     /// Stops the server gracefully and waits until it has flushed its storage.
@@ -115,6 +123,19 @@ impl Drop for TestServer {
             task.abort();
         }
     }
+}
+
+/// GET over HTTP/1.0 from the server's HTTP listener: the status code and the body.
+pub async fn http_get(server: &TestServer, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.http.expect("the configuration has no http section")).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, body.to_string())
 }
 
 pub fn sha256(data: &[u8]) -> reapi::Digest {
