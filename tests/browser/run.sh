@@ -12,6 +12,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/../lib/e2e.sh"
 strata=$(realpath "${1:-$here/../../target/debug/strata}")
+screenshots=${STRATA_SCREENSHOTS:+$(realpath "$STRATA_SCREENSHOTS")}
 chromium=$(command -v chromium || command -v chromium-browser || true)
 [ -n "$chromium" ] || { echo "chromium not found: apt-get install chromium" >&2; exit 1; }
 command -v bazel >/dev/null || { echo "bazel not found: apt-get install bazel-bootstrap" >&2; exit 1; }
@@ -37,7 +38,8 @@ mkdir "$work/ws"
 cd "$work/ws"
 build() {
     bazel --output_user_root="$work/bazel-root" build //gen/... --remote_executor="grpc://127.0.0.1:$port" \
-        --spawn_strategy=remote --noremote_local_fallback --remote_timeout=60 2>&1 | tee "$work/bazel.log" >/dev/null
+        --spawn_strategy=remote --noremote_local_fallback --remote_timeout=60 \
+        --incompatible_strict_action_env 2>&1 | tee "$work/bazel.log" >/dev/null
     grep -q "Build completed successfully" "$work/bazel.log" || { cat "$work/bazel.log" "$work/strata.log" >&2; exit 1; }
 }
 echo "== Bazel builds //gen/... on the default configuration's bots, then again from the cache"
@@ -77,8 +79,8 @@ browse "$base/action?digest=$found" action >"$work/action.html"
 expect "$work/action.html" "Action <code>$found</code>" 'exit code <span class="ok">0</span>' \
     'greeting for the status page' 'Output files' 'gen/greeting.txt' 'from the action cache'
 [ -s "$work/status.png" ] && [ -s "$work/action.png" ] || { echo "FAIL: chromium took no screenshot" >&2; exit 1; }
-if [ -n "${STRATA_SCREENSHOTS:-}" ]; then
-    cp "$work/status.png" "$STRATA_SCREENSHOTS/status-page.png"
-    cp "$work/action.png" "$STRATA_SCREENSHOTS/action-page.png"
+if [ -n "$screenshots" ]; then
+    cp "$work/status.png" "$screenshots/status-page.png"
+    cp "$work/action.png" "$screenshots/action-page.png"
 fi
 echo "browser e2e: the status page and the action page of $found render in Chromium with the expected text"
