@@ -97,7 +97,7 @@ impl Health {
             if s.storage.tiers.iter().all(|t| t.local) {
                 continue;
             }
-            for (tier, state) in s.storage.tiers.iter().zip(&s.tiers).filter(|(t, _)| !t.local && t.role == "cas") {
+            for (tier, state) in s.storage.tiers.iter().zip(&s.tiers).filter(|(t, _)| !t.local) {
                 let result = probe(tier.store.as_ref()).await;
                 let mut state = state.lock();
                 if state.observe(result) {

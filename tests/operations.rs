@@ -331,3 +331,58 @@ async fn unknown_methods_of_known_services_are_not_labels() {
     assert!(!m.samples.iter().any(|s| s.labels.values().any(|v| v.contains("MadeUp") || v.contains("evil"))));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn admin_lists_bots_and_operations_and_cancels_one() {
+    let (server, tmp) = exec::start().await;
+    let mut client = admin(&server).await;
+    let digest = exec::action(&server, &exec::sh("sleep 30")).await;
+    // No bot yet: the operation waits in the queue.
+    let waiting = tokio::spawn({
+        let request = exec::request(&digest);
+        let addr = server.addr;
+        async move {
+            let channel = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+            let mut stream = reapi::execution_client::ExecutionClient::new(channel).execute(request).await.unwrap().into_inner();
+            let mut last = None;
+            while let Some(Ok(op)) = futures::StreamExt::next(&mut stream).await {
+                last = Some(op);
+            }
+            last
+        }
+    });
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let op = loop {
+        let ops = client.list_operations(pb::ListOperationsRequest { limit: 0 }).await.unwrap().into_inner().operations;
+        if let Some(op) = ops.into_iter().find(|o| o.action_digest == Some(pb_digest(&digest))) {
+            break op;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the operation never showed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(op.stage, "QUEUED");
+    let bot = InProcessBot::start(&server, &tmp.path().join("bot"), 2, &[("OSFamily", "linux")]);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let bots = loop {
+        let bots = client.list_bots(pb::ListBotsRequest {}).await.unwrap().into_inner().bots;
+        if bots.first().is_some_and(|b| b.busy == 1) {
+            break bots;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the bot never took the lease: {bots:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!((bots.len(), bots[0].bot_id.as_str(), bots[0].capacity), (1, "test-bot-bot", 2));
+    assert!(bots[0].properties.contains(&pb::Property { name: "OSFamily".into(), value: "linux".into() }), "{bots:?}");
+
+    client.cancel_operation(pb::CancelOperationRequest { name: op.name.clone() }).await.unwrap();
+    let last = waiting.await.unwrap().expect("the Execute stream ended with an operation");
+    assert!(last.done, "{last:?}");
+    let ops = client.list_operations(pb::ListOperationsRequest { limit: 0 }).await.unwrap().into_inner().operations;
+    let cancelled = ops.iter().find(|o| o.name == op.name).unwrap();
+    assert_eq!(cancelled.stage, "COMPLETED");
+    assert!(cancelled.error.contains("Cancelled"), "{cancelled:?}");
+    let err = client.cancel_operation(pb::CancelOperationRequest { name: "operations/none".into() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    bot.stop().await;
+    server.stop().await;
+}

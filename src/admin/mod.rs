@@ -146,9 +146,7 @@ impl Admin {
     pub fn operations(&self, limit: usize) -> Vec<pb::Operation> {
         let Some(scheduler) = &self.scheduler else { return Vec::new() };
         let (mut views, _) = scheduler.list("", usize::MAX);
-        // Names end in a counter: newest is the largest number, not the last string.
-        let number = |name: &str| name.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
-        views.sort_by_key(|v| std::cmp::Reverse(number(&v.name)));
+        views.sort_by_key(|v| std::cmp::Reverse(sequence(&v.name)));
         views.truncate(limit);
         views.iter().map(|v| operation(&v.name, &v.action_digest, &v.state.borrow())).collect()
     }
@@ -157,7 +155,6 @@ impl Admin {
     /// cached, so the action cache alone cannot show them), with the operation's name.
     pub fn latest_result(&self, action: &Digest) -> Option<(String, bazel_remote_apis::build::bazel::remote::execution::v2::ActionResult)> {
         let (views, _) = self.scheduler.as_ref()?.list("", usize::MAX);
-        let number = |name: &str| name.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
         views
             .iter()
             .filter(|v| v.action_digest == *action)
@@ -165,7 +162,7 @@ impl Admin {
                 Some(Outcome::Response(r)) => Some((v.name.clone(), r.result.clone()?)),
                 _ => None,
             })
-            .max_by_key(|(name, _)| number(name))
+            .max_by_key(|(name, _)| sequence(name))
     }
 
     pub fn cancel(&self, name: &str) -> Result<(), Status> {
@@ -234,6 +231,11 @@ impl Admin {
         let storage = i.storage.as_ref().ok_or_else(|| Status::failed_precondition(format!("instance {} has no storage stack", quote(instance))))?;
         Ok(&storage.tiers)
     }
+}
+
+/// Operation names end in a counter: the newest has the largest number (not the last string).
+fn sequence(name: &str) -> u64 {
+    name.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
 /// Every Directory under `root` and every file they name (the root included).

@@ -63,6 +63,19 @@ fn unknown_keys_are_named() {
 }
 
 #[test]
+fn http_and_health_probe_settings_are_checked() {
+    let c = parse(&format!("http: {{ listen: 127.0.0.1:9095 }}\nhealth_probe_interval: 2s\n{MINIMAL}")).unwrap();
+    assert_eq!(c.http.map(|h| h.listen).as_deref(), Some("127.0.0.1:9095"));
+    assert_eq!(c.health_probe_interval, std::time::Duration::from_secs(2));
+    let err = parse(&format!("health_probe_interval: 0s\n{MINIMAL}")).unwrap_err();
+    assert!(err.contains("health_probe_interval") && err.contains("at least"), "{err}");
+    let err = parse(&format!("http: {{ listen: nowhere }}\n{MINIMAL}")).unwrap_err();
+    assert!(err.contains("http.listen") && err.contains("HOST:PORT"), "{err}");
+    let err = parse(&format!("http: {{ port: 9095 }}\n{MINIMAL}")).unwrap_err();
+    assert!(err.contains("port"), "{err}");
+}
+
+#[test]
 fn environment_variables_are_substituted_or_named() {
     std::env::set_var("STRATA_TEST_LISTEN", "127.0.0.1:6000");
     let c = parse(&format!("listen: ${{STRATA_TEST_LISTEN}}\n{MINIMAL}")).unwrap();

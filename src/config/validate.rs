@@ -25,6 +25,14 @@ impl Config {
                 return Err("http_fetch.timeout: must be longer than zero".into());
             }
         }
+        if self.health_probe_interval < std::time::Duration::from_millis(10) {
+            return Err("health_probe_interval: must be at least 10ms".into());
+        }
+        if let Some(http) = &self.http {
+            if http.listen.parse::<std::net::SocketAddr>().is_err() && !http.listen.contains(':') {
+                return Err(format!("http.listen: {:?} is not HOST:PORT", http.listen));
+            }
+        }
         self.validate_execution()?;
         self.validate_storage()
     }

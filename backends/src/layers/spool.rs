@@ -61,9 +61,16 @@ impl Spooled {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, data).map_err(|e| StoreError::io(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
-        self.pending.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%digest, "upstream unavailable; upload queued in {}", self.dir.display());
+        self.queued(digest);
         Ok(())
+    }
+
+    /// Counts a spooled upload; the first of an outage is a warning, the rest are debug lines.
+    fn queued(&self, digest: &Digest) {
+        match self.pending.fetch_add(1, Ordering::Relaxed) {
+            0 => tracing::warn!(%digest, "upstream unavailable; uploads are queued in {} until it is back", self.dir.display()),
+            _ => tracing::debug!(%digest, "upload queued"),
+        }
     }
 
     /// Uploads what is spooled, oldest first, until the upstream refuses again.
@@ -90,7 +97,10 @@ impl Spooled {
                 Err(e) => tracing::error!(%digest, "queued upload failed, will retry: {e}"),
             }
         }
-        self.pending.store((queued - sent) as u64, Ordering::Relaxed);
+        let left = (queued - sent) as u64;
+        if self.pending.swap(left, Ordering::Relaxed) > 0 && left == 0 && sent > 0 {
+            tracing::info!(uploads = sent, "queued uploads delivered upstream");
+        }
         sent
     }
 
@@ -201,8 +211,7 @@ impl BlobWriter for SpoolingWriter {
         }
         let path = self.spool.path(&self.digest);
         std::fs::rename(&self.tmp, &path).map_err(|e| StoreError::io(&path, e))?;
-        self.spool.pending.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(digest = %self.digest, "upstream unavailable; upload queued");
+        self.spool.queued(&self.digest);
         Ok(())
     }
 }

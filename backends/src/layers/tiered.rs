@@ -161,7 +161,7 @@ impl BlobStore for TieredStore {
             match tier.store.write(digest, data.clone()).await {
                 Ok(()) => stored = true,
                 Err(e) if tier.durable => return Err(e),
-                Err(e) => tracing::warn!(tier = %tier.name, %digest, "write to a non-durable tier failed: {e}"),
+                Err(e) => skipped(&tier.name, "write to a non-durable tier failed", &e),
             }
         }
         if stored {
@@ -177,7 +177,7 @@ impl BlobStore for TieredStore {
             match tier.store.writer(digest).await {
                 Ok(w) => writers.push((tier.name.clone(), tier.durable, w)),
                 Err(e) if tier.durable => return Err(e),
-                Err(e) => tracing::warn!(tier = %tier.name, %digest, "cannot write to a non-durable tier: {e}"),
+                Err(e) => skipped(&tier.name, "cannot write to a non-durable tier", &e),
             }
         }
         if writers.is_empty() {
@@ -220,7 +220,7 @@ impl BlobWriter for FanOutWriter {
                 Ok(()) => i += 1,
                 Err(e) if *durable => return Err(e),
                 Err(e) => {
-                    tracing::warn!(tier = %name, "write to a non-durable tier failed: {e}");
+                    skipped(name, "write to a non-durable tier failed", &e);
                     self.writers.remove(i);
                 }
             }
@@ -233,9 +233,18 @@ impl BlobWriter for FanOutWriter {
             match writer.commit().await {
                 Ok(()) => {}
                 Err(e) if durable => return Err(e),
-                Err(e) => tracing::warn!(tier = %name, "commit to a non-durable tier failed: {e}"),
+                Err(e) => skipped(&name, "commit to a non-durable tier failed", &e),
             }
         }
         Ok(())
+    }
+}
+
+/// A non-durable tier that failed a write is skipped. An unreachable upstream is logged by the
+/// server's health probe once per change, not here once per request; other failures are warnings.
+fn skipped(tier: &str, what: &str, error: &crate::error::StoreError) {
+    match error {
+        crate::error::StoreError::Unavailable { .. } => tracing::debug!(tier, "{what}: {error}"),
+        _ => tracing::warn!(tier, "{what}: {error}"),
     }
 }

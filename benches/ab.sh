@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# A/B benchmark of two Strata binaries on one in-memory configuration, in one run with the same
+# `strata bench` client: each round starts A, measures every scenario, stops it, then the same for B;
+# RUNS rounds, medians reported. Interleaving the rounds spreads the machine's noise over both.
+# Used for the cost of one change (e.g. metrics: A built before it, B after, with its HTTP listener on).
+#
+# Usage: benches/ab.sh A_BINARY B_BINARY     env: RUNS=3 DURATION=5 SCENARIOS="ac-hit ac-hit-64 find-missing"
+set -euo pipefail
+
+a=$(realpath "$1")
+b=$(realpath "$2")
+runs=${RUNS:-3}
+duration=${DURATION:-5}
+scenarios=${SCENARIOS:-ac-hit ac-hit-64 find-missing}
+work=$(mktemp -d)
+pid=""
+cleanup() {
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+cat >"$work/memory.yaml" <<YAML
+storage:
+  memory:
+    cas: [ { memory: { max_size: 2GiB, max_blob: 1TiB } } ]
+    action_cache: [ { memory: { max_size: 256MiB } } ]
+instances: [ { name: "", storage: memory, services: [cas, action_cache] } ]
+YAML
+# B gets an HTTP listener when it has one (metrics on); A is run as it is.
+cp "$work/memory.yaml" "$work/memory-http.yaml"
+echo "http: { listen: 127.0.0.1:$(free_port) }" >>"$work/memory-http.yaml"
+
+measure() { # label binary config
+    local port
+    port=$(free_port)
+    STRATA_LOG=warn "$2" serve --config "$3" --data-dir "$work/data-$1" --listen "127.0.0.1:$port" 2>>"$work/server.log" &
+    pid=$!
+    sleep 1
+    for scenario in $scenarios; do
+        local name=$scenario args=()
+        if [ "$scenario" = ac-hit-64 ]; then name=ac-hit; args=(--concurrency 64); fi
+        "$b" bench --endpoint "grpc://127.0.0.1:$port" --scenario "$name" --duration "$duration" --warmup 1 \
+            --concurrency 8 --json --quiet "${args[@]}" | sed "s/^{/{\"label\":\"$1\",\"case\":\"$scenario\",/" >>"$work/results.jsonl"
+    done
+    kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+}
+for run in $(seq 1 "$runs"); do
+    echo "== round $run of $runs"
+    measure A "$a" "$work/memory.yaml"
+    if "$b" serve --help | grep -q -- --http-listen; then measure B "$b" "$work/memory-http.yaml"; else measure B "$b" "$work/memory.yaml"; fi
+done
+python3 - "$work/results.jsonl" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+cases = list(dict.fromkeys(r["case"] for r in rows))
+print(f"| scenario | A (median) | B (median) | B / A | A p99 ms | B p99 ms |")
+print("| --- | ---: | ---: | ---: | ---: | ---: |")
+for case in cases:
+    pick = lambda label, key: [r[key] for r in rows if r["case"] == case and r["label"] == label]
+    a, b = statistics.median(pick("A", "items_per_sec")), statistics.median(pick("B", "items_per_sec"))
+    ap, bp = statistics.median(pick("A", "p99_ms")), statistics.median(pick("B", "p99_ms"))
+    print(f"| {case} | {a:,.0f}/s | {b:,.0f}/s | {b / a:.3f} | {ap:.2f} | {bp:.2f} |")
+PY
