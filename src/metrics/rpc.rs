@@ -3,13 +3,15 @@
 //! each way. The status is read where gRPC puts it: the headers of a trailers-only answer, else the
 //! trailers; a call whose response is dropped unfinished counts as CANCELLED.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use parking_lot::RwLock;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -35,11 +37,16 @@ pub struct Direction {
     pub direction: &'static str,
 }
 
+/// Routes whose metric handles are kept for reuse; calls of further paths look theirs up each time.
+const MAX_ROUTES: usize = 512;
+
 #[derive(Clone)]
 pub struct RpcMetrics {
     calls: Family<Call, Counter>,
     latency: Family<Method, Histogram>,
     bytes: Family<Direction, Counter>,
+    /// The handles of each path seen, so that a call costs one map lookup, not one per metric.
+    routes: Arc<RwLock<HashMap<String, Arc<Route>>>>,
 }
 
 impl Default for RpcMetrics {
@@ -49,7 +56,35 @@ impl Default for RpcMetrics {
             // 50 µs to ~27 min: from an AC hit to a long WaitExecution stream.
             latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.00005, 4.0, 12))),
             bytes: Family::default(),
+            routes: Arc::default(),
         }
+    }
+}
+
+/// The metric handles of one route.
+struct Route {
+    service: String,
+    method: String,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    /// Its latency histogram and OK counter, made by the first call that is not UNIMPLEMENTED, so
+    /// that a made-up method never becomes a series.
+    served: OnceLock<(Histogram, Counter)>,
+}
+
+impl RpcMetrics {
+    fn route(&self, path: &str, services: &[&str]) -> Arc<Route> {
+        if let Some(route) = self.routes.read().get(path) {
+            return route.clone();
+        }
+        let (service, method) = route(path, services);
+        let bytes = |direction| self.bytes.get_or_create(&Direction { service: service.clone(), direction }).clone();
+        let made = Arc::new(Route { bytes_in: bytes("in"), bytes_out: bytes("out"), service, method, served: OnceLock::new() });
+        let mut routes = self.routes.write();
+        if made.service != "unknown" && routes.len() < MAX_ROUTES {
+            routes.insert(path.to_string(), made.clone());
+        }
+        made
     }
 }
 
@@ -117,11 +152,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let (service, method) = route(request.uri().path(), &self.services);
-        let rpc = &self.metrics.rpc;
-        let bytes_in = rpc.bytes.get_or_create(&Direction { service: service.clone(), direction: "in" }).clone();
-        let bytes_out = rpc.bytes.get_or_create(&Direction { service: service.clone(), direction: "out" }).clone();
-        let call = Recorder { rpc: rpc.clone(), service, method, started: Instant::now(), done: false };
+        let route = self.metrics.rpc.route(request.uri().path(), &self.services);
+        let (bytes_in, bytes_out) = (route.bytes_in.clone(), route.bytes_out.clone());
+        let call = Recorder { metrics: self.metrics.clone(), route, started: Instant::now(), done: false };
         let request = request.map(|body| Metered { body, bytes: bytes_in, call: None });
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -138,9 +171,8 @@ where
 
 /// Counts a call once, when its status is known.
 struct Recorder {
-    rpc: RpcMetrics,
-    service: String,
-    method: String,
+    metrics: Arc<super::Metrics>,
+    route: Arc<Route>,
     started: Instant,
     done: bool,
 }
@@ -150,13 +182,25 @@ impl Recorder {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
+        let rpc = &self.metrics.rpc;
+        let seconds = self.started.elapsed().as_secs_f64();
         // A known service's unknown method is UNIMPLEMENTED: its name is the caller's, not a label.
-        let (service, method) = match code {
-            tonic::Code::Unimplemented => ("unknown".to_string(), "unknown".to_string()),
-            _ => (self.service.clone(), self.method.clone()),
+        if code == tonic::Code::Unimplemented {
+            let (service, method) = ("unknown".to_string(), "unknown".to_string());
+            rpc.latency.get_or_create(&Method { service: service.clone(), method: method.clone() }).observe(seconds);
+            rpc.calls.get_or_create(&Call { service, method, code: code_name(code) }).inc();
+            return;
+        }
+        let (service, method) = (&self.route.service, &self.route.method);
+        let (latency, ok) = self.route.served.get_or_init(|| {
+            let latency = rpc.latency.get_or_create(&Method { service: service.clone(), method: method.clone() }).clone();
+            (latency, rpc.calls.get_or_create(&Call { service: service.clone(), method: method.clone(), code: "OK" }).clone())
+        });
+        latency.observe(seconds);
+        match code {
+            tonic::Code::Ok => ok.inc(),
+            _ => rpc.calls.get_or_create(&Call { service: service.clone(), method: method.clone(), code: code_name(code) }).inc(),
         };
-        self.rpc.latency.get_or_create(&Method { service: service.clone(), method: method.clone() }).observe(self.started.elapsed().as_secs_f64());
-        self.rpc.calls.get_or_create(&Call { service, method, code: code_name(code) }).inc();
     }
 }
 
