@@ -42,9 +42,13 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Runs the binary; a server's HTTP listener goes on an ephemeral port (tests run side by side, and
+/// the default's 9095 may be a developer's own server).
 fn spawn_strata(args: &[&str]) -> Child {
+    let http: &[&str] = if args.first() == Some(&"serve") { &["--http-listen", "127.0.0.1:0"] } else { &[] };
     Command::new(env!("CARGO_BIN_EXE_strata"))
         .args(args)
+        .args(http)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -157,12 +161,13 @@ async fn logs_to_a_file_carry_no_colour_say_what_runs_and_can_be_json() {
         "instance \"hermetic\": cas, action_cache, execution, asset on storage \"local\"",
         "memory 512MiB -> disk 20GiB at cas",
         "bot for instance \"hermetic\": hermetic runner",
+        "HTTP on http://127.0.0.1:",
     ] {
         assert!(text.contains(expected), "expected {expected:?} in the start-up log:\n{text}");
     }
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["serve", "--listen", &listen, "--data-dir", data_dir])
+        .args(["serve", "--listen", &listen, "--data-dir", data_dir, "--http-listen", "127.0.0.1:0"])
         .env("STRATA_LOG_FORMAT", "json")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -67,6 +67,8 @@ fn http_and_health_probe_settings_are_checked() {
     let c = parse(&format!("http: {{ listen: 127.0.0.1:9095 }}\nhealth_probe_interval: 2s\n{MINIMAL}")).unwrap();
     assert_eq!(c.http.map(|h| h.listen).as_deref(), Some("127.0.0.1:9095"));
     assert_eq!(c.health_probe_interval, std::time::Duration::from_secs(2));
+    let default = Config::parse(crate::config::DEFAULT_CONFIG, "default").unwrap();
+    assert_eq!(default.http.map(|h| h.listen).as_deref(), Some("127.0.0.1:9095"), "the documented default");
     let err = parse(&format!("health_probe_interval: 0s\n{MINIMAL}")).unwrap_err();
     assert!(err.contains("health_probe_interval") && err.contains("at least"), "{err}");
     let err = parse(&format!("http: {{ listen: nowhere }}\n{MINIMAL}")).unwrap_err();

@@ -43,7 +43,8 @@ trap cleanup EXIT
 port=$(free_port)
 if [ -n "$chain" ]; then
     upstream_port=$(free_port)
-    "$strata" serve --listen "127.0.0.1:$upstream_port" --data-dir "$work/upstream" 2>>"$work/strata.log" &
+    "$strata" serve --listen "127.0.0.1:$upstream_port" --http-listen "127.0.0.1:$(free_port)" \
+        --data-dir "$work/upstream" 2>>"$work/strata.log" &
     upstream_pid=$!
     wait_port "$upstream_port" "$work/strata.log"
     export STRATA_UPSTREAM="grpc://127.0.0.1:$upstream_port"
@@ -69,7 +70,8 @@ start_strata() {
         "$strata" serve --config "$here/../../config/site-cache.yaml" --listen "127.0.0.1:$port" \
             --data-dir "$work/data" 2>>"$work/strata.log" &
     else
-        "$strata" serve --listen "127.0.0.1:$port" --data-dir "$work/data" 2>>"$work/strata.log" &
+        "$strata" serve --listen "127.0.0.1:$port" --http-listen "127.0.0.1:$(free_port)" --data-dir "$work/data" \
+            2>>"$work/strata.log" &
     fi
     strata_pid=$!
     wait_port "$port" "$work/strata.log"

@@ -72,9 +72,11 @@ fail() {
     exit 1
 }
 
-# start_strata [ARGS...]: `strata serve ARGS` on $port with data in $work/data; sets $strata_pid.
+# start_strata [ARGS...]: `strata serve ARGS` on $port with data in $work/data, its HTTP listener on a
+# free port (not the default's 9095, which a developer's own server may hold); sets $strata_pid.
 start_strata() {
-    "$strata" serve "$@" --listen "127.0.0.1:$port" --data-dir "$work/data" 2>>"$work/strata.log" &
+    "$strata" serve "$@" --listen "127.0.0.1:$port" --http-listen "127.0.0.1:$(free_port)" --data-dir "$work/data" \
+        2>>"$work/strata.log" &
     strata_pid=$!
     pids+=("$strata_pid")
     wait_port "$port" "$work/strata.log"
