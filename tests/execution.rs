@@ -431,6 +431,19 @@ async fn hostile_input_trees_are_refused_before_they_reach_a_bot() {
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{dir:?}");
         assert!(err.message().contains("input tree"), "{}", err.message());
     }
+    // A chain of links each fine alone: x/up -> .. and esc -> x/up/x/up/.. resolves above the root.
+    let x = reapi::Directory { symlinks: vec![link("up", "..")], ..Default::default() }.encode_to_vec();
+    let chain = reapi::Directory {
+        directories: vec![reapi::DirectoryNode { name: "x".into(), digest: Some(common::sha256(&x)) }],
+        symlinks: vec![link("esc", "x/up/x/up/..")],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    common::upload(&mut cas, "", &[&x, &chain]).await;
+    let spec = Spec { input_root: Some(common::sha256(&chain)), ..sh("true") };
+    let err = execute_all(&server, request(&action(&server, &spec).await)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("esc") && err.message().contains("outside the action's directory"), "{}", err.message());
 }
 
 #[tokio::test]

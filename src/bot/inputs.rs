@@ -72,6 +72,7 @@ impl InputCache {
         let mut dirs: HashMap<Digest, reapi::Directory> = HashMap::new();
         let mut pending = vec![(*root_digest, root.to_path_buf(), 0usize)];
         let mut paths = 0usize;
+        let mut links = crate::protocol::paths::Symlinks::default();
         while let Some((digest, path, depth)) = pending.pop() {
             let dir = match dirs.get(&digest) {
                 Some(d) => d.clone(),
@@ -102,10 +103,14 @@ impl InputCache {
             for link in &dir.symlinks {
                 paths::check_name(&link.name).map_err(|e| bad(&link.name, e))?;
                 paths::check_symlink_target(&link.target, depth).map_err(|e| bad(&link.name, e))?;
+                let below: Vec<&str> = path.strip_prefix(root).unwrap_or(&path).iter().filter_map(|c| c.to_str()).collect();
+                links.add(&below, &link.name, &link.target);
                 let at = path.join(&link.name);
                 std::os::unix::fs::symlink(&link.target, &at).map_err(|e| BotError::io(&at, e))?;
             }
         }
+        // Before anything runs: targets resolved through the tree's other links stay inside it.
+        links.check().map_err(|e| BotError::Invalid(format!("input tree: {e}")))?;
         futures::stream::iter(files)
             .map(|(path, digest, executable)| async move {
                 let cached = self.cached(&digest, executable).await?;

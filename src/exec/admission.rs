@@ -20,6 +20,7 @@ pub async fn missing_inputs(cas: &Cas, function: DigestFunction, root: Digest) -
     let mut missing = Vec::new();
     let mut files = HashSet::new();
     let mut seen = HashSet::from([root]);
+    let mut links = paths::Symlinks::default();
     let mut level = vec![(root, String::new())];
     while !level.is_empty() {
         let digests: Vec<Digest> = level.iter().map(|(d, _)| *d).collect();
@@ -40,6 +41,8 @@ pub async fn missing_inputs(cas: &Cas, function: DigestFunction, root: Digest) -
             for link in &dir.symlinks {
                 paths::check_name(&link.name).map_err(|e| bad(&link.name, e))?;
                 paths::check_symlink_target(&link.target, depth).map_err(|e| bad(&link.name, e))?;
+                let components: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+                links.add(&components, &link.name, &link.target);
             }
             for sub in &dir.directories {
                 paths::check_name(&sub.name).map_err(|e| bad(&sub.name, e))?;
@@ -52,6 +55,7 @@ pub async fn missing_inputs(cas: &Cas, function: DigestFunction, root: Digest) -
         }
         level = next;
     }
+    links.check().map_err(|e| TreeError::Invalid(format!("input tree: {e}")))?;
     let files: Vec<Digest> = files.into_iter().collect();
     let present = cas.contains(&files).await?;
     missing.extend(files.iter().zip(present).filter(|(_, p)| !p).map(|(d, _)| *d));

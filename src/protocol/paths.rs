@@ -68,9 +68,97 @@ pub fn check_symlink_target(target: &str, depth: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Resolution steps one tree's links may take in all, plus `STEPS_PER_LINK` for each: a tree of
+/// links whose targets name further links could otherwise take exponential time.
+const MAX_RESOLUTION_STEPS: usize = 1_000_000;
+const STEPS_PER_LINK: usize = 100;
+/// Links followed in one resolution, as the kernel's limit (40).
+const MAX_HOPS: usize = 40;
+
+/// The symlinks of a whole input tree, checked together: each target is resolved through the links
+/// already in the tree (`x/up -> ..` and `esc -> x/up/x/up/..` pass the per-link check, which counts
+/// components, but `esc` resolves above the root).
+#[derive(Default)]
+pub struct Symlinks {
+    by_path: std::collections::HashMap<Vec<String>, String>,
+}
+
+impl Symlinks {
+    /// Adds the link `name -> target` in the directory `dir` (components below the root).
+    pub fn add(&mut self, dir: &[&str], name: &str, target: &str) {
+        let mut path: Vec<String> = dir.iter().map(|c| c.to_string()).collect();
+        path.push(name.to_string());
+        self.by_path.insert(path, target.to_string());
+    }
+
+    /// Every link's target, resolved through the others, stays below the root.
+    pub fn check(&self) -> Result<(), String> {
+        let mut budget = MAX_RESOLUTION_STEPS + STEPS_PER_LINK * self.by_path.len();
+        for (path, target) in &self.by_path {
+            let dir = &path[..path.len() - 1];
+            self.resolve(dir.to_vec(), target, 0, &mut budget).map_err(|e| format!("symlink {}: {e}", quote(&path.join("/"))))?;
+        }
+        Ok(())
+    }
+
+    fn resolve(&self, mut at: Vec<String>, target: &str, hops: usize, budget: &mut usize) -> Result<Vec<String>, String> {
+        if hops > MAX_HOPS {
+            return Err(format!("more than {MAX_HOPS} links in a row (a loop?)"));
+        }
+        for part in target.split('/') {
+            if *budget == 0 {
+                return Err("the tree's symlinks take too many steps to resolve (links naming links, many times over)".into());
+            }
+            *budget -= 1;
+            match part {
+                "" | "." => {}
+                ".." => {
+                    if at.pop().is_none() {
+                        return Err(format!("target {} resolves outside the action's directory", quote(target)));
+                    }
+                }
+                name => {
+                    at.push(name.to_string());
+                    if let Some(next) = self.by_path.get(&at) {
+                        at.pop();
+                        at = self.resolve(at, next, hops + 1, budget)?;
+                    }
+                }
+            }
+        }
+        Ok(at)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn symlink_chains_resolve_through_links_in_the_tree() {
+        let mut links = Symlinks::default();
+        links.add(&["x"], "up", "..");
+        assert!(check_symlink_target("..", 1).is_ok() && check_symlink_target("x/up/x/up/..", 0).is_ok(), "each passes alone");
+        links.add(&[], "fine", "x/up/x");
+        assert!(links.check().is_ok());
+        links.add(&[], "esc", "x/up/x/up/..");
+        let err = links.check().unwrap_err();
+        assert!(err.contains("esc") && err.contains("outside"), "{err}");
+
+        let mut looped = Symlinks::default();
+        looped.add(&[], "a", "b");
+        looped.add(&[], "b", "a");
+        assert!(looped.check().unwrap_err().contains("loop"));
+
+        // In d/, each link names the next ten times over and every one resolves back to d: 10^30
+        // steps unbounded, refused after the budget instead.
+        let mut wide = Symlinks::default();
+        for i in 0..30 {
+            wide.add(&["d"], &format!("l{i}"), &vec![format!("l{}", i + 1); 10].join("/"));
+        }
+        wide.add(&["d"], "l30", ".");
+        assert!(wide.check().unwrap_err().contains("steps"));
+    }
 
     #[test]
     fn names() {
