@@ -679,3 +679,43 @@ async fn bubblewrap_sandboxes_the_action() {
     assert_eq!(read_blob(&server, &result.stdout_digest).await, b"net-open\n");
     bot.stop().await;
 }
+
+/// An action that makes its (hard-linked, cached) input writable and appends to it fails, and the
+/// next action with the same input digest still reads the original bytes.
+async fn inputs_cannot_be_poisoned(runner: &str) {
+    let (server, tmp) = start().await;
+    let bot = InProcessBot::start_with(format!("grpc://{}", server.addr), None, &tmp.path().join("bot"), 1, &[], runner);
+    let data = b"good\n".to_vec();
+    let root = reapi::Directory {
+        files: vec![reapi::FileNode { name: "f".into(), digest: Some(common::sha256(&data)), ..Default::default() }],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    common::upload(&mut server.cas().await, "", &[&data, &root]).await;
+    let with_input = |script: &str| Spec { input_root: Some(common::sha256(&root)), ..sh(script) };
+
+    let warm = execute(&server, &action(&server, &with_input("cat f")).await).await;
+    assert_eq!(read_blob(&server, &warm.result.as_ref().unwrap().stdout_digest).await, data, "the input is cached now");
+    let poison = execute(&server, &action(&server, &with_input("chmod u+w f && echo evil >> f; cat f")).await).await;
+    let status = poison.status.unwrap_or_default();
+    assert_eq!(status.code, tonic::Code::InvalidArgument as i32, "{status:?} {:?}", poison.result);
+    assert!(status.message.contains("changed 1 of its input files"), "{}", status.message);
+    // Only chmod: the bytes still match, the action succeeds and the file is read-only again.
+    let chmod_only = execute(&server, &action(&server, &with_input("chmod u+w f; cat f")).await).await;
+    assert_eq!(chmod_only.result.as_ref().map(|r| r.exit_code), Some(0), "{:?}", chmod_only.status);
+    let after = execute(&server, &action(&server, &with_input("cat f; stat -c %a f")).await).await;
+    let stdout = read_blob(&server, &after.result.as_ref().unwrap().stdout_digest).await;
+    assert_eq!(String::from_utf8_lossy(&stdout), "good\n444\n", "later actions see the original, read-only bytes");
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn an_action_cannot_poison_the_inputs_of_later_actions_host_runner() {
+    inputs_cannot_be_poisoned("host").await;
+}
+
+#[tokio::test]
+async fn an_action_cannot_poison_the_inputs_of_later_actions_bubblewrap_runner() {
+    assert!(std::path::Path::new("/usr/bin/bwrap").exists(), "this test needs bubblewrap (apt-get install bubblewrap; .ci/run installs it)");
+    inputs_cannot_be_poisoned("bubblewrap").await;
+}

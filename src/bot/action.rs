@@ -87,10 +87,10 @@ pub async fn run(ctx: Arc<Context>, lease_id: String, payload: Any) -> Result<re
     let scratch = Scratch(ctx.actions_dir.join(lease_id.replace('/', "_")));
     let root = scratch.0.join("root");
     std::fs::create_dir_all(&root).map_err(|e| BotError::io(&root, e))?;
-    match tokio::time::timeout(timeout, ctx.cache.stage(&input_root, &root)).await {
+    let staged = match tokio::time::timeout(timeout, ctx.cache.stage(&input_root, &root)).await {
         Ok(staged) => staged?,
         Err(_) => return Err(BotError::TimedOut { timeout, partial: Box::default() }),
-    }
+    };
     metadata.input_fetch_completed_timestamp = now();
 
     let workdir_parts = paths::check_relative(&command.working_directory).map_err(|e| BotError::Invalid(format!("working_directory: {e}")))?;
@@ -113,8 +113,11 @@ pub async fn run(ctx: Arc<Context>, lease_id: String, payload: Any) -> Result<re
         network,
     };
     metadata.execution_start_timestamp = now();
+    // Inputs whose inodes change from here on were touched by the action (see `check_untouched`).
+    let spawned = super::inputs::ctime(&stdout_path).map_err(|e| BotError::io(&stdout_path, e))?;
     let exit = ctx.runner.run(spawn, timeout.saturating_sub(started.elapsed())).await?;
     metadata.execution_completed_timestamp = now();
+    ctx.cache.check_untouched(staged, spawned).await?;
 
     metadata.output_upload_start_timestamp = now();
     // Hashing outputs reads files: off the async runtime.

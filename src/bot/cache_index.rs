@@ -63,6 +63,14 @@ impl CacheIndex {
         evicted
     }
 
+    /// Forgets a file (its bytes can no longer be trusted).
+    pub fn remove(&self, name: &str) {
+        let mut st = self.state.lock();
+        if let Some(size) = st.files.pop(name) {
+            st.bytes -= size;
+        }
+    }
+
     /// Files and bytes held.
     pub fn usage(&self) -> (usize, u64) {
         let st = self.state.lock();

@@ -1,7 +1,10 @@
 //! Stages an action's input tree. Files come from a local cache of read-only files named by digest,
 //! hard-linked into the action's directory (copied when the cache is on another file system), so
 //! an input used by many actions is fetched once; the cache is bounded in bytes (`cache_index`).
-//! Every name from the CAS is checked first.
+//! Every name from the CAS is checked first. A hard-linked input shares its inode with the cache, so
+//! an action that makes it writable and changes it would change what every later action sees: after
+//! each run, `check_untouched` re-hashes every cache file whose inode changed while the action ran,
+//! and one that no longer matches its digest is dropped and fails the action.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -30,6 +33,12 @@ pub struct InputCache {
     index: CacheIndex,
     /// Names temporary files uniquely.
     next: AtomicU64,
+}
+
+/// The cache files an action's inputs are hard links to, for `check_untouched`.
+#[derive(Default)]
+pub struct Staged {
+    linked: Vec<(PathBuf, Digest, bool)>,
 }
 
 pub fn parse(digest: Option<&reapi::Digest>, what: &str) -> Result<Digest, BotError> {
@@ -67,7 +76,7 @@ impl InputCache {
     }
 
     /// Materialises the tree under `root` (an empty directory).
-    pub async fn stage(&self, root_digest: &Digest, root: &Path) -> Result<(), BotError> {
+    pub async fn stage(&self, root_digest: &Digest, root: &Path) -> Result<Staged, BotError> {
         let mut files: Vec<(PathBuf, Digest, bool)> = Vec::new();
         let mut dirs: HashMap<Digest, reapi::Directory> = HashMap::new();
         let mut pending = vec![(*root_digest, root.to_path_buf(), 0usize)];
@@ -111,21 +120,64 @@ impl InputCache {
         }
         // Before anything runs: targets resolved through the tree's other links stay inside it.
         links.check().map_err(|e| BotError::Invalid(format!("input tree: {e}")))?;
-        futures::stream::iter(files)
+        let linked = futures::stream::iter(files)
             .map(|(path, digest, executable)| async move {
-                let cached = self.cached(&digest, executable).await?;
-                match link_or_copy(&cached, &path) {
+                let mut cached = self.cached(&digest, executable).await?;
+                let linked = match link_or_copy(&cached, &path) {
                     // Evicted between the lookup and the link (the budget is full): fetch it again.
                     Err(BotError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                        link_or_copy(&self.cached(&digest, executable).await?, &path)
+                        cached = self.cached(&digest, executable).await?;
+                        link_or_copy(&cached, &path)
                     }
                     linked => linked,
-                }
+                }?;
+                Ok::<_, BotError>(linked.then_some((cached, digest, executable)))
             })
             .buffer_unordered(FETCH_CONCURRENCY)
-            .try_collect::<Vec<()>>()
+            .try_collect::<Vec<_>>()
             .await?;
-        Ok(())
+        Ok(Staged { linked: linked.into_iter().flatten().collect() })
+    }
+
+    /// After a run that started at `since` (a ctime, see `ctime`): every hard-linked input whose cache
+    /// file's inode changed since then (ctime, which no one can set back) is hashed again; so are
+    /// inputs linked within the same clock tick as the start. One that still matches gets its
+    /// read-only mode back; one that does not is removed from the cache and fails the action, whose
+    /// result cannot be trusted. Inodes untouched cost one `stat` each.
+    pub async fn check_untouched(&self, staged: Staged, since: std::time::SystemTime) -> Result<(), BotError> {
+        let changed = tokio::task::spawn_blocking(move || {
+            let mut changed = Vec::new();
+            for (cached, digest, executable) in staged.linked {
+                let Ok(ctime) = ctime(&cached) else { continue }; // evicted meanwhile
+                if ctime < since {
+                    continue;
+                }
+                let intact = hash_file(&cached, &digest).unwrap_or(false);
+                if intact {
+                    let mode = if executable { 0o555 } else { 0o444 };
+                    let _ = std::fs::set_permissions(&cached, std::fs::Permissions::from_mode(mode));
+                } else {
+                    changed.push(cached);
+                }
+            }
+            changed
+        })
+        .await
+        .map_err(|e| BotError::Setup(format!("checking the inputs: {e}")))?;
+        let Some(first) = changed.first() else { return Ok(()) };
+        for cached in &changed {
+            let _ = std::fs::remove_file(cached);
+            if let Some(name) = cached.file_name().and_then(|n| n.to_str()) {
+                self.index.remove(name);
+            }
+        }
+        tracing::warn!(files = changed.len(), "an action changed input files it shares with the bot's cache; they were dropped");
+        Err(BotError::Invalid(format!(
+            "the action changed {} of its input files (e.g. the one of digest {}), which are shared with other actions; \
+             they were dropped from the bot's cache and the result is not reported",
+            changed.len(),
+            first.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        )))
     }
 
     /// The cache file of a blob, fetched if absent.
@@ -171,13 +223,40 @@ impl InputCache {
     }
 }
 
-fn link_or_copy(from: &Path, to: &Path) -> Result<(), BotError> {
+/// Hard-links a cache file into an action's directory (true), or copies it across file systems.
+fn link_or_copy(from: &Path, to: &Path) -> Result<bool, BotError> {
     match std::fs::hard_link(from, to) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
             std::fs::copy(from, to).map_err(|e| BotError::io(to, e))?;
-            Ok(())
+            Ok(false)
         }
         Err(e) => Err(BotError::io(to, e)),
     }
+}
+
+/// A file's inode change time. The kernel stamps it from a clock coarser than `SystemTime::now()`,
+/// so the start of a run is taken as the ctime of a file made just before it, not from the clock.
+pub fn ctime(path: &Path) -> std::io::Result<std::time::SystemTime> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    Ok(std::time::UNIX_EPOCH + std::time::Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec().clamp(0, 999_999_999) as u32))
+}
+
+/// Whether a file's bytes still match `digest`.
+fn hash_file(path: &Path, digest: &Digest) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = digest.function.hasher();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok(hasher.verify(digest, total).is_ok())
 }
