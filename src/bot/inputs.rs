@@ -4,7 +4,7 @@
 //! Every name from the CAS is checked first. A hard-linked input shares its inode with the cache, so
 //! an action that makes it writable and changes it would change what every later action sees: after
 //! each run, `check_untouched` re-hashes every cache file whose inode changed while the action ran,
-//! and one that no longer matches its digest is dropped and fails the action.
+//! and one that no longer matches its digest leaves the cache.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -142,8 +142,9 @@ impl InputCache {
     /// After a run that started at `since` (a ctime, see `ctime`): every hard-linked input whose cache
     /// file's inode changed since then (ctime, which no one can set back) is hashed again; so are
     /// inputs linked within the same clock tick as the start. One that still matches gets its
-    /// read-only mode back; one that does not is removed from the cache and fails the action, whose
-    /// result cannot be trusted. Inodes untouched cost one `stat` each.
+    /// read-only mode back; one that does not is removed from the cache, so later actions fetch the
+    /// original again. The action itself stands: it ran on the right bytes and changed them itself.
+    /// Inodes untouched cost one `stat` each.
     pub async fn check_untouched(&self, staged: Staged, since: std::time::SystemTime) -> Result<(), BotError> {
         let changed = tokio::task::spawn_blocking(move || {
             let mut changed = Vec::new();
@@ -164,20 +165,16 @@ impl InputCache {
         })
         .await
         .map_err(|e| BotError::Setup(format!("checking the inputs: {e}")))?;
-        let Some(first) = changed.first() else { return Ok(()) };
         for cached in &changed {
             let _ = std::fs::remove_file(cached);
             if let Some(name) = cached.file_name().and_then(|n| n.to_str()) {
                 self.index.remove(name);
             }
         }
-        tracing::warn!(files = changed.len(), "an action changed input files it shares with the bot's cache; they were dropped");
-        Err(BotError::Invalid(format!(
-            "the action changed {} of its input files (e.g. the one of digest {}), which are shared with other actions; \
-             they were dropped from the bot's cache and the result is not reported",
-            changed.len(),
-            first.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-        )))
+        if !changed.is_empty() {
+            tracing::warn!(files = changed.len(), "an action changed input files in place; dropped from the cache, later actions fetch them again");
+        }
+        Ok(())
     }
 
     /// The cache file of a blob, fetched if absent.
