@@ -6,6 +6,23 @@ mod common;
 use common::TestServer;
 use strata::bench::{run, BenchArgs, BenchError};
 
+/// In memory: these tests check the client, and half-second runs must not wait on `fdatasync`, which
+/// stalls for longer than that while the machine writes back a build (seen in CI).
+const MEMORY_CONFIG: &str = r#"
+listen: 127.0.0.1:0
+storage:
+  main:
+    cas: [ { memory: { max_size: 256MiB, max_blob: 64MiB } } ]
+    action_cache: [ { memory: { max_size: 16MiB } } ]
+instances:
+  - { name: "", storage: main, services: [cas, action_cache] }
+"#;
+
+async fn start() -> (TestServer, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    (TestServer::start_in(MEMORY_CONFIG, tmp.path()).await, tmp)
+}
+
 fn args(endpoint: String, scenario: &str) -> BenchArgs {
     BenchArgs {
         endpoint,
@@ -27,7 +44,7 @@ fn args(endpoint: String, scenario: &str) -> BenchArgs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_without_errors() {
-    let server = TestServer::start().await;
+    let (server, _tmp) = start().await;
     for scenario in ["baseline", "write-large", "read-large", "write-small", "read-small", "find-missing", "ac-hit", "mixed"] {
         for function in ["sha256", "blake3"] {
             let mut a = args(format!("grpc://{}", server.addr), scenario);
@@ -54,7 +71,7 @@ async fn a_stopped_endpoint_fails_clearly() {
 
 #[tokio::test]
 async fn missing_capabilities_and_bad_arguments_are_reported() {
-    let server = TestServer::start().await;
+    let (server, _tmp) = start().await;
     let endpoint = format!("grpc://{}", server.addr);
     let err = run(args(endpoint.clone(), "execute")).await.unwrap_err();
     assert!(matches!(err, BenchError::Unsupported { .. }) && err.to_string().contains("execution"), "{err}");
