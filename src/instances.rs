@@ -8,6 +8,7 @@ use strata_backends::ActionCacheStore;
 use tonic::Status;
 
 use crate::assets::Assets;
+use crate::auth::Access;
 use crate::cas::Cas;
 use crate::metrics::Metrics;
 use crate::quote::quote;
@@ -72,29 +73,36 @@ impl Instances {
         })
     }
 
-    pub fn cas(&self, name: &str) -> Result<&Cas, Status> {
-        self.get(name)?
+    /// The instance `access` may use for its call.
+    fn for_call(&self, access: &Access, name: &str) -> Result<&Arc<Instance>, Status> {
+        let instance = self.get(name)?;
+        access.check(name)?;
+        Ok(instance)
+    }
+
+    pub fn cas(&self, access: &Access, name: &str) -> Result<&Cas, Status> {
+        self.for_call(access, name)?
             .cas
             .as_ref()
             .ok_or_else(|| Status::unimplemented(format!("instance {} does not serve the CAS", quote(name))))
     }
 
-    pub fn action_cache(&self, name: &str) -> Result<&(Arc<dyn ActionCacheStore>, Cas), Status> {
-        self.get(name)?
+    pub fn action_cache(&self, access: &Access, name: &str) -> Result<&(Arc<dyn ActionCacheStore>, Cas), Status> {
+        self.for_call(access, name)?
             .action_cache
             .as_ref()
             .ok_or_else(|| Status::unimplemented(format!("instance {} does not serve the action cache", quote(name))))
     }
 
-    pub fn assets(&self, name: &str) -> Result<&Assets, Status> {
-        self.get(name)?
+    pub fn assets(&self, access: &Access, name: &str) -> Result<&Assets, Status> {
+        self.for_call(access, name)?
             .assets
             .as_ref()
             .ok_or_else(|| Status::unimplemented(format!("instance {} does not serve the Remote Asset API", quote(name))))
     }
 
-    pub fn execution(&self, name: &str) -> Result<&(Arc<dyn ActionCacheStore>, Cas), Status> {
-        self.get(name)?
+    pub fn execution(&self, access: &Access, name: &str) -> Result<&(Arc<dyn ActionCacheStore>, Cas), Status> {
+        self.for_call(access, name)?
             .execution
             .as_ref()
             .ok_or_else(|| Status::unimplemented(format!("instance {} does not serve execution", quote(name))))

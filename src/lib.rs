@@ -3,6 +3,7 @@
 
 pub mod action_results;
 pub mod admin;
+pub mod auth;
 pub mod assets;
 pub mod bench;
 pub mod bot;

@@ -15,9 +15,11 @@ use strata_backends::StoreError;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::action_results::ActionCaches;
+use crate::auth::layer::AuthLayer;
+use crate::auth::{Authenticator, Grants};
 use crate::assets::http::{HttpFetchLimits, HttpFetcher};
 use crate::assets::Assets;
 use crate::cas::Cas;
@@ -66,8 +68,9 @@ pub struct Server {
     scheduler: Option<Arc<Scheduler>>,
     /// Bots to run in this process once the address is known.
     bots: Vec<BotArgs>,
-    /// The certificate chain and key to serve TLS with (PEM).
-    tls: Option<Identity>,
+    /// The certificate chain and key to serve TLS with (PEM), and the CA of client certificates.
+    tls: Option<(Identity, Option<Certificate>)>,
+    authenticator: Arc<Authenticator>,
 }
 
 const CAPABILITIES: &str = "build.bazel.remote.execution.v2.Capabilities";
@@ -127,6 +130,24 @@ fn local_bot(config: &Config, bot: &LocalBotConfig) -> BotArgs {
         bot_id: None,
         max_input_paths: crate::bot::DEFAULT_MAX_INPUT_PATHS,
         cache_size: bot.cache_size,
+        credentials: Default::default(),
+        token: None,
+    }
+}
+
+/// A server others can reach should not let anyone write results or serve as a bot.
+fn warn_if_open(config: &Config, authenticator: &Authenticator) {
+    use crate::config::Permission;
+    let loopback = config.listen.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
+    let anonymous = authenticator.anonymous();
+    let risky: Vec<&str> = [Permission::Write, Permission::WriteAc, Permission::Bot].into_iter().filter(|p| anonymous.has(*p)).map(|p| p.name()).collect();
+    if !loopback && !risky.is_empty() {
+        tracing::warn!(
+            "listening on {} with anonymous {} permission: anyone who reaches it can {}; add an `auth` section (see config/auth.yaml)",
+            config.listen,
+            risky.join(", "),
+            if anonymous.has(Permission::WriteAc) { "forge cached results" } else { "fill the cache or take work" }
+        );
     }
 }
 
@@ -152,6 +173,8 @@ pub enum ServeError {
     Tls(String),
     #[error("http_fetch: {0}")]
     HttpFetch(String),
+    #[error("{0}")]
+    Auth(#[from] crate::auth::AuthSetupError),
 }
 
 impl Server {
@@ -202,8 +225,20 @@ impl Server {
             let read = |path: &std::path::Path, what: &str| {
                 std::fs::read(path).map_err(|e| ServeError::Tls(format!("tls.{what}: cannot read {}: {e}", path.display())))
             };
-            server.tls = Some(Identity::from_pem(read(&tls.certificate, "certificate")?, read(&tls.key, "key")?));
+            let client_ca = tls.client_ca.as_deref().map(|p| read(p, "client_ca")).transpose()?.map(Certificate::from_pem);
+            server.tls = Some((Identity::from_pem(read(&tls.certificate, "certificate")?, read(&tls.key, "key")?), client_ca));
         }
+        let mut authenticator = Authenticator::from_config(config)?;
+        if config.auth.is_some() && !server.bots.is_empty() {
+            // The bots in this process get an identity of their own, known only to it.
+            let token = crate::auth::random_token()?;
+            authenticator.add_token("local-bots", &token, Grants::local_bots());
+            for bot in &mut server.bots {
+                bot.token = Some(token.clone());
+            }
+        }
+        warn_if_open(config, &authenticator);
+        server.authenticator = Arc::new(authenticator);
         if server.instances.any_serves(|i| i.execution.is_some()) {
             server.scheduler = Some(Scheduler::start(scheduler_config(&config.execution), Arc::new(ActionCaches(server.instances.action_caches()))));
         }
@@ -228,7 +263,15 @@ impl Server {
             scheduler: None,
             bots: Vec::new(),
             tls: None,
+            authenticator: Arc::new(Authenticator::open()),
         }
+    }
+
+    /// Authenticates and authorizes calls with `authenticator` (servers built from a configuration
+    /// take it from the `auth` section).
+    pub fn with_authenticator(mut self, authenticator: Authenticator) -> Server {
+        self.authenticator = Arc::new(authenticator);
+        self
     }
 
     /// Serves HTTP (`/metrics`, the status page, `/healthz`, `/readyz`) on `listener` too.
@@ -247,9 +290,14 @@ impl Server {
         let max_message = self.instances.max_batch_total_size as usize + MESSAGE_OVERHEAD;
         let instances = self.instances.clone();
         let mut builder = tonic::transport::Server::builder();
-        if let Some(identity) = self.tls.clone() {
+        if let Some((identity, client_ca)) = self.tls.clone() {
+            let mut tls = ServerTlsConfig::new().identity(identity);
+            if let Some(ca) = client_ca {
+                // Clients without a certificate may still connect, with a token or anonymously.
+                tls = tls.client_ca_root(ca).client_auth_optional(true);
+            }
             builder = builder
-                .tls_config(ServerTlsConfig::new().identity(identity))
+                .tls_config(tls)
                 .map_err(|e| ServeError::Tls(format!("tls: the certificate or key is not usable: {e}")))?;
         }
         let served = served_services(&instances, self.scheduler.is_some());
@@ -258,6 +306,7 @@ impl Server {
         let mut router = builder
             .layer(RpcMetricsLayer::new(self.metrics.clone(), &names))
             .layer(crate::status::DecodeStatusLayer)
+            .layer(AuthLayer { authenticator: self.authenticator.clone() })
             .tcp_nodelay(true)
             // HTTP/2's default 64 KiB windows stall large uploads on every window update.
             .initial_stream_window_size(STREAM_WINDOW)

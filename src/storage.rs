@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use strata_backends::client::ClientAuth;
 use strata_backends::{
     ActionCacheStore, Admission, BlobStore, DiskConfig, DiskLog, ExistenceCache, MemoryStore, Metered, RemoteConfig,
     RemoteStore, S3Config, S3Store, Spooled, StoreError, Tier, TieredActionCache, TieredStore, UpstreamMetrics, Verified,
@@ -208,6 +209,21 @@ async fn open_s3(c: &S3Tier, label: &str) -> Result<S3Store, StoreError> {
     .map_err(|e| StoreError::Config(format!("{label}: {e}")))
 }
 
+/// The credentials a remote tier calls its upstream with, read from their files.
+fn remote_auth(remote: &RemoteTier, label: &str) -> Result<ClientAuth, StoreError> {
+    let read = |path: &Option<std::path::PathBuf>, key: &str| -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(path) = path else { return Ok(None) };
+        std::fs::read(path).map(Some).map_err(|e| StoreError::Config(format!("{label}.{key}: cannot read {}: {e}", path.display())))
+    };
+    let file_token = ClientAuth::token_from_file(remote.bearer_token_file.as_deref()).map_err(|e| StoreError::Config(format!("{label}.bearer_token_file: {e}")))?;
+    let certificate = match (read(&remote.client_certificate, "client_certificate")?, read(&remote.client_key, "client_key")?) {
+        (Some(certificate), Some(key)) => Some((certificate, key)),
+        (None, None) => None,
+        _ => return Err(StoreError::Config(format!("{label}: client_certificate and client_key go together"))),
+    };
+    Ok(ClientAuth { ca_certificate: read(&remote.ca_certificate, "ca_certificate")?, bearer_token: file_token.or_else(|| remote.bearer_token.clone()), certificate })
+}
+
 fn open_remote(remote: &RemoteTier, label: &str) -> Result<RemoteStore, StoreError> {
     RemoteStore::new(RemoteConfig {
         endpoint: remote.endpoint.clone(),
@@ -216,14 +232,7 @@ fn open_remote(remote: &RemoteTier, label: &str) -> Result<RemoteStore, StoreErr
         connect_timeout: remote.connect_timeout,
         retries: remote.retries,
         concurrency: remote.concurrency,
-        bearer_token: remote.bearer_token.clone(),
-        ca_certificate: match &remote.ca_certificate {
-            Some(path) => Some(
-                std::fs::read(path)
-                    .map_err(|e| StoreError::Config(format!("{label}.ca_certificate: cannot read {}: {e}", path.display())))?,
-            ),
-            None => None,
-        },
+        auth: remote_auth(remote, label)?,
     })
     .map_err(|e| StoreError::Config(format!("{label}: {e}")))
 }

@@ -26,7 +26,7 @@ async fn start() -> (TestServer, tempfile::TempDir) {
 fn args(endpoint: String, scenario: &str) -> BenchArgs {
     BenchArgs {
         endpoint,
-        ca_certificate: None,
+        credentials: Default::default(),
         instance: String::new(),
         scenario: scenario.into(),
         duration: 0.5,

@@ -90,7 +90,7 @@ async fn tls_settings_that_cannot_work_are_refused_at_start() {
     let mut config = strata::config::Config::parse(&ca_without_tls, "test.yaml").unwrap();
     config.data_dir = tmp.path().join("b");
     let err = strata::server::Server::build(&config).await.err().unwrap().to_string();
-    assert!(err.contains("ca_certificate needs a grpcs://"), "{err}");
+    assert!(err.contains("certificate needs a grpcs://"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,7 +100,7 @@ async fn strata_bench_drives_a_tls_server_with_the_ca_it_is_given() {
     let server = TestServer::start_in(&upstream_config(&cert, &key), &tmp.path().join("server")).await;
     let args = |ca: Option<std::path::PathBuf>| strata::bench::BenchArgs {
         endpoint: format!("grpcs://{}", server.addr),
-        ca_certificate: ca,
+        credentials: strata::protocol::credentials::CredentialFlags { ca_certificate: ca, ..Default::default() },
         instance: String::new(),
         scenario: "write-small".into(),
         duration: 0.3,

@@ -5,7 +5,6 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use tonic::transport::Channel;
 
 use crate::protocol::admin as pb;
 use crate::protocol::admin::admin_client::AdminClient;
@@ -16,9 +15,8 @@ pub struct Target {
     /// The server's gRPC address, grpc://HOST:PORT or grpcs://HOST:PORT.
     #[arg(long, default_value = "grpc://127.0.0.1:50051")]
     pub server: String,
-    /// A PEM file of the CA that signed a grpcs:// server's certificate (besides the system's roots).
-    #[arg(long)]
-    pub ca_certificate: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub credentials: crate::protocol::credentials::CredentialFlags,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -67,12 +65,9 @@ pub enum AdminError {
     Refused { server: String, code: tonic::Code, message: String },
 }
 
-async fn connect(target: &Target) -> Result<AdminClient<Channel>, AdminError> {
-    let ca = match &target.ca_certificate {
-        Some(path) => Some(std::fs::read(path).map_err(|e| AdminError::Usage(format!("--ca-certificate {}: {e}", path.display())))?),
-        None => None,
-    };
-    let channel = crate::protocol::channel(&target.server, ca.as_deref(), Duration::from_secs(5)).map_err(|e| AdminError::Usage(e.to_string()))?;
+async fn connect(target: &Target) -> Result<AdminClient<crate::protocol::AuthChannel>, AdminError> {
+    let auth = target.credentials.load().map_err(AdminError::Usage)?;
+    let channel = crate::protocol::channel(&target.server, &auth, Duration::from_secs(5)).map_err(|e| AdminError::Usage(e.to_string()))?;
     Ok(AdminClient::new(channel))
 }
 

@@ -145,7 +145,7 @@ impl Admin {
     /// Operations, newest first.
     pub fn operations(&self, limit: usize) -> Vec<pb::Operation> {
         let Some(scheduler) = &self.scheduler else { return Vec::new() };
-        let (mut views, _) = scheduler.list("", usize::MAX);
+        let (mut views, _) = scheduler.list("", usize::MAX, |_| true);
         views.sort_by_key(|v| std::cmp::Reverse(sequence(&v.name)));
         views.truncate(limit);
         views.iter().map(|v| operation(&v.name, &v.action_digest, &v.state.borrow())).collect()
@@ -154,7 +154,7 @@ impl Admin {
     /// The result of the newest operation of `action` that ran to a result (failed actions are not
     /// cached, so the action cache alone cannot show them), with the operation's name.
     pub fn latest_result(&self, action: &Digest) -> Option<(String, bazel_remote_apis::build::bazel::remote::execution::v2::ActionResult)> {
-        let (views, _) = self.scheduler.as_ref()?.list("", usize::MAX);
+        let (views, _) = self.scheduler.as_ref()?.list("", usize::MAX, |_| true);
         views
             .iter()
             .filter(|v| v.action_digest == *action)
@@ -195,7 +195,7 @@ impl Admin {
 
     /// Reads each blob (and, for a tree, every Directory and file under it) through the stack.
     pub async fn warm(&self, instance: &str, digests: &[pb::Digest], tree_root: Option<&pb::Digest>) -> Result<pb::WarmResponse, Status> {
-        let cas = self.instances.cas(instance)?.clone();
+        let cas = self.instances.get(instance)?.cas.clone().ok_or_else(|| Status::failed_precondition(format!("instance {} does not serve the CAS", quote(instance))))?;
         if digests.len() > MAX_WARM_DIGESTS {
             return Err(Status::invalid_argument(format!("{} digests in one Warm call; at most {MAX_WARM_DIGESTS}", digests.len())));
         }

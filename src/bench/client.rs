@@ -11,7 +11,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2::execution_client::Ex
 use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
 use bazel_remote_apis::google::bytestream::WriteRequest;
 use strata_backends::resource_name;
-use tonic::transport::Channel;
+use crate::protocol::{AuthChannel, ClientAuth};
 
 use super::blobs::UniqueBlob;
 use super::{BenchError, Plan};
@@ -23,20 +23,21 @@ const WRITE_CHUNK: usize = 1 << 20;
 /// One client's connection and stubs.
 #[derive(Clone)]
 pub struct Client {
-    pub cas: ContentAddressableStorageClient<Channel>,
-    pub bytestream: ByteStreamClient<Channel>,
-    pub action_cache: ActionCacheClient<Channel>,
-    pub execution: ExecutionClient<Channel>,
-    pub capabilities: CapabilitiesClient<Channel>,
+    pub cas: ContentAddressableStorageClient<AuthChannel>,
+    pub bytestream: ByteStreamClient<AuthChannel>,
+    pub action_cache: ActionCacheClient<AuthChannel>,
+    pub execution: ExecutionClient<AuthChannel>,
+    pub capabilities: CapabilitiesClient<AuthChannel>,
 }
 
-pub async fn connect(endpoint: &str, ca_certificate: Option<&[u8]>) -> Result<Client, BenchError> {
+pub async fn connect(endpoint: &str, auth: &ClientAuth) -> Result<Client, BenchError> {
     let unreachable = |message: String| BenchError::Unreachable { endpoint: endpoint.to_string(), message };
-    let channel = crate::protocol::endpoint(endpoint, ca_certificate, Duration::from_secs(5))
+    let channel = crate::protocol::endpoint(endpoint, auth, Duration::from_secs(5))
         .map_err(|e| BenchError::Usage(e.to_string()))?
         .connect()
         .await
         .map_err(|e| unreachable(format!("{e} ({})", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())))?;
+    let channel = AuthChannel::new(channel, auth).map_err(|e| BenchError::Usage(e.to_string()))?;
     Ok(Client {
         cas: ContentAddressableStorageClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE),
         bytestream: ByteStreamClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE),
@@ -48,15 +49,14 @@ pub async fn connect(endpoint: &str, ca_certificate: Option<&[u8]>) -> Result<Cl
 
 /// One connection per client, and the endpoint's capabilities.
 pub async fn connect_all(plan: &Plan) -> Result<(Vec<Client>, reapi::ServerCapabilities), BenchError> {
-    let ca = match &plan.args.ca_certificate {
-        Some(path) => Some(
-            tokio::fs::read(path).await.map_err(|e| BenchError::Usage(format!("--ca-certificate {}: {e}", path.display())))?,
-        ),
-        None => None,
-    };
+    let flags = plan.args.credentials.clone();
+    let auth = tokio::task::spawn_blocking(move || flags.load())
+        .await
+        .map_err(|e| BenchError::Usage(e.to_string()))?
+        .map_err(BenchError::Usage)?;
     let mut clients = Vec::new();
     for _ in 0..plan.args.concurrency {
-        clients.push(connect(&plan.args.endpoint, ca.as_deref()).await?);
+        clients.push(connect(&plan.args.endpoint, &auth).await?);
     }
     let request = reapi::GetCapabilitiesRequest { instance_name: plan.args.instance.clone() };
     let caps = tokio::time::timeout(Duration::from_secs(10), clients[0].capabilities.clone().get_capabilities(request))

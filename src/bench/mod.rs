@@ -25,9 +25,8 @@ pub struct BenchArgs {
     /// for `baseline`).
     #[arg(long, default_value = "grpc://127.0.0.1:50051")]
     pub endpoint: String,
-    /// A PEM file of CA certificates to trust for a grpcs:// endpoint, besides the system's.
-    #[arg(long)]
-    pub ca_certificate: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub credentials: crate::protocol::credentials::CredentialFlags,
     /// The instance name to use.
     #[arg(long, default_value = "")]
     pub instance: String,

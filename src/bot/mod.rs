@@ -22,10 +22,9 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use strata_backends::{RemoteConfig, RemoteStore};
 use strata_backends::{Digest, StoreError};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::protocol::Backoff;
+use crate::protocol::{AuthChannel, Backoff};
 use crate::protocol::rwapi::{self, bots_client::BotsClient, BotSession, BotStatus, Lease, LeaseState};
 use action::Context;
 
@@ -70,6 +69,13 @@ pub struct BotArgs {
     /// Bytes the input cache under --work-dir holds at most (least recently used files go first).
     #[arg(long, default_value = DEFAULT_CACHE_SIZE)]
     pub cache_size: crate::units::ByteSize,
+    /// How the bot reaches the server and the CAS: `--token-file` names an identity with the
+    /// `bot`, `read` and `write` permissions.
+    #[command(flatten)]
+    pub credentials: crate::protocol::credentials::CredentialFlags,
+    /// The token itself, for the bots `strata serve` runs in its process.
+    #[arg(skip)]
+    pub token: Option<String>,
 }
 
 pub const DEFAULT_CACHE_SIZE: &str = "10GiB";
@@ -159,6 +165,10 @@ pub async fn run(args: BotArgs, shutdown: impl Future<Output = ()>) -> Result<()
     }
     let runner = runner::Runner::new(args.runner)?;
     let cas_endpoint = args.cas.clone().unwrap_or_else(|| args.server.clone());
+    let mut auth = args.credentials.load().map_err(BotError::Setup)?;
+    if let Some(token) = &args.token {
+        auth.bearer_token = Some(token.clone());
+    }
     let cas = RemoteStore::new(RemoteConfig {
         endpoint: cas_endpoint,
         instance: args.instance.clone(),
@@ -166,8 +176,7 @@ pub async fn run(args: BotArgs, shutdown: impl Future<Output = ()>) -> Result<()
         connect_timeout: Duration::from_secs(5),
         retries: 3,
         concurrency: 32,
-        bearer_token: None,
-        ca_certificate: None,
+        auth: auth.clone(),
     })?;
     let cache = inputs::InputCache::open(args.work_dir.join("cache"), Arc::new(cas), args.max_input_paths, args.cache_size.0)?;
     let actions_dir = args.work_dir.join("actions");
@@ -175,7 +184,7 @@ pub async fn run(args: BotArgs, shutdown: impl Future<Output = ()>) -> Result<()
     let _ = std::fs::remove_dir_all(&actions_dir);
     std::fs::create_dir_all(&actions_dir).map_err(|e| BotError::io(&actions_dir, e))?;
     let ctx = Arc::new(Context { bot_id: bot_id(&args), cache, runner, actions_dir });
-    let client = BotsClient::new(crate::protocol::channel(&args.server, None, Duration::from_secs(5))?);
+    let client = BotsClient::new(crate::protocol::channel(&args.server, &auth, Duration::from_secs(5))?);
     let mut bot = Bot { args, ctx, client, slots: HashMap::new(), current: None, version: String::new() };
     tokio::select! {
         () = bot.serve() => Ok(()),
@@ -189,7 +198,7 @@ pub async fn run(args: BotArgs, shutdown: impl Future<Output = ()>) -> Result<()
 struct Bot {
     args: BotArgs,
     ctx: Arc<Context>,
-    client: BotsClient<Channel>,
+    client: BotsClient<AuthChannel>,
     slots: HashMap<String, Slot>,
     /// The session in use, to be closed on shutdown.
     current: Option<String>,

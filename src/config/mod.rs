@@ -2,6 +2,7 @@
 //! schema files, `${VAR}` substitution is `env`, cross-key checks are `validate`; sizes and durations
 //! are `crate::units`. Unknown keys are errors, and every error names the key and the file.
 
+mod auth;
 mod env;
 mod execution;
 mod storage;
@@ -15,6 +16,7 @@ use serde::Deserialize;
 
 pub use crate::units::ByteSize;
 use crate::units::duration;
+pub use auth::{AuthConfig, Grant, IdentityConfig, JwtConfig, Permission, EVERY_INSTANCE};
 pub use execution::{ExecutionConfig, LocalBotConfig};
 pub use storage::{AcTier, CasTier, Checksum, DiskTier, ExistenceCacheConfig, MemoryTier, RemoteTier, S3Tier, StorageConfig, TierKind, TierPolicy, WhenUnavailable};
 pub use validate::check_instance_name;
@@ -64,6 +66,9 @@ pub struct Config {
     /// How often each storage stack and tier is probed for the health services.
     #[serde(default = "default_probe_interval", with = "duration")]
     pub health_probe_interval: Duration,
+    /// Identities and their permissions; without it every caller may do everything.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +110,10 @@ pub struct TlsConfig {
     pub certificate: PathBuf,
     /// Its private key, PEM.
     pub key: PathBuf,
+    /// Ask clients for certificates and accept those this CA (PEM) signed; their subjects are
+    /// identities of `auth.identities`. Clients without one may still connect.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -222,11 +222,21 @@ pub struct RemoteTier {
     /// Calls in flight to the upstream at most.
     #[serde(default = "default_remote_concurrency")]
     pub concurrency: usize,
+    /// A bearer token sent with every call (prefer `bearer_token_file`, which keeps it out of
+    /// the configuration).
     #[serde(default)]
     pub bearer_token: Option<String>,
+    /// A file holding the bearer token.
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
     /// A PEM file of certificates to trust for a `grpcs://` endpoint, besides the system's.
     #[serde(default)]
     pub ca_certificate: Option<PathBuf>,
+    /// A client certificate chain (PEM) for an upstream that asks for one, with `client_key`.
+    #[serde(default)]
+    pub client_certificate: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }
 
 /// An S3 bucket (AWS or any S3-compatible store).

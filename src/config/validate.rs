@@ -34,7 +34,45 @@ impl Config {
             }
         }
         self.validate_execution()?;
+        self.validate_auth()?;
         self.validate_storage()
+    }
+
+    fn validate_auth(&self) -> Result<(), String> {
+        let Some(auth) = &self.auth else { return Ok(()) };
+        check_grant(self, &auth.anonymous).map_err(|e| format!("auth.anonymous: {e}"))?;
+        if let Some(jwt) = &auth.jwt {
+            if jwt.key_files.is_empty() && jwt.jwks_file.is_none() {
+                return Err("auth.jwt: give key_files or a jwks_file to verify tokens with".into());
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, id) in auth.identities.iter().enumerate() {
+            let key = format!("auth.identities[{i}]");
+            if id.name.is_empty() || id.name.len() > 128 || id.name.chars().any(|c| c.is_control()) {
+                return Err(format!("{key}.name: must be 1 to 128 printable characters"));
+            }
+            if !names.insert(id.name.as_str()) {
+                return Err(format!("{key}.name: identity {:?} is defined twice", id.name));
+            }
+            let credentials = [id.token_file.is_some(), id.token_sha256.is_some(), id.jwt_subject.is_some(), id.certificate_subject.is_some()];
+            if credentials.iter().filter(|c| **c).count() != 1 {
+                return Err(format!("{key}: give exactly one of token_file, token_sha256, jwt_subject, certificate_subject"));
+            }
+            if let Some(hash) = &id.token_sha256 {
+                if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!("{key}.token_sha256: expected 64 hex digits (the SHA-256 of the token, e.g. from `sha256sum`)"));
+                }
+            }
+            if id.jwt_subject.is_some() && auth.jwt.is_none() {
+                return Err(format!("{key}.jwt_subject: needs auth.jwt (the issuer, audience and keys to verify tokens with)"));
+            }
+            if id.certificate_subject.is_some() && self.tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+                return Err(format!("{key}.certificate_subject: needs tls.client_ca (the CA that signs client certificates)"));
+            }
+            check_grant(self, &id.permissions).map_err(|e| format!("{key}.permissions: {e}"))?;
+        }
+        Ok(())
     }
 
     fn validate_instances(&self) -> Result<(), String> {
@@ -150,6 +188,16 @@ fn check_policy(tier: &CasTier) -> Result<(), String> {
 
 /// Instance names may have several `/`-separated segments, but none may be a keyword of the
 /// ByteStream resource names, or the names could not be parsed.
+/// A grant names only instances that exist (or `*`).
+fn check_grant(config: &Config, grant: &super::Grant) -> Result<(), String> {
+    for instance in grant.0.keys() {
+        if instance != super::EVERY_INSTANCE && !config.instances.iter().any(|i| &i.name == instance) {
+            return Err(format!("no instance named {instance:?} (use \"*\" for every instance)"));
+        }
+    }
+    Ok(())
+}
+
 pub fn check_instance_name(name: &str) -> Result<(), String> {
     const RESERVED: [&str; 7] = ["blobs", "uploads", "actions", "actionResults", "operations", "capabilities", "compressed-blobs"];
     if name.is_empty() {

@@ -99,8 +99,9 @@ async fn blob(State(state): State<HttpState>, Query(query): Query<BlobQuery>) ->
         Ok(d) => d,
         Err(e) => return fail(StatusCode::BAD_REQUEST, e),
     };
-    let cas = match state.admin.instances.cas(&query.instance) {
-        Ok(cas) => cas.clone(),
+    let cas = match state.admin.instances.get(&query.instance).map(|i| i.cas.clone()) {
+        Ok(Some(cas)) => cas,
+        Ok(None) => return fail(StatusCode::NOT_FOUND, format!("instance {:?} does not serve the CAS", query.instance)),
         Err(e) => return fail(StatusCode::NOT_FOUND, e.message().to_string()),
     };
     let blob = match cas.read(&digest, 0, None).await {

@@ -10,6 +10,7 @@ pub mod admin {
     tonic::include_proto!("strata.admin.v1");
 }
 pub mod compression;
+pub mod credentials;
 pub mod paths;
 pub mod resource;
 pub mod rwapi;
@@ -22,7 +23,7 @@ use tonic::{Code, Status};
 
 /// The client plumbing (channel builder, HTTP/2 windows, message size, backoff) lives with the
 /// remote tier, the first client; the server's endpoints use the same windows.
-pub use strata_backends::client::{channel, endpoint, Backoff, CONNECTION_WINDOW, MAX_FRAME, MAX_MESSAGE, STREAM_WINDOW};
+pub use strata_backends::client::{channel, endpoint, AuthChannel, Backoff, ClientAuth, CONNECTION_WINDOW, MAX_FRAME, MAX_MESSAGE, STREAM_WINDOW};
 
 pub fn to_proto(digest: &Digest) -> reapi::Digest {
     reapi::Digest { hash: digest.hash_hex(), size_bytes: digest.size as i64 }

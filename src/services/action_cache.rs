@@ -12,6 +12,7 @@ use strata_backends::{Digest, DigestFunction};
 use tonic::{Request, Response, Status};
 
 use super::{digest_function, parse_digest};
+use crate::auth::Access;
 use crate::action_results::{lookup, referenced_blobs};
 use crate::cas::Cas;
 use crate::instances::Instances;
@@ -38,8 +39,9 @@ impl ActionCache for ActionCacheService {
         &self,
         request: Request<reapi::GetActionResultRequest>,
     ) -> Result<Response<reapi::ActionResult>, Status> {
+        let access = Access::of(&request)?.clone();
         let req = request.into_inner();
-        let (store, cas) = self.instances.action_cache(&req.instance_name)?;
+        let (store, cas) = self.instances.action_cache(&access, &req.instance_name)?;
         let function = digest_function(req.digest_function)?;
         let action = parse_digest(function, req.action_digest.as_ref(), "action_digest")?;
         let found = lookup(store.as_ref(), cas, function, &action).await.map_err(status::from_tree)?;
@@ -69,8 +71,9 @@ impl ActionCache for ActionCacheService {
         &self,
         request: Request<reapi::UpdateActionResultRequest>,
     ) -> Result<Response<reapi::ActionResult>, Status> {
+        let access = Access::of(&request)?.clone();
         let req = request.into_inner();
-        let (store, cas) = self.instances.action_cache(&req.instance_name)?;
+        let (store, cas) = self.instances.action_cache(&access, &req.instance_name)?;
         let function = digest_function(req.digest_function)?;
         let action = parse_digest(function, req.action_digest.as_ref(), "action_digest")?;
         let result = req.action_result.ok_or_else(|| Status::invalid_argument("action_result missing"))?;

@@ -15,6 +15,7 @@ use strata_backends::DigestFunction;
 use tonic::{Request, Response, Status};
 
 use super::{digest_function, parse_digest, parse_digests};
+use crate::auth::Access;
 use crate::assets::{self, AssetError, Assets, Kind, Name, Record};
 use crate::instances::Instances;
 use crate::protocol;
@@ -121,9 +122,9 @@ struct PushAsk {
 }
 
 impl AssetService {
-    async fn answer(&self, kind: Kind, ask: FetchAsk) -> Result<Answer, Status> {
+    async fn answer(&self, access: &Access, kind: Kind, ask: FetchAsk) -> Result<Answer, Status> {
         // The instance first: one without the service answers UNIMPLEMENTED even to an empty probe.
-        let assets = self.instances.assets(&ask.instance)?;
+        let assets = self.instances.assets(access, &ask.instance)?;
         let name = name(kind, ask.function, &ask.uris, &ask.qualifiers)?;
         let function = name.function.to_proto();
         let metrics = &self.instances.metrics;
@@ -144,8 +145,8 @@ impl AssetService {
         })
     }
 
-    async fn record(&self, kind: Kind, ask: PushAsk) -> Result<(), Status> {
-        let assets = self.instances.assets(&ask.instance)?;
+    async fn record(&self, access: &Access, kind: Kind, ask: PushAsk) -> Result<(), Status> {
+        let assets = self.instances.assets(access, &ask.instance)?;
         let name = name(kind, ask.function, &ask.uris, &ask.qualifiers)?;
         let push = assets::Push {
             digest: parse_digest(name.function, ask.digest.as_ref(), ask.field)?,
@@ -163,9 +164,10 @@ impl AssetService {
 #[tonic::async_trait]
 impl Fetch for AssetService {
     async fn fetch_blob(&self, request: Request<asset::FetchBlobRequest>) -> Result<Response<asset::FetchBlobResponse>, Status> {
+        let access = Access::of(&request)?.clone();
         let r = request.into_inner();
         let ask = FetchAsk { instance: r.instance_name, function: r.digest_function, uris: r.uris, qualifiers: r.qualifiers, oldest: r.oldest_content_accepted };
-        let a = self.answer(Kind::Blob, ask).await?;
+        let a = self.answer(&access, Kind::Blob, ask).await?;
         Ok(Response::new(asset::FetchBlobResponse {
             status: Some(a.status),
             uri: a.uri,
@@ -177,9 +179,10 @@ impl Fetch for AssetService {
     }
 
     async fn fetch_directory(&self, request: Request<asset::FetchDirectoryRequest>) -> Result<Response<asset::FetchDirectoryResponse>, Status> {
+        let access = Access::of(&request)?.clone();
         let r = request.into_inner();
         let ask = FetchAsk { instance: r.instance_name, function: r.digest_function, uris: r.uris, qualifiers: r.qualifiers, oldest: r.oldest_content_accepted };
-        let a = self.answer(Kind::Directory, ask).await?;
+        let a = self.answer(&access, Kind::Directory, ask).await?;
         Ok(Response::new(asset::FetchDirectoryResponse {
             status: Some(a.status),
             uri: a.uri,
@@ -194,6 +197,7 @@ impl Fetch for AssetService {
 #[tonic::async_trait]
 impl Push for AssetService {
     async fn push_blob(&self, request: Request<asset::PushBlobRequest>) -> Result<Response<asset::PushBlobResponse>, Status> {
+        let access = Access::of(&request)?.clone();
         let r = request.into_inner();
         let ask = PushAsk {
             instance: r.instance_name,
@@ -206,11 +210,12 @@ impl Push for AssetService {
             references_directories: r.references_directories,
             expire_at: r.expire_at,
         };
-        self.record(Kind::Blob, ask).await?;
+        self.record(&access, Kind::Blob, ask).await?;
         Ok(Response::new(asset::PushBlobResponse {}))
     }
 
     async fn push_directory(&self, request: Request<asset::PushDirectoryRequest>) -> Result<Response<asset::PushDirectoryResponse>, Status> {
+        let access = Access::of(&request)?.clone();
         let r = request.into_inner();
         let ask = PushAsk {
             instance: r.instance_name,
@@ -223,7 +228,7 @@ impl Push for AssetService {
             references_directories: r.references_directories,
             expire_at: r.expire_at,
         };
-        self.record(Kind::Directory, ask).await?;
+        self.record(&access, Kind::Directory, ask).await?;
         Ok(Response::new(asset::PushDirectoryResponse {}))
     }
 }

@@ -13,6 +13,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::protobuf::Empty;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Access;
 use crate::protocol;
 use crate::protocol::rwapi::{self, bots_server::Bots, BotSession, BotStatus, LeaseState};
 use crate::exec::scheduler::{LeaseReport, LeaseView, NewSession, Scheduler, SessionView};
@@ -136,8 +137,9 @@ fn answer(name: String, mut session: BotSession, view: SessionView) -> BotSessio
 #[tonic::async_trait]
 impl Bots for BotsService {
     async fn create_bot_session(&self, request: Request<rwapi::CreateBotSessionRequest>) -> Result<Response<BotSession>, Status> {
+        let access = Access::of(&request)?.clone();
         let req = request.into_inner();
-        self.instances.execution(&req.parent)?;
+        self.instances.execution(&access, &req.parent)?;
         let session = req.bot_session.ok_or_else(|| Status::invalid_argument("bot_session missing"))?;
         if session.bot_id.is_empty() {
             return Err(Status::invalid_argument("bot_session.bot_id is empty; every bot needs an id"));

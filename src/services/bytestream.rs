@@ -18,6 +18,7 @@ use futures::{Stream, StreamExt};
 use strata_backends::{Blob, BlobWriter, Digest, VerifyingWriter};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Access;
 use crate::instances::Instances;
 use crate::quote::quote;
 use crate::protocol::compression::{CompressionError, Compressor, Decompressor};
@@ -164,9 +165,10 @@ impl ByteStream for ByteStreamService {
     type ReadStream = ReadStream;
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadStream>, Status> {
+        let access = Access::of(&request)?.clone();
         let req = request.into_inner();
         let resource = parse_read(&req.resource_name)?;
-        let cas = self.instances.cas(&resource.instance)?;
+        let cas = self.instances.cas(&access, &resource.instance)?;
         let digest = resource.digest;
         // The ByteStream contract: an offset outside the blob (negative or past its end) is
         // OUT_OF_RANGE; a negative limit is a malformed request.
@@ -215,6 +217,7 @@ impl ByteStream for ByteStreamService {
     }
 
     async fn write(&self, request: Request<Streaming<WriteRequest>>) -> Result<Response<WriteResponse>, Status> {
+        let access = Access::of(&request)?.clone();
         let mut stream = request.into_inner();
         let first = stream
             .message()
@@ -222,7 +225,7 @@ impl ByteStream for ByteStreamService {
             .ok_or_else(|| Status::invalid_argument("Write stream ended before its first message"))?;
         let name = first.resource_name.clone();
         let resource = parse_write(&name)?;
-        let cas = self.instances.cas(&resource.instance)?;
+        let cas = self.instances.cas(&access, &resource.instance)?;
         let digest = resource.digest;
         // Only a shortcut: if the check itself fails (an upstream is down), the upload goes ahead.
         // A compressed upload that finds the blob stored ends with -1, as REAPI asks.
@@ -272,9 +275,10 @@ impl ByteStream for ByteStreamService {
         &self,
         request: Request<QueryWriteStatusRequest>,
     ) -> Result<Response<QueryWriteStatusResponse>, Status> {
+        let access = Access::of(&request)?.clone();
         let name = request.into_inner().resource_name;
         let resource = parse_write(&name)?;
-        let cas = self.instances.cas(&resource.instance)?;
+        let cas = self.instances.cas(&access, &resource.instance)?;
         let digest = resource.digest;
         if cas.contains(&[digest]).await.map_err(status::from_store)?.first() == Some(&true) {
             return Ok(Response::new(QueryWriteStatusResponse { committed_size: digest.size as i64, complete: true }));

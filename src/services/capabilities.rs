@@ -9,6 +9,8 @@ use bazel_remote_apis::build::bazel::semver::SemVer;
 use strata_backends::DigestFunction;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Access;
+use crate::config::Permission;
 use crate::instances::Instances;
 
 pub struct CapabilitiesService {
@@ -25,14 +27,20 @@ impl Capabilities for CapabilitiesService {
         &self,
         request: Request<reapi::GetCapabilitiesRequest>,
     ) -> Result<Response<reapi::ServerCapabilities>, Status> {
-        let instance = self.instances.get(&request.get_ref().instance_name)?;
+        let name = &request.get_ref().instance_name;
+        let instance = self.instances.get(name)?;
+        let access = Access::of(&request)?;
+        access.check(name)?;
+        // Each caller hears what it may do: no cache updates without write_ac, no execution
+        // without execute.
+        let may = |p| access.caller.may(name, p);
         let digest_functions: Vec<i32> = DigestFunction::ALL.iter().map(|f| f.to_proto()).collect();
         let identity = reapi::compressor::Value::Identity as i32;
         let zstd = reapi::compressor::Value::Zstd as i32;
         let cache = reapi::CacheCapabilities {
             digest_functions: digest_functions.clone(),
             action_cache_update_capabilities: Some(reapi::ActionCacheUpdateCapabilities {
-                update_enabled: instance.action_cache.is_some(),
+                update_enabled: instance.action_cache.is_some() && may(Permission::WriteAc),
             }),
             max_batch_total_size_bytes: self.instances.max_batch_total_size as i64,
             symlink_absolute_path_strategy: reapi::symlink_absolute_path_strategy::Value::Allowed as i32,
@@ -44,7 +52,7 @@ impl Capabilities for CapabilitiesService {
             cache_capabilities: instance.cas.as_ref().map(|_| cache),
             execution_capabilities: Some(reapi::ExecutionCapabilities {
                 digest_function: DigestFunction::Sha256.to_proto(),
-                exec_enabled: instance.execution.is_some(),
+                exec_enabled: instance.execution.is_some() && may(Permission::Execute),
                 // Bots cannot tell SHA-256 from BLAKE3 digests in a lease (same length), so
                 // execution is offered for SHA-256 only.
                 digest_functions: vec![DigestFunction::Sha256.to_proto()],

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{digest_function, parse_digest, parse_digests};
+use crate::auth::Access;
 use crate::protocol::{self, compression, to_proto};
 use crate::tree::{load, Walk};
 use crate::instances::Instances;
@@ -50,8 +51,9 @@ impl ContentAddressableStorage for CasService {
         &self,
         request: Request<reapi::FindMissingBlobsRequest>,
     ) -> Result<Response<reapi::FindMissingBlobsResponse>, Status> {
+        let access = Access::of(&request)?.clone();
         let req = request.into_inner();
-        let cas = self.instances.cas(&req.instance_name)?;
+        let cas = self.instances.cas(&access, &req.instance_name)?;
         let function = digest_function(req.digest_function)?;
         let digests = parse_digests(function, &req.blob_digests, "blob_digests")?;
         let present = cas.contains(&digests).await.map_err(status::from_store)?;
@@ -66,8 +68,9 @@ impl ContentAddressableStorage for CasService {
         &self,
         request: Request<reapi::BatchUpdateBlobsRequest>,
     ) -> Result<Response<reapi::BatchUpdateBlobsResponse>, Status> {
+        let access = Access::of(&request)?.clone();
         let req = request.into_inner();
-        let cas = self.instances.cas(&req.instance_name)?;
+        let cas = self.instances.cas(&access, &req.instance_name)?;
         let function = digest_function(req.digest_function)?;
         // Compressed entries count at their uncompressed size: that bounds what decompression makes.
         let total = req.requests.iter().map(|r| if r.compressor == ZSTD { r.digest.as_ref().map_or(0, |d| d.size_bytes.max(0) as u64) } else { r.data.len() as u64 }).sum();
@@ -103,8 +106,9 @@ impl ContentAddressableStorage for CasService {
         &self,
         request: Request<reapi::BatchReadBlobsRequest>,
     ) -> Result<Response<reapi::BatchReadBlobsResponse>, Status> {
+        let access = Access::of(&request)?.clone();
         let req = request.into_inner();
-        let cas = self.instances.cas(&req.instance_name)?;
+        let cas = self.instances.cas(&access, &req.instance_name)?;
         let function = digest_function(req.digest_function)?;
         let digests = parse_digests(function, &req.digests, "digests")?;
         self.check_batch_size(digests.iter().map(|d| d.size).sum(), "BatchReadBlobs")?;
@@ -135,8 +139,9 @@ impl ContentAddressableStorage for CasService {
     type GetTreeStream = ResponseStream<reapi::GetTreeResponse>;
 
     async fn get_tree(&self, request: Request<reapi::GetTreeRequest>) -> Result<Response<Self::GetTreeStream>, Status> {
+        let access = Access::of(&request)?.clone();
         let req = request.into_inner();
-        let cas = self.instances.cas(&req.instance_name)?.clone();
+        let cas = self.instances.cas(&access, &req.instance_name)?.clone();
         let function = digest_function(req.digest_function)?;
         let root = parse_digest(function, req.root_digest.as_ref(), "root_digest")?;
         if req.page_size < 0 {

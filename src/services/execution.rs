@@ -19,7 +19,8 @@ use crate::protocol::{self, to_proto};
 use crate::exec::admission;
 use crate::tree::load;
 use crate::protocol::rwapi;
-use crate::exec::scheduler::{NewJob, OpState, OperationView, Outcome, Scheduler};
+use crate::auth::Access;
+use crate::exec::scheduler::{NewJob, OpState, OperationView, Origin, Outcome, Scheduler};
 use crate::instances::Instances;
 use crate::status;
 
@@ -71,9 +72,27 @@ pub fn operation_stream(view: OperationView) -> OperationStream {
     Box::pin(stream)
 }
 
+/// Whether the caller may see an operation: its own (with `execute` on its instance), or anyone's
+/// with `admin` there.
+pub fn may_see(access: &Access, origin: &Origin) -> bool {
+    use crate::config::Permission;
+    let caller = &access.caller;
+    caller.may(&origin.instance, Permission::Admin) || (caller.name == origin.owner && caller.may(&origin.instance, Permission::Execute))
+}
+
+/// An operation the caller may see; another's is NOT_FOUND, as if it did not exist.
+pub fn watch_own(scheduler: &Scheduler, access: &Access, name: &str) -> Result<OperationView, Status> {
+    let view = scheduler.watch(name).map_err(status::from_scheduler)?;
+    if !may_see(access, &view.origin) {
+        return Err(status::from_scheduler(crate::exec::scheduler::SchedulerError::UnknownOperation(name.to_string())));
+    }
+    Ok(view)
+}
+
 impl ExecutionService {
-    async fn start(&self, req: reapi::ExecuteRequest) -> Result<OperationView, Status> {
-        let (action_cache, cas) = self.instances.execution(&req.instance_name)?;
+    async fn start(&self, access: &Access, req: reapi::ExecuteRequest) -> Result<OperationView, Status> {
+        let (action_cache, cas) = self.instances.execution(access, &req.instance_name)?;
+        let owner = access.caller.name.clone();
         let function = digest_function(req.digest_function)?;
         if function != DigestFunction::Sha256 {
             return Err(Status::invalid_argument(format!("execution supports SHA-256 digests only, not {function:?}")));
@@ -111,13 +130,15 @@ impl ExecutionService {
             self.instances.metrics.looked_up(&req.instance_name, "action_cache", "execute", u64::from(hit), u64::from(!hit));
             if let Some(result) = cached {
                 let response = reapi::ExecuteResponse { result: Some(result), cached_result: true, status: Some(protocol::ok_rpc()), ..Default::default() };
-                return Ok(self.scheduler.completed(action_digest, response));
+                let origin = Origin { instance: req.instance_name, owner };
+                return Ok(self.scheduler.completed(origin, action_digest, response));
             }
         }
         let platform = crate::protocol::platform(&action, &command).map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let priority = req.execution_policy.as_ref().map_or(0, |p| p.priority);
         Ok(self.scheduler.submit(NewJob {
             instance: req.instance_name,
+            owner,
             action_digest,
             action,
             platform,
@@ -133,7 +154,8 @@ impl Execution for ExecutionService {
     type ExecuteStream = OperationStream;
 
     async fn execute(&self, request: Request<reapi::ExecuteRequest>) -> Result<Response<Self::ExecuteStream>, Status> {
-        let view = self.start(request.into_inner()).await?;
+        let access = Access::of(&request)?.clone();
+        let view = self.start(&access, request.into_inner()).await?;
         Ok(Response::new(operation_stream(view)))
     }
 
@@ -143,7 +165,7 @@ impl Execution for ExecutionService {
         &self,
         request: Request<reapi::WaitExecutionRequest>,
     ) -> Result<Response<Self::WaitExecutionStream>, Status> {
-        let view = self.scheduler.watch(&request.get_ref().name).map_err(status::from_scheduler)?;
+        let view = watch_own(&self.scheduler, Access::of(&request)?, &request.get_ref().name)?;
         Ok(Response::new(operation_stream(view)))
     }
 }

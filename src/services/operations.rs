@@ -12,7 +12,8 @@ use bazel_remote_apis::google::longrunning::{
 use bazel_remote_apis::google::protobuf::Empty;
 use tonic::{Request, Response, Status};
 
-use super::execution::to_operation;
+use super::execution::{may_see, to_operation, watch_own};
+use crate::auth::Access;
 use crate::exec::scheduler::{OperationView, Scheduler};
 use crate::quote::quote;
 use crate::status;
@@ -33,6 +34,7 @@ fn current(view: &OperationView) -> Operation {
 #[tonic::async_trait]
 impl Operations for OperationsService {
     async fn list_operations(&self, request: Request<ListOperationsRequest>) -> Result<Response<ListOperationsResponse>, Status> {
+        let access = Access::of(&request)?.clone();
         let req = request.into_inner();
         if !req.filter.is_empty() {
             return Err(Status::invalid_argument(format!("filter {}: filters are not supported", quote(&req.filter))));
@@ -42,7 +44,7 @@ impl Operations for OperationsService {
             0 => DEFAULT_PAGE,
             n => (n as usize).min(MAX_PAGE),
         };
-        let (views, more) = self.scheduler.list(&req.page_token, page_size);
+        let (views, more) = self.scheduler.list(&req.page_token, page_size, |origin| may_see(&access, origin));
         let next_page_token = match (more, views.last()) {
             (true, Some(last)) => last.name.clone(),
             _ => String::new(),
@@ -52,23 +54,25 @@ impl Operations for OperationsService {
     }
 
     async fn get_operation(&self, request: Request<GetOperationRequest>) -> Result<Response<Operation>, Status> {
-        let view = self.scheduler.watch(&request.get_ref().name).map_err(status::from_scheduler)?;
+        let view = watch_own(&self.scheduler, Access::of(&request)?, &request.get_ref().name)?;
         Ok(Response::new(current(&view)))
     }
 
     async fn delete_operation(&self, request: Request<DeleteOperationRequest>) -> Result<Response<Empty>, Status> {
+        watch_own(&self.scheduler, Access::of(&request)?, &request.get_ref().name)?;
         self.scheduler.delete(&request.get_ref().name).map_err(status::from_scheduler)?;
         Ok(Response::new(Empty {}))
     }
 
     async fn cancel_operation(&self, request: Request<CancelOperationRequest>) -> Result<Response<Empty>, Status> {
+        watch_own(&self.scheduler, Access::of(&request)?, &request.get_ref().name)?;
         self.scheduler.cancel(&request.get_ref().name).map_err(status::from_scheduler)?;
         Ok(Response::new(Empty {}))
     }
 
     async fn wait_operation(&self, request: Request<WaitOperationRequest>) -> Result<Response<Operation>, Status> {
+        let mut view = watch_own(&self.scheduler, Access::of(&request)?, &request.get_ref().name)?;
         let req = request.into_inner();
-        let mut view = self.scheduler.watch(&req.name).map_err(status::from_scheduler)?;
         let wait = match req.timeout {
             Some(t) if t.seconds < 0 || t.nanos < 0 => return Err(Status::invalid_argument("timeout is negative")),
             Some(t) => Duration::new(t.seconds as u64, t.nanos as u32).min(MAX_WAIT),

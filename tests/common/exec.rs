@@ -180,6 +180,8 @@ impl InProcessBot {
             bot_id: Some(id.clone()),
             max_input_paths: 1000,
             cache_size: strata::units::ByteSize(64 << 20),
+            credentials: Default::default(),
+            token: None,
         }
     }
 

@@ -12,11 +12,11 @@ use crate::client::MAX_MESSAGE;
 use crate::error::{Result, StoreError};
 
 impl RemoteStore {
-    fn fetch(&self) -> FetchClient<tonic::transport::Channel> {
+    fn fetch(&self) -> FetchClient<crate::client::AuthChannel> {
         FetchClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
     }
 
-    fn push(&self) -> PushClient<tonic::transport::Channel> {
+    fn push(&self) -> PushClient<crate::client::AuthChannel> {
         PushClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
     }
 

@@ -20,13 +20,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message;
 use tokio::sync::{mpsc, OnceCell};
-use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 mod assets;
 
-use crate::client::{channel, Backoff, MAX_MESSAGE};
+use crate::client::{channel, AuthChannel, Backoff, ClientAuth, MAX_MESSAGE};
 use crate::digest::{resource_name, Digest, DigestFunction};
 use crate::error::{Result, StoreError};
 use crate::store::{ActionCacheStore, Blob, BlobStore, BlobWriter, BufferedWriter, Counters, StoreStats};
@@ -51,16 +49,14 @@ pub struct RemoteConfig {
     pub retries: u32,
     /// Calls in flight to the upstream at most.
     pub concurrency: usize,
-    pub bearer_token: Option<String>,
-    /// PEM certificates to trust for a `grpcs://` upstream, besides the system's roots.
-    pub ca_certificate: Option<Vec<u8>>,
+    /// The token, CA and client certificate the upstream is called with.
+    pub auth: ClientAuth,
 }
 
 #[derive(Clone)]
 pub struct RemoteStore {
     cfg: RemoteConfig,
-    channel: Channel,
-    token: Option<MetadataValue<tonic::metadata::Ascii>>,
+    channel: AuthChannel,
     max_batch: std::sync::Arc<OnceCell<u64>>,
     /// Calls in flight at most: upstreams such as BuildGrid refuse RPCs beyond their thread pool.
     in_flight: std::sync::Arc<tokio::sync::Semaphore>,
@@ -71,17 +67,9 @@ impl RemoteStore {
     /// Prepares the client; the connection is made on first use, so a server can start while its
     /// upstream is down and recover when it comes back.
     pub fn new(cfg: RemoteConfig) -> Result<RemoteStore> {
-        let channel = channel(&cfg.endpoint, cfg.ca_certificate.as_deref(), cfg.connect_timeout)?;
-        let token = match &cfg.bearer_token {
-            Some(t) => Some(
-                format!("Bearer {t}")
-                    .parse()
-                    .map_err(|_| StoreError::Config("bearer_token contains characters not allowed in a header".into()))?,
-            ),
-            None => None,
-        };
+        let channel = channel(&cfg.endpoint, &cfg.auth, cfg.connect_timeout)?;
         let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(cfg.concurrency.max(1)));
-        Ok(RemoteStore { cfg, channel, token, max_batch: Default::default(), in_flight, counters: Default::default() })
+        Ok(RemoteStore { cfg, channel, max_batch: Default::default(), in_flight, counters: Default::default() })
     }
 
     pub fn endpoint(&self) -> &str {
@@ -91,23 +79,20 @@ impl RemoteStore {
     fn request<T>(&self, message: T, timeout: Duration) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(timeout);
-        if let Some(token) = &self.token {
-            request.metadata_mut().insert("authorization", token.clone());
-        }
         request
     }
 
-    fn cas(&self) -> ContentAddressableStorageClient<Channel> {
+    fn cas(&self) -> ContentAddressableStorageClient<AuthChannel> {
         ContentAddressableStorageClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
     }
 
-    fn bytestream(&self) -> ByteStreamClient<Channel> {
+    fn bytestream(&self) -> ByteStreamClient<AuthChannel> {
         ByteStreamClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
     }
 
-    fn action_cache(&self) -> ActionCacheClient<Channel> {
+    fn action_cache(&self) -> ActionCacheClient<AuthChannel> {
         ActionCacheClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
     }
 

@@ -32,7 +32,7 @@ use operations::Operations;
 use queue::{Needs, Queue};
 use sessions::{Session, SessionLease, Sessions};
 pub use types::{
-    failed, Counts, Finished, LeaseReport, LeaseView, NewJob, NewSession, OpState, OperationView, Outcome, Reported, ResultSink,
+    failed, Counts, Finished, LeaseReport, LeaseView, NewJob, NewSession, OpState, OperationView, Origin, Outcome, Reported, ResultSink,
     SchedulerConfig, SchedulerError, SessionView,
 };
 
@@ -100,12 +100,12 @@ impl Scheduler {
     }
 
     /// An operation that is already complete (an action cache hit).
-    pub fn completed(&self, action_digest: Digest, response: reapi::ExecuteResponse) -> OperationView {
+    pub fn completed(&self, origin: Origin, action_digest: Digest, response: reapi::ExecuteResponse) -> OperationView {
         let mut st = self.state.lock();
         let name = self.new_name(&mut st, "operations");
         st.metrics.completed("cached");
         let state = OpState { stage: Stage::Completed, outcome: Some(Outcome::Response(Arc::new(response))) };
-        st.operations.insert(name, action_digest, None, state, Instant::now())
+        st.operations.insert(name, action_digest, origin, None, state, Instant::now())
     }
 
     /// Queues a job, or joins an identical cacheable one in flight, and returns the new operation.
@@ -113,6 +113,7 @@ impl Scheduler {
         let mut st = self.state.lock();
         let name = self.new_name(&mut st, "operations");
         let action_digest = new.action_digest;
+        let origin = Origin { instance: new.instance.clone(), owner: new.owner.clone() };
         let key = (new.instance.clone(), action_digest);
         let joined = if new.cacheable { st.in_flight.get(&key).copied() } else { None };
         let (job_id, stage) = match joined.and_then(|id| Some((id, st.jobs.get_mut(&id)?))) {
@@ -134,7 +135,7 @@ impl Scheduler {
                 (id, Stage::Queued)
             }
         };
-        let view = st.operations.insert(name.clone(), action_digest, Some(job_id), OpState { stage, outcome: None }, Instant::now());
+        let view = st.operations.insert(name.clone(), action_digest, origin, Some(job_id), OpState { stage, outcome: None }, Instant::now());
         if joined.is_none() {
             dispatch_job(&mut st, job_id);
             if let Some(job) = st.jobs.get(&job_id).filter(|j| j.running.is_none()) {
@@ -150,9 +151,10 @@ impl Scheduler {
         self.state.lock().operations.watch(name).ok_or_else(|| SchedulerError::UnknownOperation(name.to_string()))
     }
 
-    /// Operations after `after` (by name), at most `limit`; and whether more follow.
-    pub fn list(&self, after: &str, limit: usize) -> (Vec<OperationView>, bool) {
-        self.state.lock().operations.list(after, limit)
+    /// Operations after `after` (by name) that `keep` lets through, at most `limit`; and whether
+    /// more follow.
+    pub fn list(&self, after: &str, limit: usize, keep: impl Fn(&Origin) -> bool) -> (Vec<OperationView>, bool) {
+        self.state.lock().operations.list(after, limit, keep)
     }
 
     /// Cancels one operation; its job is cancelled when no operation waits on it any more.

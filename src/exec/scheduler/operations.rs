@@ -9,12 +9,19 @@ use strata_backends::Digest;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{OpState, OperationView, Outcome};
+use super::{OpState, OperationView, Origin, Outcome};
 
 struct Operation {
     action_digest: Digest,
+    origin: Origin,
     job: Option<u64>,
     state: watch::Sender<OpState>,
+}
+
+impl Operation {
+    fn view(&self, name: &str) -> OperationView {
+        OperationView { name: name.to_string(), action_digest: self.action_digest, origin: self.origin.clone(), state: self.state.subscribe() }
+    }
 }
 
 #[derive(Default)]
@@ -26,29 +33,31 @@ pub struct Operations {
 
 impl Operations {
     /// A new operation of `job` (or, without one, already in its final state) and its view.
-    pub fn insert(&mut self, name: String, action_digest: Digest, job: Option<u64>, state: OpState, now: Instant) -> OperationView {
+    pub fn insert(&mut self, name: String, action_digest: Digest, origin: Origin, job: Option<u64>, state: OpState, now: Instant) -> OperationView {
         let done = state.outcome.is_some();
         let (tx, rx) = watch::channel(state);
-        self.by_name.insert(name.clone(), Operation { action_digest, job, state: tx });
+        let view = OperationView { name: name.clone(), action_digest, origin: origin.clone(), state: rx };
+        self.by_name.insert(name.clone(), Operation { action_digest, origin, job, state: tx });
         if done {
-            self.finished.push_back((now, name.clone()));
+            self.finished.push_back((now, name));
         }
-        OperationView { name, action_digest, state: rx }
+        view
     }
 
     pub fn watch(&self, name: &str) -> Option<OperationView> {
-        let op = self.by_name.get(name)?;
-        Some(OperationView { name: name.to_string(), action_digest: op.action_digest, state: op.state.subscribe() })
+        self.by_name.get(name).map(|op| op.view(name))
     }
 
-    /// Operations after `after` (by name), at most `limit`; and whether more follow.
-    pub fn list(&self, after: &str, limit: usize) -> (Vec<OperationView>, bool) {
+    /// Operations after `after` (by name) that `keep` lets through, at most `limit`; and whether
+    /// more follow.
+    pub fn list(&self, after: &str, limit: usize, keep: impl Fn(&Origin) -> bool) -> (Vec<OperationView>, bool) {
         let mut views = Vec::new();
-        for (name, op) in self.by_name.range::<str, _>((Bound::Excluded(after), Bound::Unbounded)) {
+        let range = self.by_name.range::<str, _>((Bound::Excluded(after), Bound::Unbounded));
+        for (name, op) in range.filter(|(_, op)| keep(&op.origin)) {
             if views.len() == limit {
                 return (views, true);
             }
-            views.push(OperationView { name: name.clone(), action_digest: op.action_digest, state: op.state.subscribe() });
+            views.push(op.view(name));
         }
         (views, false)
     }

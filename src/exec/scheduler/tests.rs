@@ -39,6 +39,7 @@ fn scheduler() -> (Arc<Scheduler>, Arc<Recorder>) {
 
 fn job(name: &[u8], platform: &[(&str, &str)], priority: i32, cacheable: bool) -> NewJob {
     NewJob {
+        owner: None,
         instance: String::new(),
         action_digest: DigestFunction::Sha256.digest_of(name),
         action: reapi::Action { do_not_cache: !cacheable, ..Default::default() },
@@ -210,7 +211,7 @@ async fn cancelling_the_last_operation_cancels_the_lease_on_the_bot() {
 #[tokio::test(start_paused = true)]
 async fn finished_operations_are_kept_for_the_retention_time() {
     let (scheduler, _) = scheduler();
-    let done = scheduler.completed(DigestFunction::Sha256.digest_of(b"hit"), reapi::ExecuteResponse::default());
+    let done = scheduler.completed(Origin { instance: String::new(), owner: None }, DigestFunction::Sha256.digest_of(b"hit"), reapi::ExecuteResponse::default());
     tokio::time::advance(Duration::from_secs(119)).await;
     scheduler.expire(Instant::now());
     assert!(scheduler.watch(&done.name).is_ok());

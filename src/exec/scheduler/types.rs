@@ -49,16 +49,26 @@ pub fn failed(code: Code, message: String) -> Outcome {
     }))
 }
 
+/// Where an operation was started and by whom (None: a caller without credentials).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub instance: String,
+    pub owner: Option<Arc<str>>,
+}
+
 /// A watcher's view of one operation.
 pub struct OperationView {
     pub name: String,
     pub action_digest: Digest,
+    pub origin: Origin,
     pub state: watch::Receiver<OpState>,
 }
 
 /// A job as submitted by the Execution service, after validation.
 pub struct NewJob {
     pub instance: String,
+    /// The identity that asked for it (the owner of its first operation).
+    pub owner: Option<Arc<str>>,
     pub action_digest: Digest,
     /// The Action as the bot receives it (its timeout already capped by the server).
     pub action: reapi::Action,
