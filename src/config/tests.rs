@@ -34,6 +34,11 @@ async fn every_example_parses_and_builds() {
     std::env::set_var("STRATA_S3_BUCKET", "strata");
     std::env::set_var("STRATA_S3_REGION", "us-east-1");
     std::env::set_var("STRATA_S3_ENDPOINT", "http://127.0.0.1:1");
+    let tokens = tempfile::tempdir().unwrap();
+    for name in ["ci", "dev", "bot"] {
+        std::fs::write(tokens.path().join(format!("{name}.token")), format!("{name}-0123456789abcdef\n")).unwrap();
+    }
+    std::env::set_var("STRATA_TOKEN_DIR", tokens.path());
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let mut seen = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
@@ -209,5 +214,29 @@ fn tier_policies_apply_where_they_mean_something() {
     for (text, expected) in cases {
         let err = parse(&text).unwrap_err();
         assert!(err.contains(expected), "expected {expected:?} in: {err}");
+    }
+}
+
+#[test]
+fn auth_settings_are_checked() {
+    let hash = "0".repeat(64);
+    let ok = format!("{MINIMAL}auth:\n  anonymous: [read]\n  identities:\n    - {{ name: ci, token_sha256: \"{hash}\", permissions: {{ \"*\": [read], \"\": [read, write_ac] }} }}\n");
+    let config = parse(&ok).unwrap();
+    assert_eq!(config.auth.as_ref().map(|a| a.identities.len()), Some(1));
+    let cases = [
+        ("auth:\n  identities:\n    - { name: ci, permissions: [read] }\n", "exactly one of"),
+        (&format!("auth:\n  identities:\n    - {{ name: ci, token_sha256: \"{hash}\", token_file: t, permissions: [read] }}\n"), "exactly one of"),
+        ("auth:\n  identities:\n    - { name: ci, token_sha256: abc, permissions: [read] }\n", "token_sha256"),
+        (&format!("auth:\n  identities:\n    - {{ name: ci, token_sha256: \"{hash}\", permissions: [read, fly] }}\n"), "fly"),
+        (&format!("auth:\n  identities:\n    - {{ name: ci, token_sha256: \"{hash}\", permissions: {{ nowhere: [read] }} }}\n"), "auth.identities[0].permissions: no instance named \"nowhere\""),
+        (&format!("auth:\n  identities:\n    - {{ name: a, token_sha256: \"{hash}\", permissions: [] }}\n    - {{ name: a, token_sha256: \"{hash}\", permissions: [] }}\n"), "defined twice"),
+        ("auth:\n  identities:\n    - { name: a, jwt_subject: a, permissions: [] }\n", "needs auth.jwt"),
+        ("auth:\n  identities:\n    - { name: a, certificate_subject: CN=a, permissions: [] }\n", "needs tls.client_ca"),
+        ("auth:\n  jwt: { issuer: i, audience: a }\n", "key_files or a jwks_file"),
+        ("auth:\n  anonymous: [read]\n  tokens: []\n", "tokens"),
+    ];
+    for (text, want) in cases {
+        let err = parse(&format!("{MINIMAL}{text}")).unwrap_err();
+        assert!(err.contains(want), "{text}: {err}");
     }
 }

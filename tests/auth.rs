@@ -1,0 +1,426 @@
+//! Authentication and permissions with static bearer tokens: every permission against every RPC
+//! family, per-instance grants, what Capabilities tells each caller, and the attacks of an
+//! unauthenticated network: forging action results, serving as a rogue bot, reading or cancelling
+//! other callers' operations. JWT and client certificates are in `auth_identities.rs`.
+
+mod common;
+
+use bazel_remote_apis::build::bazel::remote::asset::v1 as asset;
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use bazel_remote_apis::google::bytestream::{ReadRequest, WriteRequest};
+use bazel_remote_apis::google::longrunning as lro;
+use common::exec::InProcessBot;
+use common::*;
+use futures::StreamExt;
+use prost::Message;
+use strata::protocol::rwapi;
+use strata::protocol::{AuthChannel, ClientAuth};
+use tonic::Code;
+
+use asset::fetch_client::FetchClient;
+use asset::push_client::PushClient;
+use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
+use bazel_remote_apis::google::longrunning::operations_client::OperationsClient;
+use reapi::action_cache_client::ActionCacheClient;
+use reapi::capabilities_client::CapabilitiesClient;
+use reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+use reapi::execution_client::ExecutionClient;
+
+/// One identity per permission, one with per-instance grants, the split of config/auth.yaml.
+fn config() -> String {
+    let mut ids = String::new();
+    for (name, permissions) in [
+        ("reader", "[read]"),
+        ("writer", "[write]"),
+        ("acwriter", "[write_ac]"),
+        ("executor", "[execute]"),
+        ("botter", "[bot]"),
+        ("admin", "[admin]"),
+        ("scoped", r#"{ "*": [read], other: [read, write] }"#),
+        ("ci", "[read, write, write_ac, execute]"),
+        ("dev", "[read, write, execute]"),
+        ("dev2", "[read, write, execute]"),
+        ("bot", "[bot, read, write]"),
+    ] {
+        ids += &format!("    - {{ name: {name}, token_sha256: \"{}\", permissions: {permissions} }}\n", hex(&token(name)));
+    }
+    format!(
+        r#"
+listen: 127.0.0.1:0
+storage:
+  main:
+    cas: [ {{ memory: {{ max_size: 64MiB }} }} ]
+    action_cache: [ {{ memory: {{ max_size: 8MiB }} }} ]
+instances:
+  - {{ name: "", storage: main, services: [cas, action_cache, execution, asset] }}
+  - {{ name: other, storage: main, services: [cas, action_cache, execution, asset] }}
+execution: {{ queue_timeout: 30s, bot_session_timeout: 2s }}
+auth:
+  identities:
+{ids}"#
+    )
+}
+
+fn token(name: &str) -> String {
+    format!("{name}-token-0123456789abcdef")
+}
+
+fn hex(token: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn start() -> (TestServer, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    (TestServer::start_in(&config(), tmp.path()).await, tmp)
+}
+
+/// A channel that sends `token` (None: no credentials).
+fn channel(server: &TestServer, token: Option<&str>) -> AuthChannel {
+    let auth = ClientAuth { bearer_token: token.map(str::to_string), ..Default::default() };
+    strata::protocol::channel(&format!("grpc://{}", server.addr), &auth, std::time::Duration::from_secs(5)).unwrap()
+}
+
+fn as_id(server: &TestServer, name: &str) -> AuthChannel {
+    channel(server, Some(&token(name)))
+}
+
+fn code<T>(result: Result<T, tonic::Status>) -> Code {
+    result.map_or_else(|s| s.code(), |_| Code::Ok)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Family {
+    Capabilities,
+    FindMissing,
+    BatchRead,
+    GetTree,
+    ByteStreamRead,
+    GetActionResult,
+    FetchBlob,
+    BatchUpdate,
+    ByteStreamWrite,
+    PushBlob,
+    UpdateActionResult,
+    Execute,
+    ListOperations,
+    CreateBotSession,
+    AdminStatus,
+}
+
+const FAMILIES: [(Family, &str); 15] = [
+    (Family::Capabilities, "read"),
+    (Family::FindMissing, "read"),
+    (Family::BatchRead, "read"),
+    (Family::GetTree, "read"),
+    (Family::ByteStreamRead, "read"),
+    (Family::GetActionResult, "read"),
+    (Family::FetchBlob, "read"),
+    (Family::BatchUpdate, "write"),
+    (Family::ByteStreamWrite, "write"),
+    (Family::PushBlob, "write"),
+    (Family::UpdateActionResult, "write_ac"),
+    (Family::Execute, "execute"),
+    (Family::ListOperations, "execute"),
+    (Family::CreateBotSession, "bot"),
+    (Family::AdminStatus, "admin"),
+];
+
+/// One call of `family` on `instance`; the code it ends with.
+async fn call(family: Family, ch: AuthChannel, instance: &str) -> Code {
+    let blob = b"matrix blob".to_vec();
+    let digest = sha256(&blob);
+    let instance_name = instance.to_string();
+    match family {
+        Family::Capabilities => code(CapabilitiesClient::new(ch).get_capabilities(reapi::GetCapabilitiesRequest { instance_name }).await),
+        Family::FindMissing => code(
+            ContentAddressableStorageClient::new(ch)
+                .find_missing_blobs(reapi::FindMissingBlobsRequest { instance_name, blob_digests: vec![digest], ..Default::default() })
+                .await,
+        ),
+        Family::BatchRead => code(
+            ContentAddressableStorageClient::new(ch)
+                .batch_read_blobs(reapi::BatchReadBlobsRequest { instance_name, digests: vec![digest], ..Default::default() })
+                .await,
+        ),
+        Family::GetTree => {
+            let request = reapi::GetTreeRequest { instance_name, root_digest: Some(digest), ..Default::default() };
+            match ContentAddressableStorageClient::new(ch).get_tree(request).await {
+                Ok(response) => response.into_inner().next().await.map_or(Code::Ok, |r| code(r)),
+                Err(status) => status.code(),
+            }
+        }
+        Family::ByteStreamRead => {
+            let resource_name = format!("{}blobs/{}/{}", prefix(instance), digest.hash, digest.size_bytes);
+            match ByteStreamClient::new(ch).read(ReadRequest { resource_name, ..Default::default() }).await {
+                Ok(response) => response.into_inner().next().await.map_or(Code::Ok, |r| code(r)),
+                Err(status) => status.code(),
+            }
+        }
+        Family::GetActionResult => code(
+            ActionCacheClient::new(ch)
+                .get_action_result(reapi::GetActionResultRequest { instance_name, action_digest: Some(digest), ..Default::default() })
+                .await,
+        ),
+        Family::FetchBlob => code(
+            FetchClient::new(ch)
+                .fetch_blob(asset::FetchBlobRequest { instance_name, uris: vec!["https://example.invalid/a".into()], ..Default::default() })
+                .await,
+        ),
+        Family::BatchUpdate => {
+            let requests = vec![reapi::batch_update_blobs_request::Request { digest: Some(digest), data: blob, ..Default::default() }];
+            code(ContentAddressableStorageClient::new(ch).batch_update_blobs(reapi::BatchUpdateBlobsRequest { instance_name, requests, ..Default::default() }).await)
+        }
+        Family::ByteStreamWrite => {
+            let resource_name = format!("{}uploads/u1/blobs/{}/{}", prefix(instance), digest.hash, digest.size_bytes);
+            let first = WriteRequest { resource_name, write_offset: 0, finish_write: true, data: blob };
+            code(ByteStreamClient::new(ch).write(futures::stream::iter(vec![first])).await)
+        }
+        Family::PushBlob => code(
+            PushClient::new(ch)
+                .push_blob(asset::PushBlobRequest { instance_name, uris: vec!["https://example.invalid/a".into()], blob_digest: Some(digest), ..Default::default() })
+                .await,
+        ),
+        Family::UpdateActionResult => code(
+            ActionCacheClient::new(ch)
+                .update_action_result(reapi::UpdateActionResultRequest {
+                    instance_name,
+                    action_digest: Some(digest),
+                    action_result: Some(reapi::ActionResult { exit_code: 0, ..Default::default() }),
+                    ..Default::default()
+                })
+                .await,
+        ),
+        Family::Execute => {
+            let request = reapi::ExecuteRequest { instance_name, action_digest: Some(digest), ..Default::default() };
+            code(ExecutionClient::new(ch).execute(request).await)
+        }
+        Family::ListOperations => {
+            code(OperationsClient::new(ch).list_operations(lro::ListOperationsRequest { name: instance_name, ..Default::default() }).await)
+        }
+        Family::CreateBotSession => {
+            let bot_session = rwapi::BotSession { bot_id: format!("matrix-{instance}"), ..Default::default() };
+            let request = rwapi::CreateBotSessionRequest { parent: instance_name, bot_session: Some(bot_session) };
+            code(rwapi::bots_client::BotsClient::new(ch).create_bot_session(request).await)
+        }
+        Family::AdminStatus => code(
+            strata::protocol::admin::admin_client::AdminClient::new(ch).get_status(strata::protocol::admin::GetStatusRequest::default()).await,
+        ),
+    }
+}
+
+fn prefix(instance: &str) -> String {
+    if instance.is_empty() { String::new() } else { format!("{instance}/") }
+}
+
+fn denied(code: Code) -> bool {
+    matches!(code, Code::PermissionDenied | Code::Unauthenticated)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_permission_opens_exactly_its_rpc_families() {
+    let (server, _tmp) = start().await;
+    let identities = [("reader", "read"), ("writer", "write"), ("acwriter", "write_ac"), ("executor", "execute"), ("botter", "bot"), ("admin", "admin")];
+    for (identity, has) in identities {
+        for (family, needs) in FAMILIES {
+            let got = call(family, as_id(&server, identity), "").await;
+            // An admin lists everyone's operations without the execute permission.
+            let allowed = has == needs || (family == Family::ListOperations && has == "admin");
+            if allowed {
+                assert!(!denied(got), "{identity} {family:?}: {got:?}");
+            } else {
+                assert_eq!(got, Code::PermissionDenied, "{identity} {family:?}");
+            }
+        }
+    }
+    // Without credentials, and with a token nobody issued, every family is UNAUTHENTICATED.
+    for (family, _) in FAMILIES {
+        assert_eq!(call(family, channel(&server, None), "").await, Code::Unauthenticated, "anonymous {family:?}");
+        assert_eq!(call(family, channel(&server, Some("forged-token-0123456789")), "").await, Code::Unauthenticated, "forged {family:?}");
+    }
+    // Health needs nothing: load balancers probe without credentials.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel(&server, None));
+    assert!(health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_can_differ_per_instance() {
+    let (server, _tmp) = start().await;
+    assert_eq!(call(Family::BatchUpdate, as_id(&server, "scoped"), "").await, Code::PermissionDenied);
+    assert_eq!(call(Family::ByteStreamWrite, as_id(&server, "scoped"), "").await, Code::PermissionDenied);
+    assert!(!denied(call(Family::BatchUpdate, as_id(&server, "scoped"), "other").await));
+    assert!(!denied(call(Family::ByteStreamWrite, as_id(&server, "scoped"), "other").await));
+    assert!(!denied(call(Family::FindMissing, as_id(&server, "scoped"), "").await));
+    // The message names the identity, the permission and the instance, and nothing about blobs.
+    let mut cas = ContentAddressableStorageClient::new(as_id(&server, "scoped"));
+    let data = b"scoped".to_vec();
+    let request = reapi::BatchUpdateBlobsRequest {
+        requests: vec![reapi::batch_update_blobs_request::Request { digest: Some(sha256(&data)), data, ..Default::default() }],
+        ..Default::default()
+    };
+    let status = cas.batch_update_blobs(request).await.unwrap_err();
+    assert!(status.message().contains("\"scoped\"") && status.message().contains("write") && status.message().contains("instance \"\""), "{}", status.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_does_not_tell_whether_a_blob_exists() {
+    let (server, _tmp) = start().await;
+    let stored = b"stored blob".to_vec();
+    let mut cas = ContentAddressableStorageClient::new(as_id(&server, "ci"));
+    let requests = vec![reapi::batch_update_blobs_request::Request { digest: Some(sha256(&stored)), data: stored.clone(), ..Default::default() }];
+    cas.batch_update_blobs(reapi::BatchUpdateBlobsRequest { requests, ..Default::default() }).await.unwrap();
+    let mut answers = Vec::new();
+    for digest in [sha256(&stored), sha256(b"never stored")] {
+        for ch in [channel(&server, None), as_id(&server, "botter")] {
+            let resource_name = format!("blobs/{}/{}", digest.hash, digest.size_bytes);
+            let status = ByteStreamClient::new(ch).read(ReadRequest { resource_name, ..Default::default() }).await.unwrap_err();
+            answers.push((status.code(), status.message().to_string()));
+        }
+    }
+    assert_eq!(answers[0], answers[2]);
+    assert_eq!(answers[1], answers[3]);
+    assert_eq!((answers[0].0, answers[1].0), (Code::Unauthenticated, Code::PermissionDenied));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_tell_each_caller_what_it_may_do() {
+    let (server, _tmp) = start().await;
+    for (identity, update, exec) in [("ci", true, true), ("dev", false, true), ("reader", false, false)] {
+        let caps = CapabilitiesClient::new(as_id(&server, identity))
+            .get_capabilities(reapi::GetCapabilitiesRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let cache = caps.cache_capabilities.unwrap();
+        assert_eq!(cache.action_cache_update_capabilities.unwrap().update_enabled, update, "{identity}");
+        assert_eq!(caps.execution_capabilities.unwrap().exec_enabled, exec, "{identity}");
+    }
+}
+
+/// Uploads a Command running `script`, an empty input root and the Action, as `identity`.
+#[allow(deprecated)]
+async fn action(server: &TestServer, identity: &str, script: &str) -> reapi::Digest {
+    let command = reapi::Command {
+        arguments: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        output_files: vec!["out".into()],
+        environment_variables: vec![reapi::command::EnvironmentVariable { name: "PATH".into(), value: "/usr/bin:/bin".into() }],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let root = reapi::Directory::default().encode_to_vec();
+    let action = reapi::Action { command_digest: Some(sha256(&command)), input_root_digest: Some(sha256(&root)), ..Default::default() }.encode_to_vec();
+    let requests = [&command, &root, &action]
+        .into_iter()
+        .map(|b| reapi::batch_update_blobs_request::Request { digest: Some(sha256(b)), data: b.clone(), ..Default::default() })
+        .collect();
+    let mut cas = ContentAddressableStorageClient::new(as_id(server, identity));
+    cas.batch_update_blobs(reapi::BatchUpdateBlobsRequest { requests, ..Default::default() }).await.unwrap();
+    sha256(&action)
+}
+
+/// Starts an Execute as `identity` and returns the operation's name (its first message).
+async fn start_execute(server: &TestServer, identity: &str, digest: &reapi::Digest) -> String {
+    let request = reapi::ExecuteRequest { action_digest: Some(digest.clone()), ..Default::default() };
+    let mut stream = ExecutionClient::new(as_id(server, identity)).execute(request).await.unwrap().into_inner();
+    stream.next().await.unwrap().unwrap().name
+}
+
+async fn execute_to_end(server: &TestServer, identity: &str, digest: &reapi::Digest) -> reapi::ExecuteResponse {
+    let request = reapi::ExecuteRequest { action_digest: Some(digest.clone()), ..Default::default() };
+    let mut stream = ExecutionClient::new(as_id(server, identity)).execute(request).await.unwrap().into_inner();
+    let mut last = None;
+    while let Some(op) = stream.next().await {
+        last = Some(op.unwrap());
+    }
+    common::exec::response(&last.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_developer_gets_cached_remote_builds_but_cannot_forge_results() {
+    let (server, tmp) = start().await;
+    let digest = action(&server, "dev", "echo built > out").await;
+    // The attack: a result that says the action produced other bytes.
+    let forged = reapi::UpdateActionResultRequest {
+        action_digest: Some(digest.clone()),
+        action_result: Some(reapi::ActionResult { exit_code: 0, stdout_raw: b"forged".to_vec(), ..Default::default() }),
+        ..Default::default()
+    };
+    let status = ActionCacheClient::new(as_id(&server, "dev")).update_action_result(forged.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(status.message().contains("write_ac"), "{}", status.message());
+    let status = ActionCacheClient::new(channel(&server, None)).update_action_result(forged).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    // A bot with the bot token runs it; the server caches the result whoever asked.
+    let mut args = InProcessBot::args(format!("grpc://{}", server.addr), None, &tmp.path().join("bot"), 1, &[], "host");
+    let token_file = tmp.path().join("bot.token");
+    std::fs::write(&token_file, token("bot") + "\n").unwrap();
+    args.credentials.token_file = Some(token_file);
+    let bot = InProcessBot::run(args);
+    let first = execute_to_end(&server, "dev", &digest).await;
+    assert_eq!(first.result.as_ref().unwrap().exit_code, 0);
+    assert!(!first.cached_result);
+    let cached = ActionCacheClient::new(as_id(&server, "dev"))
+        .get_action_result(reapi::GetActionResultRequest { action_digest: Some(digest.clone()), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cached.output_files.len(), 1);
+    assert!(execute_to_end(&server, "dev", &digest).await.cached_result);
+    bot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_without_the_bot_permission_gets_no_work() {
+    let (server, tmp) = start().await;
+    let digest = action(&server, "ci", "echo secret > out").await;
+    let name = start_execute(&server, "ci", &digest).await;
+    for (ch, want) in [(as_id(&server, "dev"), Code::PermissionDenied), (channel(&server, None), Code::Unauthenticated)] {
+        let bot_session = rwapi::BotSession { bot_id: "rogue".into(), ..Default::default() };
+        let request = rwapi::CreateBotSessionRequest { parent: String::new(), bot_session: Some(bot_session) };
+        let status = rwapi::bots_client::BotsClient::new(ch).create_bot_session(request).await.unwrap_err();
+        assert_eq!(status.code(), want);
+    }
+    // `strata bot` without a token is refused the same way, and keeps retrying without taking work.
+    let anonymous = InProcessBot::run(InProcessBot::args(format!("grpc://{}", server.addr), None, &tmp.path().join("rogue"), 1, &[], "host"));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let op = OperationsClient::new(as_id(&server, "ci")).get_operation(lro::GetOperationRequest { name }).await.unwrap().into_inner();
+    assert!(!op.done);
+    let status = OperationsClient::new(as_id(&server, "admin")).list_operations(lro::ListOperationsRequest::default()).await.unwrap();
+    assert_eq!(status.into_inner().operations.len(), 1);
+    anonymous.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_belong_to_their_caller() {
+    let (server, _tmp) = start().await;
+    let digest = action(&server, "ci", "sleep 30").await;
+    let ci_op = start_execute(&server, "ci", &digest).await;
+    let dev_op = start_execute(&server, "dev", &digest).await;
+    let mut stranger = OperationsClient::new(as_id(&server, "dev2"));
+    let get = stranger.get_operation(lro::GetOperationRequest { name: ci_op.clone() }).await.unwrap_err();
+    assert_eq!(get.code(), Code::NotFound);
+    let cancel = stranger.cancel_operation(lro::CancelOperationRequest { name: ci_op.clone() }).await.unwrap_err();
+    assert_eq!(cancel.code(), Code::NotFound);
+    let delete = stranger.delete_operation(lro::DeleteOperationRequest { name: ci_op.clone() }).await.unwrap_err();
+    assert_eq!(delete.code(), Code::NotFound);
+    let wait = ExecutionClient::new(as_id(&server, "dev2")).wait_execution(reapi::WaitExecutionRequest { name: ci_op.clone() }).await.unwrap_err();
+    assert_eq!(wait.code(), Code::NotFound);
+    let listed = stranger.list_operations(lro::ListOperationsRequest::default()).await.unwrap().into_inner();
+    assert!(listed.operations.is_empty());
+    let own = OperationsClient::new(as_id(&server, "ci")).list_operations(lro::ListOperationsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(own.operations.iter().map(|o| o.name.clone()).collect::<Vec<_>>(), vec![ci_op.clone()]);
+    let all = OperationsClient::new(as_id(&server, "admin")).list_operations(lro::ListOperationsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(all.operations.len(), 2);
+
+    // The same action from two callers shares one job: one owner's cancel leaves the other's going.
+    OperationsClient::new(as_id(&server, "ci")).cancel_operation(lro::CancelOperationRequest { name: ci_op.clone() }).await.unwrap();
+    let mut dev = OperationsClient::new(as_id(&server, "dev"));
+    let theirs = dev.get_operation(lro::GetOperationRequest { name: dev_op.clone() }).await.unwrap().into_inner();
+    assert!(!theirs.done, "the other owner's operation was cancelled too");
+    let mine = OperationsClient::new(as_id(&server, "ci")).get_operation(lro::GetOperationRequest { name: ci_op }).await.unwrap().into_inner();
+    assert!(mine.done);
+    // An admin may cancel anyone's.
+    OperationsClient::new(as_id(&server, "admin")).cancel_operation(lro::CancelOperationRequest { name: dev_op.clone() }).await.unwrap();
+    assert!(dev.get_operation(lro::GetOperationRequest { name: dev_op }).await.unwrap().into_inner().done);
+}
