@@ -671,6 +671,30 @@ async fn bubblewrap_sandboxes_the_action() {
 
     bot.stop().await;
 
+    // As root (CI runs as root; containers often do): no remount of the read-only system, no view
+    // of the host's private files or of anything outside the system directories.
+    let secret_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bwrap-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&secret_dir).unwrap();
+    let secret = secret_dir.join("secret");
+    std::fs::write(&secret, "server data").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let bot = InProcessBot::start_with(format!("grpc://{}", server.addr), None, &tmp.path().join("bot-root"), 1, &[], "bubblewrap");
+    let script = format!(
+        "mount -o remount,bind,rw /usr 2>/dev/null && echo remounted; \
+         touch /usr/strata-remount 2>/dev/null && echo wrote-usr; \
+         cat /etc/shadow 2>/dev/null | head -c 1 | grep -q . && echo read-shadow; \
+         cat {secret} 2>/dev/null && echo read-data; \
+         ls /root /home 2>/dev/null | grep -q . && echo saw-home; \
+         grep -q '^CapEff:.*0000000000000000' /proc/self/status && echo no-caps",
+        secret = secret.display()
+    );
+    let result = execute(&server, &action(&server, &sh(&script)).await).await.result.unwrap();
+    let stdout = String::from_utf8(read_blob(&server, &result.stdout_digest).await).unwrap();
+    assert_eq!(stdout, "no-caps\n", "stderr: {}", String::from_utf8_lossy(&read_blob(&server, &result.stderr_digest).await));
+    assert!(!std::path::Path::new("/usr/strata-remount").exists());
+    std::fs::remove_dir_all(&secret_dir).unwrap();
+    bot.stop().await;
+
     // The network is there when the action's platform asks for it (of a bot that offers it).
     let bot = InProcessBot::start_with(format!("grpc://{}", server.addr), None, &tmp.path().join("bot-net"), 1, &[("network", "on")], "bubblewrap");
     let mut spec = sh(&format!("{connect} && echo net-open"));

@@ -1,5 +1,6 @@
-//! Runs an action's command: on the host; inside bubblewrap over the host's system (read-only
-//! system, writable action directory, private /tmp, no network unless asked for, dies with the bot),
+//! Runs an action's command: on the host; inside bubblewrap over the host's system (the system
+//! directories read-only, its own action directory writable, a private /tmp, no capabilities even
+//! for a root bot, no network unless asked for, dies with the bot),
 //! for clients such as Bazel and recc whose actions use the worker's tools; or hermetic, where the
 //! input root is the sandbox's `/` (plus /proc, /dev and a private /tmp), for clients such as
 //! BuildStream whose input root brings the whole system. The command runs in a process group of
@@ -33,7 +34,8 @@ pub enum RunnerKind {
 #[derive(Clone, Debug)]
 pub enum Runner {
     Host,
-    Bubblewrap { bwrap: PathBuf },
+    /// With the bubblewrap arguments that show the host's system, worked out once.
+    Bubblewrap { bwrap: PathBuf, system: Vec<PathBuf> },
     Hermetic { bwrap: PathBuf },
 }
 
@@ -61,7 +63,7 @@ impl Runner {
     pub fn new(kind: RunnerKind) -> Result<Runner, BotError> {
         match kind {
             RunnerKind::Host => Ok(Runner::Host),
-            RunnerKind::Bubblewrap => Ok(Runner::Bubblewrap { bwrap: bwrap("bubblewrap")? }),
+            RunnerKind::Bubblewrap => Ok(Runner::Bubblewrap { bwrap: bwrap("bubblewrap")?, system: system_view() }),
             RunnerKind::Hermetic => Ok(Runner::Hermetic { bwrap: bwrap("hermetic")? }),
         }
     }
@@ -77,11 +79,12 @@ impl Runner {
                 c.args(args);
                 c
             }
-            Runner::Bubblewrap { bwrap } => {
+            Runner::Bubblewrap { bwrap, system } => {
                 let mut c = tokio::process::Command::new(bwrap);
-                c.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]);
+                c.args(system);
+                c.args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]);
                 c.arg("--bind").arg(spawn.root).arg(spawn.root);
-                c.args(["--unshare-all", "--die-with-parent", "--new-session"]);
+                c.args(SANDBOX);
                 if spawn.network {
                     c.arg("--share-net");
                 }
@@ -94,7 +97,7 @@ impl Runner {
                 let mut c = tokio::process::Command::new(bwrap);
                 c.arg("--bind").arg(spawn.root).arg("/");
                 c.args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]);
-                c.args(["--unshare-all", "--die-with-parent", "--new-session"]);
+                c.args(SANDBOX);
                 if spawn.network {
                     c.arg("--share-net");
                 }
@@ -129,6 +132,38 @@ impl Runner {
         let _ = child.wait().await;
         Ok(exit)
     }
+}
+
+/// Namespaces of its own, no capabilities (bubblewrap keeps them all for a root caller otherwise,
+/// and `mount -o remount,rw` would then reach the host), and the sandbox ends with the bot.
+const SANDBOX: [&str; 5] = ["--unshare-all", "--cap-drop", "ALL", "--die-with-parent", "--new-session"];
+
+/// The host directories an action over the host's system sees, read-only: the system, not /home,
+/// /root, /var, /srv, /opt or wherever the server and the bot keep their data.
+const SYSTEM_DIRS: [&str; 8] = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc"];
+/// Files under /etc no action needs and a root-owned sandbox could otherwise read (dropped
+/// capabilities do not stop an owner reading its own files).
+const HIDDEN: [&str; 6] = ["/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/ssh", "/etc/ssl/private"];
+
+fn system_view() -> Vec<PathBuf> {
+    let mut args: Vec<PathBuf> = Vec::new();
+    let mut add = |parts: &[&Path]| args.extend(parts.iter().map(|p| p.to_path_buf()));
+    for dir in SYSTEM_DIRS.map(Path::new) {
+        match std::fs::read_link(dir) {
+            // Merged /usr: /bin -> usr/bin stays a link.
+            Ok(target) => add(&[Path::new("--symlink"), &target, dir]),
+            Err(_) if dir.is_dir() => add(&[Path::new("--ro-bind"), dir, dir]),
+            Err(_) => {}
+        }
+    }
+    for hidden in HIDDEN.map(Path::new) {
+        match std::fs::symlink_metadata(hidden) {
+            Ok(m) if m.is_dir() => add(&[Path::new("--tmpfs"), hidden]),
+            Ok(_) => add(&[Path::new("--ro-bind"), Path::new("/dev/null"), hidden]),
+            Err(_) => {}
+        }
+    }
+    args
 }
 
 /// Finds `bwrap` for a runner that needs it.
