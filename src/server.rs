@@ -132,6 +132,7 @@ fn local_bot(config: &Config, bot: &LocalBotConfig) -> BotArgs {
         cache_size: bot.cache_size,
         credentials: Default::default(),
         token: None,
+        run_as: bot.run_as.clone(),
     }
 }
 

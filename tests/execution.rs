@@ -508,7 +508,8 @@ async fn operations_can_be_listed_in_pages_and_deleted() {
 /// The `strata bot` binary, as a child process.
 fn spawn_bot(server: &common::TestServer, work_dir: &std::path::Path, id: &str) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["bot", "--server", &format!("grpc://{}", server.addr), "--capacity", "1", "--bot-id", id, "--work-dir"])
+        // It records its pids in the test's own (root-only) directory.
+        .args(["bot", "--server", &format!("grpc://{}", server.addr), "--capacity", "1", "--bot-id", id, "--run-as", "root", "--work-dir"])
         .arg(work_dir)
         .env("STRATA_LOG", "warn")
         .spawn()
@@ -744,4 +745,35 @@ async fn an_action_cannot_poison_the_inputs_of_later_actions_host_runner() {
 async fn an_action_cannot_poison_the_inputs_of_later_actions_bubblewrap_runner() {
     assert!(std::path::Path::new("/usr/bin/bwrap").exists(), "this test needs bubblewrap (apt-get install bubblewrap; .ci/run installs it)");
     inputs_cannot_be_poisoned("bubblewrap").await;
+}
+
+/// A root bot's host actions run as `nobody`: they write their outputs, but cannot change their
+/// (root-owned, read-only) inputs, nor read what only root may.
+#[tokio::test]
+async fn a_root_bot_runs_host_actions_as_an_unprivileged_user() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: host actions run as the bot's own user, nothing to check here");
+        return;
+    }
+    let (server, tmp) = start().await;
+    let mut args = InProcessBot::args(format!("grpc://{}", server.addr), None, &tmp.path().join("bot"), 1, &[], "host");
+    args.run_as = None;
+    let bot = InProcessBot::run(args);
+    let data = b"good\n".to_vec();
+    let root = reapi::Directory {
+        files: vec![reapi::FileNode { name: "f".into(), digest: Some(common::sha256(&data)), ..Default::default() }],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    common::upload(&mut server.cas().await, "", &[&data, &root]).await;
+    let script = "id -u; chmod u+w f 2>/dev/null && echo chmodded; echo evil >> f 2>/dev/null && echo appended; \
+                  cat /etc/shadow >/dev/null 2>&1 && echo read-shadow; mkdir -p out && echo made > out/o && cat f";
+    let mut spec = Spec { input_root: Some(common::sha256(&root)), ..sh(script) };
+    spec.output_files = vec!["out/o".into()];
+    let result = execute(&server, &action(&server, &spec).await).await.result.unwrap();
+    let stdout = String::from_utf8(read_blob(&server, &result.stdout_digest).await).unwrap();
+    assert_eq!(stdout, "65534\ngood\n", "stderr: {}", String::from_utf8_lossy(&read_blob(&server, &result.stderr_digest).await));
+    assert_eq!(read_blob(&server, &result.output_files[0].digest).await, b"made\n");
+    bot.stop().await;
 }

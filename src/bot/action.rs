@@ -112,6 +112,12 @@ pub async fn run(ctx: Arc<Context>, lease_id: String, payload: Any) -> Result<re
         stderr: create(&stderr_path)?,
         network,
     };
+    if let Some(user) = ctx.runner.run_as() {
+        let (user, root) = (user.clone(), root.clone());
+        tokio::task::spawn_blocking(move || user.own(&root).map_err(|e| BotError::io(&root, e)))
+            .await
+            .map_err(|e| BotError::Setup(format!("preparing the action directory: {e}")))??;
+    }
     metadata.execution_start_timestamp = now();
     // Inputs whose inodes change from here on were touched by the action (see `check_untouched`).
     let spawned = super::inputs::ctime(&stdout_path).map_err(|e| BotError::io(&stdout_path, e))?;

@@ -76,6 +76,10 @@ pub struct BotArgs {
     /// The token itself, for the bots `strata serve` runs in its process.
     #[arg(skip)]
     pub token: Option<String>,
+    /// The user host-runner actions run as when the bot runs as root (default: nobody), so that
+    /// an action cannot change its inputs or the bot's files.
+    #[arg(long)]
+    pub run_as: Option<String>,
 }
 
 pub const DEFAULT_CACHE_SIZE: &str = "10GiB";
@@ -163,7 +167,7 @@ pub async fn run(args: BotArgs, shutdown: impl Future<Output = ()>) -> Result<()
     if args.capacity == 0 {
         return Err(BotError::Setup("--capacity must be at least 1".into()));
     }
-    let runner = runner::Runner::new(args.runner)?;
+    let runner = runner::Runner::new(args.runner, args.run_as.as_deref())?;
     let cas_endpoint = args.cas.clone().unwrap_or_else(|| args.server.clone());
     let mut auth = args.credentials.load().map_err(BotError::Setup)?;
     if let Some(token) = &args.token {

@@ -33,7 +33,8 @@ pub enum RunnerKind {
 
 #[derive(Clone, Debug)]
 pub enum Runner {
-    Host,
+    /// As the bot's own user, or (a root bot) as another one.
+    Host { run_as: Option<RunAs> },
     /// With the bubblewrap arguments that show the host's system, worked out once.
     Bubblewrap { bwrap: PathBuf, system: Vec<PathBuf> },
     Hermetic { bwrap: PathBuf },
@@ -60,11 +61,19 @@ pub enum Exit {
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 impl Runner {
-    pub fn new(kind: RunnerKind) -> Result<Runner, BotError> {
+    pub fn new(kind: RunnerKind, run_as: Option<&str>) -> Result<Runner, BotError> {
         match kind {
-            RunnerKind::Host => Ok(Runner::Host),
+            RunnerKind::Host => Ok(Runner::Host { run_as: RunAs::for_root_bot(run_as)? }),
             RunnerKind::Bubblewrap => Ok(Runner::Bubblewrap { bwrap: bwrap("bubblewrap")?, system: system_view() }),
             RunnerKind::Hermetic => Ok(Runner::Hermetic { bwrap: bwrap("hermetic")? }),
+        }
+    }
+
+    /// The user the action runs as, when it is not the bot's.
+    pub fn run_as(&self) -> Option<&RunAs> {
+        match self {
+            Runner::Host { run_as } => run_as.as_ref(),
+            _ => None,
         }
     }
 
@@ -74,9 +83,17 @@ impl Runner {
             return Err(BotError::Invalid("the command has no arguments".into()));
         };
         let mut command = match self {
-            Runner::Host => {
+            Runner::Host { run_as: None } => {
                 let mut c = tokio::process::Command::new(resolve(program, spawn.environment));
                 c.args(args);
+                c
+            }
+            Runner::Host { run_as: Some(user) } => {
+                // setpriv changes user and then execs: the spawn stays a posix_spawn (see above).
+                let mut c = tokio::process::Command::new(&user.setpriv);
+                c.arg(format!("--reuid={}", user.uid)).arg(format!("--regid={}", user.gid));
+                c.args(["--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]);
+                c.arg(resolve(program, spawn.environment)).args(args);
                 c
             }
             Runner::Bubblewrap { bwrap, system } => {
@@ -164,6 +181,56 @@ fn system_view() -> Vec<PathBuf> {
         }
     }
     args
+}
+
+/// The unprivileged user a root bot's host actions run as.
+#[derive(Clone, Debug)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    setpriv: PathBuf,
+}
+
+impl RunAs {
+    /// None unless the bot runs as root and the user is not root; `nobody` by default.
+    fn for_root_bot(name: Option<&str>) -> Result<Option<RunAs>, BotError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Ok(None);
+        }
+        let name = name.unwrap_or("nobody");
+        let (uid, gid) = lookup_user(name).ok_or_else(|| BotError::Setup(format!("--run-as {name:?}: no such user")))?;
+        if uid == 0 {
+            return Ok(None);
+        }
+        let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into());
+        let setpriv = find_in_path("setpriv", &path)
+            .ok_or_else(|| BotError::Setup("a root bot runs actions as another user with `setpriv` (Debian: util-linux), which is not on PATH".into()))?;
+        Ok(Some(RunAs { uid, gid, setpriv }))
+    }
+
+    /// Hands the action's directories to the user (its input files stay the bot's, read-only, so
+    /// the action can neither change nor chmod them).
+    pub fn own(&self, dir: &Path) -> std::io::Result<()> {
+        std::os::unix::fs::chown(dir, Some(self.uid), Some(self.gid))?;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                self.own(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A user's uid and primary gid, by name or number.
+fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        let (user, uid, gid) = (fields.first()?, fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?);
+        (*user == name || name.parse::<u32>() == Ok(uid)).then_some((uid, gid))
+    })
 }
 
 /// Finds `bwrap` for a runner that needs it.

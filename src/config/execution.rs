@@ -66,6 +66,9 @@ pub struct LocalBotConfig {
     /// Bytes its input cache holds at most.
     #[serde(default = "default_bot_cache_size")]
     pub cache_size: ByteSize,
+    /// The user host-runner actions run as when the bot runs as root (default `nobody`).
+    #[serde(default)]
+    pub run_as: Option<String>,
 }
 
 fn default_queue_timeout() -> Duration {

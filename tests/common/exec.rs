@@ -182,6 +182,8 @@ impl InProcessBot {
             cache_size: strata::units::ByteSize(64 << 20),
             credentials: Default::default(),
             token: None,
+            // These tests watch side effects in their own (root-only) temporary directories.
+            run_as: Some("root".into()),
         }
     }
 
