@@ -146,14 +146,14 @@ async fn call(family: Family, ch: AuthChannel, instance: &str) -> Code {
         Family::GetTree => {
             let request = reapi::GetTreeRequest { instance_name, root_digest: Some(digest), ..Default::default() };
             match ContentAddressableStorageClient::new(ch).get_tree(request).await {
-                Ok(response) => response.into_inner().next().await.map_or(Code::Ok, |r| code(r)),
+                Ok(response) => response.into_inner().next().await.map_or(Code::Ok, code),
                 Err(status) => status.code(),
             }
         }
         Family::ByteStreamRead => {
             let resource_name = format!("{}blobs/{}/{}", prefix(instance), digest.hash, digest.size_bytes);
             match ByteStreamClient::new(ch).read(ReadRequest { resource_name, ..Default::default() }).await {
-                Ok(response) => response.into_inner().next().await.map_or(Code::Ok, |r| code(r)),
+                Ok(response) => response.into_inner().next().await.map_or(Code::Ok, code),
                 Err(status) => status.code(),
             }
         }

@@ -167,7 +167,6 @@ pub async fn run(args: BotArgs, shutdown: impl Future<Output = ()>) -> Result<()
     if args.capacity == 0 {
         return Err(BotError::Setup("--capacity must be at least 1".into()));
     }
-    let runner = runner::Runner::new(args.runner, args.run_as.as_deref())?;
     let cas_endpoint = args.cas.clone().unwrap_or_else(|| args.server.clone());
     let mut auth = args.credentials.load().map_err(BotError::Setup)?;
     if let Some(token) = &args.token {
@@ -187,6 +186,8 @@ pub async fn run(args: BotArgs, shutdown: impl Future<Output = ()>) -> Result<()
     // Directories of actions that were running when a previous bot died.
     let _ = std::fs::remove_dir_all(&actions_dir);
     std::fs::create_dir_all(&actions_dir).map_err(|e| BotError::io(&actions_dir, e))?;
+    let absolute = std::path::absolute(&actions_dir).map_err(|e| BotError::io(&actions_dir, e))?;
+    let runner = runner::Runner::new(args.runner, args.run_as.as_deref(), &absolute)?;
     let ctx = Arc::new(Context { bot_id: bot_id(&args), cache, runner, actions_dir });
     let client = BotsClient::new(crate::protocol::channel(&args.server, &auth, Duration::from_secs(5))?);
     let mut bot = Bot { args, ctx, client, slots: HashMap::new(), current: None, version: String::new() };

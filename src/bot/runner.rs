@@ -61,9 +61,11 @@ pub enum Exit {
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 impl Runner {
-    pub fn new(kind: RunnerKind, run_as: Option<&str>) -> Result<Runner, BotError> {
+    /// `actions_dir` is where the actions' directories will be: a user it runs actions as must be
+    /// able to reach it.
+    pub fn new(kind: RunnerKind, run_as: Option<&str>, actions_dir: &Path) -> Result<Runner, BotError> {
         match kind {
-            RunnerKind::Host => Ok(Runner::Host { run_as: RunAs::for_root_bot(run_as)? }),
+            RunnerKind::Host => Ok(Runner::Host { run_as: RunAs::for_root_bot(run_as, actions_dir)? }),
             RunnerKind::Bubblewrap => Ok(Runner::Bubblewrap { bwrap: bwrap("bubblewrap")?, system: system_view() }),
             RunnerKind::Hermetic => Ok(Runner::Hermetic { bwrap: bwrap("hermetic")? }),
         }
@@ -192,20 +194,30 @@ pub struct RunAs {
 }
 
 impl RunAs {
-    /// None unless the bot runs as root and the user is not root; `nobody` by default.
-    fn for_root_bot(name: Option<&str>) -> Result<Option<RunAs>, BotError> {
+    /// None unless the bot runs as root and the user is not root; `nobody` by default, unless
+    /// nobody can reach the actions' directory (then the actions run as root, with a warning).
+    fn for_root_bot(name: Option<&str>, actions_dir: &Path) -> Result<Option<RunAs>, BotError> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Ok(None);
         }
-        let name = name.unwrap_or("nobody");
-        let (uid, gid) = lookup_user(name).ok_or_else(|| BotError::Setup(format!("--run-as {name:?}: no such user")))?;
+        let chosen = name.unwrap_or("nobody");
+        let (uid, gid) = lookup_user(chosen).ok_or_else(|| BotError::Setup(format!("--run-as {chosen:?}: no such user")))?;
         if uid == 0 {
+            return Ok(None);
+        }
+        if let Some(blocked) = unreachable_ancestor(actions_dir, uid, gid) {
+            let why = format!("user {chosen:?} cannot enter {} (on the way to the work directory {})", blocked.display(), actions_dir.display());
+            if name.is_some() {
+                return Err(BotError::Setup(format!("--run-as: {why}; give the bot a work directory that user can reach")));
+            }
+            tracing::warn!("host actions run as root: {why}; give the bot a work directory others can enter (chmod o+x) or set run_as");
             return Ok(None);
         }
         let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into());
         let setpriv = find_in_path("setpriv", &path)
             .ok_or_else(|| BotError::Setup("a root bot runs actions as another user with `setpriv` (Debian: util-linux), which is not on PATH".into()))?;
+        tracing::info!("host actions run as user {chosen:?} (uid {uid}, gid {gid}), not as the bot's root");
         Ok(Some(RunAs { uid, gid, setpriv }))
     }
 
@@ -221,6 +233,21 @@ impl RunAs {
         }
         Ok(())
     }
+}
+
+/// The first directory on the way to `dir` that the user cannot search, if any.
+fn unreachable_ancestor(dir: &Path, uid: u32, gid: u32) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut at = PathBuf::from("/");
+    for part in dir.components().skip(1) {
+        at.push(part);
+        let Ok(m) = std::fs::metadata(&at) else { break };
+        let searchable = if m.uid() == uid { m.mode() & 0o100 != 0 } else if m.gid() == gid { m.mode() & 0o010 != 0 } else { m.mode() & 0o001 != 0 };
+        if !searchable {
+            return Some(at);
+        }
+    }
+    None
 }
 
 /// A user's uid and primary gid, by name or number.

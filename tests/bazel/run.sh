@@ -28,6 +28,8 @@ strata=$(realpath "$strata" 2>/dev/null || echo "$strata")
 command -v bazel >/dev/null || { echo "bazel not found: apt-get install bazel-bootstrap" >&2; exit 1; }
 
 work=$(mktemp -d)
+# A root bot runs host actions as nobody, who must be able to enter the bot's work directory.
+chmod 755 "$work"
 strata_pid=""
 upstream_pid=""
 bot_pid=""
