@@ -76,7 +76,9 @@ where
             if have.has(needs) || (needs == Permission::Execute && have.has(Permission::Admin)) {
                 Ok(caller)
             } else {
-                Err(caller.denied("make this call", needs))
+                // The method's name as the caller sent it, if it is a plausible one.
+                let method = request.uri().path().rsplit('/').next().filter(|m| m.len() <= 64 && m.bytes().all(|b| b.is_ascii_alphanumeric()));
+                Err(caller.denied(method.unwrap_or("this call"), needs))
             }
         });
         match checked {

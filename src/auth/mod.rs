@@ -100,14 +100,14 @@ impl Caller {
     }
 
     /// UNAUTHENTICATED for a caller without credentials (they may have the right ones),
-    /// PERMISSION_DENIED for an identity that lacks the permission.
-    pub fn denied(&self, what: &str, permission: Permission) -> Status {
+    /// PERMISSION_DENIED for an identity that lacks the permission. `call` names what was asked.
+    pub fn denied(&self, call: &str, permission: Permission) -> Status {
         match &self.name {
             None => Status::unauthenticated(format!(
-                "{what} needs the {} permission; send credentials (a bearer token or a client certificate) of an identity that has it",
+                "{call} needs the {} permission; send credentials (a bearer token or a client certificate) of an identity that has it",
                 permission.name()
             )),
-            Some(name) => Status::permission_denied(format!("identity {} may not {what}: it lacks the {} permission", quote(name), permission.name())),
+            Some(name) => Status::permission_denied(format!("identity {} lacks the {} permission for {call}", quote(name), permission.name())),
         }
     }
 }
@@ -130,7 +130,7 @@ impl Access {
         if self.caller.may(instance, self.needs) {
             Ok(())
         } else {
-            Err(self.caller.denied(&format!("call this on instance {}", quote(instance)), self.needs))
+            Err(self.caller.denied(&format!("this call on instance {}", quote(instance)), self.needs))
         }
     }
 }

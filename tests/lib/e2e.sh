@@ -95,16 +95,17 @@ in_sid() { "$(dirname "${BASH_SOURCE[0]}")/../sid/chroot.sh" --run "$sid_root" "
 # /usr/bin/buildbox-RUNNER) in the chroot, as a bot of the server on $port; sets worker_pids and
 # logs to $work/NAME-casd.log and $work/NAME-worker.log. casd and the worker each get a mount
 # namespace of their own (chroot.sh --run), so a FUSE staging by casd would be invisible to the
-# runner: it stages by hard links instead.
+# runner: it stages by hard links instead. casd gets the arguments in the array casd_args, if set;
+# both speak $remote_scheme (default http; https for a server with TLS).
 start_buildbox_worker() {
     local runner=$1 name=$2
     shift 2
     mkdir -p "$work/$name"
-    in_sid buildbox-casd --cas-remote="http://127.0.0.1:$port" --bind="unix:$inside/$name/casd.sock" "$inside/$name/cache" \
+    in_sid buildbox-casd --cas-remote="${remote_scheme:-http}://127.0.0.1:$port" "${casd_args[@]}" --bind="unix:$inside/$name/casd.sock" "$inside/$name/cache" \
         >"$work/$name-casd.log" 2>&1 &
     worker_pids=($!)
     wait_socket "$work/$name/casd.sock" "$work/$name-casd.log"
-    in_sid buildbox-worker --bots-remote="http://127.0.0.1:$port" --cas-remote="unix:$inside/$name/casd.sock" \
+    in_sid buildbox-worker --bots-remote="${remote_scheme:-http}://127.0.0.1:$port" --cas-remote="unix:$inside/$name/casd.sock" \
         --buildbox-run="/usr/bin/buildbox-$runner" --runner-arg=--staging-mode=copy-or-link "$@" "$name" \
         >"$work/$name-worker.log" 2>&1 &
     worker_pids+=($!)

@@ -32,11 +32,12 @@ scenarios=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --strata) strata=$2; shift 2 ;;
-        worker|default|downloader) scenarios+=("$1"); shift ;;
-        *) echo "usage: $0 [worker|default|downloader]... [--strata PATH]" >&2; exit 2 ;;
+        worker|default|downloader|auth) scenarios+=("$1"); shift ;;
+        *) echo "usage: $0 [worker|default|downloader|auth]... [--strata PATH]" >&2; exit 2 ;;
     esac
 done
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(worker default)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(worker default auth)
+casd_args=()
 strata=$(realpath "$strata")
 sid_root=${STRATA_SID_ROOT:-/var/cache/strata-ci/sid}
 [ -x "$strata" ] || { echo "strata binary not found at $strata (run cargo build first)" >&2; exit 1; }
@@ -68,7 +69,7 @@ recc_compiles() {
         printf '#include "include/base.h"\nint f%s(int x) { return x * BASE + %s; }\n' "$i" "$i" >"$work/src/f$i.c"
     done
     for i in 1 2 3 4; do
-        in_sid sh -c "cd $inside/src && RECC_SERVER=http://127.0.0.1:$port RECC_VERBOSE=1 recc gcc -c f$i.c -o f$i.o" \
+        in_sid sh -c "cd $inside/src && ${recc_env:-RECC_SERVER=http://127.0.0.1:$port} RECC_VERBOSE=1 recc gcc -c f$i.c -o f$i.o" \
             >"$work/recc-$i.log" 2>&1 || fail "recc exited non-zero"
         grep -q "Remote execution finished with exit code 0" "$work/recc-$i.log" || fail "recc did not compile f$i.c remotely"
         if [ "$check" = --any-compiler ]; then
@@ -185,6 +186,53 @@ bazel_downloader() {
         || in_sid cmp "$inside/origin/payload.txt" "$inside/dl/bazel-bin/copy.txt" || fail "the downloaded file is wrong"
     in_sid sh -c "cd $inside/dl && bazel --output_user_root=$inside/dl-root shutdown" >/dev/null 2>&1 || true
     echo "bazel 7 downloader: http_file fetched through Strata, and again from Strata alone after the origin stopped"
+}
+
+# config/auth.yaml: Bazel 7 with tokens (tests/bazel/auth.sh), then buildbox-worker as a bot over TLS
+# (buildbox sends tokens over TLS only, and Debian's Bazel 7 cannot speak TLS: recc is the client
+# there), refused without a token and serving with --bots-access-token.
+scenario_auth() {
+    echo "== bearer tokens: Bazel 7 as CI and as a developer"
+    BAZEL_RUN="$here/chroot.sh --run $sid_root" STRATA_WORK_ROOT=$sid_root STRATA_BAZEL_WORKSPACE=$here/workspace \
+        STRATA_CHANGE_FILE=input.txt "$here/../bazel/auth.sh" "$strata" || fail "Bazel 7 with tokens"
+    # buildbox sends tokens over TLS only: config/auth.yaml with a certificate for 127.0.0.1.
+    echo "== buildbox-worker as a bot of config/auth.yaml, over TLS"
+    mkdir -p "$work/tokens"
+    for name in ci dev bot; do python3 -c 'import secrets; print(secrets.token_hex(32))' >"$work/tokens/$name.token"; done
+    export STRATA_TOKEN_DIR=$work/tokens
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=127.0.0.1 \
+        -addext subjectAltName=IP:127.0.0.1 -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+    { cat "$here/../../config/auth.yaml"; echo "tls: { certificate: $work/cert.pem, key: $work/key.pem }"; } >"$work/auth-tls.yaml"
+    strata_args=(--config "$work/auth-tls.yaml")
+    start_strata "${strata_args[@]}"
+    remote_scheme=https
+    local saved_endpoint=$endpoint
+    endpoint=grpcs://127.0.0.1:$port
+    # Without a token buildbox-casd cannot start (Capabilities is refused), nor can the worker
+    # open a bot session (its casd has the token here).
+    mkdir -p "$work/no-token"
+    if timeout 20 "$here/chroot.sh" --run "$sid_root" buildbox-casd --cas-remote="https://127.0.0.1:$port" \
+        --cas-server-cert="$inside/cert.pem" --bind="unix:$inside/no-token/casd.sock" "$inside/no-token/cache" \
+        >"$work/no-token-casd.log" 2>&1; then
+        fail "buildbox-casd without a token started"
+    fi
+    grep -q "needs the read permission" "$work/no-token-casd.log" || fail "buildbox-casd was not refused for want of a token"
+    casd_args=(--cas-server-cert="$inside/cert.pem" --cas-access-token="$inside/tokens/bot.token")
+    start_buildbox_worker run-hosttools anonymous-worker --bots-server-cert="$inside/cert.pem" \
+        --platform OSFamily=linux --platform ISA=x86-64
+    for _ in $(seq 1 50); do grep -q "needs the bot permission" "$work/anonymous-worker-worker.log" && break; sleep 0.2; done
+    grep -q "needs the bot permission" "$work/anonymous-worker-worker.log" || fail "buildbox-worker without a token was not refused"
+    stop_buildbox_worker
+    start_buildbox_worker run-hosttools token-worker --bots-server-cert="$inside/cert.pem" \
+        --bots-access-token="$inside/tokens/bot.token" --concurrent-jobs=2 --platform OSFamily=linux --platform ISA=x86-64
+    casd_args=()
+    recc_env="RECC_SERVER=https://127.0.0.1:$port RECC_SERVER_CERT=$inside/cert.pem RECC_ACCESS_TOKEN_PATH=$inside/tokens/ci.token"
+    recc_compiles
+    recc_env=""
+    stop_strata
+    stop_buildbox_worker
+    remote_scheme=http
+    endpoint=$saved_endpoint
 }
 
 scenario_default() {
