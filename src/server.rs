@@ -138,17 +138,40 @@ fn local_bot(config: &Config, bot: &LocalBotConfig) -> BotArgs {
 
 /// A server others can reach should not let anyone write results or serve as a bot.
 fn warn_if_open(config: &Config, authenticator: &Authenticator) {
+    if let Some(warning) = open_warning(&config.listen, authenticator.anonymous()) {
+        tracing::warn!("{warning}");
+    }
+}
+
+fn open_warning(listen: &str, anonymous: crate::auth::Permissions) -> Option<String> {
     use crate::config::Permission;
-    let loopback = config.listen.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
-    let anonymous = authenticator.anonymous();
+    let loopback = listen.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
     let risky: Vec<&str> = [Permission::Write, Permission::WriteAc, Permission::Bot].into_iter().filter(|p| anonymous.has(*p)).map(|p| p.name()).collect();
-    if !loopback && !risky.is_empty() {
-        tracing::warn!(
-            "listening on {} with anonymous {} permission: anyone who reaches it can {}; add an `auth` section (see config/auth.yaml)",
-            config.listen,
-            risky.join(", "),
-            if anonymous.has(Permission::WriteAc) { "forge cached results" } else { "fill the cache or take work" }
-        );
+    if loopback || risky.is_empty() {
+        return None;
+    }
+    let harm = if anonymous.has(Permission::WriteAc) { "forge cached results" } else { "fill the cache or take work" };
+    Some(format!(
+        "listening on {listen} with anonymous {} permission: anyone who reaches it can {harm}; add an `auth` section (see config/auth.yaml)",
+        risky.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::open_warning;
+    use crate::auth::Permissions;
+    use crate::config::Permission;
+
+    #[test]
+    fn anonymous_writers_are_warned_about_off_loopback_only() {
+        assert_eq!(open_warning("127.0.0.1:50051", Permissions::ALL), None);
+        assert_eq!(open_warning("[::1]:50051", Permissions::ALL), None);
+        assert_eq!(open_warning("0.0.0.0:50051", Permissions::of(&[Permission::Read, Permission::Execute])), None);
+        let warning = open_warning("0.0.0.0:50051", Permissions::ALL).unwrap_or_default();
+        assert!(warning.contains("write, write_ac, bot") && warning.contains("forge"), "{warning}");
+        let warning = open_warning("10.0.0.1:50051", Permissions::of(&[Permission::Bot])).unwrap_or_default();
+        assert!(warning.contains("anonymous bot permission"), "{warning}");
     }
 }
 

@@ -424,3 +424,69 @@ async fn operations_belong_to_their_caller() {
     OperationsClient::new(as_id(&server, "admin")).cancel_operation(lro::CancelOperationRequest { name: dev_op.clone() }).await.unwrap();
     assert!(dev.get_operation(lro::GetOperationRequest { name: dev_op }).await.unwrap().into_inner().done);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_cache_and_strata_bench_reach_an_upstream_with_their_tokens() {
+    let (upstream, tmp) = start().await;
+    let write_token = |name: &str| {
+        let path = tmp.path().join(format!("{name}.token"));
+        std::fs::write(&path, token(name) + "\n").unwrap();
+        path
+    };
+    let (ci, reader) = (write_token("ci"), write_token("reader"));
+    let site = |token_file: &std::path::Path, dir: &str| {
+        format!(
+            r#"
+listen: 127.0.0.1:0
+storage:
+  site:
+    cas:
+      - memory: {{ max_size: 8MiB }}
+      - remote: {{ endpoint: "grpc://{}", bearer_token_file: {token_file:?}, timeout: 5s, retries: 0 }}
+    action_cache: [ {{ memory: {{ max_size: 1MiB }} }} ]
+instances:
+  - {{ name: "", storage: site, services: [cas, action_cache] }}
+"#,
+            upstream.addr
+        ) + &format!("data_dir: {:?}\n", tmp.path().join(dir))
+    };
+    // With CI's token, a blob written to the site cache reaches the upstream.
+    let with_ci = TestServer::start_in(&site(&ci, "site-ci"), &tmp.path().join("site-ci")).await;
+    let blob = b"through the site cache".to_vec();
+    upload(&mut with_ci.cas().await, "", &[&blob]).await;
+    let mut upstream_cas = ContentAddressableStorageClient::new(as_id(&upstream, "reader"));
+    let request = reapi::FindMissingBlobsRequest { blob_digests: vec![sha256(&blob)], ..Default::default() };
+    assert!(upstream_cas.find_missing_blobs(request).await.unwrap().into_inner().missing_blob_digests.is_empty());
+    // With a reader's token, the upstream refuses the write and the site cache says so.
+    let with_reader = TestServer::start_in(&site(&reader, "site-reader"), &tmp.path().join("site-reader")).await;
+    let other = b"not for the upstream".to_vec();
+    let requests = vec![reapi::batch_update_blobs_request::Request { digest: Some(sha256(&other)), data: other.clone(), ..Default::default() }];
+    let response = with_reader.cas().await.batch_update_blobs(reapi::BatchUpdateBlobsRequest { requests, ..Default::default() }).await;
+    let refused = match response {
+        Ok(r) => r.into_inner().responses[0].status.as_ref().map_or(0, |s| s.code),
+        Err(status) => status.code() as i32,
+    };
+    assert_ne!(refused, 0, "the site cache acknowledged a write its upstream refused");
+
+    // strata bench sends its --token-file; without one it is told why it cannot run.
+    let bench = |token_file: Option<std::path::PathBuf>| strata::bench::BenchArgs {
+        endpoint: format!("grpc://{}", upstream.addr),
+        credentials: strata::protocol::credentials::CredentialFlags { token_file, ..Default::default() },
+        instance: String::new(),
+        scenario: "ac-hit".into(),
+        duration: 0.3,
+        warmup: 0.0,
+        concurrency: 1,
+        digest_function: "sha256".into(),
+        large_size: "1MiB".into(),
+        small_size: "1KiB".into(),
+        batch: 10,
+        find_missing: 10,
+        json: true,
+        quiet: true,
+    };
+    let report = strata::bench::run(bench(Some(ci))).await.unwrap();
+    assert_eq!(report.errors, 0, "{:?}", report.first_error);
+    let err = strata::bench::run(bench(None)).await.unwrap_err();
+    assert!(err.to_string().contains("needs the read permission"), "{err}");
+}
