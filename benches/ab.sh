@@ -5,8 +5,10 @@
 # even rounds run B first: the second server of a round measured up to 12% slower on find-missing
 # in an A/A run (the same binary twice), an order bias that alternation cancels.
 # Used for the cost of one change (e.g. metrics: A built before it, B after, with its HTTP listener on).
+# AUTH=1 measures the cost of authentication instead: B runs with an `auth` section of one static
+# token (all permissions) and the client sends it; A runs without (pass the same binary twice).
 #
-# Usage: benches/ab.sh A_BINARY B_BINARY     env: RUNS=3 DURATION=5 SCENARIOS="ac-hit ac-hit-64 find-missing"
+# Usage: benches/ab.sh A_BINARY B_BINARY     env: RUNS=3 DURATION=5 SCENARIOS="ac-hit ac-hit-64 find-missing" AUTH=
 set -euo pipefail
 
 a=$(realpath "$1")
@@ -34,7 +36,17 @@ YAML
 cp "$work/memory.yaml" "$work/memory-http.yaml"
 echo "http: { listen: 127.0.0.1:$(free_port) }" >>"$work/memory-http.yaml"
 
-measure() { # label binary config
+if [ -n "${AUTH:-}" ]; then
+    python3 -c 'import secrets; print(secrets.token_hex(32))' >"$work/bench.token"
+    cp "$work/memory.yaml" "$work/memory-auth.yaml"
+    printf 'auth:\n  identities:\n    - { name: bench, token_file: %s, permissions: [read, write, write_ac, execute] }\n' \
+        "$work/bench.token" >>"$work/memory-auth.yaml"
+fi
+measure() { # label binary config [bench args...]
+    local label=$1 binary=$2 config=$3
+    shift 3
+    local extra=("$@")
+    set -- "$label" "$binary" "$config"
     local port
     port=$(free_port)
     STRATA_LOG=warn "$2" serve --config "$3" --data-dir "$work/data-$1" --listen "127.0.0.1:$port" 2>>"$work/server.log" &
@@ -44,20 +56,21 @@ measure() { # label binary config
         local name=$scenario args=()
         if [ "$scenario" = ac-hit-64 ]; then name=ac-hit; args=(--concurrency 64); fi
         "$b" bench --endpoint "grpc://127.0.0.1:$port" --scenario "$name" --duration "$duration" --warmup 1 \
-            --concurrency 8 --json --quiet "${args[@]}" | sed "s/^{/{\"label\":\"$1\",\"case\":\"$scenario\",/" >>"$work/results.jsonl"
+            --concurrency 8 --json --quiet "${args[@]}" "${extra[@]}" | sed "s/^{/{\"label\":\"$1\",\"case\":\"$scenario\",/" >>"$work/results.jsonl"
     done
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 }
 for run in $(seq 1 "$runs"); do
     echo "== round $run of $runs"
-    b_config=$work/memory.yaml
+    b_config=$work/memory.yaml b_args=()
     if "$b" serve --help | grep -q -- --http-listen; then b_config=$work/memory-http.yaml; fi
+    if [ -n "${AUTH:-}" ]; then b_config=$work/memory-auth.yaml b_args=(--token-file "$work/bench.token"); fi
     if [ $((run % 2)) -eq 0 ]; then
-        measure B "$b" "$b_config"
+        measure B "$b" "$b_config" "${b_args[@]}"
         measure A "$a" "$work/memory.yaml"
     else
         measure A "$a" "$work/memory.yaml"
-        measure B "$b" "$b_config"
+        measure B "$b" "$b_config" "${b_args[@]}"
     fi
 done
 python3 - "$work/results.jsonl" <<'PY'

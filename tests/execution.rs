@@ -747,17 +747,18 @@ async fn an_action_cannot_poison_the_inputs_of_later_actions_bubblewrap_runner()
     inputs_cannot_be_poisoned("bubblewrap").await;
 }
 
-/// A root bot's host actions run as `nobody`: they write their outputs, but cannot change their
-/// (root-owned, read-only) inputs, nor read what only root may.
-#[tokio::test]
-async fn a_root_bot_runs_host_actions_as_an_unprivileged_user() {
+/// A root bot's host and bubblewrap actions run as `nobody`: they write their outputs, but cannot
+/// change their (root-owned, read-only) inputs, nor read what only root may.
+async fn a_root_bot_runs_actions_as_an_unprivileged_user(runner: &str) {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("not root: host actions run as the bot's own user, nothing to check here");
+        eprintln!("not root: actions run as the bot's own user, nothing to check here");
         return;
     }
     let (server, tmp) = start().await;
-    let mut args = InProcessBot::args(format!("grpc://{}", server.addr), None, &tmp.path().join("bot"), 1, &[], "host");
+    // The bot's work directory must be one nobody can enter.
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut args = InProcessBot::args(format!("grpc://{}", server.addr), None, &tmp.path().join("bot"), 1, &[], runner);
     args.run_as = None;
     let bot = InProcessBot::run(args);
     let data = b"good\n".to_vec();
@@ -768,7 +769,7 @@ async fn a_root_bot_runs_host_actions_as_an_unprivileged_user() {
     .encode_to_vec();
     common::upload(&mut server.cas().await, "", &[&data, &root]).await;
     let script = "id -u; chmod u+w f 2>/dev/null && echo chmodded; echo evil >> f 2>/dev/null && echo appended; \
-                  cat /etc/shadow >/dev/null 2>&1 && echo read-shadow; mkdir -p out && echo made > out/o && cat f";
+                  head -c 1 /etc/shadow 2>/dev/null | grep -q . && echo read-shadow; mkdir -p out && echo made > out/o && cat f";
     let mut spec = Spec { input_root: Some(common::sha256(&root)), ..sh(script) };
     spec.output_files = vec!["out/o".into()];
     let result = execute(&server, &action(&server, &spec).await).await.result.unwrap();
@@ -776,4 +777,14 @@ async fn a_root_bot_runs_host_actions_as_an_unprivileged_user() {
     assert_eq!(stdout, "65534\ngood\n", "stderr: {}", String::from_utf8_lossy(&read_blob(&server, &result.stderr_digest).await));
     assert_eq!(read_blob(&server, &result.output_files[0].digest).await, b"made\n");
     bot.stop().await;
+}
+
+#[tokio::test]
+async fn a_root_bot_runs_host_actions_as_an_unprivileged_user() {
+    a_root_bot_runs_actions_as_an_unprivileged_user("host").await;
+}
+
+#[tokio::test]
+async fn a_root_bot_runs_bubblewrap_as_an_unprivileged_user() {
+    a_root_bot_runs_actions_as_an_unprivileged_user("bubblewrap").await;
 }

@@ -187,7 +187,7 @@ pub async fn run(args: BotArgs, shutdown: impl Future<Output = ()>) -> Result<()
     let _ = std::fs::remove_dir_all(&actions_dir);
     std::fs::create_dir_all(&actions_dir).map_err(|e| BotError::io(&actions_dir, e))?;
     let absolute = std::path::absolute(&actions_dir).map_err(|e| BotError::io(&actions_dir, e))?;
-    let runner = runner::Runner::new(args.runner, args.run_as.as_deref(), &absolute)?;
+    let runner = runner::Runner::new(args.runner, args.run_as.as_deref(), &absolute).await?;
     let ctx = Arc::new(Context { bot_id: bot_id(&args), cache, runner, actions_dir });
     let client = BotsClient::new(crate::protocol::channel(&args.server, &auth, Duration::from_secs(5))?);
     let mut bot = Bot { args, ctx, client, slots: HashMap::new(), current: None, version: String::new() };

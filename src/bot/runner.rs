@@ -35,8 +35,9 @@ pub enum RunnerKind {
 pub enum Runner {
     /// As the bot's own user, or (a root bot) as another one.
     Host { run_as: Option<RunAs> },
-    /// With the bubblewrap arguments that show the host's system, worked out once.
-    Bubblewrap { bwrap: PathBuf, system: Vec<PathBuf> },
+    /// With the bubblewrap arguments that show the host's system, worked out once; a root bot
+    /// runs bubblewrap itself as another user where unprivileged user namespaces allow it.
+    Bubblewrap { bwrap: PathBuf, system: Vec<PathBuf>, run_as: Option<RunAs> },
     Hermetic { bwrap: PathBuf },
 }
 
@@ -63,10 +64,24 @@ const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 impl Runner {
     /// `actions_dir` is where the actions' directories will be: a user it runs actions as must be
     /// able to reach it.
-    pub fn new(kind: RunnerKind, run_as: Option<&str>, actions_dir: &Path) -> Result<Runner, BotError> {
+    pub async fn new(kind: RunnerKind, run_as: Option<&str>, actions_dir: &Path) -> Result<Runner, BotError> {
         match kind {
             RunnerKind::Host => Ok(Runner::Host { run_as: RunAs::for_root_bot(run_as, actions_dir)? }),
-            RunnerKind::Bubblewrap => Ok(Runner::Bubblewrap { bwrap: bwrap("bubblewrap")?, system: system_view() }),
+            RunnerKind::Bubblewrap => {
+                let bwrap = bwrap("bubblewrap")?;
+                let user = match RunAs::for_root_bot(run_as, actions_dir)? {
+                    Some(user) if user.can_sandbox(&bwrap).await => Some(user),
+                    Some(_) if run_as.is_some() => {
+                        return Err(BotError::Setup("--run-as: bubblewrap cannot make its sandbox as that user here (unprivileged user namespaces are off)".into()))
+                    }
+                    Some(_) => {
+                        tracing::warn!("bubblewrap runs as root (without capabilities): unprivileged user namespaces are off here");
+                        None
+                    }
+                    None => None,
+                };
+                Ok(Runner::Bubblewrap { bwrap, system: system_view(), run_as: user })
+            }
             RunnerKind::Hermetic => Ok(Runner::Hermetic { bwrap: bwrap("hermetic")? }),
         }
     }
@@ -74,8 +89,8 @@ impl Runner {
     /// The user the action runs as, when it is not the bot's.
     pub fn run_as(&self) -> Option<&RunAs> {
         match self {
-            Runner::Host { run_as } => run_as.as_ref(),
-            _ => None,
+            Runner::Host { run_as } | Runner::Bubblewrap { run_as, .. } => run_as.as_ref(),
+            Runner::Hermetic { .. } => None,
         }
     }
 
@@ -84,43 +99,47 @@ impl Runner {
         let Some((program, args)) = spawn.arguments.split_first() else {
             return Err(BotError::Invalid("the command has no arguments".into()));
         };
-        let mut command = match self {
-            Runner::Host { run_as: None } => {
-                let mut c = tokio::process::Command::new(resolve(program, spawn.environment));
-                c.args(args);
-                c
-            }
-            Runner::Host { run_as: Some(user) } => {
-                // setpriv changes user and then execs: the spawn stays a posix_spawn (see above).
-                let mut c = tokio::process::Command::new(&user.setpriv);
-                c.arg(format!("--reuid={}", user.uid)).arg(format!("--regid={}", user.gid));
-                c.args(["--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]);
-                c.arg(resolve(program, spawn.environment)).args(args);
-                c
-            }
-            Runner::Bubblewrap { bwrap, system } => {
-                let mut c = tokio::process::Command::new(bwrap);
-                c.args(system);
-                c.args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]);
-                c.arg("--bind").arg(spawn.root).arg(spawn.root);
-                c.args(SANDBOX);
+        let (launcher, mut launch_args): (PathBuf, Vec<std::ffi::OsString>) = match self {
+            Runner::Host { .. } => (resolve(program, spawn.environment), args.iter().map(Into::into).collect()),
+            Runner::Bubblewrap { bwrap, system, .. } => {
+                let mut a: Vec<std::ffi::OsString> = system.iter().map(Into::into).collect();
+                a.extend(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--bind"].map(Into::into));
+                a.extend([spawn.root.into(), spawn.root.into()]);
+                a.extend(SANDBOX.map(Into::into));
                 if spawn.network {
-                    c.arg("--share-net");
+                    a.push("--share-net".into());
                 }
-                c.arg("--chdir").arg(spawn.working_directory).arg("--").arg(program).args(args);
-                c
+                a.extend(["--chdir".into(), spawn.working_directory.into(), "--".into(), program.into()]);
+                a.extend(args.iter().map(Into::into));
+                (bwrap.clone(), a)
             }
             Runner::Hermetic { bwrap } => {
                 // The working directory as the command sees it, below the sandbox's `/`.
                 let inside = Path::new("/").join(spawn.working_directory.strip_prefix(spawn.root).unwrap_or(Path::new("")));
-                let mut c = tokio::process::Command::new(bwrap);
-                c.arg("--bind").arg(spawn.root).arg("/");
-                c.args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]);
-                c.args(SANDBOX);
+                let mut a: Vec<std::ffi::OsString> = vec!["--bind".into(), spawn.root.into(), "/".into()];
+                a.extend(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"].map(Into::into));
+                a.extend(SANDBOX.map(Into::into));
                 if spawn.network {
-                    c.arg("--share-net");
+                    a.push("--share-net".into());
                 }
-                c.arg("--chdir").arg(inside).arg("--").arg(program).args(args);
+                a.extend(["--chdir".into(), inside.into(), "--".into(), program.into()]);
+                a.extend(args.iter().map(Into::into));
+                (bwrap.clone(), a)
+            }
+        };
+        let mut command = match self.run_as() {
+            // setpriv changes user and then execs: the spawn stays a posix_spawn (see above).
+            Some(user) => {
+                let mut prefixed = user.setpriv_args();
+                prefixed.push(launcher.into());
+                prefixed.append(&mut launch_args);
+                let mut c = tokio::process::Command::new(&user.setpriv);
+                c.args(prefixed);
+                c
+            }
+            None => {
+                let mut c = tokio::process::Command::new(launcher);
+                c.args(launch_args);
                 c
             }
         };
@@ -217,8 +236,23 @@ impl RunAs {
         let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into());
         let setpriv = find_in_path("setpriv", &path)
             .ok_or_else(|| BotError::Setup("a root bot runs actions as another user with `setpriv` (Debian: util-linux), which is not on PATH".into()))?;
-        tracing::info!("host actions run as user {chosen:?} (uid {uid}, gid {gid}), not as the bot's root");
+        tracing::info!("actions run as user {chosen:?} (uid {uid}, gid {gid}), not as the bot's root");
         Ok(Some(RunAs { uid, gid, setpriv }))
+    }
+
+    fn setpriv_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec![format!("--reuid={}", self.uid).into(), format!("--regid={}", self.gid).into()];
+        args.extend(["--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"].map(Into::into));
+        args
+    }
+
+    /// Whether bubblewrap can build its sandbox as this user (it needs unprivileged user namespaces).
+    async fn can_sandbox(&self, bwrap: &Path) -> bool {
+        let mut args = self.setpriv_args();
+        args.push(bwrap.into());
+        args.extend(["--ro-bind", "/", "/", "--unshare-all", "--cap-drop", "ALL", "--", "true"].map(Into::into));
+        let status = tokio::process::Command::new(&self.setpriv).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().await;
+        status.is_ok_and(|s| s.success())
     }
 
     /// Hands the action's directories to the user (its input files stay the bot's, read-only, so
