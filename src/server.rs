@@ -405,7 +405,7 @@ impl Server {
         let http_stop = Arc::new(Notify::new());
         let http_task = self.http.map(|listener| {
             let exporter = Arc::new(Exporter::new(&self.metrics, self.stacks.clone(), self.scheduler.clone()));
-            let state = crate::http::HttpState { admin: admin.clone(), exporter };
+            let state = crate::http::HttpState { admin: admin.clone(), exporter, authenticator: self.authenticator.clone() };
             let stop = http_stop.clone();
             tokio::spawn(crate::http::serve(listener, state, async move { stop.notified().await }))
         });

@@ -490,3 +490,23 @@ instances:
     let err = strata::bench::run(bench(None)).await.unwrap_err();
     assert!(err.to_string().contains("needs the read permission"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_pages_need_an_admin_and_the_probes_do_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(&(config() + "http: { listen: 127.0.0.1:0 }\n"), tmp.path()).await;
+    let bearer = |name: &str| format!("Authorization: Bearer {}\r\n", token(name));
+    let d = sha256(b"no such blob");
+    let (action, blob) = (format!("/action?digest={}/{}", d.hash, d.size_bytes), format!("/blob?digest={}/{}", d.hash, d.size_bytes));
+    for page in ["/", action.as_str(), blob.as_str()] {
+        let (code, body) = http_get_with(&server, page, "").await;
+        assert_eq!(code, 401, "{page}: {body}");
+        assert_eq!(http_get_with(&server, page, &bearer("dev")).await.0, 403, "{page}");
+        assert_eq!(http_get_with(&server, page, "Authorization: Bearer forged-0123456789abcdef\r\n").await.0, 401, "{page}");
+        let admin = http_get_with(&server, page, &bearer("admin")).await.0;
+        assert!(![401, 403].contains(&admin), "{page}: {admin}");
+    }
+    for probe in ["/metrics", "/healthz", "/readyz"] {
+        assert_eq!(http_get(&server, probe).await.0, 200, "{probe}");
+    }
+}

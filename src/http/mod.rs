@@ -1,7 +1,8 @@
 //! The HTTP listener: `/metrics` (Prometheus text format), `/healthz` (the process serves),
 //! `/readyz` (its storage serves), the status page `/` with its action browser (`/action`), and blob
 //! downloads (`/blob`). Pages are rendered on the server (`pages`), need no JavaScript and load
-//! nothing from elsewhere.
+//! nothing from elsewhere. The pages show commands, environments and outputs: with `auth` they need
+//! a bearer token of an identity with `admin` (the probes and `/metrics` stay open).
 
 mod pages;
 
@@ -17,19 +18,25 @@ use futures::StreamExt;
 use serde::Deserialize;
 
 use crate::admin::Admin;
+use crate::auth::Authenticator;
+use crate::config::Permission;
 use crate::metrics::Exporter;
 
 #[derive(Clone)]
 pub struct HttpState {
     pub admin: Arc<Admin>,
     pub exporter: Arc<Exporter>,
+    pub authenticator: Arc<Authenticator>,
 }
 
 pub fn router(state: HttpState) -> Router {
-    Router::new()
+    let pages = Router::new()
         .route("/", get(status_page))
         .route("/action", get(action_page))
         .route("/blob", get(blob))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), admins_only));
+    Router::new()
+        .merge(pages)
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -40,6 +47,24 @@ pub fn router(state: HttpState) -> Router {
 pub async fn serve(listener: tokio::net::TcpListener, state: HttpState, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
     if let Err(e) = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await {
         tracing::error!("the HTTP listener stopped: {e}");
+    }
+}
+
+/// The pages need `admin`, unless anonymous callers have it (no `auth` section).
+async fn admins_only(State(state): State<HttpState>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if state.authenticator.anonymous().has(Permission::Admin) {
+        return next.run(request).await;
+    }
+    let authorization = request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    let text = |code, message: &str| (code, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{message}\n"));
+    match state.authenticator.authenticate(authorization, None) {
+        Ok(caller) if caller.grants.anywhere().has(Permission::Admin) => next.run(request).await,
+        Ok(caller) if caller.name.is_some() => text(StatusCode::FORBIDDEN, &caller.denied("this page", Permission::Admin).message().to_string()).into_response(),
+        Ok(_) | Err(_) => {
+            let mut response = text(StatusCode::UNAUTHORIZED, "this page needs a bearer token of an identity with the admin permission").into_response();
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            response
+        }
     }
 }
 

@@ -127,9 +127,14 @@ impl Drop for TestServer {
 
 /// GET over HTTP/1.0 from the server's HTTP listener: the status code and the body.
 pub async fn http_get(server: &TestServer, path: &str) -> (u16, String) {
+    http_get_with(server, path, "").await
+}
+
+/// A GET with extra header lines (each ending in \r\n).
+pub async fn http_get_with(server: &TestServer, path: &str, headers: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(server.http.expect("the configuration has no http section")).await.unwrap();
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes()).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n{headers}\r\n").as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.unwrap();
     let text = String::from_utf8_lossy(&raw).into_owned();
