@@ -510,3 +510,27 @@ async fn the_status_pages_need_an_admin_and_the_probes_do_not() {
         assert_eq!(http_get(&server, probe).await.0, 200, "{probe}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_session_belongs_to_the_identity_that_opened_it() {
+    let (server, _tmp) = start().await;
+    let create = |ch: AuthChannel| async move {
+        let bot_session = rwapi::BotSession { bot_id: "shared-id".into(), ..Default::default() };
+        let request = rwapi::CreateBotSessionRequest { parent: String::new(), bot_session: Some(bot_session) };
+        rwapi::bots_client::BotsClient::new(ch).create_bot_session(request).await.unwrap().into_inner()
+    };
+    let update = |ch: AuthChannel, session: rwapi::BotSession| async move {
+        let request = rwapi::UpdateBotSessionRequest { name: session.name.clone(), bot_session: Some(session), ..Default::default() };
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(std::time::Duration::from_millis(500));
+        rwapi::bots_client::BotsClient::new(ch).update_bot_session(request).await
+    };
+    let legit = create(as_id(&server, "bot")).await;
+    // Another identity with the bot permission, even with the same bot id, opens a bot of its own:
+    // it cannot update, read or close the first one's session.
+    let rogue = create(as_id(&server, "botter")).await;
+    assert_ne!(legit.name, rogue.name);
+    let status = update(as_id(&server, "botter"), legit.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    update(as_id(&server, "bot"), legit).await.unwrap();
+}

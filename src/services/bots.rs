@@ -147,6 +147,7 @@ impl Bots for BotsService {
         tracing::debug!(bot_id = %session.bot_id, ?session, "CreateBotSession");
         let new = NewSession {
             instance: req.parent.clone(),
+            owner: access.caller.name.clone(),
             bot_id: session.bot_id.clone(),
             properties: properties(&session),
             // Leases at once: Strata's bot and buildbox-worker (`--concurrent-jobs`) both send it.
@@ -161,6 +162,7 @@ impl Bots for BotsService {
 
     async fn update_bot_session(&self, request: Request<rwapi::UpdateBotSessionRequest>) -> Result<Response<BotSession>, Status> {
         let wait = deadline(&request).map_or(MAX_POLL, |d| d.saturating_sub(d / 10).min(MAX_POLL));
+        let access = Access::of(&request)?.clone();
         let req = request.into_inner();
         let session = req.bot_session.ok_or_else(|| Status::invalid_argument("bot_session missing"))?;
         let name = if req.name.is_empty() { session.name.clone() } else { req.name };
@@ -168,6 +170,10 @@ impl Bots for BotsService {
             return Err(Status::invalid_argument(format!("name {} and bot_session.name {} differ", quote(&name), quote(&session.name))));
         }
         tracing::trace!(session = %name, ?session, "UpdateBotSession");
+        // Another identity's session is not there for this caller.
+        if self.scheduler.session_owner(&name).map_err(status::from_scheduler)? != access.caller.name {
+            return Err(status::from_scheduler(crate::exec::scheduler::SchedulerError::UnknownSession(name)));
+        }
         let calling = Calling::new(&self.scheduler, &name);
         let status = bot_status(&session);
         let reported = self.scheduler.report(&name, reports(&session), status).map_err(status::from_scheduler)?;

@@ -189,9 +189,9 @@ impl Scheduler {
     /// an instance: a session it had there before (it restarted) is closed and its leases go back
     /// to the queue at once.
     pub fn create_session(&self, new: NewSession) -> (String, SessionView) {
-        let NewSession { instance, bot_id, properties, capacity, status, priority } = new;
+        let NewSession { instance, owner, bot_id, properties, capacity, status, priority } = new;
         let mut st = self.state.lock();
-        for old in st.sessions.of_bot(&instance, &bot_id) {
+        for old in st.sessions.of_bot(&instance, &bot_id, &owner) {
             if let Some(s) = st.sessions.remove(&old) {
                 tracing::info!(session = %old, bot_id, "bot opened a new session; its old one is closed and its leases queued again");
                 s.wake.notify_one();
@@ -205,6 +205,7 @@ impl Scheduler {
         }
         let session = Session {
             instance,
+            owner,
             bot_id: bot_id.clone(),
             status,
             priority,
@@ -220,6 +221,12 @@ impl Scheduler {
         fill_session(&mut st, &name);
         let view = self.view(&st, &name).unwrap_or_else(SessionView::gone);
         (name, view)
+    }
+
+    /// The identity that opened a session.
+    pub fn session_owner(&self, session: &str) -> Result<Option<Arc<str>>, SchedulerError> {
+        let st = self.state.lock();
+        st.sessions.get(session).map(|s| s.owner.clone()).ok_or_else(|| SchedulerError::UnknownSession(session.to_string()))
     }
 
     /// Applies a bot's update: its status, and accepted, completed and acknowledged-cancelled

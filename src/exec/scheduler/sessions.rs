@@ -11,6 +11,7 @@ use crate::protocol::rwapi::{BotStatus, LeaseState};
 
 pub struct Session {
     pub instance: String,
+    pub owner: Option<Arc<str>>,
     pub bot_id: String,
     /// The last BotStatus the bot reported; only healthy bots get work.
     pub status: BotStatus,
@@ -93,8 +94,11 @@ impl Sessions {
     }
 
     /// The sessions a bot id already has on an instance (it restarted).
-    pub fn of_bot(&self, instance: &str, bot_id: &str) -> Vec<String> {
-        self.by_name.iter().filter(|(_, s)| s.bot_id == bot_id && s.instance == instance).map(|(n, _)| n.clone()).collect()
+    /// The sessions of a bot id that `owner` opened (another identity's bot of the same id is
+    /// another bot: it cannot close this one's sessions).
+    pub fn of_bot(&self, instance: &str, bot_id: &str, owner: &Option<Arc<str>>) -> Vec<String> {
+        let mine = |s: &&Session| s.bot_id == bot_id && s.instance == instance && s.owner == *owner;
+        self.by_name.iter().filter(|(_, s)| mine(s)).map(|(n, _)| n.clone()).collect()
     }
 
     /// The session to hand a job to now: one with room that can run it, the bot's own priority first

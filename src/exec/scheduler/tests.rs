@@ -53,6 +53,7 @@ fn job(name: &[u8], platform: &[(&str, &str)], priority: i32, cacheable: bool) -
 fn bot(id: &str, properties: &[(&str, &str)], capacity: usize) -> NewSession {
     NewSession {
         instance: String::new(),
+        owner: None,
         bot_id: id.into(),
         properties: properties.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         capacity,

@@ -81,6 +81,8 @@ pub struct NewJob {
 /// A bot opening a session, for `Scheduler::create_session`.
 pub struct NewSession {
     pub instance: String,
+    /// The identity that opened it: only it may update the session.
+    pub owner: Option<Arc<str>>,
     pub bot_id: String,
     pub properties: Vec<(String, String)>,
     pub capacity: usize,
