@@ -59,7 +59,7 @@ async fn admins_only(State(state): State<HttpState>, request: axum::extract::Req
     let text = |code, message: &str| (code, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{message}\n"));
     match state.authenticator.authenticate(authorization, None) {
         Ok(caller) if caller.grants.anywhere().has(Permission::Admin) => next.run(request).await,
-        Ok(caller) if caller.name.is_some() => text(StatusCode::FORBIDDEN, &caller.denied("this page", Permission::Admin).message().to_string()).into_response(),
+        Ok(caller) if caller.name.is_some() => text(StatusCode::FORBIDDEN, caller.denied("this page", Permission::Admin).message()).into_response(),
         Ok(_) | Err(_) => {
             let mut response = text(StatusCode::UNAUTHORIZED, "this page needs a bearer token of an identity with the admin permission").into_response();
             response.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
