@@ -73,11 +73,11 @@ impl Instances {
         })
     }
 
-    /// The instance `access` may use for its call.
+    /// The instance `access` may use for its call. The permission first: a caller without it
+    /// does not learn which instances exist.
     fn for_call(&self, access: &Access, name: &str) -> Result<&Arc<Instance>, Status> {
-        let instance = self.get(name)?;
         access.check(name)?;
-        Ok(instance)
+        self.get(name)
     }
 
     pub fn cas(&self, access: &Access, name: &str) -> Result<&Cas, Status> {

@@ -4,7 +4,8 @@
 //! for clients such as Bazel and recc whose actions use the worker's tools; or hermetic, where the
 //! input root is the sandbox's `/` (plus /proc, /dev and a private /tmp), for clients such as
 //! BuildStream whose input root brings the whole system. The command runs in a process group of
-//! its own, and a timeout, a cancellation or a dropped run kills the whole group.
+//! its own, and a timeout, a cancellation or a dropped run kills the whole group. A root bot runs
+//! host and bubblewrap actions as an unprivileged user (`RunAs`), through setpriv.
 //!
 //! Commands are started with posix_spawn, never fork: a bot inside `strata serve` shares the
 //! server's address space, and forking a process with gigabytes of cache mapped took 170 ms per
@@ -204,7 +205,7 @@ fn system_view() -> Vec<PathBuf> {
     args
 }
 
-/// The unprivileged user a root bot's host actions run as.
+/// The unprivileged user a root bot's host and bubblewrap actions run as.
 #[derive(Clone, Debug)]
 pub struct RunAs {
     pub uid: u32,
@@ -230,7 +231,7 @@ impl RunAs {
             if name.is_some() {
                 return Err(BotError::Setup(format!("--run-as: {why}; give the bot a work directory that user can reach")));
             }
-            tracing::warn!("host actions run as root: {why}; give the bot a work directory others can enter (chmod o+x) or set run_as");
+            tracing::warn!("actions run as root: {why}; give the bot a work directory others can enter (chmod o+x) or set run_as");
             return Ok(None);
         }
         let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into());

@@ -28,9 +28,9 @@ impl Capabilities for CapabilitiesService {
         request: Request<reapi::GetCapabilitiesRequest>,
     ) -> Result<Response<reapi::ServerCapabilities>, Status> {
         let name = &request.get_ref().instance_name;
-        let instance = self.instances.get(name)?;
         let access = Access::of(&request)?;
         access.check(name)?;
+        let instance = self.instances.get(name)?;
         // Each caller hears what it may do: no cache updates without write_ac, no execution
         // without execute.
         let may = |p| access.caller.may(name, p);

@@ -93,9 +93,8 @@ impl Sessions {
         self.by_name.len()
     }
 
-    /// The sessions a bot id already has on an instance (it restarted).
-    /// The sessions of a bot id that `owner` opened (another identity's bot of the same id is
-    /// another bot: it cannot close this one's sessions).
+    /// The sessions a bot id already has on an instance (it restarted), of those `owner` opened:
+    /// another identity's bot of the same id is another bot, and cannot close this one's sessions.
     pub fn of_bot(&self, instance: &str, bot_id: &str, owner: &Option<Arc<str>>) -> Vec<String> {
         let mine = |s: &&Session| s.bot_id == bot_id && s.instance == instance && s.owner == *owner;
         self.by_name.iter().filter(|(_, s)| mine(s)).map(|(n, _)| n.clone()).collect()
