@@ -5,6 +5,7 @@
 mod common;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use common::matrix;
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
@@ -57,16 +58,6 @@ fn code(result: Result<(), tonic::Status>) -> Code {
     result.map_or_else(|s| s.code(), |_| Code::Ok)
 }
 
-const STORAGE: &str = r#"
-listen: 127.0.0.1:0
-storage:
-  main:
-    cas: [ { memory: { max_size: 8MiB } } ]
-    action_cache: [ { memory: { max_size: 1MiB } } ]
-instances:
-  - { name: "", storage: main, services: [cas, action_cache] }
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwts_are_verified_against_the_configured_keys() {
     let tmp = tempfile::tempdir().unwrap();
@@ -81,12 +72,16 @@ async fn jwts_are_verified_against_the_configured_keys() {
     let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ed.public_key_raw());
     let jwks = serde_json::json!({ "keys": [ { "kty": "OKP", "crv": "Ed25519", "x": x, "kid": "ed-1", "alg": "EdDSA" } ] });
     std::fs::write(tmp.path().join("keys.json"), jwks.to_string()).unwrap();
-    let config = format!(
-        "{STORAGE}auth:\n  jwt: {{ issuer: \"{ISSUER}\", audience: {AUDIENCE}, key_files: [{:?}, {:?}], jwks_file: {:?}, leeway: 0s }}\n  identities:\n    - {{ name: builder, jwt_subject: builder@example, permissions: [read] }}\n",
+    let mut config = format!(
+        "{}auth:\n  jwt: {{ issuer: \"{ISSUER}\", audience: {AUDIENCE}, key_files: [{:?}, {:?}], jwks_file: {:?}, leeway: 0s }}\n  identities:\n    - {{ name: builder, jwt_subject: builder@example, permissions: [read] }}\n",
+        matrix::SERVICES,
         tmp.path().join("rsa.pem"),
         tmp.path().join("ec.pem"),
         tmp.path().join("keys.json"),
     );
+    for (name, permission) in matrix::SINGLE {
+        config += &format!("    - {{ name: {name}, jwt_subject: {name}@example, permissions: [{permission}] }}\n");
+    }
     let server = TestServer::start_in(&config, &tmp.path().join("data")).await;
     let good = [
         jwt(Algorithm::RS256, &rsa, None, "builder@example", ISSUER, AUDIENCE, 300),
@@ -122,6 +117,9 @@ async fn jwts_are_verified_against_the_configured_keys() {
     assert_eq!(code(find_missing(channel(server.addr, "grpc", bearer(&nobody))).await), Code::PermissionDenied);
     // Garbage in the header.
     assert_eq!(code(find_missing(channel(server.addr, "grpc", bearer("a.b.c"))).await), Code::Unauthenticated);
+    // Every permission against every RPC family, with JWT identities.
+    let token_of = |name: &str| jwt(Algorithm::ES256, &ec, None, &format!("{name}@example"), ISSUER, AUDIENCE, 300);
+    matrix::check(|name| channel(server.addr, "grpc", bearer(&token_of(name))), "jwt").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,9 +147,13 @@ async fn client_certificates_signed_by_the_ca_are_identities() {
         path
     };
     let (ca_pem, cert, key) = (write("ca.pem", ca.pem()), write("server.pem", server_cert.pem()), write("server.key", server_key.serialize_pem()));
-    let config = format!(
-        "{STORAGE}tls: {{ certificate: {cert:?}, key: {key:?}, client_ca: {ca_pem:?} }}\nauth:\n  identities:\n    - {{ name: ci, certificate_subject: \"CN=ci, O=Example\", permissions: [read, write] }}\n"
+    let mut config = format!(
+        "{}tls: {{ certificate: {cert:?}, key: {key:?}, client_ca: {ca_pem:?} }}\nauth:\n  identities:\n    - {{ name: ci, certificate_subject: \"CN=ci, O=Example\", permissions: [read, write] }}\n",
+        matrix::SERVICES
     );
+    for (name, permission) in matrix::SINGLE {
+        config += &format!("    - {{ name: {name}-cert, certificate_subject: \"CN={name},O=Example\", permissions: [{permission}] }}\n");
+    }
     let server = TestServer::start_in(&config, &tmp.path().join("data")).await;
     let trust = ca.pem().into_bytes();
     let with = |certificate: Option<(Vec<u8>, Vec<u8>)>| ClientAuth { ca_certificate: Some(trust.clone()), certificate, ..Default::default() };
@@ -167,4 +169,7 @@ async fn client_certificates_signed_by_the_ca_are_identities() {
     let other_ca = CertifiedIssuer::self_signed(other_params, KeyPair::generate().unwrap()).unwrap();
     let refused = code(find_missing(channel(server.addr, "grpcs", with(Some(client("ci", &other_ca))))).await);
     assert!(matches!(refused, Code::Unavailable | Code::Unknown), "{refused:?}");
+    // Every permission against every RPC family, with certificate identities.
+    let certificates: std::collections::HashMap<&str, (Vec<u8>, Vec<u8>)> = matrix::SINGLE.iter().map(|(name, _)| (*name, client(name, &ca))).collect();
+    matrix::check(|name| channel(server.addr, "grpcs", with(Some(certificates[name].clone()))), "certificate").await;
 }

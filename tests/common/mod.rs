@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod exec;
+pub mod matrix;
 pub mod s3;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
