@@ -1,7 +1,8 @@
 //! Authentication and permissions with static bearer tokens: every permission against every RPC
 //! family, per-instance grants, what Capabilities tells each caller, and the attacks of an
 //! unauthenticated network: forging action results, serving as a rogue bot, reading or cancelling
-
+//! other callers' operations. The same matrix for JWTs and client certificates is in
+//! `auth_identities.rs`; the matrix itself in `common/matrix.rs`.
 
 mod common;
 
