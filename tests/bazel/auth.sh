@@ -4,7 +4,8 @@
 # cache; the developer identity is told by Capabilities that it may not write results (Bazel then
 # insists on --noremote_upload_local_results), and after a restart and `clean --expunge` gets every
 # action as a remote cache hit; a change only the developer built is not cached, and is a hit once
-# CI has built it.
+# CI has built it. Last, `strata bot` without a token is refused, and with --token-file it runs the
+# developer's remote build.
 #
 # The Bazel to run is $BAZEL (default: bazel, Debian's 4.2.3); $BAZEL_RUN may prefix every Bazel
 # command (tests/sid/run.sh runs Bazel 7 in the sid chroot), with $STRATA_WORK_ROOT a directory
@@ -24,6 +25,8 @@ run=${BAZEL_RUN:-}
 work_root=${STRATA_WORK_ROOT:-}
 
 if [ -n "$work_root" ]; then work=$(mktemp -d "$work_root/tmp/strata-auth.XXXXXX"); inside=${work#"$work_root"}; else work=$(mktemp -d); inside=$work; fi
+# A root bot runs actions as nobody, who must be able to enter the bot's work directory.
+chmod 755 "$work"
 pids=()
 cleanup() {
     $run sh -c "cd $inside/ws 2>/dev/null && $bazel --output_user_root=$inside/bazel-root shutdown" >/dev/null 2>&1 || true
@@ -99,4 +102,18 @@ build_as ci
 expunge
 build_as dev --noremote_upload_local_results
 expect_all_hits "$work/bazel.log" 5 || fail "the developer did not hit CI's result"
-echo "bazel with tokens: anonymous refused, CI wrote, developer $hits hits after clean --expunge and could not write"
+echo "== strata bot: refused without a token, serving with --token-file"
+"$strata" bot --server "$endpoint" --work-dir "$work/anonymous-bot" 2>"$work/anonymous-bot.log" &
+pids+=($!)
+for _ in $(seq 1 50); do grep -q "needs the bot permission" "$work/anonymous-bot.log" && break; sleep 0.2; done
+grep -q "needs the bot permission" "$work/anonymous-bot.log" || fail "strata bot without a token was not refused"
+kill "${pids[-1]}"
+"$strata" bot --server "$endpoint" --token-file "$work/tokens/bot.token" --capacity 2 --work-dir "$work/bot" 2>"$work/bot.log" &
+pids+=($!)
+echo "== the developer builds remotely on it"
+expunge
+build_as dev --noremote_upload_local_results --remote_executor="$endpoint" --spawn_strategy=remote --noremote_local_fallback \
+    --noremote_accept_cached
+expect_all_remote "$work/bazel.log" || fail "the developer's remote build ran something elsewhere"
+grep -q "action finished" "$work/bot.log" || fail "the bot logged no action"
+echo "bazel with tokens: anonymous refused, CI wrote, developer $hits hits after clean --expunge and could not write; remote build on strata bot --token-file"
