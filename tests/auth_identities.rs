@@ -168,7 +168,8 @@ async fn client_certificates_signed_by_the_ca_are_identities() {
     other_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let other_ca = CertifiedIssuer::self_signed(other_params, KeyPair::generate().unwrap()).unwrap();
     let refused = code(find_missing(channel(server.addr, "grpcs", with(Some(client("ci", &other_ca))))).await);
-    assert!(matches!(refused, Code::Unavailable | Code::Unknown), "{refused:?}");
+    // The handshake fails; the channel reports it as one of these, depending on timing.
+    assert!(matches!(refused, Code::Unavailable | Code::Unknown | Code::Cancelled), "{refused:?}");
     // Every permission against every RPC family, with certificate identities.
     let certificates: std::collections::HashMap<&str, (Vec<u8>, Vec<u8>)> = matrix::SINGLE.iter().map(|(name, _)| (*name, client(name, &ca))).collect();
     matrix::check(|name| channel(server.addr, "grpcs", with(Some(certificates[name].clone()))), "certificate").await;
