@@ -98,7 +98,7 @@ impl Health {
                 continue;
             }
             for (tier, state) in s.storage.tiers.iter().zip(&s.tiers).filter(|(t, _)| !t.local) {
-                let result = probe(tier.store.as_ref()).await;
+                let result = probe(tier.probe.as_ref()).await;
                 let mut state = state.lock();
                 if state.observe(result) {
                     match &state.error {

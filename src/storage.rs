@@ -44,6 +44,9 @@ pub struct TierView {
     /// A local tier (memory, disk) rather than an upstream.
     pub local: bool,
     pub store: Arc<dyn BlobStore>,
+    /// What the health probe asks: the tier below a write-behind spool, which would otherwise
+    /// answer for an upstream that is down.
+    pub probe: Arc<dyn BlobStore>,
 }
 
 const ASSET_INDEX_MEMORY: u64 = 16 << 20;
@@ -81,8 +84,8 @@ pub async fn build(config: &Config, upstream: &UpstreamMetrics) -> Result<Built,
             if tier.kind.is_upstream() {
                 opened.cas = Arc::new(Metered::new(opened.cas, opened.name.clone(), upstream.clone()));
             }
-            let tier_built = with_policy(config, opened, &tier.kind, &tier.policy, &label)?;
-            views.push(TierView::of("cas", &tier.kind, tier_built.name.clone(), tier_built.store.clone()));
+            let (tier_built, probe) = with_policy(config, opened, &tier.kind, &tier.policy, &label)?;
+            views.push(TierView { probe, ..TierView::of("cas", &tier.kind, tier_built.name.clone(), tier_built.store.clone()) });
             cas_tiers.push(tier_built);
         }
         let (mut ac_tiers, mut asset_tiers, mut asset_upstream) = (Vec::new(), Vec::new(), None);
@@ -125,7 +128,7 @@ impl TierView {
             TierKind::Remote(_) => "remote",
             TierKind::S3(_) => "s3",
         };
-        TierView { role, name, kind: kind_name, local: !kind.is_upstream(), store }
+        TierView { role, name, kind: kind_name, local: !kind.is_upstream(), probe: store.clone(), store }
     }
 }
 
@@ -147,9 +150,10 @@ async fn open(config: &Config, kind: &TierKind, label: &str, last: bool, disks: 
 
 /// The layers a CAS tier's policy asks for, and its place in the stack. Upstreams (remote, S3) are
 /// not trusted, so what they return is verified; nothing is promoted into them; an existence cache
-/// and a write-behind spool go in front when configured.
-fn with_policy(config: &Config, opened: Opened, kind: &TierKind, policy: &TierPolicy, label: &str) -> Result<Tier, StoreError> {
+/// and a write-behind spool go in front when configured. Also returns the store below the spool.
+fn with_policy(config: &Config, opened: Opened, kind: &TierKind, policy: &TierPolicy, label: &str) -> Result<(Tier, Arc<dyn BlobStore>), StoreError> {
     let Opened { name, cas: mut store, .. } = opened;
+    let mut probe = store.clone();
     let upstream = kind.is_upstream();
     if upstream {
         store = Arc::new(Verified::new(store, name.clone()));
@@ -160,6 +164,7 @@ fn with_policy(config: &Config, opened: Opened, kind: &TierKind, policy: &TierPo
         if let Some(cache) = existence.filter(|c| c.max_entries > 0) {
             store = Arc::new(ExistenceCache::new(store, cache.max_entries, cache.ttl));
         }
+        probe = store.clone();
         if policy.when_unavailable == Some(WhenUnavailable::Queue) {
             let slug: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
             let dir = config.data_path(&Path::new("spool").join(slug));
@@ -167,7 +172,7 @@ fn with_policy(config: &Config, opened: Opened, kind: &TierKind, policy: &TierPo
         }
     }
     let default_max = if matches!(kind, TierKind::Memory(_)) { DEFAULT_MEMORY_MAX_BLOB } else { u64::MAX };
-    Ok(Tier {
+    let tier = Tier {
         name,
         store,
         min_blob: policy.min_blob.map_or(0, |s| s.0),
@@ -180,7 +185,8 @@ fn with_policy(config: &Config, opened: Opened, kind: &TierKind, policy: &TierPo
             TierKind::Disk(_) => true,
             TierKind::Remote(_) | TierKind::S3(_) => policy.durable.unwrap_or(true),
         },
-    })
+    };
+    Ok((tier, probe))
 }
 
 /// A memory tier with nothing behind it must keep what it is given; in front of another tier it may

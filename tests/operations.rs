@@ -114,9 +114,15 @@ storage:
   gone:
     cas: [ {{ remote: {{ endpoint: "grpc://{dead}", retries: 0, connect_timeout: 1s, timeout: 2s }} }} ]
     action_cache: [ {{ memory: {{ max_size: 1MiB }} }} ]
+  queued:
+    cas:
+      - memory: {{ max_size: 1MiB }}
+      - remote: {{ endpoint: "grpc://{dead}", retries: 0, connect_timeout: 1s, timeout: 2s, when_unavailable: queue }}
+    action_cache: [ {{ memory: {{ max_size: 1MiB }} }} ]
 instances:
   - {{ name: "", storage: good, services: [cas] }}
   - {{ name: "upstream-only", storage: gone, services: [action_cache] }}
+  - {{ name: "queued", storage: queued, services: [cas] }}
 "#
     );
     let tmp = tempfile::tempdir().unwrap();
@@ -139,6 +145,16 @@ instances:
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("storage \"gone\" FAILING") && body.contains("unreachable"), "{body}");
     assert!(body.contains("storage \"good\" serving"), "{body}");
+    // Writes to a queued upstream are spooled, so its storage serves; the upstream itself is still
+    // shown unreachable (the probe asks below the spool).
+    // (Its stack is probed after "gone" in each round: ask until the round has reached it.)
+    let queued_section = |body: &str| body.split("instance \"queued\"").nth(1).and_then(|rest| rest.split("\ninstance ").next()).unwrap_or_default().to_string();
+    let mut queued = queued_section(&body);
+    while !queued.contains("unreachable") && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        queued = queued_section(&http_get(&server, "/readyz").await.1);
+    }
+    assert!(queued.starts_with(": storage \"queued\" serving") && queued.contains("storage.queued.cas[1]") && queued.contains("unreachable"), "{queued}");
     assert_eq!(http_get(&server, "/healthz").await, (200, "ok\n".to_string()));
     server.stop().await;
 }
