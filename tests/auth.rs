@@ -311,20 +311,11 @@ instances:
 
     // strata bench sends its --token-file; without one it is told why it cannot run.
     let bench = |token_file: Option<std::path::PathBuf>| strata::bench::BenchArgs {
-        endpoint: format!("grpc://{}", upstream.addr),
         credentials: strata::protocol::credentials::CredentialFlags { token_file, ..Default::default() },
-        instance: String::new(),
-        scenario: "ac-hit".into(),
         duration: 0.3,
         warmup: 0.0,
         concurrency: 1,
-        digest_function: "sha256".into(),
-        large_size: "1MiB".into(),
-        small_size: "1KiB".into(),
-        batch: 10,
-        find_missing: 10,
-        json: true,
-        quiet: true,
+        ..bench_args(format!("grpc://{}", upstream.addr), "ac-hit")
     };
     let report = strata::bench::run(bench(Some(ci))).await.unwrap();
     assert_eq!(report.errors, 0, "{:?}", report.first_error);

@@ -24,22 +24,7 @@ async fn start() -> (TestServer, tempfile::TempDir) {
 }
 
 fn args(endpoint: String, scenario: &str) -> BenchArgs {
-    BenchArgs {
-        endpoint,
-        credentials: Default::default(),
-        instance: String::new(),
-        scenario: scenario.into(),
-        duration: 0.5,
-        warmup: 0.1,
-        concurrency: 2,
-        digest_function: "sha256".into(),
-        large_size: "2MiB".into(),
-        small_size: "1KiB".into(),
-        batch: 50,
-        find_missing: 1000,
-        json: true,
-        quiet: true,
-    }
+    common::bench_args(endpoint, scenario)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

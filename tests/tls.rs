@@ -99,20 +99,11 @@ async fn strata_bench_drives_a_tls_server_with_the_ca_it_is_given() {
     let (cert, key) = certificate(tmp.path());
     let server = TestServer::start_in(&upstream_config(&cert, &key), &tmp.path().join("server")).await;
     let args = |ca: Option<std::path::PathBuf>| strata::bench::BenchArgs {
-        endpoint: format!("grpcs://{}", server.addr),
         credentials: strata::protocol::credentials::CredentialFlags { ca_certificate: ca, ..Default::default() },
-        instance: String::new(),
-        scenario: "write-small".into(),
         duration: 0.3,
         warmup: 0.0,
         concurrency: 1,
-        digest_function: "sha256".into(),
-        large_size: "1MiB".into(),
-        small_size: "1KiB".into(),
-        batch: 10,
-        find_missing: 10,
-        json: true,
-        quiet: true,
+        ..bench_args(format!("grpcs://{}", server.addr), "write-small")
     };
     let report = strata::bench::run(args(Some(cert.clone()))).await.unwrap();
     assert!(report.ops > 0 && report.errors == 0, "{:?}", report.first_error);

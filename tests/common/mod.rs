@@ -144,6 +144,26 @@ pub async fn http_get_with(server: &TestServer, path: &str, headers: &str) -> (u
     (code, body.to_string())
 }
 
+/// `strata bench` arguments for a short run of `scenario` against `endpoint` (JSON, quiet).
+pub fn bench_args(endpoint: String, scenario: &str) -> strata::bench::BenchArgs {
+    strata::bench::BenchArgs {
+        endpoint,
+        credentials: Default::default(),
+        instance: String::new(),
+        scenario: scenario.into(),
+        duration: 0.5,
+        warmup: 0.1,
+        concurrency: 2,
+        digest_function: "sha256".into(),
+        large_size: "2MiB".into(),
+        small_size: "1KiB".into(),
+        batch: 50,
+        find_missing: 1000,
+        json: true,
+        quiet: true,
+    }
+}
+
 pub fn sha256(data: &[u8]) -> reapi::Digest {
     reapi::Digest { hash: hex::encode(sha2::Sha256::digest(data)), size_bytes: data.len() as i64 }
 }

@@ -1,0 +1,159 @@
+//! The sandbox a bot's actions run in, attacked from inside: bubblewrap's view of the host and its
+//! capabilities (also as root), inputs an action tries to change for later actions, and a root bot's
+//! actions running as an unprivileged user.
+
+mod common;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use common::exec::*;
+use prost::Message;
+
+/// A cached input file `f` holding `good\n`, uploaded with its input root; the root's digest.
+async fn root_with_one_file(server: &common::TestServer) -> reapi::Digest {
+    let data = b"good\n".to_vec();
+    let root = reapi::Directory {
+        files: vec![reapi::FileNode { name: "f".into(), digest: Some(common::sha256(&data)), ..Default::default() }],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    common::upload(&mut server.cas().await, "", &[&data, &root]).await;
+    common::sha256(&root)
+}
+
+#[tokio::test]
+async fn bubblewrap_sandboxes_the_action() {
+    assert!(
+        std::path::Path::new("/usr/bin/bwrap").exists(),
+        "this test needs bubblewrap (apt-get install bubblewrap; .ci/run installs it)"
+    );
+    let (server, tmp) = start().await;
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let host_tmp_marker = format!("/tmp/strata-bwrap-test-{}", std::process::id());
+    let bot = InProcessBot::start_with(format!("grpc://{}", server.addr), None, &tmp.path().join("bot"), 1, &[], "bubblewrap");
+    let connect = format!("python3 -c \"import socket; socket.create_connection(('127.0.0.1', {}), timeout=2)\"", server.addr.port());
+    let script = format!(
+        "echo inside > mine.txt && cat mine.txt; \
+         touch {outside}/x 2>/dev/null && echo wrote-outside; \
+         touch /usr/strata-x 2>/dev/null && echo wrote-usr; \
+         touch {marker} && ls /tmp | wc -l; \
+         {connect} 2>/dev/null && echo net-open || echo net-closed",
+        outside = outside.display(),
+        marker = host_tmp_marker,
+    );
+    let mut spec = sh(&script);
+    spec.output_files = vec!["mine.txt".into()];
+    let result = execute(&server, &action(&server, &spec).await).await.result.unwrap();
+    let stdout = String::from_utf8(read_blob(&server, &result.stdout_digest).await).unwrap();
+    assert_eq!(stdout, "inside\n1\nnet-closed\n", "stderr: {}", String::from_utf8_lossy(&read_blob(&server, &result.stderr_digest).await));
+    assert_eq!(read_blob(&server, &result.output_files[0].digest).await, b"inside\n");
+    assert!(!outside.join("x").exists());
+    assert!(!std::path::Path::new(&host_tmp_marker).exists(), "/tmp inside the sandbox is private");
+
+    bot.stop().await;
+
+    // As root (CI runs as root; containers often do): no remount of the read-only system, no view
+    // of the host's private files or of anything outside the system directories.
+    let secret_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bwrap-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&secret_dir).unwrap();
+    let secret = secret_dir.join("secret");
+    std::fs::write(&secret, "server data").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let bot = InProcessBot::start_with(format!("grpc://{}", server.addr), None, &tmp.path().join("bot-root"), 1, &[], "bubblewrap");
+    let script = format!(
+        "mount -o remount,bind,rw /usr 2>/dev/null && echo remounted; \
+         touch /usr/strata-remount 2>/dev/null && echo wrote-usr; \
+         cat /etc/shadow 2>/dev/null | head -c 1 | grep -q . && echo read-shadow; \
+         cat {secret} 2>/dev/null && echo read-data; \
+         ls /root /home 2>/dev/null | grep -q . && echo saw-home; \
+         grep -q '^CapEff:.*0000000000000000' /proc/self/status && echo no-caps",
+        secret = secret.display()
+    );
+    let result = execute(&server, &action(&server, &sh(&script)).await).await.result.unwrap();
+    let stdout = String::from_utf8(read_blob(&server, &result.stdout_digest).await).unwrap();
+    assert_eq!(stdout, "no-caps\n", "stderr: {}", String::from_utf8_lossy(&read_blob(&server, &result.stderr_digest).await));
+    assert!(!std::path::Path::new("/usr/strata-remount").exists());
+    std::fs::remove_dir_all(&secret_dir).unwrap();
+    bot.stop().await;
+
+    // The network is there when the action's platform asks for it (of a bot that offers it).
+    let bot = InProcessBot::start_with(format!("grpc://{}", server.addr), None, &tmp.path().join("bot-net"), 1, &[("network", "on")], "bubblewrap");
+    let mut spec = sh(&format!("{connect} && echo net-open"));
+    spec.platform = vec![("network".into(), "on".into())];
+    let result = execute(&server, &action(&server, &spec).await).await.result.unwrap();
+    assert_eq!(read_blob(&server, &result.stdout_digest).await, b"net-open\n");
+    bot.stop().await;
+}
+
+/// An action that makes its (hard-linked, cached) input writable and appends to it changes only its
+/// own copy: the next action with the same input digest reads the original bytes.
+async fn inputs_cannot_be_poisoned(runner: &str) {
+    let (server, tmp) = start().await;
+    let bot = InProcessBot::start_with(format!("grpc://{}", server.addr), None, &tmp.path().join("bot"), 1, &[], runner);
+    let data = b"good\n".to_vec();
+    let root = root_with_one_file(&server).await;
+    let with_input = |script: &str| Spec { input_root: Some(root.clone()), ..sh(script) };
+
+    let warm = execute(&server, &action(&server, &with_input("cat f")).await).await;
+    assert_eq!(read_blob(&server, &warm.result.as_ref().unwrap().stdout_digest).await, data, "the input is cached now");
+    let poison = execute(&server, &action(&server, &with_input("chmod u+w f && echo evil >> f; cat f")).await).await;
+    let poisoned = read_blob(&server, &poison.result.as_ref().unwrap().stdout_digest).await;
+    assert_eq!(String::from_utf8_lossy(&poisoned), "good\nevil\n", "the action itself saw its change");
+    let again = execute(&server, &action(&server, &with_input("cat f; echo again")).await).await;
+    let stdout = read_blob(&server, &again.result.as_ref().unwrap().stdout_digest).await;
+    assert_eq!(String::from_utf8_lossy(&stdout), "good\nagain\n", "the next action reads the original bytes");
+    // Only chmod: the bytes still match, the action succeeds and the file is read-only again.
+    let chmod_only = execute(&server, &action(&server, &with_input("chmod u+w f; cat f")).await).await;
+    assert_eq!(chmod_only.result.as_ref().map(|r| r.exit_code), Some(0), "{:?}", chmod_only.status);
+    let after = execute(&server, &action(&server, &with_input("cat f; stat -c %a f")).await).await;
+    let stdout = read_blob(&server, &after.result.as_ref().unwrap().stdout_digest).await;
+    assert_eq!(String::from_utf8_lossy(&stdout), "good\n444\n", "later actions see the original, read-only bytes");
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn an_action_cannot_poison_the_inputs_of_later_actions_host_runner() {
+    inputs_cannot_be_poisoned("host").await;
+}
+
+#[tokio::test]
+async fn an_action_cannot_poison_the_inputs_of_later_actions_bubblewrap_runner() {
+    assert!(std::path::Path::new("/usr/bin/bwrap").exists(), "this test needs bubblewrap (apt-get install bubblewrap; .ci/run installs it)");
+    inputs_cannot_be_poisoned("bubblewrap").await;
+}
+
+/// A root bot's host and bubblewrap actions run as `nobody`: they write their outputs, but cannot
+/// change their (root-owned, read-only) inputs, nor read what only root may.
+async fn a_root_bot_runs_actions_as_an_unprivileged_user(runner: &str) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: actions run as the bot's own user, nothing to check here");
+        return;
+    }
+    let (server, tmp) = start().await;
+    // The bot's work directory must be one nobody can enter.
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut args = InProcessBot::args(format!("grpc://{}", server.addr), None, &tmp.path().join("bot"), 1, &[], runner);
+    args.run_as = None;
+    let bot = InProcessBot::run(args);
+    let root = root_with_one_file(&server).await;
+    let script = "id -u; chmod u+w f 2>/dev/null && echo chmodded; echo evil >> f 2>/dev/null && echo appended; \
+                  head -c 1 /etc/shadow 2>/dev/null | grep -q . && echo read-shadow; mkdir -p out && echo made > out/o && cat f";
+    let mut spec = Spec { input_root: Some(root), ..sh(script) };
+    spec.output_files = vec!["out/o".into()];
+    let result = execute(&server, &action(&server, &spec).await).await.result.unwrap();
+    let stdout = String::from_utf8(read_blob(&server, &result.stdout_digest).await).unwrap();
+    assert_eq!(stdout, "65534\ngood\n", "stderr: {}", String::from_utf8_lossy(&read_blob(&server, &result.stderr_digest).await));
+    assert_eq!(read_blob(&server, &result.output_files[0].digest).await, b"made\n");
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn a_root_bot_runs_host_actions_as_an_unprivileged_user() {
+    a_root_bot_runs_actions_as_an_unprivileged_user("host").await;
+}
+
+#[tokio::test]
+async fn a_root_bot_runs_bubblewrap_as_an_unprivileged_user() {
+    a_root_bot_runs_actions_as_an_unprivileged_user("bubblewrap").await;
+}
