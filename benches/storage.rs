@@ -23,7 +23,7 @@ fn fake_digest(n: u64, size: u64) -> Digest {
 }
 
 fn disk_config(dir: &std::path::Path, sync: SyncPolicy) -> DiskConfig {
-    DiskConfig { path: dir.to_path_buf(), max_size: 4 << 30, segment_size: 256 << 20, max_record: 16 << 20, sync }
+    DiskConfig { path: dir.to_path_buf(), max_size: 4 << 30, segment_size: 256 << 20, max_record: 16 << 20, sync, compression: None }
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -26,6 +26,11 @@ impl Cas {
         self.store.read(digest, offset, limit).await
     }
 
+    /// The blob from `offset` as zstd, where a tier stores it compressed (`None` otherwise).
+    pub async fn read_zstd(&self, digest: &Digest, offset: u64) -> Result<Option<Blob>, StoreError> {
+        self.store.read_zstd(digest, offset).await
+    }
+
     /// A whole blob, for small ones (batch reads, Directory and Tree messages).
     pub async fn read_whole(&self, digest: &Digest) -> Result<Option<Bytes>, StoreError> {
         match self.read(digest, 0, None).await? {

@@ -251,6 +251,7 @@ fn open_disk(config: &Config, disk: &DiskTier, label: &str) -> Result<DiskLog, S
         segment_size,
         max_record: disk.max_record.map_or(segment_size / 16, |s| s.0),
         sync: disk.sync,
+        compression: disk.compression.settings(),
     };
     DiskLog::open(cfg).map_err(|e| match e {
         StoreError::Config(msg) => StoreError::Config(format!("{label}: {msg}")),

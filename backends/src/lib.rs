@@ -34,6 +34,7 @@ mod memory;
 mod remote;
 mod s3;
 mod store;
+pub mod zstd_chunks;
 
 pub use digest::{resource_name, Digest, DigestError, DigestFunction, Hasher, Key};
 pub use disk::{DiskConfig, DiskLog, SyncPolicy};

@@ -57,6 +57,12 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn contains(&self, digests: &[Digest]) -> Result<Vec<bool>>;
     /// `offset` is at most `digest.size` (the caller checks); `limit` None reads to the end.
     async fn read(&self, digest: &Digest, offset: u64, limit: Option<u64>) -> Result<Option<Blob>>;
+    /// The blob from `offset` (uncompressed) on as a zstd stream, where this store holds it
+    /// compressed: served as stored, without compressing again. `None` where it does not (absent,
+    /// or stored as it is); the caller then reads it and compresses.
+    async fn read_zstd(&self, _digest: &Digest, _offset: u64) -> Result<Option<Blob>> {
+        Ok(None)
+    }
     /// Stores a blob whose bytes the caller has verified.
     async fn write(&self, digest: &Digest, data: Bytes) -> Result<()>;
     /// Starts a streaming write of a verified-as-it-goes blob (ByteStream uploads).
@@ -117,6 +123,8 @@ pub struct StoreStats {
     pub evictions: u64,
     /// Bytes accepted for storage since start.
     pub bytes_written: u64,
+    /// What those took where they were stored: less than `bytes_written` where the tier compresses.
+    pub stored_bytes_written: u64,
     /// Calls to an upstream repeated after a transient failure.
     pub retries: u64,
     /// When the oldest data still held was written, where the tier knows.
@@ -132,6 +140,7 @@ pub struct Counters {
     pub misses: AtomicU64,
     pub evictions: AtomicU64,
     pub bytes_written: AtomicU64,
+    pub stored_bytes_written: AtomicU64,
     pub retries: AtomicU64,
 }
 
@@ -142,7 +151,13 @@ impl Counters {
     }
 
     pub fn written(&self, bytes: u64) {
+        self.written_as(bytes, bytes);
+    }
+
+    /// A blob of `bytes` stored in `stored` bytes (compressed, or as it is).
+    pub fn written_as(&self, bytes: u64, stored: u64) {
         self.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+        self.stored_bytes_written.fetch_add(stored, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self, blobs: u64, bytes: u64) -> StoreStats {
@@ -153,6 +168,7 @@ impl Counters {
             misses: self.misses.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
             bytes_written: self.bytes_written.load(Ordering::Relaxed),
+            stored_bytes_written: self.stored_bytes_written.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             oldest: None,
             spooled: 0,

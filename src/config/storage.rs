@@ -201,6 +201,64 @@ pub struct DiskTier {
     /// `always` (group commit before acknowledging), `never`, or an interval such as `100ms`.
     #[serde(default = "default_sync", deserialize_with = "sync_policy")]
     pub sync: SyncPolicy,
+    /// `off`, `zstd` (level 1, blobs of 4KiB and up) or `{ zstd: { level: 3, min_size: 16KiB } }`.
+    #[serde(default)]
+    pub compression: Compression,
+}
+
+/// How a tier stores blobs at rest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compression {
+    #[default]
+    Off,
+    Zstd(strata_backends::zstd_chunks::Settings),
+}
+
+impl Compression {
+    pub fn settings(self) -> Option<strata_backends::zstd_chunks::Settings> {
+        match self {
+            Compression::Off => None,
+            Compression::Zstd(settings) => Some(settings),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ZstdKeys {
+    #[serde(default = "default_zstd_level")]
+    level: i32,
+    #[serde(default = "default_zstd_min_size")]
+    min_size: ByteSize,
+}
+
+impl<'de> Deserialize<'de> for Compression {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let shape = "compression is `off`, `zstd`, or `{ zstd: { level: 1, min_size: 4KiB } }`";
+        let keys = match Value::deserialize(d)? {
+            Value::String(s) if s == "off" => return Ok(Compression::Off),
+            Value::String(s) if s == "zstd" => return Ok(Compression::Zstd(strata_backends::zstd_chunks::Settings::DEFAULT)),
+            Value::Mapping(map) if map.len() == 1 && map.contains_key("zstd") => map.get("zstd").cloned().unwrap_or(Value::Null),
+            Value::String(other) => return Err(D::Error::custom(format!("{shape}, not {other:?}"))),
+            _ => return Err(D::Error::custom(shape)),
+        };
+        let keys = match keys {
+            Value::Null => Value::Mapping(Mapping::new()),
+            keys => keys,
+        };
+        let keys = ZstdKeys::deserialize(keys).map_err(|e| D::Error::custom(format!("compression.zstd: {e}")))?;
+        if !(1..=19).contains(&keys.level) {
+            return Err(D::Error::custom(format!("compression.zstd.level {} must be between 1 and 19", keys.level)));
+        }
+        Ok(Compression::Zstd(strata_backends::zstd_chunks::Settings { level: keys.level, min_size: keys.min_size.0 }))
+    }
+}
+
+fn default_zstd_level() -> i32 {
+    strata_backends::zstd_chunks::Settings::DEFAULT.level
+}
+fn default_zstd_min_size() -> ByteSize {
+    ByteSize(strata_backends::zstd_chunks::Settings::DEFAULT.min_size)
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use super::storage::{CasTier, TierKind};
+use super::storage::{CasTier, Compression, TierKind};
 use super::{Config, Service};
 
 impl Config {
@@ -120,6 +120,9 @@ impl Config {
                     TierKind::Disk(disk) => {
                         if !disk_paths.insert(self.data_path(&disk.path)) {
                             return Err(format!("{key}.path: {} is used by another disk tier", disk.path.display()));
+                        }
+                        if list == "action_cache" && disk.compression != Compression::Off {
+                            return Err(format!("{key}.compression applies to CAS tiers only: action results are small and stored as they are"));
                         }
                     }
                     TierKind::S3(s3) => {

@@ -15,7 +15,7 @@ use bazel_remote_apis::google::bytestream::{
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use strata_backends::{Blob, BlobWriter, Digest, VerifyingWriter};
+use strata_backends::{Blob, BlobWriter, Digest, StoreError, VerifyingWriter};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Access;
@@ -125,16 +125,29 @@ impl ByteStreamService {
     }
 }
 
-/// A blob (from its read offset on) as one zstd frame, compressed a piece at a time: at most
-/// READ_CHUNK of input per step keeps every message small and the CPU work in short slices.
-fn compressed(blob: Blob) -> ReadStream {
-    let pieces = blob.into_stream().flat_map(|chunk| {
+/// A blob's bytes (as they are, or zstd frames as stored) in messages of at most READ_CHUNK.
+fn in_messages(blob: Blob) -> ReadStream {
+    match blob {
+        Blob::Bytes(data) if data.is_empty() => Box::pin(futures::stream::once(async { Ok(ReadResponse::default()) })),
+        blob => Box::pin(read_pieces(blob).map(|piece| piece.map(|data| ReadResponse { data: data.to_vec() }).map_err(status::from_store))),
+    }
+}
+
+/// A blob's chunks cut into pieces of at most READ_CHUNK.
+fn read_pieces(blob: Blob) -> impl futures::Stream<Item = Result<Bytes, StoreError>> {
+    blob.into_stream().flat_map(|chunk| {
         let pieces: Vec<Result<Bytes, _>> = match chunk {
             Ok(data) => (0..data.len().div_ceil(READ_CHUNK)).map(|i| Ok(data.slice(i * READ_CHUNK..((i + 1) * READ_CHUNK).min(data.len())))).collect(),
             Err(e) => vec![Err(e)],
         };
         futures::stream::iter(pieces)
-    });
+    })
+}
+
+/// A blob (from its read offset on) as one zstd frame, compressed a piece at a time: at most
+/// READ_CHUNK of input per step keeps every message small and the CPU work in short slices.
+fn compressed(blob: Blob) -> ReadStream {
+    let pieces = read_pieces(blob);
     let internal = |e: CompressionError| Status::internal(format!("compressing the read: {e}"));
     let state = (Box::pin(pieces), Some(Compressor::new()));
     Box::pin(futures::stream::unfold(state, move |(mut pieces, mut compressor)| async move {
@@ -192,26 +205,25 @@ impl ByteStream for ByteStreamService {
             )));
         }
         let limit = (req.read_limit > 0).then_some(req.read_limit as u64);
-        let found = cas.read(&digest, offset, limit).await.map_err(status::from_store)?;
+        // A blob stored compressed is served as stored; any other is compressed as it streams.
+        let stored_zstd = match resource.compressed {
+            true => cas.read_zstd(&digest, offset).await.map_err(status::from_store)?,
+            false => None,
+        };
+        let stored_zstd_hit = stored_zstd.is_some();
+        let found = match stored_zstd {
+            Some(frames) => Some(frames),
+            None => cas.read(&digest, offset, limit).await.map_err(status::from_store)?,
+        };
         let hit = found.is_some();
         self.instances.metrics.looked_up(&resource.instance, "cas", "read", u64::from(hit), u64::from(!hit));
         let blob = found.ok_or_else(|| Status::not_found(format!("blob {digest} not found")))?;
         if resource.compressed {
-            tracing::debug!(%digest, offset, "compressed read");
+            tracing::debug!(%digest, offset, as_stored = stored_zstd_hit, "compressed read");
         }
         let stream: ReadStream = match blob {
-            blob if resource.compressed => compressed(blob),
-            Blob::Bytes(data) if data.is_empty() => Box::pin(futures::stream::once(async { Ok(ReadResponse::default()) })),
-            Blob::Bytes(data) => Box::pin(futures::stream::unfold(data, |mut rest| async move {
-                if rest.is_empty() {
-                    return None;
-                }
-                let chunk = rest.split_to(rest.len().min(READ_CHUNK));
-                Some((Ok(ReadResponse { data: chunk.to_vec() }), rest))
-            })),
-            Blob::Stream(chunks) => Box::pin(chunks.map(|chunk| {
-                chunk.map(|data| ReadResponse { data: data.to_vec() }).map_err(status::from_store)
-            })),
+            blob if resource.compressed && !stored_zstd_hit => compressed(blob),
+            blob => in_messages(blob),
         };
         Ok(Response::new(stream))
     }

@@ -114,6 +114,15 @@ impl ContentAddressableStorage for CasService {
         self.check_batch_size(digests.iter().map(|d| d.size).sum(), "BatchReadBlobs")?;
         let zstd_ok = req.acceptable_compressors.contains(&ZSTD);
         let reads = digests.iter().map(|digest| async move {
+            let answer = |data: Vec<u8>, compressor, status| batch_read_blobs_response::Response { digest: Some(to_proto(digest)), data, compressor, status: Some(status) };
+            // A blob stored compressed goes as stored (the stored form is smaller by construction).
+            if zstd_ok {
+                if let Ok(Some(frames)) = cas.read_zstd(digest, 0).await {
+                    if let Ok(frames) = frames.into_bytes().await {
+                        return answer(frames.to_vec(), ZSTD, protocol::ok_rpc());
+                    }
+                }
+            }
             let (data, status) = match cas.read_whole(digest).await {
                 Ok(Some(data)) => (data.to_vec(), protocol::ok_rpc()),
                 Ok(None) => (Vec::new(), protocol::to_rpc(&Status::not_found(format!("blob {digest} not found")))),
@@ -127,7 +136,7 @@ impl ContentAddressableStorage for CasService {
                 },
                 false => (data, IDENTITY),
             };
-            batch_read_blobs_response::Response { digest: Some(to_proto(digest)), data, compressor, status: Some(status) }
+            answer(data, compressor, status)
         });
         let responses = futures::future::join_all(reads).await;
         let missing = responses.iter().filter(|r| r.status.as_ref().is_some_and(|s| s.code == tonic::Code::NotFound as i32)).count() as u64;

@@ -10,12 +10,14 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
+use super::record::Form;
 use super::{DiskLog, Inner};
 use crate::digest::Key;
 use crate::error::{Result, StoreError};
 
 struct Job {
     key: Key,
+    form: Form,
     payload: Bytes,
     reply: Option<oneshot::Sender<Result<u64>>>,
 }
@@ -31,7 +33,7 @@ impl Appender {
         std::thread::Builder::new().name(format!("strata-disk-{name}")).spawn(move || {
             while let Ok(job) = rx.recv() {
                 let Some(inner) = log.upgrade() else { return };
-                let result = DiskLog { inner }.append(&job.key, &job.payload);
+                let result = DiskLog { inner }.append(&job.key, job.form, &job.payload);
                 match job.reply {
                     Some(reply) => {
                         let _ = reply.send(result);
@@ -48,15 +50,15 @@ impl Appender {
     }
 
     /// Appends a record; returns its sequence number (for the group commit).
-    pub async fn append(&self, key: Key, payload: Bytes) -> Result<u64> {
+    pub async fn append(&self, key: Key, form: Form, payload: Bytes) -> Result<u64> {
         let (reply, answer) = oneshot::channel();
-        self.send(Job { key, payload, reply: Some(reply) })?;
+        self.send(Job { key, form, payload, reply: Some(reply) })?;
         answer.await.map_err(|_| stopped())?
     }
 
     /// Appends a record without waiting (copy-forward of a hot blob: best effort).
-    pub fn append_detached(&self, key: Key, payload: Bytes) {
-        if self.send(Job { key, payload, reply: None }).is_err() {
+    pub fn append_detached(&self, key: Key, form: Form, payload: Bytes) {
+        if self.send(Job { key, form, payload, reply: None }).is_err() {
             tracing::warn!("copy-forward dropped: the disk log's writer stopped");
         }
     }

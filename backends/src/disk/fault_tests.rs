@@ -13,7 +13,7 @@ use crate::digest::DigestFunction;
 const SEG: u64 = 64 * 1024;
 
 fn config(dir: &Path, max_size: u64) -> DiskConfig {
-    DiskConfig { path: dir.to_path_buf(), max_size, segment_size: SEG, max_record: SEG / 4, sync: SyncPolicy::Always }
+    DiskConfig { path: dir.to_path_buf(), max_size, segment_size: SEG, max_record: SEG / 4, sync: SyncPolicy::Always, compression: None }
 }
 
 fn blob(i: u32, len: usize) -> (Digest, Bytes) {
@@ -177,7 +177,7 @@ async fn large_files_without_a_chunk_table_are_checked_whole() {
     let (big, data) = blob(801, 100_000);
     // The format of earlier versions: the record header, then the payload, nothing after it.
     std::fs::create_dir_all(dir.path().join("large")).unwrap();
-    let header = record::Header::new(big.key(), &data).encode();
+    let header = record::Header::new(big.key(), record::Form::Identity, &data).encode();
     let path = large::large_path(&dir.path().join("large"), &big.key());
     std::fs::write(&path, [header.as_slice(), &data].concat()).unwrap();
     let log = DiskLog::open(config(dir.path(), 64 << 20)).unwrap();

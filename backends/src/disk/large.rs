@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use memmap2::Mmap;
 
-use super::record::{Header, HEADER_LEN};
+use super::record::{Form, Header, HEADER_LEN};
 use super::DiskLog;
 use crate::digest::{DigestFunction, Key};
 use crate::error::{Result, StoreError};
@@ -181,7 +181,7 @@ impl BlobWriter for LargeWriter {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
-        let header = Header { key: self.key, payload_len: self.written, payload_crc: self.crc.clone().finalize() };
+        let header = Header { key: self.key, form: Form::Identity, payload_len: self.written, payload_crc: self.crc.clone().finalize() };
         let tmp = self.tmp.clone();
         let durable = self.log.syncs_writes();
         let file = self.file.take().ok_or_else(|| StoreError::Config("large blob committed twice".into()))?;

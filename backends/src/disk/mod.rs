@@ -8,6 +8,8 @@
 //! forward into the open segment, so hot blobs survive (a pseudo-LRU, as in Buildbarn's local store).
 //! Blobs larger than `max_record` are files of their own under `large/`, in the same budget.
 //! The same log serves the CAS (keys checked against sizes) and the action cache (any value).
+//! With `compression`, CAS records are stored in the chunked zstd form where that is smaller
+//! (`stored.rs`); large files stay as they are.
 
 mod appender;
 mod index;
@@ -15,6 +17,7 @@ mod large;
 mod record;
 mod recovery;
 mod segment;
+mod stored;
 mod sync;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,16 +30,20 @@ use parking_lot::{Mutex, RwLock};
 
 pub use self::index::{Index, Loc};
 use self::large::{LargeEntry, LargeWriter};
-use self::record::{record_len, Header};
+use self::record::{record_len, Form, Header};
 use self::segment::{IndexEntry, Segment};
+use self::stored::Stored;
 pub use self::sync::SyncPolicy;
 use self::sync::{GroupCommit, SyncSource};
 use crate::digest::{Digest, Key};
 use crate::error::{Result, StoreError};
-use crate::store::{slice_range, ActionCacheStore, Blob, BlobStore, BlobWriter, BufferedWriter, Counters, StoreStats};
+use crate::zstd_chunks::Settings;
+use crate::store::{ActionCacheStore, Blob, BlobStore, BlobWriter, BufferedWriter, Counters, StoreStats};
 
 /// Payloads up to this size are copied next to their header and written with one system call.
 const COALESCE_LIMIT: usize = 64 * 1024;
+/// Blobs from this size on are compressed on a blocking thread (about 0.3 ms of zstd at level 1).
+const BLOCKING_PACK: usize = 128 * 1024;
 
 #[derive(Clone, Debug)]
 pub struct DiskConfig {
@@ -47,6 +54,8 @@ pub struct DiskConfig {
     /// Payloads larger than this become files of their own.
     pub max_record: u64,
     pub sync: SyncPolicy,
+    /// Store CAS records compressed (where that makes them smaller); `None` stores them as they are.
+    pub compression: Option<Settings>,
 }
 
 impl DiskConfig {
@@ -172,12 +181,12 @@ impl DiskLog {
 
     /// The stored value for `key` and where it was, or `None`. Damaged records count as absent and
     /// are dropped from the index.
-    fn lookup(&self, key: &Key) -> Option<(Bytes, Found)> {
+    fn lookup(&self, key: &Key) -> Option<(Stored, Found)> {
         self.lookup_range(key, 0..u64::MAX)
     }
 
     /// As `lookup`, but a large blob is checked only in `range` (the rest is not read).
-    fn lookup_range(&self, key: &Key, range: std::ops::Range<u64>) -> Option<(Bytes, Found)> {
+    fn lookup_range(&self, key: &Key, range: std::ops::Range<u64>) -> Option<(Stored, Found)> {
         let (segment, loc) = {
             let st = self.inner.state.read();
             match st.index.get(key) {
@@ -186,7 +195,7 @@ impl DiskLog {
                     let entry = *st.large.get(key)?;
                     drop(st);
                     return match large::read_large(self.large_dir(), key, range) {
-                        Some(data) => Some((data, Found::Large(entry))),
+                        Some(data) => Some((Stored::Identity(data), Found::Large(entry))),
                         None => {
                             self.forget_large(key, "missing or damaged");
                             None
@@ -195,8 +204,8 @@ impl DiskLog {
                 }
             }
         };
-        match segment.payload(loc, key) {
-            Some(data) => Some((data, Found::Segment(loc))),
+        match segment.payload(loc, key).and_then(|(form, payload)| Stored::new(form, payload)) {
+            Some(stored) => Some((stored, Found::Segment(loc))),
             None => {
                 // Damaged payload, damaged header or a truncated segment: the entry is useless and
                 // would make the blob a phantom (present to FindMissing, absent to reads). Only an
@@ -235,7 +244,7 @@ impl DiskLog {
     }
 
     /// Copies a value forward so that it survives the eviction of its segment.
-    fn refresh(&self, key: &Key, data: &Bytes, found: &Found) {
+    fn refresh(&self, key: &Key, stored: &Stored, found: &Found) {
         let seq = match found {
             Found::Segment(loc) => loc.segment,
             Found::Large(entry) => entry.seq,
@@ -246,7 +255,8 @@ impl DiskLog {
         let result = match found {
             Found::Segment(_) => {
                 if let Some(appender) = self.inner.appender.get() {
-                    appender.append_detached(*key, data.clone());
+                    let (form, payload) = stored.record();
+                    appender.append_detached(*key, form, payload);
                 }
                 Ok(())
             }
@@ -271,13 +281,13 @@ impl DiskLog {
 
     /// Appends one record and publishes it in the index; returns its sequence number for durability.
     /// Blocking: only the writer thread (`appender`) calls it.
-    fn append(&self, key: &Key, payload: &[u8]) -> Result<u64> {
+    fn append(&self, key: &Key, form: Form, payload: &[u8]) -> Result<u64> {
         let mut w = self.inner.writer.lock();
         let rec = record_len(payload.len() as u64);
         if w.offset + rec > w.open.len() {
             self.roll(&mut w)?;
         }
-        let header = Header::new(*key, payload).encode();
+        let header = Header::new(*key, form, payload).encode();
         if payload.len() <= COALESCE_LIMIT {
             let mut buf = Vec::with_capacity(header.len() + payload.len());
             buf.extend_from_slice(&header);
@@ -397,10 +407,10 @@ impl DiskLog {
     }
 
     /// Appends and, under the `always` policy, waits for the group commit that covers the append.
-    async fn append_durably(&self, key: &Key, payload: Bytes) -> Result<()> {
+    async fn append_durably(&self, key: &Key, size: u64, form: Form, payload: Bytes) -> Result<()> {
         let appender = self.inner.appender.get().ok_or_else(|| StoreError::Config("the disk log has no writer".into()))?;
-        self.inner.counters.written(payload.len() as u64);
-        let seq = appender.append(*key, payload).await?;
+        self.inner.counters.written_as(size, payload.len() as u64);
+        let seq = appender.append(*key, form, payload).await?;
         if self.syncs_writes() {
             self.inner.commits.wait(seq).await?;
         }
@@ -408,7 +418,18 @@ impl DiskLog {
     }
 
     fn present(&self, digest: &Digest) -> bool {
-        self.lookup(&digest.key()).is_some_and(|(data, _)| data.len() as u64 == digest.size)
+        self.lookup(&digest.key()).is_some_and(|(stored, _)| stored.size() == digest.size)
+    }
+
+    /// `data` as its record will hold it. Compressing a large blob is CPU work of milliseconds, so
+    /// it runs off the async runtime.
+    async fn pack(&self, data: Bytes) -> (Form, Bytes) {
+        let settings = self.inner.cfg.compression;
+        if settings.is_none() || data.len() < BLOCKING_PACK {
+            return Stored::pack(data, settings);
+        }
+        let fallback = data.clone();
+        tokio::task::spawn_blocking(move || Stored::pack(data, settings)).await.unwrap_or((Form::Identity, fallback))
     }
 }
 
@@ -427,8 +448,9 @@ impl BlobStore for DiskLog {
                     // a damaged header or a truncated segment is reported missing, so the client
                     // uploads the blob again and the write heals the entry.
                     Some(loc)
-                        if u64::from(loc.len) == digest.size
-                            && st.segments.get(&loc.segment).and_then(|s| s.header_at(loc.offset)).is_some_and(|h| h.key == key) =>
+                        if st.segments.get(&loc.segment).is_some_and(|s| {
+                            s.header_at(loc.offset).is_some_and(|h| h.key == key && s.blob_size(loc, &h) == Some(digest.size))
+                        }) =>
                     {
                         Some(loc.segment)
                     }
@@ -442,8 +464,8 @@ impl BlobStore for DiskLog {
         }
         // Hot blobs in the oldest part of the log are copied forward, outside the index lock.
         for key in old {
-            if let Some((data, at)) = self.lookup(&key) {
-                self.refresh(&key, &data, &at);
+            if let Some((stored, at)) = self.lookup(&key) {
+                self.refresh(&key, &stored, &at);
             }
         }
         for hit in &found {
@@ -455,12 +477,23 @@ impl BlobStore for DiskLog {
     async fn read(&self, digest: &Digest, offset: u64, limit: Option<u64>) -> Result<Option<Blob>> {
         let key = digest.key();
         let range = offset..limit.map_or(u64::MAX, |l| offset.saturating_add(l));
-        let found = self.lookup_range(&key, range).filter(|(data, _)| data.len() as u64 == digest.size);
+        let found = self.lookup_range(&key, range).filter(|(stored, _)| stored.size() == digest.size);
         self.inner.counters.hit(found.is_some());
-        Ok(found.map(|(data, at)| {
-            self.refresh(&key, &data, &at);
-            Blob::Bytes(slice_range(&data, offset, limit))
-        }))
+        let Some((stored, at)) = found else { return Ok(None) };
+        self.refresh(&key, &stored, &at);
+        stored.read(digest, offset, limit).map(Some)
+    }
+
+    async fn read_zstd(&self, digest: &Digest, offset: u64) -> Result<Option<Blob>> {
+        let key = digest.key();
+        let Some((stored, at)) = self.lookup(&key).filter(|(stored, _)| stored.size() == digest.size) else { return Ok(None) };
+        let level = self.inner.cfg.compression.map_or(Settings::DEFAULT.level, |s| s.level);
+        let blob = stored.zstd_from(digest, offset, level)?;
+        if blob.is_some() {
+            self.inner.counters.hit(true);
+            self.refresh(&key, &stored, &at);
+        }
+        Ok(blob)
     }
 
     async fn write(&self, digest: &Digest, data: Bytes) -> Result<()> {
@@ -468,7 +501,8 @@ impl BlobStore for DiskLog {
             return Ok(());
         }
         if digest.size <= self.inner.cfg.max_record {
-            return self.append_durably(&digest.key(), data).await;
+            let (form, payload) = self.pack(data).await;
+            return self.append_durably(&digest.key(), digest.size, form, payload).await;
         }
         let mut writer = Box::new(self.large_writer(digest)?);
         writer.append(data).await?;
@@ -528,20 +562,29 @@ impl ActionCacheStore for DiskLog {
         let key = action.key();
         let found = self.lookup(&key);
         self.inner.counters.hit(found.is_some());
-        Ok(found.map(|(data, at)| {
-            self.refresh(&key, &data, &at);
-            data
-        }))
+        let Some((stored, at)) = found else { return Ok(None) };
+        self.refresh(&key, &stored, &at);
+        match stored {
+            Stored::Identity(value) => Ok(Some(value)),
+            // Results are written as they are; decompressing keeps a log shared with a CAS readable.
+            Stored::Zstd(chunked) => chunked.whole().map(|v| Some(Bytes::from(v))).map_err(|reason| StoreError::Corrupt {
+                digest: *action,
+                tier: "disk".into(),
+                reason,
+            }),
+        }
     }
 
     async fn put(&self, action: &Digest, value: Bytes) -> Result<()> {
         if value.len() as u64 > self.inner.cfg.max_record {
             return Err(StoreError::TooLarge { digest: *action, store: "the disk action cache".into(), limit: self.inner.cfg.max_record });
         }
-        self.append_durably(&action.key(), value).await
+        self.append_durably(&action.key(), value.len() as u64, Form::Identity, value).await
     }
 }
 
+#[cfg(test)]
+mod compression_tests;
 #[cfg(test)]
 mod fault_tests;
 #[cfg(test)]

@@ -1,5 +1,7 @@
-//! The on-disk record: a fixed header (magic, digest function, payload length, hash, payload
-//! checksum, header checksum) followed by the payload. Segments are sequences of records padded to 8
+//! The on-disk record: a fixed header (magic, digest function, payload form, payload length, hash,
+//! payload checksum, header checksum) followed by the payload. The form says whether the payload is
+//! the blob itself or its chunked zstd form (`zstd_chunks`); records of earlier versions have 0 there
+//! and are the blob itself. Segments are sequences of records padded to 8
 //! bytes and followed by zeros; large blobs are files holding a single record.
 
 use crate::digest::{DigestFunction, Key};
@@ -11,19 +13,45 @@ pub const MAGIC: [u8; 4] = *b"STRB";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
     pub key: Key,
+    pub form: Form,
     pub payload_len: u64,
     pub payload_crc: u32,
 }
 
+/// What a record's payload holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    Identity,
+    ZstdChunks,
+}
+
+impl Form {
+    fn tag(self) -> u8 {
+        match self {
+            Form::Identity => 0,
+            Form::ZstdChunks => 1,
+        }
+    }
+
+    fn from_tag(tag: u8) -> Option<Form> {
+        match tag {
+            0 => Some(Form::Identity),
+            1 => Some(Form::ZstdChunks),
+            _ => None,
+        }
+    }
+}
+
 impl Header {
-    pub fn new(key: Key, payload: &[u8]) -> Self {
-        Header { key, payload_len: payload.len() as u64, payload_crc: crc32fast::hash(payload) }
+    pub fn new(key: Key, form: Form, payload: &[u8]) -> Self {
+        Header { key, form, payload_len: payload.len() as u64, payload_crc: crc32fast::hash(payload) }
     }
 
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut buf = [0u8; HEADER_LEN];
         buf[0..4].copy_from_slice(&MAGIC);
         buf[4] = self.key.function.tag();
+        buf[5] = self.form.tag();
         buf[8..16].copy_from_slice(&self.payload_len.to_le_bytes());
         buf[16..48].copy_from_slice(&self.key.hash);
         buf[48..52].copy_from_slice(&self.payload_crc.to_le_bytes());
@@ -44,6 +72,7 @@ impl Header {
         hash.copy_from_slice(&buf[16..48]);
         Some(Header {
             key: Key { function, hash },
+            form: Form::from_tag(buf[5])?,
             payload_len: u64::from_le_bytes(buf[8..16].try_into().ok()?),
             payload_crc: u32::from_le_bytes(buf[48..52].try_into().ok()?),
         })
@@ -67,9 +96,11 @@ mod tests {
     #[test]
     fn header_round_trips_and_detects_damage() {
         let key = Key { function: DigestFunction::Blake3, hash: [7; 32] };
-        let header = Header::new(key, b"payload");
+        let header = Header::new(key, Form::ZstdChunks, b"payload");
         let mut buf = header.encode();
         assert_eq!(Header::decode(&buf), Some(header));
+        let identity = Header::new(key, Form::Identity, b"payload");
+        assert_eq!(Header::decode(&identity.encode()).map(|h| h.form), Some(Form::Identity));
         assert!(header.check_payload(b"payload"));
         assert!(!header.check_payload(b"paylaod"));
         buf[20] ^= 1;

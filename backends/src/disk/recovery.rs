@@ -17,11 +17,12 @@ use std::time::SystemTime;
 
 use super::index::{Index, Loc};
 use super::large::{self, LargeEntry};
-use super::record::{record_len, Header, HEADER_LEN, MAGIC};
+use super::record::{record_len, Form, Header, HEADER_LEN, MAGIC};
 use super::segment::{self, IndexEntry, Segment};
 use super::{DiskConfig, State, Writer};
 use crate::digest::Key;
 use crate::error::{Result, StoreError};
+use crate::zstd_chunks::Chunked;
 
 pub struct Recovered {
     pub state: State,
@@ -135,10 +136,22 @@ fn intact_record(bytes: &[u8], offset: usize, verify_hash: bool) -> Option<Index
     if !header.check_payload(payload) {
         return None;
     }
-    if verify_hash && header.key.function.digest_of(payload).hash != header.key.hash {
+    if verify_hash && !hashes_to_key(&header, payload) {
         return None;
     }
     Some(IndexEntry { key: header.key, offset: u32::try_from(offset).ok()?, len })
+}
+
+/// Whether the blob a payload holds (decompressed, if it is compressed) hashes to the header's key.
+fn hashes_to_key(header: &Header, payload: &[u8]) -> bool {
+    let blob = match header.form {
+        Form::Identity => std::borrow::Cow::Borrowed(payload),
+        Form::ZstdChunks => match Chunked::parse(bytes::Bytes::copy_from_slice(payload)).map(|c| c.whole()) {
+            Some(Ok(blob)) => std::borrow::Cow::Owned(blob),
+            _ => return false,
+        },
+    };
+    header.key.function.digest_of(&blob).hash == header.key.hash
 }
 
 /// The first 8-byte aligned offset at or after `from` where a record's magic starts, or the end.

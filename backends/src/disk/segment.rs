@@ -16,7 +16,7 @@ use bytes::Bytes;
 use memmap2::Mmap;
 
 use super::index::Loc;
-use super::record::{Header, HEADER_LEN};
+use super::record::{Form, Header, HEADER_LEN};
 use crate::digest::{DigestFunction, Key};
 use crate::error::{Result, StoreError};
 
@@ -106,9 +106,9 @@ impl Segment {
         Header::decode(self.map.get(offset as usize..)?)
     }
 
-    /// The payload at `loc` if its header names `key` and its checksum holds: a damaged record is
-    /// reported as absent, never served.
-    pub fn payload(&self, loc: Loc, key: &Key) -> Option<Bytes> {
+    /// The form and payload at `loc` if its header names `key` and its checksum holds: a damaged
+    /// record is reported as absent, never served.
+    pub fn payload(&self, loc: Loc, key: &Key) -> Option<(Form, Bytes)> {
         let header = self.header_at(loc.offset)?;
         let start = loc.offset as usize + HEADER_LEN;
         let end = start.checked_add(loc.len as usize)?;
@@ -116,7 +116,19 @@ impl Segment {
         if header.key != *key || !header.check_payload(payload) {
             return None;
         }
-        Some(Bytes::from_owner(MapOwner(self.map.clone())).slice(start..end))
+        Some((header.form, Bytes::from_owner(MapOwner(self.map.clone())).slice(start..end)))
+    }
+
+    /// The blob size of the record at `loc` with this `header`, read from the trailer of a
+    /// compressed payload without checking it (`contains` reads no payloads; reads check).
+    pub fn blob_size(&self, loc: Loc, header: &Header) -> Option<u64> {
+        match header.form {
+            Form::Identity => Some(u64::from(loc.len)),
+            Form::ZstdChunks => {
+                let end = loc.offset as usize + HEADER_LEN + loc.len as usize;
+                crate::zstd_chunks::size_in_trailer(self.map.get(loc.offset as usize + HEADER_LEN..end)?)
+            }
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use crate::digest::DigestFunction;
 const SEG: u64 = 64 * 1024;
 
 fn config(dir: &Path, max_size: u64, sync: SyncPolicy) -> DiskConfig {
-    DiskConfig { path: dir.to_path_buf(), max_size, segment_size: SEG, max_record: SEG / 4, sync }
+    DiskConfig { path: dir.to_path_buf(), max_size, segment_size: SEG, max_record: SEG / 4, sync, compression: None }
 }
 
 fn blob(i: u32, len: usize) -> (Digest, Bytes) {

@@ -38,6 +38,13 @@ impl BlobStore for EmptyBlob {
         self.inner.read(digest, offset, limit).await
     }
 
+    async fn read_zstd(&self, digest: &Digest, offset: u64) -> Result<Option<Blob>> {
+        match digest.is_empty_blob() {
+            true => Ok(None),
+            false => self.inner.read_zstd(digest, offset).await,
+        }
+    }
+
     async fn write(&self, digest: &Digest, data: Bytes) -> Result<()> {
         if digest.is_empty_blob() {
             return Ok(());

@@ -155,6 +155,17 @@ impl BlobStore for TieredStore {
         Ok(None)
     }
 
+    /// The first tier that holds the blob compressed serves it as stored; a blob no tier holds so is
+    /// read (and promoted) the usual way by the caller.
+    async fn read_zstd(&self, digest: &Digest, offset: u64) -> Result<Option<Blob>> {
+        for tier in self.tiers.iter().filter(|t| t.admits(digest.size)) {
+            if let Some(blob) = tier.store.read_zstd(digest, offset).await? {
+                return Ok(Some(blob));
+            }
+        }
+        Ok(None)
+    }
+
     async fn write(&self, digest: &Digest, data: Bytes) -> Result<()> {
         let mut stored = false;
         for tier in self.tiers.iter().filter(|t| t.admits(digest.size)) {
@@ -194,6 +205,7 @@ impl BlobStore for TieredStore {
             misses: a.misses + s.misses,
             evictions: a.evictions + s.evictions,
             bytes_written: a.bytes_written + s.bytes_written,
+            stored_bytes_written: a.stored_bytes_written + s.stored_bytes_written,
             retries: a.retries + s.retries,
             oldest: match (a.oldest, s.oldest) {
                 (Some(x), Some(y)) => Some(x.min(y)),
