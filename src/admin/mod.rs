@@ -94,6 +94,7 @@ impl Admin {
                             misses: s.misses,
                             evictions: s.evictions,
                             bytes_written: s.bytes_written,
+                            stored_bytes_written: s.stored_bytes_written,
                             oldest_age_seconds: s.oldest.and_then(|o| now.duration_since(o).ok()).map_or(0, |d| d.as_secs()),
                             spooled: s.spooled,
                             reachable: probe.as_ref().is_none_or(|p| p.up),

@@ -91,6 +91,14 @@ fn blob_link(instance: &str, d: &Digest, name: &str) -> String {
     )
 }
 
+/// Bytes written, and what they took where the tier compressed them.
+fn written(bytes: u64, stored: u64) -> String {
+    match stored < bytes {
+        true => format!("{} ({} stored)", ByteSize(bytes).human(), ByteSize(stored).human()),
+        false => ByteSize(bytes).human(),
+    }
+}
+
 fn duration(seconds: u64) -> String {
     match seconds {
         s if s < 120 => format!("{s}s"),
@@ -144,7 +152,7 @@ pub fn status(admin: &Admin) -> String {
                 t.kind,
                 t.blobs,
                 ByteSize(t.bytes).human(),
-                ByteSize(t.bytes_written).human(),
+                written(t.bytes_written, t.stored_bytes_written),
                 t.hits,
                 t.misses,
                 t.evictions

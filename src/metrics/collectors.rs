@@ -62,6 +62,8 @@ impl Collector for Tiers {
         family(&mut encoder, "strata_tier_misses", "Lookups that did not find the blob in this tier", Counter, each(|s| s.misses))?;
         family(&mut encoder, "strata_tier_evictions", "Blobs evicted from this tier", Counter, each(|s| s.evictions))?;
         family(&mut encoder, "strata_tier_written_bytes", "Bytes written to this tier", Counter, each(|s| s.bytes_written))?;
+        let stored = "What the bytes written took where they were stored (less where the tier compresses)";
+        family(&mut encoder, "strata_tier_stored_written_bytes", stored, Counter, each(|s| s.stored_bytes_written))?;
         family(&mut encoder, "strata_tier_retries", "Upstream calls retried after a transient failure", Counter, each(|s| s.retries))?;
         family(&mut encoder, "strata_tier_spooled", "Uploads queued for an upstream that was unavailable", Gauge, each(|s| s.spooled))?;
         let ages = rows.iter().filter_map(|(l, s)| Some((l.clone(), now.duration_since(s.oldest?).unwrap_or_default().as_secs())));
