@@ -240,3 +240,34 @@ fn auth_settings_are_checked() {
         assert!(err.contains(want), "{text}: {err}");
     }
 }
+
+#[test]
+fn disk_compression_is_checked() {
+    use crate::config::storage::{Compression, TierKind};
+    use strata_backends::zstd_chunks::Settings;
+    let with = |cas: &str, ac: &str| {
+        parse(&format!(
+            "storage:\n  s:\n    cas: [ {{ disk: {{ path: c, max_size: 1GiB{cas} }} }} ]\n    action_cache: [ {{ disk: {{ path: a, max_size: 1GiB{ac} }} }} ]\ninstances:\n  - {{ name: \"\", storage: s, services: [cas] }}\n"
+        ))
+    };
+    let compression = |c: &Config| match &c.storage["s"].cas[0].kind {
+        TierKind::Disk(d) => d.compression,
+        _ => unreachable!(),
+    };
+    assert_eq!(compression(&with("", "").unwrap()), Compression::Off);
+    assert_eq!(compression(&with(", compression: zstd", "").unwrap()), Compression::Zstd(Settings::DEFAULT));
+    let tuned = with(", compression: { zstd: { level: 3, min_size: 16KiB } }", "").unwrap();
+    assert_eq!(compression(&tuned), Compression::Zstd(Settings { level: 3, min_size: 16 << 10 }));
+    for (bad, expected) in [
+        (", compression: gzip", "not \"gzip\""),
+        (", compression: { zstd: { level: 0 } }", "level 0 must be between 1 and 19"),
+        (", compression: { zstd: { levle: 3 } }", "unknown field `levle`"),
+        (", compression: { zstd: { min_size: lots } }", "compression.zstd"),
+        (", compression: [zstd]", "compression is `off`, `zstd`"),
+    ] {
+        let err = with(bad, "").unwrap_err();
+        assert!(err.contains(expected), "{bad}: {err}");
+    }
+    let err = with("", ", compression: zstd").unwrap_err();
+    assert!(err.contains("action_cache[0].compression applies to CAS tiers only"), "{err}");
+}
