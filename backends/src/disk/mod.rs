@@ -417,6 +417,12 @@ impl DiskLog {
         Ok(())
     }
 
+    /// Whether the segment record for `key` is in the compressed form (header only, no payload).
+    fn holds_compressed(&self, key: &Key) -> bool {
+        let st = self.inner.state.read();
+        st.index.get(key).and_then(|loc| st.segments.get(&loc.segment)?.header_at(loc.offset)).is_some_and(|h| h.key == *key && h.form == Form::ZstdChunks)
+    }
+
     fn present(&self, digest: &Digest) -> bool {
         self.lookup(&digest.key()).is_some_and(|(stored, _)| stored.size() == digest.size)
     }
@@ -486,6 +492,11 @@ impl BlobStore for DiskLog {
 
     async fn read_zstd(&self, digest: &Digest, offset: u64) -> Result<Option<Blob>> {
         let key = digest.key();
+        // Most records are stored as they are (always, without compression): the header says so
+        // before any payload is read or checksummed, and the caller then reads the usual way.
+        if !self.holds_compressed(&key) {
+            return Ok(None);
+        }
         let Some((stored, at)) = self.lookup(&key).filter(|(stored, _)| stored.size() == digest.size) else { return Ok(None) };
         let level = self.inner.cfg.compression.map_or(Settings::DEFAULT.level, |s| s.level);
         let blob = stored.zstd_from(digest, offset, level)?;
