@@ -46,6 +46,31 @@ async fn every_scenario_runs_without_errors() {
     }
 }
 
+/// With `--compressor zstd` blobs travel compressed both ways, are checked after decompression (a
+/// wrong byte would be an error of the run), and fewer bytes cross the wire than the blobs hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_scenarios_move_fewer_bytes_on_the_wire() {
+    let (server, _tmp) = start().await;
+    for scenario in ["write-large", "read-large", "write-small", "read-small"] {
+        let mut a = args(format!("grpc://{}", server.addr), scenario);
+        a.compressor = "zstd".into();
+        a.small_size = "4KiB".into();
+        let report = run(a).await.unwrap_or_else(|e| panic!("{scenario}: {e}"));
+        assert_eq!(report.errors, 0, "{scenario}: {:?}", report.first_error);
+        assert!(report.ops > 0, "{scenario}: no operations");
+        assert!(report.wire_bytes_per_sec < report.bytes_per_sec / 1.5, "{scenario}: {report:?}");
+        let identity = run(args(format!("grpc://{}", server.addr), scenario)).await.unwrap();
+        assert_eq!(identity.wire_bytes_per_sec, identity.bytes_per_sec, "{scenario}");
+    }
+    let endpoint = format!("grpc://{}", server.addr);
+    let mut a = args(endpoint.clone(), "ac-hit");
+    a.compressor = "zstd".into();
+    assert!(run(a).await.unwrap_err().to_string().contains("applies to write-large"));
+    let mut a = args(endpoint, "read-large");
+    a.compressor = "brotli".into();
+    assert!(run(a).await.unwrap_err().to_string().contains("use identity or zstd"));
+}
+
 #[tokio::test]
 async fn a_stopped_endpoint_fails_clearly() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -176,13 +176,22 @@ impl Digest {
 /// The function segment is left out for SHA-256, as REAPI requires of the functions it predates.
 /// (Parsing, with its validation, is the server's `resource` module.)
 pub fn resource_name(instance: &str, upload: Option<&str>, digest: &Digest) -> String {
+    name_of(instance, upload, "blobs/", digest)
+}
+
+/// The same for the blob's bytes zstd-compressed on the wire: `...compressed-blobs/zstd/{function/}...`.
+pub fn compressed_resource_name(instance: &str, upload: Option<&str>, digest: &Digest) -> String {
+    name_of(instance, upload, "compressed-blobs/zstd/", digest)
+}
+
+fn name_of(instance: &str, upload: Option<&str>, blobs: &str, digest: &Digest) -> String {
     let instance = if instance.is_empty() { String::new() } else { format!("{instance}/") };
     let upload = upload.map_or(String::new(), |id| format!("uploads/{id}/"));
     let function = match digest.function {
         DigestFunction::Sha256 => String::new(),
         f => format!("{}/", f.name()),
     };
-    format!("{instance}{upload}blobs/{function}{}/{}", digest.hash_hex(), digest.size)
+    format!("{instance}{upload}{blobs}{function}{}/{}", digest.hash_hex(), digest.size)
 }
 
 impl fmt::Display for Digest {

@@ -35,8 +35,9 @@ mod remote;
 mod s3;
 mod store;
 pub mod zstd_chunks;
+pub mod zstd_stream;
 
-pub use digest::{resource_name, Digest, DigestError, DigestFunction, Hasher, Key};
+pub use digest::{compressed_resource_name, resource_name, Digest, DigestError, DigestFunction, Hasher, Key};
 pub use disk::{DiskConfig, DiskLog, SyncPolicy};
 pub use error::{Result, StoreError};
 pub use layers::action_cache::TieredActionCache;

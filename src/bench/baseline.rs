@@ -77,7 +77,7 @@ impl Scenario for Baseline {
             socket.write_all(chunk).await.map_err(|e| e.to_string())?;
         }
         socket.read_u8().await.map_err(|e| e.to_string())?;
-        Ok(Done { bytes: self.body.len() as u64, items: 1 })
+        Ok(Done::new(self.body.len() as u64, 1))
     }
 
     async fn finish(&self) {

@@ -10,7 +10,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2::content_addressable_
 use bazel_remote_apis::build::bazel::remote::execution::v2::execution_client::ExecutionClient;
 use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
 use bazel_remote_apis::google::bytestream::WriteRequest;
-use strata_backends::resource_name;
+use strata_backends::{compressed_resource_name, resource_name};
 use crate::protocol::{AuthChannel, ClientAuth};
 
 use super::blobs::UniqueBlob;
@@ -19,6 +19,8 @@ use crate::protocol::to_proto;
 
 use crate::protocol::MAX_MESSAGE;
 const WRITE_CHUNK: usize = 1 << 20;
+pub const IDENTITY: i32 = reapi::compressor::Value::Identity as i32;
+pub const ZSTD: i32 = reapi::compressor::Value::Zstd as i32;
 
 /// One client's connection and stubs.
 #[derive(Clone)]
@@ -68,6 +70,13 @@ pub async fn connect_all(plan: &Plan) -> Result<(Vec<Client>, reapi::ServerCapab
         endpoint: plan.args.endpoint.clone(),
         message: format!("instance {:?} has no CAS", plan.args.instance),
     })?;
+    let compressors = match plan.args.scenario.as_str() {
+        "write-small" => &cache.supported_batch_update_compressors,
+        _ => &cache.supported_compressors,
+    };
+    if plan.compressed && !compressors.contains(&ZSTD) {
+        return Err(BenchError::Unsupported { endpoint: plan.args.endpoint.clone(), message: "zstd is not among its compressors".into() });
+    }
     if !cache.digest_functions.contains(&plan.function.to_proto()) {
         return Err(BenchError::Unsupported {
             endpoint: plan.args.endpoint.clone(),
@@ -85,42 +94,49 @@ pub fn max_batch(caps: &reapi::ServerCapabilities) -> u64 {
     }
 }
 
-pub fn batch_request(plan: &Plan, blobs: &[UniqueBlob]) -> reapi::BatchUpdateBlobsRequest {
-    reapi::BatchUpdateBlobsRequest {
-        instance_name: plan.args.instance.clone(),
-        requests: blobs
-            .iter()
-            .map(|b| reapi::batch_update_blobs_request::Request { digest: Some(to_proto(&b.digest)), data: b.to_vec(), compressor: 0 })
-            .collect(),
-        digest_function: plan.function.to_proto(),
+pub fn batch_request(plan: &Plan, blobs: &[UniqueBlob]) -> Result<reapi::BatchUpdateBlobsRequest, String> {
+    let mut requests = Vec::with_capacity(blobs.len());
+    for b in blobs {
+        let (data, compressor) = match plan.compressed {
+            false => (b.to_vec(), IDENTITY),
+            true => (b.zstd_vec().ok_or("the blob has no zstd form")?, ZSTD),
+        };
+        requests.push(reapi::batch_update_blobs_request::Request { digest: Some(to_proto(&b.digest)), data, compressor });
     }
+    Ok(reapi::BatchUpdateBlobsRequest { instance_name: plan.args.instance.clone(), requests, digest_function: plan.function.to_proto() })
 }
 
-/// Uploads blobs in batches; any failed blob is an error.
-pub async fn upload_batch(client: &mut Client, plan: &Plan, blobs: &[UniqueBlob]) -> Result<(), String> {
-    let resp = client.cas.batch_update_blobs(batch_request(plan, blobs)).await.map_err(|s| format!("BatchUpdateBlobs: {}", s.message()))?;
+/// Uploads blobs in one batch; any failed blob is an error. Returns the bytes of data sent.
+pub async fn upload_batch(client: &mut Client, plan: &Plan, blobs: &[UniqueBlob]) -> Result<u64, String> {
+    let request = batch_request(plan, blobs)?;
+    let wire = request.requests.iter().map(|r| r.data.len() as u64).sum();
+    let resp = client.cas.batch_update_blobs(request).await.map_err(|s| format!("BatchUpdateBlobs: {}", s.message()))?;
     for r in resp.into_inner().responses {
         let status = r.status.unwrap_or_default();
         if status.code != 0 {
             return Err(format!("BatchUpdateBlobs: blob status {}: {}", status.code, status.message));
         }
     }
-    Ok(())
+    Ok(wire)
 }
 
-/// Streams one blob through ByteStream Write in 1 MiB messages, built lazily.
-pub async fn write_blob(client: &mut Client, plan: &Plan, blob: &UniqueBlob, upload_id: &str) -> Result<(), String> {
+/// Streams one blob through ByteStream Write in 1 MiB messages, built lazily: its bytes, or with
+/// `--compressor zstd` its zstd frames to a `compressed-blobs` name. A compressed write's offsets
+/// count the compressed bytes sent, from 0, so the same arithmetic serves both. Returns the bytes sent.
+pub async fn write_blob(client: &mut Client, plan: &Plan, blob: &UniqueBlob, upload_id: &str) -> Result<u64, String> {
     let d = &blob.digest;
-    let name = resource_name(&plan.args.instance, Some(upload_id), d);
-    let body = blob.body.clone();
-    let tail = blob.tail.clone();
-    let total = d.size;
-    let messages = futures::stream::unfold(0u64, move |offset| {
+    let (name, body, tail) = match plan.compressed {
+        false => (resource_name(&plan.args.instance, Some(upload_id), d), blob.body.clone(), blob.tail.clone()),
+        true => {
+            let (body, tail) = blob.zstd_parts().ok_or("the blob has no zstd form")?;
+            (compressed_resource_name(&plan.args.instance, Some(upload_id), d), body, tail)
+        }
+    };
+    let total = (body.len() + tail.len()) as u64;
+    let messages = futures::stream::unfold(Some(0u64), move |offset| {
         let (body, tail, name) = (body.clone(), tail.clone(), name.clone());
         async move {
-            if offset >= total && total > 0 {
-                return None;
-            }
+            let offset = offset?;
             let body_len = body.len() as u64;
             let data = if offset < body_len {
                 let end = (offset + WRITE_CHUNK as u64).min(body_len);
@@ -135,13 +151,19 @@ pub async fn write_blob(client: &mut Client, plan: &Plan, blob: &UniqueBlob, upl
                 finish_write: next >= total,
                 data,
             };
-            Some((message, if next == offset { u64::MAX } else { next }))
+            Some((message, (next < total).then_some(next)))
         }
     });
     let resp = client.bytestream.write(messages).await.map_err(|s| format!("ByteStream.Write: {}", s.message()))?;
     let committed = resp.into_inner().committed_size;
-    if committed != total as i64 {
+    // A compressed upload commits the compressed bytes it sent, or -1 if the server already held the
+    // blob; an identity upload commits the blob's size either way.
+    let complete = match plan.compressed {
+        false => committed == d.size as i64,
+        true => committed == total as i64 || committed == -1,
+    };
+    if !complete {
         return Err(format!("ByteStream.Write committed {committed} of {total} bytes"));
     }
-    Ok(())
+    Ok(total)
 }

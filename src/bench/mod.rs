@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// Blobs per batch request in the small scenarios.
     #[arg(long, default_value_t = 1000)]
     pub batch: usize,
+    /// identity, or zstd: blobs travel zstd-compressed (compressed-blobs ByteStream names, batch
+    /// compressors) in write-large, read-large, write-small and read-small.
+    #[arg(long, default_value = "identity")]
+    pub compressor: String,
     /// Digests per FindMissingBlobs request (half of them present).
     #[arg(long, default_value_t = 10_000)]
     pub find_missing: usize,
@@ -77,11 +81,22 @@ pub enum BenchError {
     Setup(String),
 }
 
-/// What one operation of a scenario moved: bytes and items (blobs, digests, actions).
+/// What one operation of a scenario moved: bytes of blobs, bytes on the wire (fewer when they
+/// travel compressed) and items (blobs, digests, actions).
 pub struct Done {
     pub bytes: u64,
+    pub wire: u64,
     pub items: u64,
 }
+
+impl Done {
+    pub fn new(bytes: u64, items: u64) -> Done {
+        Done { bytes, wire: bytes, items }
+    }
+}
+
+/// The scenarios that can send their blobs compressed.
+const COMPRESSIBLE: [&str; 4] = ["write-large", "read-large", "write-small", "read-small"];
 
 /// Sizes and the digest function, parsed once.
 pub struct Plan {
@@ -89,6 +104,8 @@ pub struct Plan {
     pub function: DigestFunction,
     pub large_size: usize,
     pub small_size: usize,
+    /// Blobs travel zstd-compressed.
+    pub compressed: bool,
 }
 
 impl Plan {
@@ -111,7 +128,13 @@ impl Plan {
         if args.batch == 0 || args.find_missing < 2 || large_size < 64 || small_size < 16 {
             return Err(BenchError::Usage("--batch must be positive, --find-missing at least 2, sizes at least 64 and 16 bytes".into()));
         }
-        Ok(Plan { args, function, large_size, small_size })
+        let compressed = match args.compressor.as_str() {
+            "identity" => false,
+            "zstd" if COMPRESSIBLE.contains(&args.scenario.as_str()) => true,
+            "zstd" => return Err(BenchError::Usage(format!("--compressor zstd applies to {} only", COMPRESSIBLE.join(", ")))),
+            other => return Err(BenchError::Usage(format!("--compressor {other:?}: use identity or zstd"))),
+        };
+        Ok(Plan { args, function, large_size, small_size, compressed })
     }
 }
 
@@ -155,6 +178,7 @@ async fn drive(plan: &Plan, scenario: Arc<dyn Scenario>) -> Result<Report, Bench
                         latencies.push((finished - start).as_secs_f64() * 1000.0);
                         totals.ops.fetch_add(1, Ordering::Relaxed);
                         totals.bytes.fetch_add(done.bytes, Ordering::Relaxed);
+                        totals.wire.fetch_add(done.wire, Ordering::Relaxed);
                         totals.items.fetch_add(done.items, Ordering::Relaxed);
                     }
                     Err(e) => {
@@ -191,6 +215,7 @@ async fn drive(plan: &Plan, scenario: Arc<dyn Scenario>) -> Result<Report, Bench
 pub struct Totals {
     pub ops: AtomicU64,
     pub bytes: AtomicU64,
+    pub wire: AtomicU64,
     pub items: AtomicU64,
     pub errors: AtomicU64,
 }

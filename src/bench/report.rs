@@ -15,6 +15,8 @@ pub struct Report {
     pub ops: u64,
     pub ops_per_sec: f64,
     pub bytes_per_sec: f64,
+    /// Bytes per second on the wire: below `bytes_per_sec` when blobs travel compressed.
+    pub wire_bytes_per_sec: f64,
     /// Blobs, digests or actions per second, depending on the scenario.
     pub items_per_sec: f64,
     pub p50_ms: f64,
@@ -45,6 +47,7 @@ impl Report {
             ops: totals.ops.load(Ordering::Relaxed),
             ops_per_sec: per_sec(totals.ops.load(Ordering::Relaxed)),
             bytes_per_sec: per_sec(totals.bytes.load(Ordering::Relaxed)),
+            wire_bytes_per_sec: per_sec(totals.wire.load(Ordering::Relaxed)),
             items_per_sec: per_sec(totals.items.load(Ordering::Relaxed)),
             p50_ms: percentile(&latencies, 50.0),
             p90_ms: percentile(&latencies, 90.0),
@@ -56,14 +59,15 @@ impl Report {
 
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<14} {:>12} {:>12} {:>14} {:>9} {:>9} {:>9} {:>7}\n",
-            "scenario", "ops/s", "MB/s", "items/s", "p50 ms", "p90 ms", "p99 ms", "errors"
+            "{:<14} {:>12} {:>12} {:>12} {:>14} {:>9} {:>9} {:>9} {:>7}\n",
+            "scenario", "ops/s", "MB/s", "wire MB/s", "items/s", "p50 ms", "p90 ms", "p99 ms", "errors"
         );
         out += &format!(
-            "{:<14} {:>12.1} {:>12.1} {:>14.0} {:>9.3} {:>9.3} {:>9.3} {:>7}\n",
+            "{:<14} {:>12.1} {:>12.1} {:>12.1} {:>14.0} {:>9.3} {:>9.3} {:>9.3} {:>7}\n",
             self.scenario,
             self.ops_per_sec,
             self.bytes_per_sec / 1e6,
+            self.wire_bytes_per_sec / 1e6,
             self.items_per_sec,
             self.p50_ms,
             self.p90_ms,

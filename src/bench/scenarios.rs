@@ -8,11 +8,12 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::bytestream::ReadRequest;
 use bazel_remote_apis::google::longrunning::operation;
 use prost::Message;
-use strata_backends::resource_name;
+use strata_backends::zstd_stream::{decompress, Decompressor};
+use strata_backends::{compressed_resource_name, resource_name};
 use strata_backends::Digest;
 
 use super::blobs::{run_nonce, BlobFactory, UniqueBlob};
-use super::client::{connect_all, max_batch, upload_batch, write_blob, Client};
+use super::client::{connect_all, max_batch, upload_batch, write_blob, Client, ZSTD};
 use super::{BenchError, Done, Plan};
 use crate::protocol::to_proto;
 
@@ -45,9 +46,9 @@ pub async fn prepare(name: &str, plan: Arc<Plan>) -> Result<Arc<dyn Scenario>, B
     }
     let mut c = clients[0].clone();
     Ok(match name {
-        "write-large" => Arc::new(Large { plan: plan.clone(), clients, factory: BlobFactory::new(plan.function, plan.large_size, nonce), stored: vec![] }),
+        "write-large" => Arc::new(Large { plan: plan.clone(), clients, factory: BlobFactory::new(plan.function, plan.large_size, nonce, plan.compressed).map_err(setup)?, stored: vec![] }),
         "read-large" => {
-            let factory = BlobFactory::new(plan.function, plan.large_size, nonce);
+            let factory = BlobFactory::new(plan.function, plan.large_size, nonce, plan.compressed).map_err(setup)?;
             let mut stored = Vec::new();
             for i in 0..plan.args.concurrency {
                 let blob = factory.next();
@@ -57,7 +58,7 @@ pub async fn prepare(name: &str, plan: Arc<Plan>) -> Result<Arc<dyn Scenario>, B
             Arc::new(Large { plan: plan.clone(), clients, factory, stored })
         }
         "write-small" | "read-small" => {
-            let factory = BlobFactory::new(plan.function, plan.small_size, nonce);
+            let factory = BlobFactory::new(plan.function, plan.small_size, nonce, plan.compressed).map_err(setup)?;
             let mut rounds = Vec::new();
             if name == "read-small" {
                 for _ in 0..READ_SMALL_ROUNDS {
@@ -69,7 +70,7 @@ pub async fn prepare(name: &str, plan: Arc<Plan>) -> Result<Arc<dyn Scenario>, B
             Arc::new(Small { plan: plan.clone(), clients, factory, rounds })
         }
         "find-missing" => {
-            let factory = BlobFactory::new(plan.function, 64, nonce);
+            let factory = BlobFactory::new(plan.function, 64, nonce, false).map_err(setup)?;
             let blobs: Vec<UniqueBlob> = (0..plan.args.find_missing).map(|_| factory.next()).collect();
             let present = &blobs[..blobs.len() / 2];
             let per_batch = (limit as usize / 2 / 64).clamp(1, 5000);
@@ -105,11 +106,15 @@ impl Scenario for Large {
         let mut client = self.clients[worker].clone();
         if self.stored.is_empty() {
             let blob = self.factory.next();
-            write_blob(&mut client, &self.plan, &blob, &format!("bench-{worker}-{seq}")).await?;
-            return Ok(Done { bytes: blob.digest.size, items: 1 });
+            let wire = write_blob(&mut client, &self.plan, &blob, &format!("bench-{worker}-{seq}")).await?;
+            return Ok(Done { wire, ..Done::new(blob.digest.size, 1) });
         }
         let digest = self.stored[worker % self.stored.len()];
-        let name = resource_name(&self.plan.args.instance, None, &digest);
+        let instance = &self.plan.args.instance;
+        let (name, mut decompressor) = match self.plan.compressed {
+            false => (resource_name(instance, None, &digest), None),
+            true => (compressed_resource_name(instance, None, &digest), Some(Decompressor::new(digest.size).map_err(|e| e.to_string())?)),
+        };
         let mut stream = client
             .bytestream
             .read(ReadRequest { resource_name: name, read_offset: 0, read_limit: 0 })
@@ -117,13 +122,18 @@ impl Scenario for Large {
             .map_err(|s| format!("ByteStream.Read: {}", s.message()))?
             .into_inner();
         let mut hasher = digest.function.hasher();
-        let mut received = 0u64;
+        let (mut received, mut wire) = (0u64, 0u64);
         while let Some(msg) = stream.message().await.map_err(|s| format!("ByteStream.Read: {}", s.message()))? {
-            hasher.update(&msg.data);
-            received += msg.data.len() as u64;
+            wire += msg.data.len() as u64;
+            let data = match &mut decompressor {
+                None => msg.data,
+                Some(d) => d.feed(&msg.data).map_err(|e| e.to_string())?,
+            };
+            hasher.update(&data);
+            received += data.len() as u64;
         }
         hasher.verify(&digest, received).map_err(|e| e.to_string())?;
-        Ok(Done { bytes: received, items: 1 })
+        Ok(Done { wire, ..Done::new(received, 1) })
     }
 }
 
@@ -143,24 +153,30 @@ impl Scenario for Small {
         let bytes = n * self.plan.small_size as u64;
         if self.rounds.is_empty() {
             let blobs: Vec<UniqueBlob> = (0..n).map(|_| self.factory.next()).collect();
-            upload_batch(&mut client, &self.plan, &blobs).await?;
-            return Ok(Done { bytes, items: n });
+            let wire = upload_batch(&mut client, &self.plan, &blobs).await?;
+            return Ok(Done { wire, ..Done::new(bytes, n) });
         }
         let digests = self.rounds[(worker + seq as usize) % self.rounds.len()].clone();
         let request = reapi::BatchReadBlobsRequest {
             instance_name: self.plan.args.instance.clone(),
             digests,
-            acceptable_compressors: vec![],
+            acceptable_compressors: if self.plan.compressed { vec![ZSTD] } else { vec![] },
             digest_function: self.plan.function.to_proto(),
         };
         let resp = client.cas.batch_read_blobs(request).await.map_err(|s| format!("BatchReadBlobs: {}", s.message()))?;
+        let mut wire = 0;
         for r in resp.into_inner().responses {
             let status = r.status.unwrap_or_default();
-            if status.code != 0 || r.data.len() != self.plan.small_size {
-                return Err(format!("BatchReadBlobs: blob status {} ({} bytes): {}", status.code, r.data.len(), status.message));
+            wire += r.data.len() as u64;
+            let data = match r.compressor {
+                ZSTD => decompress(&r.data, self.plan.small_size as u64).map_err(|e| format!("BatchReadBlobs: {e}"))?,
+                _ => r.data,
+            };
+            if status.code != 0 || data.len() != self.plan.small_size {
+                return Err(format!("BatchReadBlobs: blob status {} ({} bytes): {}", status.code, data.len(), status.message));
             }
         }
-        Ok(Done { bytes, items: n })
+        Ok(Done { wire, ..Done::new(bytes, n) })
     }
 }
 
@@ -185,7 +201,7 @@ impl Scenario for FindMissing {
         if missing != self.expect_missing {
             return Err(format!("FindMissingBlobs reported {missing} missing, expected {}", self.expect_missing));
         }
-        Ok(Done { bytes: 0, items: self.digests.len() as u64 })
+        Ok(Done::new(0, self.digests.len() as u64))
     }
 }
 
@@ -198,8 +214,8 @@ struct AcHit {
 impl AcHit {
     async fn prepare(plan: Arc<Plan>, clients: Vec<Client>, nonce: u64) -> Result<AcHit, String> {
         let mut c = clients[0].clone();
-        let outputs = BlobFactory::new(plan.function, 256, nonce);
-        let actions = BlobFactory::new(plan.function, 100, nonce ^ 0xac);
+        let outputs = BlobFactory::new(plan.function, 256, nonce, false)?;
+        let actions = BlobFactory::new(plan.function, 100, nonce ^ 0xac, false)?;
         let mut digests = Vec::new();
         for _ in 0..AC_ENTRIES {
             let out = outputs.next();
@@ -245,7 +261,7 @@ impl Scenario for AcHit {
         let mut client = self.clients[worker].clone();
         let action = &self.actions[(worker * 7 + seq as usize) % self.actions.len()];
         client.action_cache.get_action_result(get_result(&self.plan, action)).await.map_err(|s| format!("GetActionResult: {}", s.message()))?;
-        Ok(Done { bytes: 0, items: 1 })
+        Ok(Done::new(0, 1))
     }
 }
 
@@ -308,7 +324,7 @@ impl Scenario for Execute {
                     if status.code != 0 || exit != 0 {
                         return Err(format!("action failed: status {} {}, exit code {exit}", status.code, status.message));
                     }
-                    Ok(Done { bytes: 0, items: 1 })
+                    Ok(Done::new(0, 1))
                 }
                 Some(operation::Result::Error(status)) => Err(format!("operation failed: {} {}", status.code, status.message)),
                 None => Err("operation done without a result".into()),
@@ -332,13 +348,13 @@ struct Mixed {
 
 impl Mixed {
     async fn prepare(plan: Arc<Plan>, clients: Vec<Client>, nonce: u64) -> Result<Mixed, String> {
-        let small = BlobFactory::new(plan.function, 4096, nonce);
+        let small = BlobFactory::new(plan.function, 4096, nonce, false)?;
         let known: Vec<UniqueBlob> = (0..80).map(|_| small.next()).collect();
         upload_batch(&mut clients[0].clone(), &plan, &known).await?;
         Ok(Mixed {
             known: known.iter().map(|b| to_proto(&b.digest)).collect(),
-            large: BlobFactory::new(plan.function, MIXED_LARGE_SIZE, nonce),
-            actions: BlobFactory::new(plan.function, 128, nonce ^ 0x31),
+            large: BlobFactory::new(plan.function, MIXED_LARGE_SIZE, nonce, false)?,
+            actions: BlobFactory::new(plan.function, 128, nonce ^ 0x31, false)?,
             plan,
             clients,
             small,
@@ -376,6 +392,6 @@ impl Scenario for Mixed {
             write_blob(&mut client, &self.plan, &blob, &format!("mixed-{worker}-{seq}")).await?;
             bytes += blob.digest.size;
         }
-        Ok(Done { bytes, items: 1 })
+        Ok(Done::new(bytes, 1))
     }
 }

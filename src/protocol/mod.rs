@@ -9,7 +9,8 @@ pub mod action;
 pub mod admin {
     tonic::include_proto!("strata.admin.v1");
 }
-pub mod compression;
+/// zstd on the wire lives with the remote tier, its first client; the server uses the same code.
+pub use strata_backends::zstd_stream as compression;
 pub mod credentials;
 pub mod paths;
 pub mod resource;

@@ -109,13 +109,17 @@ mod tests {
 
     #[test]
     fn names_built_by_the_clients_parse_back() {
-        use strata_backends::resource_name;
+        use strata_backends::{compressed_resource_name, resource_name};
         for function in DigestFunction::ALL {
             let d = function.digest_of(b"round trip");
             let w = parse_write(&resource_name("a/b", Some("u1"), &d)).unwrap();
             assert_eq!((w.instance.as_str(), w.uuid.as_str(), w.digest), ("a/b", "u1", d));
             let r = parse_read(&resource_name("", None, &d)).unwrap();
-            assert_eq!((r.instance.as_str(), r.digest), ("", d));
+            assert_eq!((r.instance.as_str(), r.digest, r.compressed), ("", d, false));
+            let w = parse_write(&compressed_resource_name("x", Some("u2"), &d)).unwrap();
+            assert_eq!((w.instance.as_str(), w.uuid.as_str(), w.digest, w.compressed), ("x", "u2", d, true));
+            let r = parse_read(&compressed_resource_name("", None, &d)).unwrap();
+            assert_eq!((r.digest, r.compressed), (d, true));
         }
     }
 

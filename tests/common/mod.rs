@@ -158,6 +158,7 @@ pub fn bench_args(endpoint: String, scenario: &str) -> strata::bench::BenchArgs 
         large_size: "2MiB".into(),
         small_size: "1KiB".into(),
         batch: 50,
+        compressor: "identity".into(),
         find_missing: 1000,
         json: true,
         quiet: true,
