@@ -239,6 +239,7 @@ fn open_remote(remote: &RemoteTier, label: &str) -> Result<RemoteStore, StoreErr
         retries: remote.retries,
         concurrency: remote.concurrency,
         auth: remote_auth(remote, label)?,
+        compression: remote.wire_compression(),
     })
     .map_err(|e| StoreError::Config(format!("{label}: {e}")))
 }

@@ -32,22 +32,6 @@ instances:
     services: [cas, action_cache]
 "#;
 
-/// Text-like bytes: compressible, but not to nothing.
-fn text(seed: u32, len: usize) -> Vec<u8> {
-    let words = ["cc_library", "genrule", "srcs", "deps", "visibility", "//pkg:target", "hdrs", "copts"];
-    let mut state = seed.wrapping_mul(2_654_435_761) | 1;
-    let mut out = Vec::with_capacity(len + 16);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        out.extend_from_slice(words[(state % 8) as usize].as_bytes());
-        out.push(b' ');
-    }
-    out.truncate(len);
-    out
-}
-
 async fn read_compressed(server: &TestServer, d: &reapi::Digest, offset: i64) -> Vec<u8> {
     let resource_name = format!("compressed-blobs/zstd/{}/{}", d.hash, d.size_bytes);
     let mut stream = server.bytestream().await.read(ReadRequest { resource_name, read_offset: offset, read_limit: 0 }).await.unwrap().into_inner();

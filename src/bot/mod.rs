@@ -180,6 +180,9 @@ pub async fn run(args: BotArgs, shutdown: impl Future<Output = ()>) -> Result<()
         retries: 3,
         concurrency: 32,
         auth: auth.clone(),
+        // Inputs are fetched over the local network from the server, where zstd costs more CPU
+        // than the bytes it saves.
+        compression: None,
     })?;
     let cache = inputs::InputCache::open(args.work_dir.join("cache"), Arc::new(cas), args.max_input_paths, args.cache_size.0)?;
     let actions_dir = args.work_dir.join("actions");

@@ -295,6 +295,16 @@ pub struct RemoteTier {
     pub client_certificate: Option<PathBuf>,
     #[serde(default)]
     pub client_key: Option<PathBuf>,
+    /// zstd on the wire where the upstream advertises it: `zstd` unless set (level 1, blobs of
+    /// 4KiB and up), `off`, or `{ zstd: { level: 3, min_size: 16KiB } }`. CAS tiers only.
+    #[serde(default)]
+    pub compression: Option<Compression>,
+}
+
+impl RemoteTier {
+    pub fn wire_compression(&self) -> Option<strata_backends::zstd_chunks::Settings> {
+        self.compression.unwrap_or(Compression::Zstd(strata_backends::zstd_chunks::Settings::DEFAULT)).settings()
+    }
 }
 
 /// An S3 bucket (AWS or any S3-compatible store).

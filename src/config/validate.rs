@@ -125,6 +125,9 @@ impl Config {
                             return Err(format!("{key}.compression applies to CAS tiers only: action results are small and stored as they are"));
                         }
                     }
+                    TierKind::Remote(remote) if list == "action_cache" && remote.compression.is_some() => {
+                        return Err(format!("{key}.compression applies to CAS tiers only: action results travel as they are"));
+                    }
                     TierKind::S3(s3) => {
                         if s3.access_key_id.is_some() != s3.secret_access_key.is_some() {
                             return Err(format!("{key}: access_key_id and secret_access_key go together"));

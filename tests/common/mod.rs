@@ -234,3 +234,19 @@ pub async fn bytestream_read(server: &TestServer, d: &reapi::Digest, offset: i64
     }
     Ok(out)
 }
+
+/// Text-like bytes: compressible, but not to nothing.
+pub fn text(seed: u32, len: usize) -> Vec<u8> {
+    let words = ["cc_library", "genrule", "srcs", "deps", "visibility", "//pkg:target", "hdrs", "copts"];
+    let mut state = seed.wrapping_mul(2_654_435_761) | 1;
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        out.extend_from_slice(words[(state % 8) as usize].as_bytes());
+        out.push(b' ');
+    }
+    out.truncate(len);
+    out
+}

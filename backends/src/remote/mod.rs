@@ -4,7 +4,9 @@
 //! through ByteStream, streamed both ways. Every call has a deadline and idempotent calls are retried
 //! with backoff while the upstream is unavailable; an upstream that stays down is reported as
 //! `StoreError::Unavailable` naming it, which the server turns into UNAVAILABLE. What comes back from
-//! an upstream is not trusted: the tier stack verifies it before serving or promoting it.
+//! an upstream is not trusted: the tier stack verifies it before serving or promoting it. Where the
+//! upstream advertises zstd and the tier is configured for it, blobs travel compressed both ways
+//! (`compressed-blobs` names, batch compressors); the CPU work runs off the async runtime.
 
 use std::future::Future;
 use std::time::Duration;
@@ -25,7 +27,9 @@ use tonic::{Code, Request, Status};
 mod assets;
 
 use crate::client::{channel, AuthChannel, Backoff, ClientAuth, MAX_MESSAGE};
-use crate::digest::{resource_name, Digest, DigestFunction};
+use crate::digest::{compressed_resource_name, resource_name, Digest, DigestFunction};
+use crate::zstd_chunks::Settings;
+use crate::zstd_stream::Decompressor;
 use crate::error::{Result, StoreError};
 use crate::store::{ActionCacheStore, Blob, BlobStore, BlobWriter, BufferedWriter, Counters, StoreStats};
 
@@ -35,6 +39,10 @@ const FIND_MISSING_BATCH: usize = 10_000;
 const WRITE_CHUNK: usize = 1 << 20;
 /// Blobs up to this size use the batch calls (if the upstream's limit allows).
 const SMALL_BLOB: u64 = 1 << 20;
+/// Blob bytes per zstd frame of a compressed upload.
+const FRAME: usize = 1 << 20;
+const IDENTITY: i32 = reapi::compressor::Value::Identity as i32;
+const ZSTD: i32 = reapi::compressor::Value::Zstd as i32;
 
 #[derive(Clone, Debug)]
 pub struct RemoteConfig {
@@ -51,13 +59,26 @@ pub struct RemoteConfig {
     pub concurrency: usize,
     /// The token, CA and client certificate the upstream is called with.
     pub auth: ClientAuth,
+    /// zstd on the wire where the upstream advertises it: the level, and the size below which
+    /// blobs travel as they are.
+    pub compression: Option<Settings>,
+}
+
+/// What the upstream said of itself, asked once.
+#[derive(Clone, Copy, Debug)]
+struct Upstream {
+    max_batch: u64,
+    /// ByteStream `compressed-blobs/zstd` and zstd in batch reads.
+    zstd_reads: bool,
+    /// zstd in BatchUpdateBlobs.
+    zstd_batch_writes: bool,
 }
 
 #[derive(Clone)]
 pub struct RemoteStore {
     cfg: RemoteConfig,
     channel: AuthChannel,
-    max_batch: std::sync::Arc<OnceCell<u64>>,
+    upstream: std::sync::Arc<OnceCell<Upstream>>,
     /// Calls in flight at most: upstreams such as BuildGrid refuse RPCs beyond their thread pool.
     in_flight: std::sync::Arc<tokio::sync::Semaphore>,
     counters: std::sync::Arc<Counters>,
@@ -69,7 +90,7 @@ impl RemoteStore {
     pub fn new(cfg: RemoteConfig) -> Result<RemoteStore> {
         let channel = channel(&cfg.endpoint, &cfg.auth, cfg.connect_timeout)?;
         let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(cfg.concurrency.max(1)));
-        Ok(RemoteStore { cfg, channel, max_batch: Default::default(), in_flight, counters: Default::default() })
+        Ok(RemoteStore { cfg, channel, upstream: Default::default(), in_flight, counters: Default::default() })
     }
 
     pub fn endpoint(&self) -> &str {
@@ -139,9 +160,9 @@ impl RemoteStore {
         }
     }
 
-    /// The upstream's batch limit, asked once.
-    async fn max_batch(&self) -> Result<u64> {
-        self.max_batch
+    /// The upstream's batch limit and compressors, asked once.
+    async fn upstream(&self) -> Result<Upstream> {
+        self.upstream
             .get_or_try_init(|| async {
                 let caps = self
                     .retry("GetCapabilities", || {
@@ -150,11 +171,26 @@ impl RemoteStore {
                     })
                     .await?
                     .into_inner();
-                let advertised = caps.cache_capabilities.map_or(0, |c| c.max_batch_total_size_bytes);
-                Ok::<u64, StoreError>(if advertised > 0 { (advertised as u64).min(MAX_MESSAGE as u64 / 2) } else { 4 << 20 })
+                let cache = caps.cache_capabilities.unwrap_or_default();
+                let advertised = cache.max_batch_total_size_bytes;
+                let wanted = self.cfg.compression.is_some();
+                Ok::<Upstream, StoreError>(Upstream {
+                    max_batch: if advertised > 0 { (advertised as u64).min(MAX_MESSAGE as u64 / 2) } else { 4 << 20 },
+                    zstd_reads: wanted && cache.supported_compressors.contains(&ZSTD),
+                    zstd_batch_writes: wanted && cache.supported_batch_update_compressors.contains(&ZSTD),
+                })
             })
             .await
             .copied()
+    }
+
+    async fn max_batch(&self) -> Result<u64> {
+        Ok(self.upstream().await?.max_batch)
+    }
+
+    /// The settings to compress an upload of this blob with, if it is to travel compressed.
+    fn compress_upload(&self, digest: &Digest, upstream_takes_it: bool) -> Option<Settings> {
+        self.cfg.compression.filter(|s| upstream_takes_it && digest.size >= s.min_size)
     }
 
     /// Whether a blob goes through the batch calls: small, and well inside the upstream's limit.
@@ -162,22 +198,35 @@ impl RemoteStore {
         Ok(digest.size <= SMALL_BLOB && digest.size + 1024 <= self.max_batch().await?)
     }
 
-    fn resource(&self, digest: &Digest, upload: Option<&str>) -> String {
-        resource_name(&self.cfg.instance, upload, digest)
+    fn resource(&self, digest: &Digest, upload: Option<&str>, compressed: bool) -> String {
+        match compressed {
+            false => resource_name(&self.cfg.instance, upload, digest),
+            true => compressed_resource_name(&self.cfg.instance, upload, digest),
+        }
     }
 
     fn transfer_timeout(&self, size: u64) -> Duration {
         self.cfg.timeout + self.cfg.timeout.mul_f64(size as f64 / (64u64 << 20) as f64)
     }
 
-    /// Starts a ByteStream upload fed by the returned channel.
-    fn start_upload(&self, digest: &Digest) -> UploadWriter {
+    /// Starts a ByteStream upload fed by the returned channel, compressed if the upstream reads zstd.
+    async fn start_upload(&self, digest: &Digest) -> Result<UploadWriter> {
+        let zstd = self.compress_upload(digest, self.upstream().await?.zstd_reads);
         let (tx, rx) = mpsc::channel::<WriteRequest>(4);
         let request = self.request(tokio_stream::wrappers::ReceiverStream::new(rx), self.transfer_timeout(digest.size));
         let mut client = self.bytestream();
         let call = tokio::spawn(async move { client.write(request).await.map(|r| r.into_inner().committed_size) });
         let upload_id = format!("{:016x}{:016x}", rand_u64(), rand_u64());
-        UploadWriter { store: self.clone(), digest: *digest, name: Some(self.resource(digest, Some(&upload_id))), tx: Some(tx), call: Some(call), offset: 0 }
+        Ok(UploadWriter {
+            store: self.clone(),
+            digest: *digest,
+            name: Some(self.resource(digest, Some(&upload_id), zstd.is_some())),
+            tx: Some(tx),
+            call: Some(call),
+            offset: 0,
+            zstd,
+            pending: Vec::new(),
+        })
     }
 }
 
@@ -196,10 +245,37 @@ pub struct UploadWriter {
     name: Option<String>,
     tx: Option<mpsc::Sender<WriteRequest>>,
     call: Option<tokio::task::JoinHandle<std::result::Result<i64, Status>>>,
+    /// Bytes sent: of the blob, or of its zstd frames when compressed (REAPI's compressed offsets).
     offset: u64,
+    zstd: Option<Settings>,
+    /// Blob bytes waiting to fill a frame (compressed uploads only).
+    pending: Vec<u8>,
 }
 
 impl UploadWriter {
+    /// Compressed uploads go as independent 1 MiB frames (one zstd stream, as REAPI allows),
+    /// compressed off the runtime; `finish` sends what is left.
+    async fn push(&mut self, data: Bytes, finish: bool) -> Result<()> {
+        let Some(settings) = self.zstd else { return self.send(data, finish).await };
+        self.pending.extend_from_slice(&data);
+        while self.pending.len() >= FRAME || (finish && !self.pending.is_empty()) {
+            let rest = self.pending.split_off(self.pending.len().min(FRAME));
+            let piece = std::mem::replace(&mut self.pending, rest);
+            let frame = tokio::task::spawn_blocking(move || zstd::bulk::compress(&piece, settings.level))
+                .await
+                .map_err(|e| StoreError::Config(format!("compression task failed: {e}")))?
+                .map_err(|e| StoreError::Config(format!("zstd compression failed: {e}")))?;
+            self.send(Bytes::from(frame), false).await?;
+            if self.call.is_none() {
+                return Ok(()); // the upstream ended the call: it has the blob, or refused it
+            }
+        }
+        match finish {
+            true => self.send(Bytes::new(), true).await,
+            false => Ok(()),
+        }
+    }
+
     async fn send(&mut self, data: Bytes, finish: bool) -> Result<()> {
         let mut chunks: Vec<Bytes> = (0..data.len()).step_by(WRITE_CHUNK).map(|i| data.slice(i..(i + WRITE_CHUNK).min(data.len()))).collect();
         if chunks.is_empty() {
@@ -233,7 +309,13 @@ impl UploadWriter {
             .await
             .map_err(|e| StoreError::Unavailable { upstream: self.store.cfg.endpoint.clone(), message: format!("upload task failed: {e}") })?
             .map_err(|s| self.store.failure("ByteStream.Write", s))?;
-        if committed != self.digest.size as i64 {
+        // A compressed upload commits the compressed bytes sent (some servers say the blob's size),
+        // or -1 when the upstream already had the blob.
+        let complete = match self.zstd {
+            None => committed == self.digest.size as i64,
+            Some(_) => committed == self.offset as i64 || committed == self.digest.size as i64 || committed == -1,
+        };
+        if !complete {
             return Err(StoreError::Upstream {
                 upstream: self.store.cfg.endpoint.clone(),
                 code: Code::Internal as i32,
@@ -250,12 +332,12 @@ impl BlobWriter for UploadWriter {
         if self.call.is_none() {
             return Ok(()); // already complete upstream
         }
-        self.send(chunk, false).await
+        self.push(chunk, false).await
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
         if self.call.is_some() && self.tx.is_some() {
-            self.send(Bytes::new(), true).await?;
+            self.push(Bytes::new(), true).await?;
         }
         self.finish().await
     }
@@ -303,11 +385,12 @@ impl BlobStore for RemoteStore {
     }
 
     async fn read(&self, digest: &Digest, offset: u64, limit: Option<u64>) -> Result<Option<Blob>> {
+        let zstd = self.upstream().await?.zstd_reads;
         if self.is_small(digest).await? {
             let message = reapi::BatchReadBlobsRequest {
                 instance_name: self.cfg.instance.clone(),
                 digests: vec![proto(digest)],
-                acceptable_compressors: vec![],
+                acceptable_compressors: if zstd { vec![ZSTD] } else { vec![] },
                 digest_function: digest.function.to_proto(),
             };
             let response = self
@@ -327,10 +410,17 @@ impl BlobStore for RemoteStore {
                 return Err(self.failure("BatchReadBlobs", Status::new(Code::from_i32(status.code), status.message)));
             }
             self.counters.hit(true);
-            return Ok(Some(Blob::Bytes(crate::store::slice_range(&Bytes::from(entry.data), offset, limit))));
+            let data = match entry.compressor {
+                IDENTITY => Bytes::from(entry.data),
+                ZSTD => Bytes::from(unzstd(entry.data, digest.size).await.map_err(|e| self.failure("BatchReadBlobs", e))?),
+                other => return Err(self.failure("BatchReadBlobs", Status::internal(format!("answered with compressor {other}, which was not asked for")))),
+            };
+            return Ok(Some(Blob::Bytes(crate::store::slice_range(&data, offset, limit))));
         }
+        // A compressed read cannot carry a limit (REAPI): ranges with one travel as they are.
+        let compressed = zstd && limit.is_none() && offset < digest.size;
         let message = ReadRequest {
-            resource_name: self.resource(digest, None),
+            resource_name: self.resource(digest, None, compressed),
             read_offset: offset as i64,
             read_limit: limit.map_or(0, |l| l as i64),
         };
@@ -359,14 +449,25 @@ impl BlobStore for RemoteStore {
         let this = self.clone();
         let head = futures::stream::iter(first.map(|m| Ok(Bytes::from(m.data))));
         let rest = stream.map(move |m| m.map(|m| Bytes::from(m.data)).map_err(|s| this.failure("ByteStream.Read", s)));
-        Ok(Some(Blob::Stream(Box::pin(head.chain(rest)))))
+        let body = Box::pin(head.chain(rest));
+        if !compressed {
+            return Ok(Some(Blob::Stream(body)));
+        }
+        Ok(Some(Blob::Stream(self.decompressing(body, digest.size - offset)?)))
     }
 
     async fn write(&self, digest: &Digest, data: Bytes) -> Result<()> {
         if self.is_small(digest).await? {
+            let (data, compressor) = match self.compress_upload(digest, self.upstream().await?.zstd_batch_writes) {
+                Some(settings) => match zstd_if_smaller(data.clone(), settings).await {
+                    Some(frame) => (frame, ZSTD),
+                    None => (data.to_vec(), IDENTITY),
+                },
+                None => (data.to_vec(), IDENTITY),
+            };
             let message = reapi::BatchUpdateBlobsRequest {
                 instance_name: self.cfg.instance.clone(),
-                requests: vec![reapi::batch_update_blobs_request::Request { digest: Some(proto(digest)), data: data.to_vec(), compressor: 0 }],
+                requests: vec![reapi::batch_update_blobs_request::Request { digest: Some(proto(digest)), data, compressor }],
                 digest_function: digest.function.to_proto(),
             };
             let response = self
@@ -382,7 +483,7 @@ impl BlobStore for RemoteStore {
             }
             return Ok(());
         }
-        let mut writer = Box::new(self.start_upload(digest));
+        let mut writer = Box::new(self.start_upload(digest).await?);
         writer.append(data).await?;
         writer.commit().await
     }
@@ -393,7 +494,7 @@ impl BlobStore for RemoteStore {
             let digest = *digest;
             return Ok(Box::new(BufferedWriter::new(digest.size, move |data| async move { this.write(&digest, data).await })));
         }
-        Ok(Box::new(self.start_upload(digest)))
+        Ok(Box::new(self.start_upload(digest).await?))
     }
 
     fn stats(&self) -> StoreStats {
@@ -439,6 +540,57 @@ impl ActionCacheStore for RemoteStore {
         .await?;
         Ok(())
     }
+}
+
+impl RemoteStore {
+    /// The blob bytes of a compressed read, decompressed piece by piece off the runtime, never
+    /// more than `expected` (a bomb is cut off there) and never fewer (a cut stream is an error).
+    fn decompressing(&self, body: futures::stream::BoxStream<'static, Result<Bytes>>, expected: u64) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
+        let decompressor = Decompressor::new(expected).map_err(|e| self.failure("ByteStream.Read", Status::internal(e.to_string())))?;
+        let this = self.clone();
+        let state = Some((body, decompressor, 0u64));
+        Ok(Box::pin(futures::stream::unfold(state, move |state| {
+            let this = this.clone();
+            async move {
+                let (mut body, mut decompressor, produced) = state?;
+                let wrong = |message: String| Some((Err(this.failure("ByteStream.Read", Status::data_loss(message))), None));
+                match body.next().await {
+                    Some(Err(e)) => Some((Err(e), None)),
+                    Some(Ok(frame)) => {
+                        let outcome = tokio::task::spawn_blocking(move || {
+                            let out = decompressor.feed(&frame);
+                            (decompressor, out)
+                        })
+                        .await;
+                        match outcome {
+                            Ok((decompressor, Ok(out))) => {
+                                let produced = produced + out.len() as u64;
+                                Some((Ok(Bytes::from(out)), Some((body, decompressor, produced))))
+                            }
+                            Ok((_, Err(e))) => wrong(format!("the upstream's zstd stream: {e}")),
+                            Err(e) => wrong(format!("decompression task failed: {e}")),
+                        }
+                    }
+                    None if produced != expected => wrong(format!("the upstream's zstd stream ended after {produced} of {expected} bytes")),
+                    None => None,
+                }
+            }
+        })))
+    }
+}
+
+/// Decompresses a batch answer off the runtime, bounded by the blob's size.
+async fn unzstd(data: Vec<u8>, size: u64) -> std::result::Result<Vec<u8>, Status> {
+    tokio::task::spawn_blocking(move || crate::zstd_stream::decompress(&data, size))
+        .await
+        .map_err(|e| Status::internal(format!("decompression task failed: {e}")))?
+        .map_err(|e| Status::data_loss(format!("the upstream's zstd data: {e}")))
+}
+
+/// The blob as one zstd frame, if that is smaller, compressed off the runtime.
+async fn zstd_if_smaller(data: Bytes, settings: Settings) -> Option<Vec<u8>> {
+    let frame = tokio::task::spawn_blocking(move || zstd::bulk::compress(&data, settings.level).ok().filter(|f| f.len() < data.len())).await;
+    frame.ok().flatten()
 }
 
 fn proto(digest: &Digest) -> reapi::Digest {
