@@ -210,6 +210,7 @@ async fn open_s3(c: &S3Tier, label: &str) -> Result<S3Store, StoreError> {
         timeout: c.timeout,
         connect_timeout: c.connect_timeout,
         checksum_when_required: c.checksum == Checksum::WhenRequired,
+        compression: c.compression.settings(),
     })
     .await
     .map_err(|e| StoreError::Config(format!("{label}: {e}")))

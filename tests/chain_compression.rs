@@ -112,7 +112,7 @@ async fn a_site_talks_zstd_to_an_upstream_that_offers_it() {
     assert_eq!(bytestream_read(&site, &sha256(&large), at as i64, 0).await.unwrap(), &large[at..]);
     assert_eq!(bytestream_read(&site, &sha256(&large), 1000, 5000).await.unwrap(), &large[1000..6000]);
     // Incompressible blobs go as they are, and still arrive whole.
-    let noise = content(3, 300_000);
+    let noise = noise(3, 300_000);
     upload(&mut site.cas().await, "", &[&noise]).await;
     assert_eq!(batch_read(&site, &sha256(&noise)).await, noise);
     assert!(missing(&mut site.cas().await, "", vec![sha256(&noise), sha256(&large)]).await.is_empty());

@@ -14,10 +14,16 @@ use common::*;
 use tonic::Code;
 
 fn strata_config(endpoint: &str, bucket: &str) -> String {
+    strata_config_with(endpoint, bucket, "")
+}
+
+/// The same, with `cas_extra` added to the CAS tier's S3 settings.
+fn strata_config_with(endpoint: &str, bucket: &str, cas_extra: &str) -> String {
     let s3 = format!(
         "{{ bucket: {bucket}, prefix: test/, endpoint: \"{endpoint}\", path_style: true, access_key_id: {ACCESS_KEY}, \
          secret_access_key: {SECRET_KEY}, part_size: 5MiB, checksum: when_required, retries: 1, timeout: 10s, connect_timeout: 1s }}"
     );
+    let s3_cas = format!("{}{cas_extra} }}", s3.trim_end_matches('}').trim_end());
     format!(
         r#"
 max_batch_total_size: 1MiB
@@ -26,7 +32,7 @@ storage:
     cas:
       - memory: {{ max_size: 8MiB, max_blob: 16KiB }}
       - disk: {{ path: cas, max_size: 256MiB, segment_size: 1MiB, max_record: 64KiB, sync: never }}
-      - s3: {s3}
+      - s3: {s3_cas}
     action_cache:
       - memory: {{ max_size: 1MiB }}
       - s3: {s3}
@@ -77,6 +83,76 @@ async fn blobs_and_results_go_through_to_s3_and_come_back_to_an_empty_site() {
     assert_eq!(bytestream_read(&site, &sha256(&small), 0, 0).await.unwrap(), small);
     let got = site.action_cache().await.get_action_result(reapi::GetActionResultRequest { action_digest: Some(action), ..Default::default() }).await;
     assert_eq!(got.unwrap().into_inner(), result);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_objects_have_keys_of_their_own_and_old_identity_objects_still_read() {
+    let s3 = s3_server().await;
+    let bucket = new_bucket(&s3.endpoint).await;
+    let plain = strata_config(&s3.endpoint, &bucket);
+    let zstd = strata_config_with(&s3.endpoint, &bucket, ", compression: zstd");
+    let old = text(10, 200_000);
+    let packed = text(11, (2 << 20) + 300_000); // three chunks of the compressed form
+    let noise = noise(12, 100_000);
+    let large = text(13, 7 << 20); // above part_size: multipart, as it is
+    let tiny = text(14, 1000); // below min_size
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let site = TestServer::start_in(&plain, dir.path()).await;
+        upload(&mut site.cas().await, "", &[&old]).await;
+    }
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let site = TestServer::start_in(&zstd, dir.path()).await;
+        upload(&mut site.cas().await, "", &[&noise, &tiny]).await;
+        bytestream_write(&site, &packed, 1 << 20).await;
+        bytestream_write(&site, &large, 1 << 20).await;
+    }
+    let s3c = client(&s3.endpoint);
+    let head = |form: &str, data: &[u8]| {
+        let d = sha256(data);
+        let key = format!("test/{form}/sha256/{}-{}", d.hash, d.size_bytes);
+        let request = s3c.head_object().bucket(&bucket).key(key);
+        async move { request.send().await.ok().and_then(|h| h.content_length()) }
+    };
+    let stored = head("cas-zstd1", &packed).await.expect("the compressed object");
+    assert!(stored < packed.len() as i64 / 2, "{stored} bytes stored for {}", packed.len());
+    assert_eq!(head("cas", &packed).await, None, "one object per blob");
+    for (data, what) in [(&noise, "incompressible"), (&large, "above part_size"), (&tiny, "below min_size"), (&old, "old")] {
+        assert_eq!(head("cas", data).await, Some(data.len() as i64), "{what}: stored as it is");
+        assert_eq!(head("cas-zstd1", data).await, None, "{what}");
+    }
+
+    // A compressing site with nothing local reads every form, whole and in ranges across chunks.
+    let dir = tempfile::tempdir().unwrap();
+    let site = TestServer::start_in(&zstd, dir.path()).await;
+    let all = [&old, &packed, &noise, &large, &tiny];
+    assert!(missing(&mut site.cas().await, "", all.iter().map(|d| sha256(d)).collect()).await.is_empty());
+    for data in all {
+        assert_eq!(&bytestream_read(&site, &sha256(data), 0, 0).await.unwrap(), data);
+    }
+    let across = (1 << 20) - 10;
+    assert_eq!(bytestream_read(&site, &sha256(&packed), across as i64, (1 << 20) + 20).await.unwrap(), &packed[across..across + (1 << 20) + 20]);
+    let tail = packed.len() - 5;
+    assert_eq!(bytestream_read(&site, &sha256(&packed), tail as i64, 0).await.unwrap(), &packed[tail..]);
+
+    // A site without compression reads identity keys only: the compressed blob is missing to it.
+    let dir = tempfile::tempdir().unwrap();
+    let site = TestServer::start_in(&plain, dir.path()).await;
+    assert_eq!(missing(&mut site.cas().await, "", vec![sha256(&packed), sha256(&old)]).await, vec![sha256(&packed)]);
+
+    // A damaged compressed object is refused, never served.
+    let d = sha256(&packed);
+    let key = format!("test/cas-zstd1/sha256/{}-{}", d.hash, d.size_bytes);
+    let object = s3c.get_object().bucket(&bucket).key(&key).send().await.unwrap().body.collect().await.unwrap().into_bytes();
+    let mut cut = object.to_vec();
+    cut.truncate(object.len() - 30);
+    cut.extend_from_slice(&object[object.len() - 24..]);
+    s3c.put_object().bucket(&bucket).key(&key).body(ByteStream::from(cut)).send().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let site = TestServer::start_in(&zstd, dir.path()).await;
+    let err = bytestream_read(&site, &d, 0, 0).await.unwrap_err();
+    assert!(err.message().contains("not an intact compressed object"), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,13 @@
 //! S3 has no batch existence check, so `contains` sends bounded concurrent HEADs; the configuration
 //! puts an `ExistenceCache` in front. What comes back from S3 is not trusted: the configuration wraps
 //! the tier in `Verified`, which hashes it before it is served or promoted.
+//!
+//! With `compression`, a CAS blob of `min_size` up to `part_size` that zstd makes smaller is stored in
+//! the chunked form of the disk tier (`zstd_chunks`, its trailer ending in the version `STRZSTD1`)
+//! under a key of its own, `cas-zstd1/...`, so that an object's key alone says its form and an
+//! identity object can never be taken for a compressed one. Such a tier reads both keys: the
+//! compressed one first, then the identity one that older objects (and blobs that did not shrink)
+//! have. A tier without `compression` reads identity keys only.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +29,7 @@ use tokio::sync::Semaphore;
 
 use crate::digest::Digest;
 use crate::error::{Result, StoreError};
+use crate::zstd_chunks::{self, Chunked, Settings};
 use crate::store::{ActionCacheStore, Blob, BlobStore, BlobWriter, BufferedWriter, Counters, StoreStats};
 
 #[derive(Clone, Debug)]
@@ -44,6 +52,8 @@ pub struct S3Config {
     pub connect_timeout: Duration,
     /// Send and check checksums only when an operation requires them.
     pub checksum_when_required: bool,
+    /// CAS blobs stored compressed where that pays (see the module's text).
+    pub compression: Option<Settings>,
 }
 
 #[derive(Clone)]
@@ -59,8 +69,11 @@ struct Inner {
     counters: Counters,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Namespace {
     Cas,
+    /// CAS blobs in the chunked zstd form; the version is part of the name.
+    CasZstd,
     ActionCache,
 }
 
@@ -117,6 +130,7 @@ impl S3Store {
     fn key(&self, namespace: Namespace, digest: &Digest) -> String {
         let ns = match namespace {
             Namespace::Cas => "cas",
+            Namespace::CasZstd => "cas-zstd1",
             Namespace::ActionCache => "ac",
         };
         format!("{}{ns}/{}/{}-{}", self.inner.cfg.prefix, digest.function.name(), digest.hash_hex(), digest.size)
@@ -131,14 +145,54 @@ impl S3Store {
         }
     }
 
+    /// The keys a CAS blob may be under here, in the order they are looked at.
+    fn cas_forms(&self, digest: &Digest) -> &'static [Namespace] {
+        match self.inner.cfg.compression {
+            Some(s) if digest.size >= s.min_size && digest.size <= self.inner.cfg.part_size => &[Namespace::CasZstd, Namespace::Cas],
+            Some(_) => &[Namespace::Cas, Namespace::CasZstd],
+            None => &[Namespace::Cas],
+        }
+    }
+
     async fn exists(&self, digest: &Digest) -> Result<bool> {
+        for &form in self.cas_forms(digest) {
+            if self.exists_as(form, digest).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn exists_as(&self, form: Namespace, digest: &Digest) -> Result<bool> {
         let _permit = self.inner.limit.acquire().await.map_err(|e| StoreError::Config(e.to_string()))?;
-        let result = self.inner.client.head_object().bucket(&self.inner.cfg.bucket).key(self.key(Namespace::Cas, digest)).send().await;
+        let result = self.inner.client.head_object().bucket(&self.inner.cfg.bucket).key(self.key(form, digest)).send().await;
         match result {
+            // A compressed object is smaller than its blob; its trailer is checked when it is read.
+            Ok(head) if form == Namespace::CasZstd => Ok(head.content_length().is_some_and(|n| n > 0 && n < digest.size as i64)),
             Ok(head) => Ok(head.content_length() == Some(digest.size as i64)),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
             Err(e) => Err(self.failure("HeadObject", e)),
         }
+    }
+
+    /// A compressed object's blob bytes in `offset..offset + len`, decompressed off the runtime.
+    async fn unpack(&self, body: ByteStream, digest: &Digest, offset: u64, len: u64) -> Result<Bytes> {
+        let name = self.inner.name.clone();
+        let payload = body.collect().await.map_err(|e| StoreError::Unavailable { upstream: name.clone(), message: format!("GetObject body: {e}") })?.into_bytes();
+        let key = self.key(Namespace::CasZstd, digest);
+        let size = digest.size;
+        let damaged = move |what: String| StoreError::Upstream { upstream: name.clone(), code: 15, message: format!("{key}: {what}") };
+        tokio::task::spawn_blocking(move || {
+            let packed = Chunked::parse(payload).filter(|p| p.size() == size).ok_or_else(|| damaged("not an intact compressed object of this blob".into()))?;
+            let (chunks, skip) = packed.chunks_for(offset, offset + len);
+            let mut out = BytesMut::with_capacity(len as usize);
+            for i in chunks {
+                out.extend_from_slice(&packed.chunk(i).map_err(&damaged)?);
+            }
+            Ok(out.freeze().slice(skip as usize..(skip + len) as usize))
+        })
+        .await
+        .map_err(|e| StoreError::Config(format!("decompression task failed: {e}")))?
     }
 
     /// The object's bytes from `offset`, `limit` of them at most; `None` when it does not exist.
@@ -213,14 +267,41 @@ impl BlobStore for S3Store {
             return Ok(self.exists(digest).await?.then(|| Blob::Bytes(Bytes::new())));
         }
         let ranged = (offset > 0 || len < digest.size).then_some(len);
-        let found = self.get(self.key(Namespace::Cas, digest), offset, ranged).await?;
-        self.inner.counters.hit(found.is_some());
-        Ok(found.map(|body| chunks(body, self.inner.name.clone())))
+        for &form in self.cas_forms(digest) {
+            // Compressed objects are at most `part_size`, and fetched whole.
+            let found = match form {
+                Namespace::CasZstd => self.get(self.key(form, digest), 0, None).await?,
+                _ => self.get(self.key(form, digest), offset, ranged).await?,
+            };
+            let Some(body) = found else { continue };
+            self.inner.counters.hit(true);
+            return Ok(Some(match form {
+                Namespace::CasZstd => Blob::Bytes(self.unpack(body, digest, offset, len).await?),
+                _ => chunks(body, self.inner.name.clone()),
+            }));
+        }
+        self.inner.counters.hit(false);
+        Ok(None)
     }
 
     async fn write(&self, digest: &Digest, data: Bytes) -> Result<()> {
         if digest.size <= self.inner.cfg.part_size {
-            return self.put(self.key(Namespace::Cas, digest), data).await;
+            if self.cas_forms(digest)[0] == Namespace::CasZstd {
+                let level = self.inner.cfg.compression.map_or(1, |s| s.level);
+                let raw = data.clone();
+                let packed = tokio::task::spawn_blocking(move || zstd_chunks::compress(&raw, level))
+                    .await
+                    .map_err(|e| StoreError::Config(format!("compression task failed: {e}")))?;
+                if let Some(packed) = packed {
+                    let stored = packed.len() as u64;
+                    self.put(self.key(Namespace::CasZstd, digest), Bytes::from(packed)).await?;
+                    self.inner.counters.written_as(digest.size, stored);
+                    return Ok(());
+                }
+            }
+            self.put(self.key(Namespace::Cas, digest), data).await?;
+            self.inner.counters.written_as(digest.size, digest.size);
+            return Ok(());
         }
         let mut writer = Box::new(MultipartWriter::new(self.clone(), *digest));
         writer.append(data).await?;

@@ -206,6 +206,18 @@ pub struct DiskTier {
     pub compression: Compression,
 }
 
+impl TierKind {
+    /// Whether the tier's configuration asks for compression (at rest, or on the wire upstream).
+    pub fn compression_set(&self) -> bool {
+        match self {
+            TierKind::Disk(d) => d.compression != Compression::Off,
+            TierKind::S3(s) => s.compression != Compression::Off,
+            TierKind::Remote(r) => r.compression.is_some(),
+            TierKind::Memory(_) => false,
+        }
+    }
+}
+
 /// How a tier stores blobs at rest.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Compression {
@@ -343,6 +355,10 @@ pub struct S3Tier {
     pub connect_timeout: Duration,
     #[serde(default)]
     pub checksum: Checksum,
+    /// CAS blobs stored zstd-compressed where that pays: `off` (the default), `zstd` or
+    /// `{ zstd: { level, min_size } }`. Objects above `part_size` stay as they are.
+    #[serde(default)]
+    pub compression: Compression,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]

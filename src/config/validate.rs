@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use super::storage::{CasTier, Compression, TierKind};
+use super::storage::{CasTier, TierKind};
 use super::{Config, Service};
 
 impl Config {
@@ -116,17 +116,14 @@ impl Config {
             for (kind, list) in kinds.chain(ac_kinds) {
                 let i = index.entry(list).and_modify(|i| *i += 1).or_insert(0usize);
                 let key = format!("storage.{name}.{list}[{i}]");
+                if list == "action_cache" && kind.compression_set() {
+                    return Err(format!("{key}.compression applies to CAS tiers only: action results are small and kept as they are"));
+                }
                 match kind {
                     TierKind::Disk(disk) => {
                         if !disk_paths.insert(self.data_path(&disk.path)) {
                             return Err(format!("{key}.path: {} is used by another disk tier", disk.path.display()));
                         }
-                        if list == "action_cache" && disk.compression != Compression::Off {
-                            return Err(format!("{key}.compression applies to CAS tiers only: action results are small and stored as they are"));
-                        }
-                    }
-                    TierKind::Remote(remote) if list == "action_cache" && remote.compression.is_some() => {
-                        return Err(format!("{key}.compression applies to CAS tiers only: action results travel as they are"));
                     }
                     TierKind::S3(s3) => {
                         if s3.access_key_id.is_some() != s3.secret_access_key.is_some() {

@@ -250,3 +250,15 @@ pub fn text(seed: u32, len: usize) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// Bytes that do not compress: a chain of SHA-256 blocks.
+pub fn noise(seed: u32, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut block = sha2::Sha256::digest(seed.to_le_bytes());
+    while out.len() < len {
+        out.extend_from_slice(&block);
+        block = sha2::Sha256::digest(block);
+    }
+    out.truncate(len);
+    out
+}
