@@ -28,7 +28,7 @@ for form in identity zstd; do
     cat >"$work/$form.yaml" <<YAML
 storage:
   disk:
-    cas: [ { disk: { path: cas, max_size: 16GiB, segment_size: 256MiB, max_record: 128MiB, sync: never, compression: $compression } } ]
+    cas: [ { disk: { path: cas, max_size: 16GiB, segment_size: 512MiB, max_record: 128MiB, sync: never, compression: $compression } } ]
     action_cache: [ { memory: { max_size: 64MiB } } ]
 instances: [ { name: "", storage: disk, services: [cas, action_cache] } ]
 YAML
@@ -41,6 +41,7 @@ measure() { # stored-form round
     STRATA_LOG=warn "$bin" serve --config "$work/$form.yaml" --data-dir "$work/data" --listen "127.0.0.1:$port" 2>>"$work/server.log" &
     pid=$!
     for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null || { cat "$work/server.log" >&2; exit 1; }
     for scenario in write-large read-large write-small read-small; do
         for compressor in identity zstd; do
             "$bin" bench --endpoint "grpc://127.0.0.1:$port" --scenario "$scenario" --compressor "$compressor" \
@@ -73,7 +74,7 @@ def m(key, field):
 print(f"{'scenario':<12} {'stored':<9} {'wire':<9} {'MB/s':>9} {'wire MB/s':>10} {'p50 ms':>9}")
 for (scenario, stored, wire) in sorted(med):
     k = (scenario, stored, wire)
-    print(f"{scenario:<12} {stored:<9} {wire:<9} {m(k, 'bytes_per_sec') / 1e6:>9.1} {m(k, 'wire_bytes_per_sec') / 1e6:>10.1} {m(k, 'p50_ms'):>9.2}")
+    print(f"{scenario:<12} {stored:<9} {wire:<9} {m(k, 'bytes_per_sec') / 1e6:>9.1f} {m(k, 'wire_bytes_per_sec') / 1e6:>10.1f} {m(k, 'p50_ms'):>9.2f}")
 for scenario in ["read-large", "read-small"]:
     zz = m((scenario, "zstd", "zstd"), "bytes_per_sec")
     zi = m((scenario, "zstd", "identity"), "bytes_per_sec")

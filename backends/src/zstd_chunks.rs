@@ -34,7 +34,7 @@ pub fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(data.len() / 2);
     let mut ends = Vec::with_capacity(count);
     for chunk in data.chunks(CHUNK as usize) {
-        let frame = zstd::bulk::compress(chunk, level).ok()?;
+        let frame = crate::zstd_stream::compress_frame(chunk, level).ok()?;
         out.extend_from_slice(&frame);
         ends.push(out.len() as u64);
         if out.len() + ends.len() * 8 + TRAILER_LEN >= data.len() {
@@ -122,7 +122,7 @@ impl Chunked {
     /// Chunk `i` decompressed; an error if its frame does not give exactly its bytes.
     pub fn chunk(&self, i: usize) -> Result<Bytes, String> {
         let expected = self.chunk_len(i) as usize;
-        let data = zstd::bulk::decompress(&self.frame(i), expected).map_err(|e| format!("chunk {i}: {e}"))?;
+        let data = crate::zstd_stream::decompress_frames(&self.frame(i), expected).map_err(|e| format!("chunk {i}: {e}"))?;
         match data.len() == expected {
             true => Ok(Bytes::from(data)),
             false => Err(format!("chunk {i} decompresses to {} bytes, not {expected}", data.len())),

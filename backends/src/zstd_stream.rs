@@ -2,8 +2,41 @@
 //! batch `compressor: ZSTD`) but are named, checked and stored by their uncompressed digest. Both
 //! directions stream: a compressed upload is decompressed as it arrives, with its output bounded by
 //! the digest's size, so a small frame that expands without end (a zstd bomb) is stopped there.
+//! Whole-buffer work (batch blobs, the chunks stored at rest) goes through one compression and one
+//! decompression context per thread: making a context costs more than a 4 KiB blob's compression.
+
+use std::cell::RefCell;
 
 use zstd::stream::raw::{Decoder, Encoder, InBuffer, Operation, OutBuffer};
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// `data` as one zstd frame at `level`, with this thread's context.
+pub fn compress_frame(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let context = match cell.as_mut() {
+            Some((at, context)) if *at == level => context,
+            _ => &mut cell.insert((level, zstd::bulk::Compressor::new(level)?)).1,
+        };
+        context.compress(data)
+    })
+}
+
+/// The bytes of one or more zstd frames, `capacity` of them at most (more is an error).
+pub fn decompress_frames(frames: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let context = match cell.as_mut() {
+            Some(context) => context,
+            None => cell.insert(zstd::bulk::Decompressor::new()?),
+        };
+        context.decompress(frames, capacity)
+    })
+}
 
 /// The level compressed reads are made with: zstd's fastest, as bazel-remote and Buildbarn use.
 pub const LEVEL: i32 = 1;
@@ -53,15 +86,24 @@ impl Decompressor {
     }
 }
 
-/// Decompresses a whole (batch) blob of at most `limit` bytes.
+/// Decompresses a whole (batch) blob of at most `limit` bytes. Batch blobs are small enough to be
+/// decompressed in one call; if that fails, the streaming decoder says why.
 pub fn decompress(data: &[u8], limit: u64) -> Result<Vec<u8>, CompressionError> {
+    if limit <= BULK_LIMIT {
+        if let Ok(out) = decompress_frames(data, limit as usize) {
+            return Ok(out);
+        }
+    }
     Decompressor::new(limit)?.feed(data)
 }
+
+/// Blobs up to this size are decompressed in one call (which sets aside `limit` bytes first).
+const BULK_LIMIT: u64 = 16 << 20;
 
 /// Compresses a whole (batch) blob; `None` if zstd could not (it cannot allocate), and the blob
 /// then goes as it is.
 pub fn compress(data: &[u8]) -> Option<Vec<u8>> {
-    zstd::bulk::compress(data, LEVEL).ok()
+    compress_frame(data, LEVEL).ok()
 }
 
 /// Compresses a read piece by piece into one zstd frame. A failure (zstd could not allocate) is an

@@ -83,7 +83,7 @@ impl Stored {
     pub fn zstd_from(&self, digest: &Digest, offset: u64, level: i32) -> Result<Option<Blob>> {
         let Stored::Zstd(chunked) = self else { return Ok(None) };
         let (chunks, skip) = chunked.chunks_for(offset, chunked.size());
-        let compress = |data: &[u8]| zstd::bulk::compress(data, level).map_err(|e| corrupt(digest, e.to_string()));
+        let compress = |data: &[u8]| crate::zstd_stream::compress_frame(data, level).map_err(|e| corrupt(digest, e.to_string()));
         if chunks.is_empty() {
             // Nothing left to read is still a valid (empty) zstd frame.
             return Ok(Some(Blob::Bytes(Bytes::from(compress(&[])?))));

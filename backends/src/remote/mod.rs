@@ -261,7 +261,7 @@ impl UploadWriter {
         while self.pending.len() >= FRAME || (finish && !self.pending.is_empty()) {
             let rest = self.pending.split_off(self.pending.len().min(FRAME));
             let piece = std::mem::replace(&mut self.pending, rest);
-            let frame = tokio::task::spawn_blocking(move || zstd::bulk::compress(&piece, settings.level))
+            let frame = tokio::task::spawn_blocking(move || crate::zstd_stream::compress_frame(&piece, settings.level))
                 .await
                 .map_err(|e| StoreError::Config(format!("compression task failed: {e}")))?
                 .map_err(|e| StoreError::Config(format!("zstd compression failed: {e}")))?;
@@ -589,7 +589,7 @@ async fn unzstd(data: Vec<u8>, size: u64) -> std::result::Result<Vec<u8>, Status
 
 /// The blob as one zstd frame, if that is smaller, compressed off the runtime.
 async fn zstd_if_smaller(data: Bytes, settings: Settings) -> Option<Vec<u8>> {
-    let frame = tokio::task::spawn_blocking(move || zstd::bulk::compress(&data, settings.level).ok().filter(|f| f.len() < data.len())).await;
+    let frame = tokio::task::spawn_blocking(move || crate::zstd_stream::compress_frame(&data, settings.level).ok().filter(|f| f.len() < data.len())).await;
     frame.ok().flatten()
 }
 
