@@ -207,6 +207,12 @@ lines += ["", "execute runs `true` (no inputs, `do_not_cache`, `skip_cache_looku
           "", "n/a: every run failed."]
 if failures:
     lines += ["", "Errors reported by the client during the run:", "", "```", failures[-3000:], "```"]
-open(out, "w").write("\n".join(lines) + "\n")
+# Sections measured by other scripts (## Compression, from benches/compression.sh) are kept.
+kept = ""
+if os.path.exists(out):
+    text = open(out).read()
+    at = text.find("\n## Compression")
+    kept = text[at:] if at >= 0 else ""
+open(out, "w").write("\n".join(lines) + "\n" + kept)
 print("\n".join(lines))
 PY
