@@ -9,7 +9,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
-use bazel_remote_apis::google::bytestream::{ReadRequest, WriteRequest};
 use common::*;
 
 const ZSTD: i32 = reapi::compressor::Value::Zstd as i32;
@@ -31,44 +30,6 @@ instances:
     storage: main
     services: [cas, action_cache]
 "#;
-
-async fn read_compressed(server: &TestServer, d: &reapi::Digest, offset: i64) -> Vec<u8> {
-    let resource_name = format!("compressed-blobs/zstd/{}/{}", d.hash, d.size_bytes);
-    let mut stream = server.bytestream().await.read(ReadRequest { resource_name, read_offset: offset, read_limit: 0 }).await.unwrap().into_inner();
-    let mut frames = Vec::new();
-    while let Some(msg) = stream.message().await.unwrap() {
-        assert!(msg.data.len() <= 2 * MIB, "messages stay small");
-        frames.extend(msg.data);
-    }
-    zstd::stream::decode_all(&frames[..]).expect("a valid zstd stream")
-}
-
-async fn write_compressed(server: &TestServer, data: &[u8]) -> i64 {
-    let d = sha256(data);
-    let frame = zstd::bulk::compress(data, 3).unwrap();
-    let name = format!("uploads/{}/compressed-blobs/zstd/{}/{}", uuid_for(&d), d.hash, d.size_bytes);
-    let pieces: Vec<&[u8]> = frame.chunks(100_000).collect();
-    let mut offset = 0;
-    let requests: Vec<WriteRequest> = pieces
-        .iter()
-        .enumerate()
-        .map(|(i, piece)| {
-            let request = WriteRequest {
-                resource_name: if i == 0 { name.clone() } else { String::new() },
-                write_offset: offset,
-                finish_write: i + 1 == pieces.len(),
-                data: piece.to_vec(),
-            };
-            offset += piece.len() as i64;
-            request
-        })
-        .collect();
-    server.bytestream().await.write(futures::stream::iter(requests)).await.unwrap().into_inner().committed_size
-}
-
-fn uuid_for(d: &reapi::Digest) -> String {
-    format!("00000000-0000-4000-8000-{}", &d.hash[..12])
-}
 
 /// The disk tier's bytes written and bytes stored, from /metrics.
 async fn disk_written(server: &TestServer) -> (f64, f64) {

@@ -135,6 +135,16 @@ async fn compressed_objects_have_keys_of_their_own_and_old_identity_objects_stil
     assert_eq!(bytestream_read(&site, &sha256(&packed), across as i64, (1 << 20) + 20).await.unwrap(), &packed[across..across + (1 << 20) + 20]);
     let tail = packed.len() - 5;
     assert_eq!(bytestream_read(&site, &sha256(&packed), tail as i64, 0).await.unwrap(), &packed[tail..]);
+    // Compressed transfers from the client go through to S3 and back to another empty site.
+    let zipped = text(15, 600_000);
+    assert_eq!(write_compressed(&site, &zipped).await, zstd::bulk::compress(&zipped, 3).unwrap().len() as i64);
+    assert!(head("cas-zstd1", &zipped).await.is_some());
+    let dir = tempfile::tempdir().unwrap();
+    let site = TestServer::start_in(&zstd, dir.path()).await;
+    for data in [&zipped, &packed, &old] {
+        assert_eq!(&read_compressed(&site, &sha256(data), 0).await, data);
+    }
+    assert_eq!(read_compressed(&site, &sha256(&packed), across as i64).await, &packed[across..]);
 
     // A site without compression reads identity keys only: the compressed blob is missing to it.
     let dir = tempfile::tempdir().unwrap();
