@@ -11,6 +11,9 @@ use crate::error::{Result, StoreError};
 use crate::store::{slice_range, Blob};
 use crate::zstd_chunks::{self, Chunked, Settings};
 
+/// Chunks decompressed ahead of the one being sent: one per core here, and 2 MiB held at most.
+const READ_AHEAD: usize = 2;
+
 #[derive(Clone)]
 pub enum Stored {
     Identity(Bytes),
@@ -51,7 +54,8 @@ impl Stored {
     }
 
     /// The blob's bytes in `offset..offset + limit`. One chunk or less decompresses at once; more
-    /// stream a chunk at a time, so a large read never holds the whole blob decompressed.
+    /// stream a chunk at a time, so a large read never holds the whole blob decompressed. Streamed
+    /// chunks decompress off the runtime, the next one while the last is sent.
     pub fn read(&self, digest: &Digest, offset: u64, limit: Option<u64>) -> Result<Blob> {
         let chunked = match self {
             Stored::Identity(data) => return Ok(Blob::Bytes(slice_range(data, offset, limit))),
@@ -74,7 +78,15 @@ impl Stored {
                 false => Ok(Blob::Bytes(Bytes::new())),
             };
         }
-        Ok(Blob::Stream(futures::stream::iter(chunks).map(piece).boxed()))
+        let decompress = move |i: usize| {
+            let piece = piece.clone();
+            async move {
+                tokio::task::spawn_blocking(move || piece(i))
+                    .await
+                    .map_err(|e| StoreError::Config(format!("decompression task failed: {e}")))?
+            }
+        };
+        Ok(Blob::Stream(futures::stream::iter(chunks).map(decompress).buffered(READ_AHEAD).boxed()))
     }
 
     /// The blob from `offset` on as a zstd stream, from the stored frames where `offset` falls on a
