@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of Strata and BuildGrid 0.4.4 on this machine, in one run, with `strata bench`
-# as the client for both. Measures each server alone (Strata, then BuildGrid from
-# ../shared/peers/buildgrid with its bots), in-memory storage each, after a warm-up: every scenario
-# RUNS times, plus the raw-TCP baseline before each server's runs. Stops what it started and writes
-# BENCHMARKS.md (medians). Takes about 10 minutes with the defaults.
+# as the client for both. Measures each server alone, after a warm-up: Strata on an in-memory
+# configuration like BuildGrid's, Strata on its embedded default (what `strata serve` runs with no
+# --config: memory over a disk log with `sync: always`, two host bots), then BuildGrid from
+# ../shared/peers/buildgrid with its bots; every scenario RUNS times, plus the raw-TCP baseline before
+# each server's runs. Stops what it started and writes BENCHMARKS.md (medians). Takes about 15
+# minutes with the defaults.
 #
 # Usage: benches/compare.sh            env: RUNS=3 DURATION=5 CONCURRENCY=8 LARGE_SIZE=16MiB
 #                                           BUILDGRID_PEER=<path to shared/peers/buildgrid>
@@ -52,9 +54,12 @@ instances: [ { name: "", storage: memory, services: [cas, action_cache, executio
 execution:
   bots: [ { capacity: 8, work_dir: bot } ]
 YAML
-start_strata() { # [binary]
-    STRATA_LOG=warn "${1:-$strata}" serve --config "$results/strata.yaml" --data-dir "$results/strata-data" \
-        --listen "127.0.0.1:$strata_port" 2>>"$results/strata.log" &
+start_strata() { # [binary] [config: none for the embedded default]
+    local config=(--config "$results/strata.yaml")
+    [ "${2:-}" = none ] && config=()
+    rm -rf "$results/strata-data"
+    STRATA_LOG=warn "${1:-$strata}" serve "${config[@]}" --data-dir "$results/strata-data" \
+        --listen "127.0.0.1:$strata_port" --http-listen "127.0.0.1:$(free_port)" 2>>"$results/strata.log" &
     strata_pid=$!
     sleep 1
 }
@@ -97,6 +102,10 @@ measure() { # server endpoint
 echo "== Strata on port $strata_port"
 start_strata
 measure strata "grpc://127.0.0.1:$strata_port"
+kill "$strata_pid"; wait "$strata_pid" 2>/dev/null || true; strata_pid=""
+echo "== Strata on its embedded default configuration, port $strata_port"
+start_strata "$strata" none
+measure default "grpc://127.0.0.1:$strata_port"
 kill "$strata_pid"; wait "$strata_pid" 2>/dev/null || true; strata_pid=""
 if [ -n "$before" ]; then
     echo "== Strata before ($before) on port $strata_port"
@@ -165,28 +174,35 @@ fmt = lambda v, scale: "n/a" if v is None else (f"{v / scale:,.0f}" if v / scale
 lines = [
     "# Benchmarks: Strata and BuildGrid side by side",
     "",
-    f"Measured {datetime.date.today()} on this machine ({cores} cores), by `benches/compare.sh`: both servers on",
-    f"127.0.0.1 with in-memory storage, each measured alone, `strata bench` as the client for both, {conc} concurrent clients",
+    f"Measured {datetime.date.today()} on this machine ({cores} cores), by `benches/compare.sh`: every server on 127.0.0.1,",
+    f"each measured alone, `strata bench` as the client for all, {conc} concurrent clients",
     f"(64 for ac-hit-64, 16 for execute, 1 for batch-15 and execute-1), {duration} s per run after a 1 s warm-up, median of {runs} runs.",
-    f"Large blobs are {large}; small blobs 4 KiB in batches of 1000; find-missing asks 10,000 digests,",
-    "half present. The baseline (measured before each server's runs) pushes the same large blobs over raw TCP on 127.0.0.1 and hashes them",
-    "with SHA-256 on arrival: the most this machine can do for a verified upload.",
+    "Strata runs twice: on an in-memory configuration like BuildGrid's (8 bot slots in process), and on its",
+    "embedded default, what `strata serve` runs with no --config (memory over a disk log with `sync: always`:",
+    "every write acknowledged after its fdatasync; one host bot slot per core).",
+    f"Large blobs are {large}; small blobs 4 KiB in batches of 1000 (batch-15: batches of 15, one client);",
+    "find-missing asks 10,000 digests, half present. The baseline (measured before each server's runs) pushes the same",
+    "large blobs over raw TCP on 127.0.0.1 and hashes them with SHA-256 on arrival: the most this machine can do for a",
+    "verified upload.",
     "",
     f"Raw-TCP hashing baseline: {fmt(base, 1e6)} MB/s.",
     "",
-    "| scenario | unit | Strata | BuildGrid | Strata / BuildGrid | Strata / baseline | Strata p99 ms | BuildGrid p99 ms | errors (Strata / BuildGrid) |"
-    + (" Strata before | after / before |" if before else ""),
-    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if before else ""),
+    "| scenario | unit | Strata memory | Strata default | BuildGrid (memory) | memory / BuildGrid | default / BuildGrid |"
+    " memory / baseline | default / baseline | p99 ms (memory / default / BuildGrid) | errors |"
+    + (" Strata before (memory) | after / before |" if before else ""),
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if before else ""),
 ]
+def versus(v, other, key):
+    if v is None or other in (None, 0):
+        return "n/a"
+    return f"{other / v:.1f}x faster" if key == "p50_ms" else f"{v / other:.1f}x"
 for label, unit, key, scale in rows:
-    s, b = load("strata", label), load("buildgrid", label)
-    sv, bv = median(s, key), median(b, key)
-    ratio = "n/a" if sv is None or bv in (None, 0) else f"{sv / bv:.1f}x"
-    if key == "p50_ms" and sv and bv:
-        ratio = f"{bv / sv:.1f}x faster"
-    frac = f"{sv / base:.0%}" if key == "bytes_per_sec" and sv and base else ""
-    row = (f"| {label} | {unit} | {fmt(sv, scale)} | {fmt(bv, scale)} | {ratio} | {frac} | "
-           f"{fmt(median(s, 'p99_ms'), 1)} | {fmt(median(b, 'p99_ms'), 1)} | {errors(s)} / {errors(b)} |")
+    s, d, b = load("strata", label), load("default", label), load("buildgrid", label)
+    sv, dv, bv = median(s, key), median(d, key), median(b, key)
+    frac = lambda v: f"{v / base:.0%}" if key == "bytes_per_sec" and v and base else ""
+    p99 = " / ".join(fmt(median(r, "p99_ms"), 1) for r in (s, d, b))
+    row = (f"| {label} | {unit} | {fmt(sv, scale)} | {fmt(dv, scale)} | {fmt(bv, scale)} | {versus(sv, bv, key)} | "
+           f"{versus(dv, bv, key)} | {frac(sv)} | {frac(dv)} | {p99} | {errors(s)} / {errors(d)} / {errors(b)} |")
     if before:
         pv = median(load("before", label), key)
         change = "n/a" if sv is None or not pv else (f"{pv / sv:.2f}x faster" if key == "p50_ms" else f"{sv / pv:.2f}x")
@@ -202,8 +218,9 @@ errors = os.path.join(results, "errors.log")
 failures = open(errors).read().strip() if os.path.exists(errors) else ""
 if before:
     lines += ["", "Strata before: the binary given as STRATA_BEFORE, measured in the same run with the same client and configuration."]
-lines += ["", "execute runs `true` (no inputs, `do_not_cache`, `skip_cache_lookup`) on 8 bot slots: Strata's bot in",
-          "process (host runner), BuildGrid's 8 bot.py bots; execute-1 is the round trip of one client.",
+lines += ["", "execute runs `true` (no inputs, `do_not_cache`, `skip_cache_lookup`): on 8 bot slots for Strata memory",
+          "(its bot in process, host runner) and BuildGrid (8 bot.py bots), on the default's host bot (one slot per core);",
+          "execute-1 is the round trip of one client.",
           "", "n/a: every run failed."]
 if failures:
     lines += ["", "Errors reported by the client during the run:", "", "```", failures[-3000:], "```"]

@@ -37,7 +37,7 @@ fn bench_writes(c: &mut Criterion, name: &str, store: Arc<dyn BlobStore>, size: 
     let counter = AtomicU64::new(0);
     let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(batch));
-    group.bench_function(BenchmarkId::new("write", format!("{}KiB", size / 1024)), |b| {
+    group.bench_function(BenchmarkId::new("write", format!("{}KiB-x{batch}", size / 1024)), |b| {
         b.to_async(&rt).iter(|| {
             let first = counter.fetch_add(batch, Ordering::Relaxed);
             let store = store.clone();
@@ -92,7 +92,8 @@ fn bench_reads_and_contains(c: &mut Criterion, name: &str, store: Arc<dyn BlobSt
 }
 
 fn disk(c: &mut Criterion) {
-    for (size, batch) in [(4 * 1024, 256), (1 << 20, 16)] {
+    // 15 small blobs at once: one BatchUpdateBlobs call of a build.
+    for (size, batch) in [(4 * 1024, 15), (4 * 1024, 256), (1 << 20, 16)] {
         let dir = tempfile::tempdir().unwrap();
         let log = DiskLog::open(disk_config(dir.path(), SyncPolicy::Always)).unwrap();
         bench_writes(c, "disk-log-group-commit", Arc::new(log), size, batch);

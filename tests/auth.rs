@@ -313,7 +313,6 @@ instances:
     let bench = |token_file: Option<std::path::PathBuf>| strata::bench::BenchArgs {
         credentials: strata::protocol::credentials::CredentialFlags { token_file, ..Default::default() },
         duration: 0.3,
-        warmup: 0.0,
         concurrency: 1,
         ..bench_args(format!("grpc://{}", upstream.addr), "ac-hit")
     };

@@ -101,7 +101,6 @@ async fn strata_bench_drives_a_tls_server_with_the_ca_it_is_given() {
     let args = |ca: Option<std::path::PathBuf>| strata::bench::BenchArgs {
         credentials: strata::protocol::credentials::CredentialFlags { ca_certificate: ca, ..Default::default() },
         duration: 0.3,
-        warmup: 0.0,
         concurrency: 1,
         ..bench_args(format!("grpcs://{}", server.addr), "write-small")
     };

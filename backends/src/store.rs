@@ -131,6 +131,8 @@ pub struct StoreStats {
     pub oldest: Option<std::time::SystemTime>,
     /// Uploads queued for an upstream that was down.
     pub spooled: u64,
+    /// `fdatasync` calls of a disk tier's group commits: far fewer than writes when they share them.
+    pub syncs: u64,
 }
 
 /// Hit, miss, eviction and write counters shared by the tiers.
@@ -172,6 +174,7 @@ impl Counters {
             retries: self.retries.load(Ordering::Relaxed),
             oldest: None,
             spooled: 0,
+            syncs: 0,
         }
     }
 }

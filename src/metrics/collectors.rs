@@ -65,6 +65,7 @@ impl Collector for Tiers {
         let stored = "What the bytes written took where they were stored (less where the tier compresses)";
         family(&mut encoder, "strata_tier_stored_written_bytes", stored, Counter, each(|s| s.stored_bytes_written))?;
         family(&mut encoder, "strata_tier_retries", "Upstream calls retried after a transient failure", Counter, each(|s| s.retries))?;
+        family(&mut encoder, "strata_tier_syncs", "fdatasync calls of a disk tier's group commits", Counter, each(|s| s.syncs))?;
         family(&mut encoder, "strata_tier_spooled", "Uploads queued for an upstream that was unavailable", Gauge, each(|s| s.spooled))?;
         let ages = rows.iter().filter_map(|(l, s)| Some((l.clone(), now.duration_since(s.oldest?).unwrap_or_default().as_secs())));
         family(&mut encoder, "strata_tier_oldest_age_seconds", "Age of the oldest data a tier holds (retention)", Gauge, ages)

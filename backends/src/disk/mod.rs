@@ -44,6 +44,11 @@ use crate::store::{ActionCacheStore, Blob, BlobStore, BlobWriter, BufferedWriter
 const COALESCE_LIMIT: usize = 64 * 1024;
 /// Blobs from this size on are compressed on a blocking thread (about 0.3 ms of zstd at level 1).
 const BLOCKING_PACK: usize = 128 * 1024;
+/// How far ahead of the append position the open segment's blocks are kept written.
+const ZERO_AHEAD: u64 = 1 << 20;
+/// How long a group commit waits for the appends already sent to land: a few small appends take
+/// microseconds; a large one in progress is not waited for longer than this.
+const SETTLE_AT_MOST: std::time::Duration = std::time::Duration::from_millis(2);
 
 #[derive(Clone, Debug)]
 pub struct DiskConfig {
@@ -111,12 +116,20 @@ struct Writer {
     entries: Vec<IndexEntry>,
     seq: u64,
     reserved_large: u64,
+    /// How far the open segment's blocks are written (with records or zeros); see `zero_ahead`.
+    zeroed_to: u64,
 }
 
 impl SyncSource for Inner {
     fn latest(&self) -> (u64, Arc<Segment>) {
         let w = self.writer.lock();
         (w.seq, w.open.clone())
+    }
+
+    fn settle(&self) {
+        if let Some(appender) = self.appender.get() {
+            appender.settle(SETTLE_AT_MOST);
+        }
     }
 }
 
@@ -288,6 +301,7 @@ impl DiskLog {
             self.roll(&mut w)?;
         }
         let header = Header::new(*key, form, payload).encode();
+        Self::zero_ahead(&mut w, rec, payload.len() > COALESCE_LIMIT)?;
         if payload.len() <= COALESCE_LIMIT {
             let mut buf = Vec::with_capacity(header.len() + payload.len());
             buf.extend_from_slice(&header);
@@ -307,6 +321,26 @@ impl DiskLog {
         Ok(w.seq)
     }
 
+    /// Keeps the blocks ahead of the next record written, with zeros where no record is yet. A
+    /// segment's blocks are preallocated but unwritten, and on ext4 an fdatasync after the first
+    /// write into such blocks also commits the journal (measured here: 0.9 ms per group commit of
+    /// a small batch, 0.4 ms once the blocks are written). Zeros are what an unwritten block reads
+    /// as, so recovery sees the same bytes. A large record's own blocks are not zeroed first: its
+    /// payload writes them, and it pays for a long sync anyway.
+    fn zero_ahead(w: &mut Writer, rec: u64, large: bool) -> Result<()> {
+        let end = w.offset + rec;
+        if end + ZERO_AHEAD / 2 <= w.zeroed_to {
+            return Ok(());
+        }
+        let from = if large { w.zeroed_to.max(end) } else { w.zeroed_to.max(w.offset) };
+        let to = (end + ZERO_AHEAD).min(w.open.len());
+        if from < to {
+            w.open.write_zeros(from, to)?;
+        }
+        w.zeroed_to = w.zeroed_to.max(to);
+        Ok(())
+    }
+
     /// Seals the open segment (sync, index file) and opens the next, evicting to make room.
     fn roll(&self, w: &mut Writer) -> Result<()> {
         w.open.sync()?;
@@ -316,6 +350,7 @@ impl DiskLog {
         self.inner.state.write().segments.insert(next.id, next.clone());
         w.open = next;
         w.offset = 0;
+        w.zeroed_to = 0;
         w.entries.clear();
         Ok(())
     }
@@ -536,6 +571,7 @@ impl BlobStore for DiskLog {
         let oldest_large = st.large.values().map(|l| l.used).min();
         StoreStats {
             oldest: oldest_segment.into_iter().chain(oldest_large).min(),
+            syncs: self.inner.commits.syncs(),
             ..self.inner.counters.snapshot((st.index.len() + st.large.len()) as u64, bytes)
         }
     }

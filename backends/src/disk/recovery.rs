@@ -97,7 +97,7 @@ pub fn recover(cfg: &DiskConfig) -> Result<Recovered> {
     let (large, large_bytes) = recover_large(&large_dir, &segments)?;
     Ok(Recovered {
         state: State { index, segments, large, large_bytes },
-        writer: Writer { open, offset: open_end, entries: open_entries, seq: 0, reserved_large: 0 },
+        writer: Writer { open, offset: open_end, entries: open_entries, seq: 0, reserved_large: 0, zeroed_to: open_end },
     })
 }
 

@@ -92,6 +92,18 @@ impl Segment {
         self.file.write_all_at(data, offset).map_err(|e| StoreError::io(&self.path, e))
     }
 
+    /// Writes zeros over `from..to`.
+    pub fn write_zeros(&self, from: u64, to: u64) -> Result<()> {
+        static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(ZEROS.len() as u64);
+            self.write_at(at, &ZEROS[..n as usize])?;
+            at += n;
+        }
+        Ok(())
+    }
+
     pub fn sync(&self) -> Result<()> {
         self.file.sync_data().map_err(|e| StoreError::io(&self.path, e))
     }

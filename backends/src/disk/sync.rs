@@ -2,6 +2,7 @@
 //! began after their append; one sync thread serves all of them, so a burst of concurrent writes pays
 //! for one sync rather than one each.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -32,17 +33,20 @@ struct Progress {
 /// What the sync thread needs from the log: the latest append sequence number and the open segment.
 pub trait SyncSource: Send + Sync + 'static {
     fn latest(&self) -> (u64, Arc<Segment>);
+    /// Lets the appends already on their way land first, so that one sync covers them all.
+    fn settle(&self) {}
 }
 
 pub struct GroupCommit {
     requested: Mutex<u64>,
+    syncs: AtomicU64,
     wake: Condvar,
     progress: watch::Sender<Progress>,
 }
 
 impl GroupCommit {
     pub fn new() -> Arc<GroupCommit> {
-        Arc::new(GroupCommit { requested: Mutex::new(0), wake: Condvar::new(), progress: watch::channel(Progress::default()).0 })
+        Arc::new(GroupCommit { requested: Mutex::new(0), syncs: AtomicU64::new(0), wake: Condvar::new(), progress: watch::channel(Progress::default()).0 })
     }
 
     /// Starts the sync thread. It stops by itself once the source is dropped.
@@ -54,7 +58,7 @@ impl GroupCommit {
         };
         let this = self.clone();
         std::thread::Builder::new().name("strata-disk-sync".into()).spawn(move || loop {
-            {
+            let asked = {
                 let mut requested = this.requested.lock();
                 let idle_check = Duration::from_millis(100);
                 match interval {
@@ -67,14 +71,24 @@ impl GroupCommit {
                         }
                     }
                 }
-            }
+                *requested
+            };
             let Some(source) = source.upgrade() else { return };
+            if interval.is_none() {
+                // Under `always` a sync is made when a writer waits for one, not on the idle timer
+                // (which only notices that the log is gone).
+                if asked <= this.progress.borrow().synced {
+                    continue;
+                }
+                source.settle();
+            }
             let (target, segment) = source.latest();
             drop(source);
             if target <= this.progress.borrow().synced {
                 continue;
             }
             let result = segment.sync();
+            this.syncs.fetch_add(1, Ordering::Relaxed);
             this.progress.send_modify(|p| match result {
                 Ok(()) => p.synced = p.synced.max(target),
                 Err(e) => {
@@ -85,6 +99,11 @@ impl GroupCommit {
             });
         })?;
         Ok(())
+    }
+
+    /// Group commits made so far.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
     }
 
     /// Waits until append number `seq` is durable.

@@ -237,3 +237,38 @@ async fn large_blobs_alone_are_evicted_oldest_first() {
     assert!(present[12 - kept..].iter().all(|&p| p), "the newest survive: {present:?}");
     assert!(present[..12 - kept].iter().all(|&p| !p), "the oldest go first: {present:?}");
 }
+
+#[tokio::test]
+async fn a_burst_of_writes_shares_one_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = DiskLog::open(config(dir.path(), 1 << 30, SyncPolicy::Always)).unwrap();
+    const BURSTS: u32 = 20;
+    const BURST: u32 = 15;
+    for burst in 0..BURSTS {
+        // As a BatchUpdateBlobs call writes its blobs: concurrently, from one task.
+        let blobs: Vec<_> = (0..BURST).map(|i| blob(burst * BURST + i, 1000)).collect();
+        let writes = blobs.iter().map(|(d, data)| log.write(d, data.clone()));
+        for result in futures::future::join_all(writes).await {
+            result.unwrap();
+        }
+    }
+    // One sync per burst on a quiet machine (a sync per write would be 15). On a loaded one the sync
+    // thread may stop waiting for a descheduled writer thread (SETTLE_AT_MOST) and split a burst.
+    let syncs = log.stats().syncs;
+    assert!((BURSTS as u64..=2 * BURSTS as u64).contains(&syncs), "{syncs} syncs for {BURSTS} bursts of {BURST} writes");
+}
+
+#[tokio::test]
+async fn settling_waits_for_the_appends_already_sent() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let log = DiskLog::open(config(dir.path(), 1 << 30, SyncPolicy::Never)).unwrap();
+    let appender = log.inner.appender.get().unwrap();
+    for i in 0..500 {
+        let (digest, data) = blob(i, 100);
+        appender.append_detached(digest.key(), Form::Identity, data);
+    }
+    appender.settle(Duration::from_secs(10));
+    assert_eq!(log.inner.latest().0, 500, "settle returned before the writer had appended what was sent");
+}
+

@@ -212,6 +212,7 @@ impl BlobStore for TieredStore {
                 (x, y) => x.or(y),
             },
             spooled: a.spooled + s.spooled,
+            syncs: a.syncs + s.syncs,
         })
     }
 }
