@@ -94,6 +94,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathBuf>, http_listen: Option<String>) -> Result<(), String> {
+    let shutdown = shutdown_signal();
     let mut config = match &config {
         Some(path) => Config::load(path),
         None => Config::parse(DEFAULT_CONFIG, "the embedded default configuration"),
@@ -121,7 +122,7 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option
     for line in config.summary() {
         tracing::info!("{line}");
     }
-    server.serve(listener, shutdown_signal()).await.map_err(|e| e.to_string())?;
+    server.serve(listener, shutdown).await.map_err(|e| e.to_string())?;
     tracing::info!("strata stopped cleanly");
     Ok(())
 }
@@ -137,24 +138,30 @@ async fn bench(args: strata::bench::BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled: a signal that arrives between binding the listener and serving must stop
+/// the server cleanly rather than kill it with the default action. Call it inside the runtime.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
+    let handlers = {
+        use tokio::signal::unix::{signal, SignalKind};
+        signal(SignalKind::terminate()).and_then(|term| Ok((term, signal(SignalKind::interrupt())?)))
+    };
+    async move {
+        #[cfg(unix)]
+        match handlers {
+            Ok((mut term, mut interrupt)) => {
                 tokio::select! {
-                    _ = ctrl_c => {}
                     _ = term.recv() => {}
+                    _ = interrupt.recv() => {}
                 }
             }
             Err(_) => {
-                let _ = ctrl_c.await;
+                let _ = tokio::signal::ctrl_c().await;
             }
         }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: finishing calls in flight");
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down: finishing calls in flight");
 }
