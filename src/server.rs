@@ -8,7 +8,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2::action_cache_server:
 use bazel_remote_apis::build::bazel::remote::execution::v2::capabilities_server::CapabilitiesServer;
 use bazel_remote_apis::build::bazel::remote::execution::v2::content_addressable_storage_server::ContentAddressableStorageServer;
 use bazel_remote_apis::build::bazel::remote::execution::v2::execution_server::ExecutionServer;
-use bazel_remote_apis::google::bytestream::byte_stream_server::ByteStreamServer;
+use strata_backends::bytestream::byte_stream_server::ByteStreamServer;
 use bazel_remote_apis::google::longrunning::operations_server::OperationsServer;
 use strata_backends::DiskLog;
 use strata_backends::StoreError;

@@ -25,6 +25,7 @@
 //! # });
 //! ```
 
+pub mod bytestream;
 pub mod client;
 mod digest;
 mod disk;

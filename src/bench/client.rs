@@ -8,8 +8,8 @@ use bazel_remote_apis::build::bazel::remote::execution::v2::action_cache_client:
 use bazel_remote_apis::build::bazel::remote::execution::v2::capabilities_client::CapabilitiesClient;
 use bazel_remote_apis::build::bazel::remote::execution::v2::content_addressable_storage_client::ContentAddressableStorageClient;
 use bazel_remote_apis::build::bazel::remote::execution::v2::execution_client::ExecutionClient;
-use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
-use bazel_remote_apis::google::bytestream::WriteRequest;
+use strata_backends::bytestream::byte_stream_client::ByteStreamClient;
+use strata_backends::bytestream::WriteRequest;
 use strata_backends::{compressed_resource_name, resource_name};
 use crate::protocol::{AuthChannel, ClientAuth};
 
@@ -140,9 +140,9 @@ pub async fn write_blob(client: &mut Client, plan: &Plan, blob: &UniqueBlob, upl
             let body_len = body.len() as u64;
             let data = if offset < body_len {
                 let end = (offset + WRITE_CHUNK as u64).min(body_len);
-                body.slice(offset as usize..end as usize).to_vec()
+                body.slice(offset as usize..end as usize)
             } else {
-                tail.to_vec()
+                tail
             };
             let next = offset + data.len() as u64;
             let message = WriteRequest {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
-use bazel_remote_apis::google::bytestream::ReadRequest;
+use strata_backends::bytestream::ReadRequest;
 use bazel_remote_apis::google::longrunning::operation;
 use prost::Message;
 use strata_backends::zstd_stream::{decompress, Decompressor};
@@ -127,7 +127,7 @@ impl Scenario for Large {
             wire += msg.data.len() as u64;
             let data = match &mut decompressor {
                 None => msg.data,
-                Some(d) => d.feed(&msg.data).map_err(|e| e.to_string())?,
+                Some(d) => d.feed(&msg.data).map_err(|e| e.to_string())?.into(),
             };
             hasher.update(&data);
             received += data.len() as u64;

@@ -9,12 +9,12 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bazel_remote_apis::google::bytestream::byte_stream_server::ByteStream;
-use bazel_remote_apis::google::bytestream::{
-    QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest, WriteResponse,
-};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use strata_backends::bytestream::byte_stream_server::ByteStream;
+use strata_backends::bytestream::{
+    QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest, WriteResponse,
+};
 use strata_backends::{Blob, BlobWriter, Digest, StoreError, VerifyingWriter};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -103,7 +103,8 @@ impl ByteStreamService {
             let data = match wire.decoder.as_mut() {
                 Some(decoder) => {
                     wire.sent += msg.data.len() as u64;
-                    decoder.feed(&msg.data).map_err(|e| (None, Status::invalid_argument(format!("blob {}: {e}", upload.digest))))?
+                    let plain = decoder.feed(&msg.data).map_err(|e| (None, Status::invalid_argument(format!("blob {}: {e}", upload.digest))))?;
+                    Bytes::from(plain)
                 }
                 None => msg.data,
             };
@@ -115,7 +116,7 @@ impl ByteStreamService {
                 ))));
             }
             if !data.is_empty() {
-                upload.writer.append(Bytes::from(data)).await.map_err(|e| (None, status::from_store(e)))?;
+                upload.writer.append(data).await.map_err(|e| (None, status::from_store(e)))?;
             }
             if msg.finish_write {
                 Box::new(upload.writer).commit().await.map_err(|e| (None, status::from_store(e)))?;
@@ -129,7 +130,7 @@ impl ByteStreamService {
 fn in_messages(blob: Blob) -> ReadStream {
     match blob {
         Blob::Bytes(data) if data.is_empty() => Box::pin(futures::stream::once(async { Ok(ReadResponse::default()) })),
-        blob => Box::pin(read_pieces(blob).map(|piece| piece.map(|data| ReadResponse { data: data.to_vec() }).map_err(status::from_store))),
+        blob => Box::pin(read_pieces(blob).map(|piece| piece.map(|data| ReadResponse { data }).map_err(status::from_store))),
     }
 }
 
@@ -166,7 +167,7 @@ fn compressed(blob: Blob) -> ReadStream {
             };
             match out {
                 Ok(out) if more && out.is_empty() => continue,
-                Ok(data) => return Some((Ok(ReadResponse { data }), (pieces, if more { compressor } else { None }))),
+                Ok(data) => return Some((Ok(ReadResponse { data: Bytes::from(data) }), (pieces, if more { compressor } else { None }))),
                 Err(e) => return Some((Err(internal(e)), (pieces, None))),
             }
         }
