@@ -16,8 +16,8 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::build::bazel::remote::execution::v2::action_cache_client::ActionCacheClient;
 use bazel_remote_apis::build::bazel::remote::execution::v2::capabilities_client::CapabilitiesClient;
 use bazel_remote_apis::build::bazel::remote::execution::v2::content_addressable_storage_client::ContentAddressableStorageClient;
-use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
-use bazel_remote_apis::google::bytestream::{ReadRequest, WriteRequest};
+use crate::bytestream::byte_stream_client::ByteStreamClient;
+use crate::bytestream::{ReadRequest, WriteRequest};
 use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message;
@@ -283,13 +283,14 @@ impl UploadWriter {
         }
         let last = chunks.len() - 1;
         for (i, chunk) in chunks.into_iter().enumerate() {
+            let size = chunk.len() as u64;
             let message = WriteRequest {
                 resource_name: self.name.take().unwrap_or_default(),
                 write_offset: self.offset as i64,
                 finish_write: finish && i == last,
-                data: chunk.to_vec(),
+                data: chunk,
             };
-            self.offset += chunk.len() as u64;
+            self.offset += size;
             let sent = match &self.tx {
                 Some(tx) => tx.send(message).await.is_ok(),
                 None => false,
@@ -447,8 +448,8 @@ impl BlobStore for RemoteStore {
         };
         self.counters.hit(true);
         let this = self.clone();
-        let head = futures::stream::iter(first.map(|m| Ok(Bytes::from(m.data))));
-        let rest = stream.map(move |m| m.map(|m| Bytes::from(m.data)).map_err(|s| this.failure("ByteStream.Read", s)));
+        let head = futures::stream::iter(first.map(|m| Ok(m.data)));
+        let rest = stream.map(move |m| m.map(|m| m.data).map_err(|s| this.failure("ByteStream.Read", s)));
         let body = Box::pin(head.chain(rest));
         if !compressed {
             return Ok(Some(Blob::Stream(body)));
