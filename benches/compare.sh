@@ -45,8 +45,8 @@ cleanup() {
 trap cleanup EXIT
 
 # In memory like BuildGrid's, with execution and 8 bot slots in process (BuildGrid gets 8 bot.py bots).
-# The CAS holds 2 GiB, as BuildGrid's does (its server.yaml: lru-storage of 2048M), so after the first
-# seconds write-large measures a full cache that evicts, the state a running cache is in.
+# The CAS holds 2 GiB, as BuildGrid's does (its server.yaml: lru-storage of 2048M): the same budget,
+# which both fill and then evict from during the run, as a cache that has been running does.
 cat >"$results/strata.yaml" <<YAML
 storage:
   memory:
