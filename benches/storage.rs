@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the storage tiers: writes and reads of 4 KiB and 1 MiB blobs into the disk
-//! log (group commit) and the memory tier, `contains` of 10,000 digests, and start-up of a disk log
+//! log (group commit) and the memory tier, `contains` of 10,000 digests (also on a memory tier holding
+//! 500,000 blobs), the memory tier's worst-case eviction sweep, and start-up of a disk log
 //! holding 1,000,000 blobs. Run with `cargo bench --bench storage`; the start-up benchmark also
 //! prints the index's memory per blob.
 
@@ -115,6 +116,76 @@ fn memory(c: &mut Criterion) {
     for size in [4 * 1024, 1 << 20] {
         bench_reads_and_contains(c, "memory", Arc::new(MemoryStore::new(1 << 30, Admission::Always)), size);
     }
+    bench_contains_when_full(c);
+    bench_insert_after_everything_was_used(c);
+}
+
+/// The hand's worst case: a full tier of 500,000 entries, every one of them used since the hand last
+/// passed (a client asked FindMissingBlobs about all of them), so that the next insertion clears every
+/// bit under the write lock before it can evict. The time of that one insertion is what other callers
+/// of the tier may wait for.
+fn bench_insert_after_everything_was_used(c: &mut Criterion) {
+    // 2 GiB holds about 500,000 blobs of 4 KiB with their overhead; more are written, so the tier is
+    // full and each insertion must evict, and all that may still be held is asked about.
+    const HELD: u64 = 520_000;
+    let rt = runtime();
+    let store = Arc::new(MemoryStore::new(2 << 30, Admission::Always));
+    let payload = Bytes::from(vec![0x42; 4096]);
+    let next = AtomicU64::new(0);
+    let fresh = || fake_digest(next.fetch_add(1, Ordering::Relaxed), 4096);
+    rt.block_on(async {
+        for _ in 0..HELD {
+            store.write(&fresh(), payload.clone()).await.unwrap();
+        }
+    });
+    let mut group = c.benchmark_group("memory");
+    group.sample_size(10);
+    group.bench_function("insert-after-500k-used", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (store, payload) = (store.clone(), payload.clone());
+            let (fresh, next) = (&fresh, &next);
+            async move {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let newest = next.load(Ordering::Relaxed);
+                    let held: Vec<Digest> = (newest - HELD..newest).map(|n| fake_digest(n, 4096)).collect();
+                    store.contains(&held).await.unwrap();
+                    let digest = fresh();
+                    let start = std::time::Instant::now();
+                    store.write(&digest, payload.clone()).await.unwrap();
+                    spent += start.elapsed();
+                }
+                spent
+            }
+        })
+    });
+    group.finish();
+}
+
+/// FindMissingBlobs against a memory tier that has been filling for a while: 500,000 entries (far
+/// beyond the CPU's caches, as in a running server), 10,000 digests asked, half of them present.
+fn bench_contains_when_full(c: &mut Criterion) {
+    const HELD: u64 = 500_000;
+    let rt = runtime();
+    let store = Arc::new(MemoryStore::new(8 << 30, Admission::Always));
+    let payload = Bytes::from(vec![0x42; 4096]);
+    rt.block_on(async {
+        for n in 0..HELD {
+            store.write(&fake_digest(n, 4096), payload.clone()).await.unwrap();
+        }
+    });
+    // Every 97th entry, spread over the whole table, and as many that were never written.
+    let asked: Vec<Digest> = (0..5_000u64).flat_map(|i| [fake_digest(i * 97 % HELD, 4096), fake_digest(HELD + i, 4096)]).collect();
+    let mut group = c.benchmark_group("memory");
+    group.throughput(Throughput::Elements(asked.len() as u64));
+    group.bench_function("contains-500k-held/10000", |b| {
+        b.to_async(&rt).iter(|| {
+            let store = store.clone();
+            let asked = &asked;
+            async move { assert_eq!(store.contains(asked).await.unwrap().iter().filter(|&&x| x).count(), 5_000) }
+        })
+    });
+    group.finish();
 }
 
 /// Opening a log of 1,000,000 blobs: index files of sealed segments plus a scan of the open one.

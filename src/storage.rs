@@ -171,12 +171,17 @@ fn with_policy(config: &Config, opened: Opened, kind: &TierKind, policy: &TierPo
             store = Arc::new(Spooled::new(store, dir, policy.queue_retry.unwrap_or(DEFAULT_QUEUE_RETRY))?);
         }
     }
-    let default_max = if matches!(kind, TierKind::Memory(_)) { DEFAULT_MEMORY_MAX_BLOB } else { u64::MAX };
+    let max_blob = match kind {
+        // A memory tier cannot hold a blob larger than itself; saying so here routes such a blob to
+        // the next tier instead of failing it there.
+        TierKind::Memory(m) => policy.max_blob.map_or(DEFAULT_MEMORY_MAX_BLOB, |s| s.0).min(m.max_size.0),
+        _ => policy.max_blob.map_or(u64::MAX, |s| s.0),
+    };
     let tier = Tier {
         name,
         store,
         min_blob: policy.min_blob.map_or(0, |s| s.0),
-        max_blob: policy.max_blob.map_or(default_max, |s| s.0),
+        max_blob,
         // Upstreams are the slowest tiers: nothing is copied into them but writes.
         promote: !upstream && policy.promote.unwrap_or(true),
         // The disk log is always durable; memory never is.
@@ -192,7 +197,7 @@ fn with_policy(config: &Config, opened: Opened, kind: &TierKind, policy: &TierPo
 /// A memory tier with nothing behind it must keep what it is given; in front of another tier it may
 /// turn away blobs that are unlikely to be read again.
 fn admission(last_tier: bool) -> Admission {
-    if last_tier { Admission::Always } else { Admission::Frequency }
+    if last_tier { Admission::Always } else { Admission::Probation }
 }
 
 async fn open_s3(c: &S3Tier, label: &str) -> Result<S3Store, StoreError> {

@@ -274,3 +274,29 @@ async fn error_messages_quote_client_input_bounded() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().len() < 1000, "{} bytes", err.message().len());
 }
+
+#[tokio::test]
+async fn a_blob_larger_than_a_memory_only_stack_is_refused_and_what_it_holds_stays() {
+    let config = TEST_CONFIG.replace(
+        "      - memory: { max_size: 8MiB, max_blob: 16KiB }\n      - disk: { path: cas, max_size: 64MiB, segment_size: 1MiB, max_record: 64KiB, sync: always }",
+        "      - memory: { max_size: 64KiB }",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(&config, tmp.path()).await;
+    let (mut bs, mut cas) = (server.bytestream().await, server.cas().await);
+    let kept = content(1, 1000);
+    upload(&mut cas, "", &[&kept]).await;
+
+    let big = content(2, 100_000);
+    let err = write(&mut bs, &upload_name("", "big", &sha256(&big)), 0, &big, 16 * 1024, true).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    assert!(err.message().contains("65536 bytes at most") && err.message().contains(&sha256(&big).hash), "{}", err.message());
+    // A batch entry that cannot fit fails alone; the batch's other entry is stored.
+    let (over, fits) = (content(3, 70_000), content(4, 2000));
+    let requests = [&over, &fits].map(|data| reapi::batch_update_blobs_request::Request { digest: Some(sha256(data)), data: data.clone(), compressor: 0 });
+    let request = reapi::BatchUpdateBlobsRequest { instance_name: String::new(), requests: requests.to_vec(), digest_function: 0 };
+    let statuses: Vec<i32> = cas.batch_update_blobs(request).await.unwrap().into_inner().responses.iter().map(|r| r.status.as_ref().unwrap().code).collect();
+    assert_eq!(statuses, vec![Code::ResourceExhausted as i32, 0]);
+    let absent = missing(&mut cas, "", vec![sha256(&kept), sha256(&big), sha256(&over), sha256(&fits)]).await;
+    assert_eq!(absent, vec![sha256(&big), sha256(&over)], "nothing held was evicted for a blob that could never fit");
+}

@@ -1,0 +1,320 @@
+//! The memory tier's map: a CLOCK cache bounded in bytes. A lookup only sets the entry's `used` bit
+//! under a shared lock, so readers never queue on an ordering list as an LRU's move-to-front (or
+//! moka's buffered read log) makes them; an insertion that goes over the budget moves the hand over
+//! the entries in insertion order, evicting each one not used since the hand last passed it and
+//! sparing (and clearing) each one that was.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+use bytes::Bytes;
+use hashbrown::hash_map::Entry as Slot;
+use hashbrown::HashMap;
+use parking_lot::RwLock;
+
+use crate::digest::{Digest, Key};
+
+/// What an entry costs beyond its bytes: its map slot (key, value handle, bit, generation) at the
+/// table's load, its place on the ring, and the shared header a `Bytes` gets once it is cloned.
+/// Counted so that a flood of tiny blobs cannot exceed the budget.
+pub const ENTRY_OVERHEAD: u64 = 192;
+
+/// Lookups of a batch hold the shared lock for this many keys at a time, so that a writer waits for
+/// microseconds, not for a whole FindMissingBlobs of 10,000 digests.
+const KEYS_PER_READ_LOCK: usize = 256;
+
+/// Entries the hand spares at most before it evicts the next one, used or not. Without a bound, one
+/// insertion after a client asked about every entry would clear every bit under the write lock (46 ms
+/// at 500,000 entries); with it an insertion waits some 100 us, and the bits are cleared over the
+/// next insertions instead.
+const SPARED_PER_EVICTION: usize = 1024;
+
+pub fn weight(len: usize) -> u64 {
+    len as u64 + ENTRY_OVERHEAD
+}
+
+pub struct Clock {
+    capacity: u64,
+    /// Whether a new entry starts as used, so that it outlives the hand's first pass.
+    new_entries_used: bool,
+    inner: RwLock<Inner>,
+}
+
+struct Entry {
+    value: Bytes,
+    used: AtomicBool,
+    /// Tells this entry's place on the ring from a place left there by an earlier, removed entry of
+    /// the same key.
+    generation: u64,
+}
+
+impl Entry {
+    fn touch(&self) {
+        // A load first: the bit is set already on a hot entry, and a store would bounce its cache line.
+        if !self.used.load(Relaxed) {
+            self.used.store(true, Relaxed);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    map: HashMap<Key, Entry>,
+    /// Each entry's place, in the order the hand visits them (front first), and the places of
+    /// removed entries, which the hand drops as it reaches them.
+    ring: VecDeque<(Key, u64)>,
+    stale: usize,
+    weight: u64,
+    next_generation: u64,
+}
+
+/// What `Clock::stats` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+impl Clock {
+    pub fn new(capacity: u64, new_entries_used: bool) -> Self {
+        Clock { capacity, new_entries_used, inner: RwLock::new(Inner::default()) }
+    }
+
+    /// Whether a value of `len` bytes fits at all.
+    pub fn fits(&self, len: u64) -> bool {
+        len.saturating_add(ENTRY_OVERHEAD) <= self.capacity
+    }
+
+    /// The largest value that fits.
+    pub fn largest_value(&self) -> u64 {
+        self.capacity.saturating_sub(ENTRY_OVERHEAD)
+    }
+
+    pub fn get(&self, key: &Key) -> Option<Bytes> {
+        let inner = self.inner.read();
+        let entry = inner.map.get(key)?;
+        entry.touch();
+        Some(entry.value.clone())
+    }
+
+    /// Whether each blob is held at its digest's size; those found count as used, as a client told a
+    /// blob exists will soon read it.
+    pub fn contains(&self, digests: &[Digest]) -> Vec<bool> {
+        let mut found = Vec::with_capacity(digests.len());
+        for chunk in digests.chunks(KEYS_PER_READ_LOCK) {
+            let inner = self.inner.read();
+            found.extend(chunk.iter().map(|digest| match inner.map.get(&digest.key()) {
+                Some(entry) if entry.value.len() as u64 == digest.size => {
+                    entry.touch();
+                    true
+                }
+                _ => false,
+            }));
+        }
+        found
+    }
+
+    /// Stores `value` under `key`, replacing what was there, and evicts until the budget holds.
+    /// Returns how many entries were evicted. The values that leave are freed after the lock is
+    /// released: dropping a large one returns its memory to the kernel.
+    pub fn insert(&self, key: Key, value: Bytes) -> u64 {
+        let added = weight(value.len());
+        let mut departed = Vec::new();
+        let mut inner = self.inner.write();
+        let Inner { map, ring, weight: held, next_generation, .. } = &mut *inner;
+        match map.entry(key) {
+            Slot::Occupied(mut slot) => {
+                let entry = slot.get_mut();
+                *held -= weight(entry.value.len());
+                entry.touch();
+                departed.push(std::mem::replace(&mut entry.value, value));
+            }
+            Slot::Vacant(slot) => {
+                let generation = *next_generation;
+                *next_generation += 1;
+                slot.insert(Entry { value, used: AtomicBool::new(self.new_entries_used), generation });
+                ring.push_back((key, generation));
+            }
+        }
+        *held += added;
+        let evicted = inner.evict_down_to(self.capacity, &mut departed);
+        drop(inner);
+        evicted
+    }
+
+    /// Removes the entry of `key`; whether there was one.
+    pub fn remove(&self, key: &Key) -> bool {
+        let mut inner = self.inner.write();
+        let Some(entry) = inner.map.remove(key) else { return false };
+        inner.weight -= weight(entry.value.len());
+        inner.stale += 1;
+        if inner.stale > inner.map.len() {
+            inner.drop_stale_places();
+        }
+        drop(inner);
+        drop(entry);
+        true
+    }
+
+    pub fn held(&self) -> Held {
+        let inner = self.inner.read();
+        Held { entries: inner.map.len() as u64, bytes: inner.weight }
+    }
+}
+
+impl Inner {
+    fn evict_down_to(&mut self, capacity: u64, departed: &mut Vec<Bytes>) -> u64 {
+        let (mut evicted, mut spared) = (0, 0);
+        // Ends: every turn either takes a place off the ring or clears a bit, and no bit is set
+        // while the write lock is held.
+        while self.weight > capacity {
+            let Some((key, generation)) = self.ring.pop_front() else { break };
+            match self.map.get(&key) {
+                Some(entry) if entry.generation == generation => {
+                    if entry.used.swap(false, Relaxed) && spared < SPARED_PER_EVICTION {
+                        spared += 1;
+                        self.ring.push_back((key, generation));
+                        continue;
+                    }
+                }
+                _ => {
+                    self.stale -= 1;
+                    continue;
+                }
+            }
+            if let Some(entry) = self.map.remove(&key) {
+                self.weight -= weight(entry.value.len());
+                departed.push(entry.value);
+                evicted += 1;
+                spared = 0;
+            }
+        }
+        evicted
+    }
+
+    fn drop_stale_places(&mut self) {
+        let map = &self.map;
+        self.ring.retain(|(key, generation)| map.get(key).is_some_and(|e| e.generation == *generation));
+        self.stale = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::DigestFunction;
+
+    fn key(n: u32) -> Key {
+        DigestFunction::Sha256.digest_of(&n.to_le_bytes()).key()
+    }
+
+    fn value(len: usize) -> Bytes {
+        Bytes::from(vec![7u8; len])
+    }
+
+    /// Room for exactly `n` entries of 100 bytes.
+    fn clock_of(n: u64, new_entries_used: bool) -> Clock {
+        Clock::new(n * weight(100), new_entries_used)
+    }
+
+    #[test]
+    fn evicts_in_insertion_order_sparing_what_was_used_once() {
+        let clock = clock_of(3, false);
+        for n in 0..3 {
+            assert_eq!(clock.insert(key(n), value(100)), 0);
+        }
+        assert!(clock.get(&key(0)).is_some());
+        // Over budget: 0 was used and is spared (its bit cleared), 1 was not and goes.
+        assert_eq!(clock.insert(key(3), value(100)), 1);
+        assert!(clock.get(&key(1)).is_none());
+        // The hand goes on from 2: not used since, so it goes next, before 0 comes round again.
+        assert_eq!(clock.insert(key(4), value(100)), 1);
+        assert!(clock.get(&key(2)).is_none());
+        for n in [0, 3, 4] {
+            assert!(clock.get(&key(n)).is_some(), "entry {n}");
+        }
+        assert_eq!(clock.held(), Held { entries: 3, bytes: 3 * weight(100) });
+    }
+
+    #[test]
+    fn a_new_entry_outlives_the_hands_first_pass_only_when_it_starts_as_used() {
+        for starts_used in [true, false] {
+            let clock = clock_of(2, starts_used);
+            clock.insert(key(0), value(100));
+            clock.insert(key(1), value(100));
+            clock.get(&key(0));
+            clock.get(&key(1));
+            // Over budget with both old entries used: the hand spares them and comes to 2, which
+            // goes at once if it is on probation; if it starts as used, the hand goes round to 0.
+            assert_eq!(clock.insert(key(2), value(100)), 1);
+            assert_eq!(clock.get(&key(2)).is_some(), starts_used, "starts used: {starts_used}");
+            assert_eq!(clock.get(&key(0)).is_none(), starts_used);
+            assert_eq!(clock.held().entries, 2);
+        }
+    }
+
+    #[test]
+    fn replacing_and_removing_keep_the_weight_exact_and_the_ring_bounded() {
+        let clock = clock_of(1000, true);
+        clock.insert(key(1), value(100));
+        clock.insert(key(1), value(50));
+        assert_eq!(clock.held(), Held { entries: 1, bytes: weight(50) });
+        assert_eq!(clock.get(&key(1)).map(|v| v.len()), Some(50));
+        for round in 0..10_000 {
+            clock.insert(key(2), value(10));
+            assert!(clock.remove(&key(2)), "round {round}");
+        }
+        assert!(!clock.remove(&key(2)));
+        assert_eq!(clock.held(), Held { entries: 1, bytes: weight(50) });
+        assert!(clock.inner.read().ring.len() <= 3, "removed entries' places are dropped");
+    }
+
+    #[test]
+    fn the_hand_spares_a_bounded_number_of_entries_per_eviction() {
+        let n = SPARED_PER_EVICTION as u32 + 10;
+        let clock = clock_of(n as u64, true);
+        for i in 0..n {
+            clock.insert(key(i), value(100));
+        }
+        // Every entry is used: the hand spares the first SPARED_PER_EVICTION and evicts the next.
+        assert_eq!(clock.insert(key(n), value(100)), 1);
+        let gone: Vec<u32> = (0..=n).filter(|&i| clock.inner.read().map.get(&key(i)).is_none()).collect();
+        assert_eq!(gone, vec![SPARED_PER_EVICTION as u32]);
+        // The next insertion finds the spared entries' bits cleared and evicts the oldest of them.
+        assert_eq!(clock.insert(key(n + 1), value(100)), 1);
+        assert!(clock.inner.read().map.get(&key(0)).is_none());
+    }
+
+    #[test]
+    fn a_key_removed_and_written_again_has_one_live_place() {
+        let clock = clock_of(2, false);
+        clock.insert(key(0), value(100));
+        clock.insert(key(1), value(100));
+        clock.remove(&key(0));
+        clock.insert(key(0), value(100));
+        // The first 0's place is still at the front; it must not evict the new 0 out of turn.
+        assert_eq!(clock.insert(key(2), value(100)), 1);
+        assert!(clock.get(&key(1)).is_none(), "1 was the oldest live entry");
+        assert!(clock.get(&key(0)).is_some() && clock.get(&key(2)).is_some());
+    }
+
+    #[test]
+    fn contains_checks_the_size_and_marks_what_it_found_as_used() {
+        let clock = Clock::new(2 * weight(1), false);
+        let (a, b) = (DigestFunction::Sha256.digest_of(b"a"), DigestFunction::Sha256.digest_of(b"b"));
+        clock.insert(a.key(), Bytes::from_static(b"a"));
+        clock.insert(b.key(), Bytes::from_static(b"b"));
+        assert_eq!(clock.contains(&[a, Digest { size: 2, ..b }]), vec![true, false]);
+        // a was found, so the hand spares it; b was only asked for at the wrong size, and goes.
+        assert_eq!(clock.insert(key(9), value(1)), 1);
+        assert_eq!(clock.contains(&[a, b]), vec![true, false]);
+    }
+
+    #[test]
+    fn a_value_larger_than_the_budget_does_not_fit() {
+        let clock = Clock::new(weight(100), true);
+        assert!(clock.fits(100));
+        assert!(!clock.fits(101));
+        assert_eq!(clock.largest_value(), 100);
+    }
+}
