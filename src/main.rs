@@ -45,6 +45,9 @@ enum Command {
     Bench(strata::bench::BenchArgs),
     /// Run actions for a remote execution server (Remote Workers API bot).
     Bot(strata::bot::BotArgs),
+    /// Start commands for a root bot, as the user its actions run as (started by the bot).
+    #[command(name = strata::bot::spawner::SUBCOMMAND, hide = true)]
+    Spawner,
 }
 
 /// Logs to stderr: `STRATA_LOG` filters (default `info`), `STRATA_LOG_FORMAT=json` gives one JSON
@@ -66,6 +69,20 @@ fn init_logging() {
 fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
+    if let Command::Spawner = cli.command {
+        // No async runtime: it starts processes and waits for them, a thread each.
+        return match strata::bot::spawner::serve() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("strata spawner: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // A root bot (`bot`, or one `serve` runs) starts its actions through this binary's spawner.
+    if let Ok(exe) = std::env::current_exe() {
+        strata::bot::spawner::set_program(exe);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -80,9 +97,11 @@ fn main() -> ExitCode {
             strata::admin::client::admin(&target, &command).await.map(|out| print!("{out}")).map_err(|e| e.to_string())
         }),
         Command::Bench(args) => runtime.block_on(bench(args)),
-        Command::Bot(args) => runtime.block_on(async {
+        Command::Bot(mut args) => runtime.block_on(async {
+            args.spawner = strata::bot::spawner::program().map(PathBuf::from);
             strata::bot::run(args, shutdown_signal()).await.map_err(|e| e.to_string())
         }),
+        Command::Spawner => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

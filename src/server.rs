@@ -133,6 +133,7 @@ fn local_bot(config: &Config, bot: &LocalBotConfig) -> BotArgs {
         credentials: Default::default(),
         token: None,
         run_as: bot.run_as.clone(),
+        spawner: crate::bot::spawner::program().map(std::path::Path::to_path_buf),
     }
 }
 

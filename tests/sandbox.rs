@@ -122,38 +122,102 @@ async fn an_action_cannot_poison_the_inputs_of_later_actions_bubblewrap_runner()
     inputs_cannot_be_poisoned("bubblewrap").await;
 }
 
+/// How a root bot starts its actions as another user.
+#[derive(Clone, Copy, PartialEq)]
+enum Start {
+    /// Through `strata spawner`, started once as that user.
+    Spawner,
+    /// Through setpriv, per action (when no strata binary the user may run is known).
+    Setpriv,
+}
+
+/// A root bot whose actions run as nobody, in a work directory nobody can enter; with the spawner,
+/// the strata binary is linked there too, as the clone holding it may be out of nobody's reach.
+fn root_bot_as_nobody(server: &common::TestServer, tmp: &tempfile::TempDir, runner: &str, how: Start) -> InProcessBot {
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut args = InProcessBot::args(format!("grpc://{}", server.addr), None, &tmp.path().join("bot"), 2, &[], runner);
+    args.run_as = None;
+    args.spawner = match how {
+        Start::Spawner => {
+            let program = tmp.path().join("strata");
+            let built = env!("CARGO_BIN_EXE_strata");
+            std::fs::hard_link(built, &program).or_else(|_| std::fs::copy(built, &program).map(drop)).unwrap();
+            Some(program)
+        }
+        Start::Setpriv => None,
+    };
+    InProcessBot::run(args)
+}
+
 /// A root bot's host and bubblewrap actions run as `nobody`: they write their outputs, but cannot
 /// change their (root-owned, read-only) inputs, nor read what only root may.
-async fn a_root_bot_runs_actions_as_an_unprivileged_user(runner: &str) {
+async fn a_root_bot_runs_actions_as_an_unprivileged_user(runner: &str, how: Start) {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("not root: actions run as the bot's own user, nothing to check here");
         return;
     }
     let (server, tmp) = start().await;
-    // The bot's work directory must be one nobody can enter.
-    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let mut args = InProcessBot::args(format!("grpc://{}", server.addr), None, &tmp.path().join("bot"), 1, &[], runner);
-    args.run_as = None;
-    let bot = InProcessBot::run(args);
+    let bot = root_bot_as_nobody(&server, &tmp, runner, how);
     let root = root_with_one_file(&server).await;
+    // A host action's parent is the spawner when there is one (in bubblewrap, it is bubblewrap); it
+    // must not be able to write to the spawner's answers to the bot.
     let script = "id -u; chmod u+w f 2>/dev/null && echo chmodded; echo evil >> f 2>/dev/null && echo appended; \
-                  head -c 1 /etc/shadow 2>/dev/null | grep -q . && echo read-shadow; mkdir -p out && echo made > out/o && cat f";
+                  head -c 1 /etc/shadow 2>/dev/null | grep -q . && echo read-shadow; mkdir -p out && echo made > out/o && cat f; \
+                  [ \"$(tr '\\0' '\\n' < /proc/$PPID/cmdline | sed -n 2p)\" = spawner ] && echo by-spawner && \
+                  { (echo x > /proc/$PPID/fd/1) 2>/dev/null && echo reached-spawner; }; true";
     let mut spec = Spec { input_root: Some(root), ..sh(script) };
     spec.output_files = vec!["out/o".into()];
     let result = execute(&server, &action(&server, &spec).await).await.result.unwrap();
     let stdout = String::from_utf8(read_blob(&server, &result.stdout_digest).await).unwrap();
-    assert_eq!(stdout, "65534\ngood\n", "stderr: {}", String::from_utf8_lossy(&read_blob(&server, &result.stderr_digest).await));
+    let expected = if how == Start::Spawner && runner == "host" { "65534\ngood\nby-spawner\n" } else { "65534\ngood\n" };
+    assert_eq!(stdout, expected, "stderr: {}", String::from_utf8_lossy(&read_blob(&server, &result.stderr_digest).await));
     assert_eq!(read_blob(&server, &result.output_files[0].digest).await, b"made\n");
     bot.stop().await;
 }
 
 #[tokio::test]
 async fn a_root_bot_runs_host_actions_as_an_unprivileged_user() {
-    a_root_bot_runs_actions_as_an_unprivileged_user("host").await;
+    a_root_bot_runs_actions_as_an_unprivileged_user("host", Start::Spawner).await;
+    a_root_bot_runs_actions_as_an_unprivileged_user("host", Start::Setpriv).await;
 }
 
 #[tokio::test]
 async fn a_root_bot_runs_bubblewrap_as_an_unprivileged_user() {
-    a_root_bot_runs_actions_as_an_unprivileged_user("bubblewrap").await;
+    a_root_bot_runs_actions_as_an_unprivileged_user("bubblewrap", Start::Spawner).await;
+    a_root_bot_runs_actions_as_an_unprivileged_user("bubblewrap", Start::Setpriv).await;
+}
+
+/// An action killed at its timeout takes what it left running with it, though the spawner (not the
+/// bot) started it; and an action that kills the spawner (it runs as the same user) fails alone:
+/// the next action gets a new spawner.
+#[tokio::test]
+async fn a_root_bots_spawner_kills_timed_out_groups_and_survives_being_killed() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: there is no spawner, nothing to check here");
+        return;
+    }
+    let (server, tmp) = start().await;
+    let bot = root_bot_as_nobody(&server, &tmp, "host", Start::Spawner);
+    let marker = format!("31.{}", std::process::id());
+    let mut spec = sh(&format!("sleep {marker} & sleep {marker}"));
+    spec.timeout = Some(std::time::Duration::from_secs(1));
+    let response = execute(&server, &action(&server, &spec).await).await;
+    assert_eq!(response.status.unwrap().code, tonic::Code::DeadlineExceeded as i32);
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.unwrap().path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&marker))
+        .collect();
+    assert!(left.is_empty(), "left running: {left:?}");
+
+    let response = execute(&server, &action(&server, &sh("kill -9 $PPID; sleep 5")).await).await;
+    let status = response.status.unwrap();
+    assert_eq!(status.code, tonic::Code::Internal as i32, "{}", status.message);
+    assert!(status.message.contains("spawner"), "{}", status.message);
+    let result = execute(&server, &action(&server, &sh("id -u")).await).await.result.unwrap();
+    assert_eq!(read_blob(&server, &result.stdout_digest).await, b"65534\n");
+    bot.stop().await;
 }

@@ -100,7 +100,9 @@ pub async fn run(ctx: Arc<Context>, lease_id: String, payload: Any) -> Result<re
 
     let stdout_path = scratch.0.join("stdout");
     let stderr_path = scratch.0.join("stderr");
-    let create = |p: &Path| std::fs::File::create(p).map_err(|e| BotError::io(p, e));
+    let create = |p: &Path| std::fs::File::create(p).map(drop).map_err(|e| BotError::io(p, e));
+    create(&stdout_path)?;
+    create(&stderr_path)?;
     let environment: Vec<(String, String)> = command.environment_variables.iter().map(|v| (v.name.clone(), v.value.clone())).collect();
     let network = crate::protocol::platform(&action, &command).any(|(k, v)| k == NETWORK_PROPERTY && v != "off");
     let spawn = Spawn {
@@ -108,13 +110,17 @@ pub async fn run(ctx: Arc<Context>, lease_id: String, payload: Any) -> Result<re
         environment: &environment,
         root: &root,
         working_directory: &workdir,
-        stdout: create(&stdout_path)?,
-        stderr: create(&stderr_path)?,
+        stdout: &stdout_path,
+        stderr: &stderr_path,
         network,
     };
     if let Some(user) = ctx.runner.run_as() {
-        let (user, root) = (user.clone(), root.clone());
-        tokio::task::spawn_blocking(move || user.own(&root).map_err(|e| BotError::io(&root, e)))
+        let (user, root, logs) = (user.clone(), root.clone(), [stdout_path.clone(), stderr_path.clone()]);
+        tokio::task::spawn_blocking(move || {
+            user.own(&root).map_err(|e| BotError::io(&root, e))?;
+            // The command's stdout and stderr are opened by the spawner, as the user.
+            logs.iter().try_for_each(|log| user.own_file(log).map_err(|e| BotError::io(log, e)))
+        })
             .await
             .map_err(|e| BotError::Setup(format!("preparing the action directory: {e}")))??;
     }

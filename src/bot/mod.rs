@@ -9,6 +9,7 @@ mod cache_index;
 mod inputs;
 mod outputs;
 mod runner;
+pub mod spawner;
 
 pub use runner::RunnerKind;
 
@@ -80,6 +81,10 @@ pub struct BotArgs {
     /// an action cannot change its inputs or the bot's files.
     #[arg(long)]
     pub run_as: Option<String>,
+    /// The strata binary whose `spawner` a root bot starts its actions through (see `spawner`):
+    /// `strata bot` and `strata serve` give their own. Without one, each action runs through setpriv.
+    #[arg(skip)]
+    pub spawner: Option<PathBuf>,
 }
 
 pub const DEFAULT_CACHE_SIZE: &str = "10GiB";
@@ -190,7 +195,7 @@ pub async fn run(args: BotArgs, shutdown: impl Future<Output = ()>) -> Result<()
     let _ = std::fs::remove_dir_all(&actions_dir);
     std::fs::create_dir_all(&actions_dir).map_err(|e| BotError::io(&actions_dir, e))?;
     let absolute = std::path::absolute(&actions_dir).map_err(|e| BotError::io(&actions_dir, e))?;
-    let runner = runner::Runner::new(args.runner, args.run_as.as_deref(), &absolute).await?;
+    let runner = runner::Runner::new(args.runner, args.run_as.as_deref(), &absolute, args.spawner.as_deref()).await?;
     let ctx = Arc::new(Context { bot_id: bot_id(&args), cache, runner, actions_dir });
     let client = BotsClient::new(crate::protocol::channel(&args.server, &auth, Duration::from_secs(5))?);
     let mut bot = Bot { args, ctx, client, slots: HashMap::new(), current: None, version: String::new() };

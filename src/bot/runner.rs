@@ -5,7 +5,8 @@
 //! input root is the sandbox's `/` (plus /proc, /dev and a private /tmp), for clients such as
 //! BuildStream whose input root brings the whole system. The command runs in a process group of
 //! its own, and a timeout, a cancellation or a dropped run kills the whole group. A root bot runs
-//! host and bubblewrap actions as an unprivileged user (`RunAs`), through setpriv.
+//! host and bubblewrap actions as an unprivileged user (`RunAs`), through its spawner (`spawner.rs`)
+//! or, where the user cannot run the strata binary, through setpriv per command.
 //!
 //! Commands are started with posix_spawn, never fork: a bot inside `strata serve` shares the
 //! server's address space, and forking a process with gigabytes of cache mapped took 170 ms per
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use super::spawner::{self, Spawner};
 use super::BotError;
 
 /// How a bot runs commands, as configured (`--runner`, `runner:`).
@@ -49,8 +51,9 @@ pub struct Spawn<'a> {
     /// The action's directory (the input root); the only place the command may write.
     pub root: &'a Path,
     pub working_directory: &'a Path,
-    pub stdout: std::fs::File,
-    pub stderr: std::fs::File,
+    /// Files that exist, for the command's stdout and stderr (the user it runs as may write them).
+    pub stdout: &'a Path,
+    pub stderr: &'a Path,
     pub network: bool,
 }
 
@@ -65,12 +68,13 @@ const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 impl Runner {
     /// `actions_dir` is where the actions' directories will be: a user it runs actions as must be
     /// able to reach it.
-    pub async fn new(kind: RunnerKind, run_as: Option<&str>, actions_dir: &Path) -> Result<Runner, BotError> {
+    /// `spawner`: the strata binary a root bot starts its commands through (see `spawner`).
+    pub async fn new(kind: RunnerKind, run_as: Option<&str>, actions_dir: &Path, spawner: Option<&Path>) -> Result<Runner, BotError> {
         match kind {
-            RunnerKind::Host => Ok(Runner::Host { run_as: RunAs::for_root_bot(run_as, actions_dir)? }),
+            RunnerKind::Host => Ok(Runner::Host { run_as: RunAs::for_root_bot(run_as, actions_dir, spawner)? }),
             RunnerKind::Bubblewrap => {
                 let bwrap = bwrap("bubblewrap")?;
-                let user = match RunAs::for_root_bot(run_as, actions_dir)? {
+                let user = match RunAs::for_root_bot(run_as, actions_dir, spawner)? {
                     Some(user) if user.can_sandbox(&bwrap).await => Some(user),
                     Some(_) if run_as.is_some() => {
                         return Err(BotError::Setup("--run-as: bubblewrap cannot make its sandbox as that user here (unprivileged user namespaces are off)".into()))
@@ -128,6 +132,24 @@ impl Runner {
                 (bwrap.clone(), a)
             }
         };
+        let mut environment: Vec<(std::ffi::OsString, std::ffi::OsString)> = Vec::with_capacity(spawn.environment.len() + 1);
+        if !spawn.environment.iter().any(|(k, _)| k == "PATH") {
+            environment.push(("PATH".into(), DEFAULT_PATH.into()));
+        }
+        environment.extend(spawn.environment.iter().map(|(k, v)| (k.into(), v.into())));
+        if let Some(spawner) = self.run_as().and_then(|user| user.spawner.as_ref()) {
+            let request = spawner::Request {
+                id: 0,
+                program: launcher.into(),
+                args: launch_args,
+                env: environment,
+                cwd: spawn.working_directory.into(),
+                stdout: spawn.stdout.into(),
+                stderr: spawn.stderr.into(),
+            };
+            return run_through(spawner, request, timeout, program).await;
+        }
+        let open = |path: &Path| std::fs::OpenOptions::new().write(true).open(path).map_err(|e| BotError::io(path, e));
         let mut command = match self.run_as() {
             // setpriv changes user and then execs: the spawn stays a posix_spawn (see above).
             Some(user) => {
@@ -144,16 +166,13 @@ impl Runner {
                 c
             }
         };
-        command.env_clear();
-        if !spawn.environment.iter().any(|(k, _)| k == "PATH") {
-            command.env("PATH", DEFAULT_PATH);
-        }
         command
-            .envs(spawn.environment.iter().map(|(k, v)| (k, v)))
+            .env_clear()
+            .envs(environment)
             .current_dir(spawn.working_directory)
             .stdin(Stdio::null())
-            .stdout(spawn.stdout)
-            .stderr(spawn.stderr)
+            .stdout(open(spawn.stdout)?)
+            .stderr(open(spawn.stderr)?)
             .process_group(0)
             .kill_on_drop(true);
         let mut child = match command.spawn() {
@@ -170,6 +189,23 @@ impl Runner {
         drop(group);
         let _ = child.wait().await;
         Ok(exit)
+    }
+}
+
+/// Runs a command the spawner starts; the bot still owns its process group and its timeout.
+async fn run_through(spawner: &Spawner, request: spawner::Request, timeout: Duration, program: &str) -> Result<Exit, BotError> {
+    let started = spawner.start(request).await?;
+    let group = KillGroup(Some(started.pid));
+    let mut exited = started.exited;
+    match tokio::time::timeout(timeout, &mut exited).await {
+        Ok(Ok(code)) => Ok(Exit::Code(code)),
+        Ok(Err(_)) => Err(BotError::Spawn(format!("the spawner ended while {program:?} ran"))),
+        Err(_) => {
+            // Killed; the spawner reaps it and says so.
+            drop(group);
+            let _ = exited.await;
+            Ok(Exit::TimedOut)
+        }
     }
 }
 
@@ -211,12 +247,15 @@ pub struct RunAs {
     pub uid: u32,
     pub gid: u32,
     setpriv: PathBuf,
+    /// Starts the commands as this user, when the strata binary is known (see `spawner`);
+    /// otherwise each command is run through setpriv.
+    spawner: Option<std::sync::Arc<Spawner>>,
 }
 
 impl RunAs {
     /// None unless the bot runs as root and the user is not root; `nobody` by default, unless
     /// nobody can reach the actions' directory (then the actions run as root, with a warning).
-    fn for_root_bot(name: Option<&str>, actions_dir: &Path) -> Result<Option<RunAs>, BotError> {
+    fn for_root_bot(name: Option<&str>, actions_dir: &Path, spawner: Option<&Path>) -> Result<Option<RunAs>, BotError> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Ok(None);
@@ -238,7 +277,22 @@ impl RunAs {
         let setpriv = find_in_path("setpriv", &path)
             .ok_or_else(|| BotError::Setup("a root bot runs actions as another user with `setpriv` (Debian: util-linux), which is not on PATH".into()))?;
         tracing::info!("actions run as user {chosen:?} (uid {uid}, gid {gid}), not as the bot's root");
-        Ok(Some(RunAs { uid, gid, setpriv }))
+        let mut user = RunAs { uid, gid, setpriv, spawner: None };
+        user.spawner = spawner.filter(|program| user.may_run(program)).map(|program| {
+            std::sync::Arc::new(Spawner::new(&user.setpriv, user.setpriv_args(), program))
+        });
+        Ok(Some(user))
+    }
+
+    /// Whether this user can run `program` (the spawner runs as the user).
+    fn may_run(&self, program: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let runnable = program.metadata().is_ok_and(|m| m.mode() & 0o001 != 0 || (m.uid() == self.uid && m.mode() & 0o100 != 0));
+        let reachable = program.parent().is_some_and(|dir| unreachable_ancestor(dir, self.uid, self.gid).is_none());
+        if !(runnable && reachable) {
+            tracing::info!("user {} cannot run {}: each action is started through setpriv", self.uid, program.display());
+        }
+        runnable && reachable
     }
 
     fn setpriv_args(&self) -> Vec<std::ffi::OsString> {
@@ -258,6 +312,10 @@ impl RunAs {
 
     /// Hands the action's directories to the user (its input files stay the bot's, read-only, so
     /// the action can neither change nor chmod them).
+    pub fn own_file(&self, file: &Path) -> std::io::Result<()> {
+        std::os::unix::fs::chown(file, Some(self.uid), Some(self.gid))
+    }
+
     pub fn own(&self, dir: &Path) -> std::io::Result<()> {
         std::os::unix::fs::chown(dir, Some(self.uid), Some(self.gid))?;
         for entry in std::fs::read_dir(dir)? {
@@ -309,16 +367,21 @@ struct KillGroup(Option<u32>);
 impl Drop for KillGroup {
     fn drop(&mut self) {
         if let Some(pid) = self.0 {
-            // SAFETY: kill(2) with a negative pid signals the process group we created; no memory
-            // is involved.
-            unsafe {
-                libc::kill(-(pid as i32), libc::SIGKILL);
-            }
+            kill_group(pid);
         }
     }
 }
 
-fn exit_code(status: std::process::ExitStatus) -> i32 {
+/// Kills the process group a command was started in (its leader's pid).
+pub fn kill_group(pid: u32) {
+    // SAFETY: kill(2) with a negative pid signals the process group we created; no memory is
+    // involved.
+    unsafe {
+        libc::kill(-(pid as i32), libc::SIGKILL);
+    }
+}
+
+pub fn exit_code(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }

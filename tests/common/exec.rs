@@ -184,6 +184,7 @@ impl InProcessBot {
             token: None,
             // These tests watch side effects in their own (root-only) temporary directories.
             run_as: Some("root".into()),
+            spawner: Some(env!("CARGO_BIN_EXE_strata").into()),
         }
     }
 
