@@ -22,6 +22,9 @@ concurrency=${CONCURRENCY:-8}
 large=${LARGE_SIZE:-16MiB}
 out=$root/BENCHMARKS.md
 results=$(mktemp -d)
+# Others may enter it, as a server's data directory usually allows: a root server's bots then run
+# their actions as nobody, as they would there (in a directory only root can enter, as root).
+chmod 755 "$results"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 echo "== building Strata (release) and setting up BuildGrid"
@@ -223,7 +226,7 @@ if before:
     lines += ["", "Strata before: the binary given as STRATA_BEFORE, measured in the same run with the same client and configuration."]
 lines += ["", "execute runs `true` (no inputs, `do_not_cache`, `skip_cache_lookup`): on 8 bot slots for Strata memory",
           "(its bot in process, host runner) and BuildGrid (8 bot.py bots), on the default's host bot (one slot per core);",
-          "execute-1 is the round trip of one client.",
+          "execute-1 is the round trip of one client. Run as root (as here), Strata's bots run the actions as nobody.",
           "", "n/a: every run failed."]
 if failures:
     lines += ["", "Errors reported by the client during the run:", "", "```", failures[-3000:], "```"]

@@ -316,6 +316,9 @@ impl Scenario for Execute {
             if !op.done {
                 continue;
             }
+            // Read the stream to its trailers: a stream dropped before them is reset, and h2 closes
+            // a connection that has reset 1,024 streams whose frames were still arriving.
+            while stream.message().await.map_err(|s| format!("Execute: {}", s.message()))?.is_some() {}
             return match op.result {
                 Some(operation::Result::Response(any)) => {
                     let resp = reapi::ExecuteResponse::decode(any.value.as_slice()).map_err(|e| format!("ExecuteResponse: {e}"))?;
