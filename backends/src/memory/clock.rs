@@ -1,11 +1,11 @@
-//! The memory tier's map: a CLOCK cache bounded in bytes. A lookup only sets the entry's `used` bit
+//! The memory tier's map: a CLOCK cache bounded in bytes. A lookup only sets the entry's credit
 //! under a shared lock, so readers never queue on an ordering list as an LRU's move-to-front (or
 //! moka's buffered read log) makes them; an insertion that goes over the budget moves the hand over
-//! the entries in insertion order, evicting each one not used since the hand last passed it and
-//! sparing (and clearing) each one that was.
+//! the entries in insertion order, evicting each one without credit and taking one pass of credit
+//! from each one that has some (a generalised CLOCK: a read buys more passes than a new entry gets).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 
 use bytes::Bytes;
 use hashbrown::hash_map::Entry as Slot;
@@ -33,16 +33,24 @@ pub fn weight(len: usize) -> u64 {
     len as u64 + ENTRY_OVERHEAD
 }
 
+/// The passes of the hand a read buys an entry. More than a new entry starts with: once every entry
+/// has credit, one insertion's hand may go round more than once under the write lock, with no reader
+/// able to touch anything meanwhile, and entries read since their insertion must then still outlast
+/// those never read (with a single bit the hand would clear all and evict in insertion order, hot
+/// or not, as FIFO does).
+const READ_CREDIT: u8 = 3;
+
 pub struct Clock {
     capacity: u64,
-    /// Whether a new entry starts as used, so that it outlives the hand's first pass.
-    new_entries_used: bool,
+    /// What a new entry starts with: 1 outlives the hand's first pass.
+    new_credit: u8,
     inner: RwLock<Inner>,
 }
 
 struct Entry {
     value: Bytes,
-    used: AtomicBool,
+    /// Passes of the hand this entry outlasts.
+    credit: AtomicU8,
     /// Tells this entry's place on the ring from a place left there by an earlier, removed entry of
     /// the same key.
     generation: u64,
@@ -50,9 +58,9 @@ struct Entry {
 
 impl Entry {
     fn touch(&self) {
-        // A load first: the bit is set already on a hot entry, and a store would bounce its cache line.
-        if !self.used.load(Relaxed) {
-            self.used.store(true, Relaxed);
+        // A load first: a hot entry has full credit already, and a store would bounce its cache line.
+        if self.credit.load(Relaxed) < READ_CREDIT {
+            self.credit.store(READ_CREDIT, Relaxed);
         }
     }
 }
@@ -77,7 +85,7 @@ pub struct Held {
 
 impl Clock {
     pub fn new(capacity: u64, new_entries_used: bool) -> Self {
-        Clock { capacity, new_entries_used, inner: RwLock::new(Inner::default()) }
+        Clock { capacity, new_credit: u8::from(new_entries_used), inner: RwLock::new(Inner::default()) }
     }
 
     /// Whether a value of `len` bytes fits at all.
@@ -132,12 +140,12 @@ impl Clock {
             Slot::Vacant(slot) => {
                 let generation = *next_generation;
                 *next_generation += 1;
-                slot.insert(Entry { value, used: AtomicBool::new(self.new_entries_used), generation });
+                slot.insert(Entry { value, credit: AtomicU8::new(self.new_credit), generation });
                 ring.push_back((key, generation));
             }
         }
         *held += added;
-        let evicted = inner.evict_down_to(self.capacity, &mut departed);
+        let evicted = inner.evict_down_to(self.capacity, &key, &mut departed);
         drop(inner);
         evicted
     }
@@ -163,15 +171,23 @@ impl Clock {
 }
 
 impl Inner {
-    fn evict_down_to(&mut self, capacity: u64, departed: &mut Vec<Bytes>) -> u64 {
+    /// Never evicts `inserted`: what was just written is kept at least until the next insertion
+    /// (it fits, or it would have been refused).
+    fn evict_down_to(&mut self, capacity: u64, inserted: &Key, departed: &mut Vec<Bytes>) -> u64 {
         let (mut evicted, mut spared) = (0, 0);
         // Ends: every turn either takes a place off the ring or clears a bit, and no bit is set
         // while the write lock is held.
         while self.weight > capacity {
             let Some((key, generation)) = self.ring.pop_front() else { break };
             match self.map.get(&key) {
+                Some(entry) if entry.generation == generation && key == *inserted => {
+                    self.ring.push_back((key, generation));
+                    continue;
+                }
                 Some(entry) if entry.generation == generation => {
-                    if entry.used.swap(false, Relaxed) && spared < SPARED_PER_EVICTION {
+                    let credit = entry.credit.load(Relaxed);
+                    if credit > 0 && spared < SPARED_PER_EVICTION {
+                        entry.credit.store(credit - 1, Relaxed);
                         spared += 1;
                         self.ring.push_back((key, generation));
                         continue;
@@ -237,19 +253,34 @@ mod tests {
     }
 
     #[test]
-    fn a_new_entry_outlives_the_hands_first_pass_only_when_it_starts_as_used() {
+    fn an_insertion_never_evicts_its_own_entry() {
         for starts_used in [true, false] {
             let clock = clock_of(2, starts_used);
             clock.insert(key(0), value(100));
             clock.insert(key(1), value(100));
             clock.get(&key(0));
             clock.get(&key(1));
-            // Over budget with both old entries used: the hand spares them and comes to 2, which
-            // goes at once if it is on probation; if it starts as used, the hand goes round to 0.
+            // Over budget with both old entries read: the hand passes over 2 until their credit is
+            // spent, and 0, the oldest, goes.
             assert_eq!(clock.insert(key(2), value(100)), 1);
-            assert_eq!(clock.get(&key(2)).is_some(), starts_used, "starts used: {starts_used}");
-            assert_eq!(clock.get(&key(0)).is_none(), starts_used);
+            assert!(clock.get(&key(2)).is_some() && clock.get(&key(0)).is_none(), "starts used: {starts_used}");
             assert_eq!(clock.held().entries, 2);
+        }
+    }
+
+    #[test]
+    fn read_entries_outlast_a_full_pass_that_clears_unread_new_ones() {
+        // A full tier whose every entry has credit (new entries start with some as the last tier):
+        // one insertion's hand goes round more than once, and must still keep what was read.
+        let clock = clock_of(10, true);
+        for n in 0..10 {
+            clock.insert(key(n), value(100));
+        }
+        clock.get(&key(0));
+        clock.get(&key(1));
+        for n in 10..30 {
+            clock.insert(key(n), value(100));
+            assert!(clock.get(&key(0)).is_some() && clock.get(&key(1)).is_some(), "a read entry went at insertion {n}");
         }
     }
 
@@ -276,11 +307,11 @@ mod tests {
         for i in 0..n {
             clock.insert(key(i), value(100));
         }
-        // Every entry is used: the hand spares the first SPARED_PER_EVICTION and evicts the next.
+        // Every entry has credit: the hand spares the first SPARED_PER_EVICTION and evicts the next.
         assert_eq!(clock.insert(key(n), value(100)), 1);
         let gone: Vec<u32> = (0..=n).filter(|&i| clock.inner.read().map.get(&key(i)).is_none()).collect();
         assert_eq!(gone, vec![SPARED_PER_EVICTION as u32]);
-        // The next insertion finds the spared entries' bits cleared and evicts the oldest of them.
+        // The next insertion finds the spared entries' credit spent and evicts the oldest of them.
         assert_eq!(clock.insert(key(n + 1), value(100)), 1);
         assert!(clock.inner.read().map.get(&key(0)).is_none());
     }
