@@ -150,31 +150,19 @@ impl Runner {
             return run_through(spawner, request, timeout, program).await;
         }
         let open = |path: &Path| std::fs::OpenOptions::new().write(true).open(path).map_err(|e| BotError::io(path, e));
-        let mut command = match self.run_as() {
+        let (launcher, launch_args) = match self.run_as() {
             // setpriv changes user and then execs: the spawn stays a posix_spawn (see above).
             Some(user) => {
                 let mut prefixed = user.setpriv_args();
                 prefixed.push(launcher.into());
                 prefixed.append(&mut launch_args);
-                let mut c = tokio::process::Command::new(&user.setpriv);
-                c.args(prefixed);
-                c
+                (user.setpriv.clone(), prefixed)
             }
-            None => {
-                let mut c = tokio::process::Command::new(launcher);
-                c.args(launch_args);
-                c
-            }
+            None => (launcher, launch_args),
         };
-        command
-            .env_clear()
-            .envs(environment)
-            .current_dir(spawn.working_directory)
-            .stdin(Stdio::null())
-            .stdout(open(spawn.stdout)?)
-            .stderr(open(spawn.stderr)?)
-            .process_group(0)
-            .kill_on_drop(true);
+        let prepared = command(launcher.as_os_str(), &launch_args, environment, spawn.working_directory.as_os_str(), open(spawn.stdout)?, open(spawn.stderr)?);
+        let mut command = tokio::process::Command::from(prepared);
+        command.kill_on_drop(true);
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => return Err(BotError::Spawn(format!("cannot run {program:?}: {e}"))),
@@ -190,6 +178,30 @@ impl Runner {
         let _ = child.wait().await;
         Ok(exit)
     }
+}
+
+/// A command as the bot and its spawner both start one: a clean environment, a process group of its
+/// own, stdin from /dev/null and its output into the action's files.
+pub fn command(
+    program: &std::ffi::OsStr,
+    args: &[std::ffi::OsString],
+    environment: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    working_directory: &std::ffi::OsStr,
+    stdout: std::fs::File,
+    stderr: std::fs::File,
+) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .envs(environment)
+        .current_dir(working_directory)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0);
+    command
 }
 
 /// Runs a command the spawner starts; the bot still owns its process group and its timeout.
@@ -310,12 +322,13 @@ impl RunAs {
         status.is_ok_and(|s| s.success())
     }
 
-    /// Hands the action's directories to the user (its input files stay the bot's, read-only, so
-    /// the action can neither change nor chmod them).
+    /// Hands a file of the action's directory (its stdout or stderr) to the user.
     pub fn own_file(&self, file: &Path) -> std::io::Result<()> {
         std::os::unix::fs::chown(file, Some(self.uid), Some(self.gid))
     }
 
+    /// Hands the action's directories to the user (its input files stay the bot's, read-only, so
+    /// the action can neither change nor chmod them).
     pub fn own(&self, dir: &Path) -> std::io::Result<()> {
         std::os::unix::fs::chown(dir, Some(self.uid), Some(self.gid))?;
         for entry in std::fs::read_dir(dir)? {

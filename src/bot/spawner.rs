@@ -92,20 +92,11 @@ pub fn serve() -> Result<(), String> {
 }
 
 fn start(request: Request) -> Result<std::process::Child, String> {
-    use std::os::unix::process::CommandExt;
     let open = |path: &OsString| {
         std::fs::OpenOptions::new().write(true).open(path).map_err(|e| format!("cannot open {}: {e}", Path::new(path).display()))
     };
     let (stdout, stderr) = (open(&request.stdout)?, open(&request.stderr)?);
-    std::process::Command::new(&request.program)
-        .args(&request.args)
-        .env_clear()
-        .envs(request.env)
-        .current_dir(&request.cwd)
-        .stdin(std::process::Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .process_group(0)
+    super::runner::command(&request.program, &request.args, request.env, &request.cwd, stdout, stderr)
         .spawn()
         .map_err(|e| format!("cannot run {:?}: {e}", Path::new(&request.program)))
 }
