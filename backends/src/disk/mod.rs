@@ -6,6 +6,8 @@
 //! sealed segments plus a scan of the open one (`recovery.rs`). Eviction drops whole segments, oldest
 //! first; blobs read or found while they sit in the oldest quarter of a nearly full log are copied
 //! forward into the open segment, so hot blobs survive (a pseudo-LRU, as in Buildbarn's local store).
+//! The file of an evicted segment becomes the next segment when nothing reads it any more
+//! (`segment.rs` says why; `record.rs` how its old records are told from the new ones).
 //! Blobs larger than `max_record` are files of their own under `large/`, in the same budget.
 //! The same log serves the CAS (keys checked against sizes) and the action cache (any value).
 //! With `compression`, CAS records are stored in the chunked zstd form where that is smaller
@@ -163,7 +165,7 @@ impl DiskLog {
         let log = DiskLog { inner };
         {
             let mut w = log.inner.writer.lock();
-            log.make_room(&mut w, 0)?;
+            log.make_room(&mut w, 0, false)?;
         }
         Ok(log)
     }
@@ -300,7 +302,7 @@ impl DiskLog {
         if w.offset + rec > w.open.len() {
             self.roll(&mut w)?;
         }
-        let header = Header::new(*key, form, payload).encode();
+        let header = Header::new(*key, form, payload).encode_in_segment(w.open.seed);
         Self::zero_ahead(&mut w, rec, payload.len() > COALESCE_LIMIT)?;
         if payload.len() <= COALESCE_LIMIT {
             let mut buf = Vec::with_capacity(header.len() + payload.len());
@@ -341,28 +343,44 @@ impl DiskLog {
         Ok(())
     }
 
-    /// Seals the open segment (sync, index file) and opens the next, evicting to make room.
+    /// Seals the open segment (sync, index file) and opens the next, evicting to make room. The next
+    /// segment is the file of an evicted one where nothing reads that any more, a new file otherwise.
     fn roll(&self, w: &mut Writer) -> Result<()> {
+        let dir = &self.inner.cfg.path;
         w.open.sync()?;
-        segment::write_index(&self.inner.cfg.path, w.open.id, &w.entries)?;
-        self.make_room(w, self.inner.cfg.segment_size)?;
-        let next = Arc::new(Segment::create(&self.inner.cfg.path, w.open.id + 1, self.inner.cfg.segment_size)?);
+        segment::write_index(dir, w.open.id, &w.entries)?;
+        let spare = self.make_room(w, self.inner.cfg.segment_size, true)?;
+        let id = w.open.id + 1;
+        let (next, reused) = match spare.map(|old| old.reuse(dir, id)) {
+            Some(Ok(reused)) => (reused, true),
+            Some(Err(e)) => {
+                tracing::warn!("cannot reuse an evicted segment's file: {e}");
+                (Segment::create(dir, id, self.inner.cfg.segment_size, w.open.seed.salt)?, false)
+            }
+            None => (Segment::create(dir, id, self.inner.cfg.segment_size, w.open.seed.salt)?, false),
+        };
+        segment::sync_dir(dir)?;
+        let next = Arc::new(next);
         self.inner.state.write().segments.insert(next.id, next.clone());
+        // A reused file's blocks are all written: nothing to keep ahead of the appends.
+        w.zeroed_to = if reused { next.len() } else { 0 };
         w.open = next;
         w.offset = 0;
-        w.zeroed_to = 0;
         w.entries.clear();
         Ok(())
     }
 
-    /// Evicts the oldest segments and large files until `extra` more bytes fit in the budget.
-    fn make_room(&self, w: &mut Writer, extra: u64) -> Result<()> {
+    /// Evicts the oldest segments and large files until `extra` more bytes fit in the budget. With
+    /// `keep_spare`, the file of one evicted segment that can be reused is handed back instead of
+    /// deleted (the caller makes it the next segment at once: it is no longer counted).
+    fn make_room(&self, w: &mut Writer, extra: u64, keep_spare: bool) -> Result<Option<Segment>> {
+        let mut spare = None;
         loop {
             let victim = {
                 let st = self.inner.state.read();
                 let used = st.segments.len() as u64 * self.inner.cfg.segment_size + st.large_bytes + w.reserved_large;
                 if used + extra <= self.inner.cfg.max_size {
-                    return Ok(());
+                    return Ok(spare);
                 }
                 let oldest_segment = st.segments.keys().next().copied().filter(|&id| id != w.open.id);
                 let oldest_large = st.large.iter().min_by_key(|(_, e)| (e.seq, e.used)).map(|(k, e)| (*k, e.seq));
@@ -380,22 +398,32 @@ impl DiskLog {
                 }
             };
             match victim {
-                Ok(segment) => self.evict_segment(segment),
+                Ok(segment) => {
+                    let kept = self.evict_segment(segment, keep_spare && spare.is_none());
+                    spare = spare.or(kept);
+                }
                 Err(key) => self.evict_large(&key),
             }
         }
     }
 
-    fn evict_segment(&self, id: u32) {
-        let removed = {
+    /// Drops a segment from the index and deletes its files, or, with `keep`, hands its file back
+    /// when it can be reused (its index file is deleted either way: its records are gone).
+    fn evict_segment(&self, id: u32, keep: bool) -> Option<Segment> {
+        let (segment, removed) = {
             let mut st = self.inner.state.write();
-            st.segments.remove(&id);
-            st.index.remove_segment(id)
+            (st.segments.remove(&id), st.index.remove_segment(id))
         };
         self.inner.counters.evictions.fetch_add(removed as u64, std::sync::atomic::Ordering::Relaxed);
-        let _ = std::fs::remove_file(segment::segment_path(&self.inner.cfg.path, id));
         let _ = std::fs::remove_file(segment::index_path(&self.inner.cfg.path, id));
         tracing::debug!(segment = id, blobs = removed, "evicted segment");
+        // A reader that still holds the segment or a slice of its mapping keeps it from reuse: its
+        // bytes must not change under it. Deleting the file is safe for readers.
+        let spare = segment.and_then(|s| Arc::try_unwrap(s).ok()).filter(|s| keep && s.reusable(self.inner.cfg.segment_size));
+        if spare.is_none() {
+            let _ = std::fs::remove_file(segment::segment_path(&self.inner.cfg.path, id));
+        }
+        spare
     }
 
     fn evict_large(&self, key: &Key) {
@@ -420,7 +448,7 @@ impl DiskLog {
     /// Makes room for `bytes` more of a large blob being written and reserves them.
     fn reserve(&self, bytes: u64) -> Result<()> {
         let mut w = self.inner.writer.lock();
-        self.make_room(&mut w, bytes)?;
+        self.make_room(&mut w, bytes, false)?;
         w.reserved_large += bytes;
         Ok(())
     }
@@ -612,7 +640,9 @@ impl ActionCacheStore for DiskLog {
         let Some((stored, at)) = found else { return Ok(None) };
         self.refresh(&key, &stored, &at);
         match stored {
-            Stored::Identity(value) => Ok(Some(value)),
+            // A copy, not a slice of the mapping: callers keep results (the memory tier above), and a
+            // kept slice would pin the whole segment, its file's blocks even after eviction.
+            Stored::Identity(value) => Ok(Some(Bytes::copy_from_slice(&value))),
             // Results are written as they are; decompressing keeps a log shared with a CAS readable.
             Stored::Zstd(chunked) => chunked.whole().map(|v| Some(Bytes::from(v))).map_err(|reason| StoreError::Corrupt {
                 digest: *action,
@@ -634,5 +664,7 @@ impl ActionCacheStore for DiskLog {
 mod compression_tests;
 #[cfg(test)]
 mod fault_tests;
+#[cfg(test)]
+mod reuse_tests;
 #[cfg(test)]
 mod tests;

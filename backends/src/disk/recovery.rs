@@ -7,8 +7,12 @@
 //! a record found that way must also hash to its key, so that bytes inside a damaged blob can never
 //! pass for a record (the action cache's values do not hash to their keys: there, what follows a
 //! damaged record is dropped). Whatever follows the last intact record of the open segment (a torn
-//! tail) is zeroed so that no stale bytes can ever be mistaken for a record. Index files without their segment, temporary files and unreadable large files are
-//! removed. A record that is damaged later is caught by the checksum check on every read.
+//! tail, or records a reused file kept from its life as an earlier segment) stays where it is, to be
+//! overwritten by the next appends: none of it can pass for a record of this segment. A torn record
+//! fails its payload checksum; a leftover of another segment, or a record forged inside a blob,
+//! fails its header checksum (`record.rs`). Index files without their segment, temporary files and
+//! unreadable large files are removed. A record that is damaged later is caught by the checksum
+//! check on every read.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -17,7 +21,7 @@ use std::time::SystemTime;
 
 use super::index::{Index, Loc};
 use super::large::{self, LargeEntry};
-use super::record::{record_len, Form, Header, HEADER_LEN, MAGIC};
+use super::record::{record_len, Form, Header, Seed, HEADER_LEN, MAGIC, SEGMENT_MAGIC};
 use super::segment::{self, IndexEntry, Segment};
 use super::{DiskConfig, State, Writer};
 use crate::digest::Key;
@@ -58,11 +62,11 @@ pub fn recover(cfg: &DiskConfig) -> Result<Recovered> {
     let open_id = segment_ids.last().copied();
     let mut open_entries = Vec::new();
     let mut open_end = 0;
+    let salt = segment::log_salt(dir, !segment_ids.is_empty())?;
     for &id in &segment_ids {
-        let seg = Arc::new(Segment::open(dir, id)?);
+        let seg = Arc::new(Segment::open(dir, id, salt)?);
         let entries = if Some(id) == open_id {
             let (entries, end) = scan(&seg);
-            zero_tail(&seg, end)?;
             open_end = end;
             entries
         } else {
@@ -89,7 +93,7 @@ pub fn recover(cfg: &DiskConfig) -> Result<Recovered> {
     let open = match open_id {
         Some(id) => segments[&id].clone(),
         None => {
-            let seg = Arc::new(Segment::create(dir, 0, cfg.segment_size)?);
+            let seg = Arc::new(Segment::create(dir, 0, cfg.segment_size, salt)?);
             segments.insert(0, seg.clone());
             seg
         }
@@ -108,7 +112,7 @@ pub fn scan(seg: &Segment) -> (Vec<IndexEntry>, u64) {
     let (mut offset, mut end) = (0usize, 0usize);
     let mut resyncing = false;
     while offset + HEADER_LEN <= bytes.len() {
-        match intact_record(bytes, offset, resyncing) {
+        match intact_record(bytes, seg.seed, offset, resyncing) {
             Some(entry) => {
                 if resyncing {
                     tracing::warn!(segment = seg.id, offset, "intact records follow a damaged one; only that one is lost");
@@ -127,9 +131,10 @@ pub fn scan(seg: &Segment) -> (Vec<IndexEntry>, u64) {
     (entries, end as u64)
 }
 
-/// The record at `offset` if it is intact (and, when `verify_hash`, if its payload hashes to its key).
-fn intact_record(bytes: &[u8], offset: usize, verify_hash: bool) -> Option<IndexEntry> {
-    let header = Header::decode(bytes.get(offset..)?)?;
+/// The record at `offset` of the segment of `seed` if it is intact (and, when `verify_hash`, if its
+/// payload hashes to its key).
+fn intact_record(bytes: &[u8], seed: Seed, offset: usize, verify_hash: bool) -> Option<IndexEntry> {
+    let header = Header::decode_in_segment(bytes.get(offset..)?, seed)?;
     let len = u32::try_from(header.payload_len).ok()?;
     let start = offset + HEADER_LEN;
     let payload = bytes.get(start..start.checked_add(len as usize)?)?;
@@ -158,29 +163,12 @@ fn hashes_to_key(header: &Header, payload: &[u8]) -> bool {
 fn next_magic(bytes: &[u8], from: usize) -> usize {
     let mut offset = from.div_ceil(8) * 8;
     while offset + HEADER_LEN <= bytes.len() {
-        if bytes[offset..offset + 4] == MAGIC {
+        if bytes[offset..offset + 4] == SEGMENT_MAGIC || bytes[offset..offset + 4] == MAGIC {
             return offset;
         }
         offset += 8;
     }
     bytes.len()
-}
-
-/// Zeroes everything after the last intact record of the open segment, if anything is there.
-fn zero_tail(seg: &Segment, end: u64) -> Result<()> {
-    let bytes = seg.bytes();
-    let Some(tail) = bytes.get(end as usize..) else { return Ok(()) };
-    let Some(last_dirty) = tail.iter().rposition(|&b| b != 0) else { return Ok(()) };
-    tracing::warn!(segment = seg.id, offset = end, "torn tail after the last intact record cut off");
-    let zeros = vec![0u8; 1 << 20];
-    let mut offset = end;
-    let stop = end + last_dirty as u64 + 1;
-    while offset < stop {
-        let n = (stop - offset).min(zeros.len() as u64);
-        seg.write_at(offset, &zeros[..n as usize])?;
-        offset += n;
-    }
-    seg.sync()
 }
 
 /// A capacity hint from the sizes of the index files, so the table is not rebuilt while loading.

@@ -1,6 +1,9 @@
 //! One segment file of the log: preallocated to a fixed size, appended to with `pwrite` by the single
 //! writer, read through a shared read-only memory mapping. A reader holding the `Arc<Segment>` keeps
-//! the mapping valid even after eviction deletes the file.
+//! the mapping valid even after eviction deletes the file. An evicted segment's file that nobody
+//! reads any more becomes the next segment (renamed, its blocks overwritten in place): on a
+//! thin-provisioned virtual disk, blocks written before cost a fraction of new ones (measured here:
+//! 293 MB/s into new blocks, 1.5-2.5 GB/s into blocks written before).
 //!
 //! When a segment is sealed, its index file (`N.idx`: the keys, offsets and lengths of its records,
 //! with a checksum) is written beside it, so that start-up reads a few bytes per blob instead of
@@ -16,12 +19,14 @@ use bytes::Bytes;
 use memmap2::Mmap;
 
 use super::index::Loc;
-use super::record::{Form, Header, HEADER_LEN};
+use super::record::{Form, Header, Seed, HEADER_LEN, MAGIC, SEGMENT_MAGIC};
 use crate::digest::{DigestFunction, Key};
 use crate::error::{Result, StoreError};
 
 pub struct Segment {
     pub id: u32,
+    /// What its records' header checksums cover (`record.rs`).
+    pub seed: Seed,
     pub path: PathBuf,
     pub file: File,
     /// When the segment was created (this process) or last written (a segment found at start): the
@@ -48,8 +53,8 @@ pub fn index_path(dir: &Path, id: u32) -> PathBuf {
 }
 
 impl Segment {
-    /// Creates and preallocates a new, zero-filled segment.
-    pub fn create(dir: &Path, id: u32, size: u64) -> Result<Segment> {
+    /// Creates and preallocates a new, zero-filled segment of the log salted with `salt`.
+    pub fn create(dir: &Path, id: u32, size: u64, salt: u64) -> Result<Segment> {
         let path = segment_path(dir, id);
         let file = OpenOptions::new()
             .read(true)
@@ -61,23 +66,49 @@ impl Segment {
             let _ = std::fs::remove_file(&path);
             StoreError::io(&path, e)
         })?;
-        Segment::map(id, path, file)
+        Segment::map(Seed { salt, segment: id, legacy: false }, path, file)
     }
 
-    /// Opens an existing segment file.
-    pub fn open(dir: &Path, id: u32) -> Result<Segment> {
+    /// Opens an existing segment file of the log salted with `salt`.
+    pub fn open(dir: &Path, id: u32, salt: u64) -> Result<Segment> {
         let path = segment_path(dir, id);
         let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| StoreError::io(&path, e))?;
-        Segment::map(id, path, file)
+        let mut first = [0u8; 4];
+        // A file shorter than a magic holds no record of either kind.
+        let legacy = file.read_exact_at(&mut first, 0).is_ok() && first == MAGIC;
+        Segment::map(Seed { salt, segment: id, legacy }, path, file)
     }
 
-    fn map(id: u32, path: PathBuf, file: File) -> Result<Segment> {
+    /// Whether this evicted segment's file may become another segment: nothing reads it any more
+    /// (the caller owns the only `Segment`, and no `Bytes` borrows its mapping), it has the
+    /// configured size, and its records carry their segment's id (its first record does: one
+    /// version writes a file from its start), so that none of them can pass for a record later.
+    pub fn reusable(&self, size: u64) -> bool {
+        Arc::strong_count(&self.map) == 1
+            && self.len() == size
+            && self.map.get(..4) == Some(&SEGMENT_MAGIC[..])
+            && self.header_at(0).is_some()
+    }
+
+    /// This file as segment `id`: renamed into place, its old records left to be overwritten. A file
+    /// that cannot be renamed is deleted, as an evicted segment's would be.
+    pub fn reuse(self, dir: &Path, id: u32) -> Result<Segment> {
+        let path = segment_path(dir, id);
+        if let Err(e) = std::fs::rename(&self.path, &path) {
+            let _ = std::fs::remove_file(&self.path);
+            return Err(StoreError::io(&path, e));
+        }
+        let seed = Seed { segment: id, legacy: false, ..self.seed };
+        Ok(Segment { id, seed, path, written: std::time::SystemTime::now(), ..self })
+    }
+
+    fn map(seed: Seed, path: PathBuf, file: File) -> Result<Segment> {
         // SAFETY: segment files belong to this process's data directory; the log only appends past
         // the records it has published, so mapped payload bytes never change under a reader (an
         // eviction by the admin API clears a record's magic, which readers check before the payload).
         let map = unsafe { Mmap::map(&file) }.map_err(|e| StoreError::io(&path, e))?;
         let written = file.metadata().and_then(|m| m.modified()).unwrap_or_else(|_| std::time::SystemTime::now());
-        Ok(Segment { id, path, file, written, map: Arc::new(map) })
+        Ok(Segment { id: seed.segment, seed, path, file, written, map: Arc::new(map) })
     }
 
     pub fn len(&self) -> u64 {
@@ -115,7 +146,7 @@ impl Segment {
     }
 
     pub fn header_at(&self, offset: u32) -> Option<Header> {
-        Header::decode(self.map.get(offset as usize..)?)
+        Header::decode_in_segment(self.map.get(offset as usize..)?, self.seed)
     }
 
     /// The form and payload at `loc` if its header names `key` and its checksum holds: a damaged
@@ -142,6 +173,37 @@ impl Segment {
             }
         }
     }
+}
+
+const SALT_MAGIC: &[u8; 8] = b"STRSALT1";
+
+/// The log's salt, from the file `salt` in its directory, made (random) when the log is new. Losing
+/// the file loses the records of every segment but those written before files were reused: their
+/// checksums no longer check out, so they are dropped as damaged records are.
+pub fn log_salt(dir: &Path, has_segments: bool) -> Result<u64> {
+    let path = dir.join("salt");
+    if let Ok(buf) = std::fs::read(&path) {
+        if let Some(salt) = buf.strip_prefix(SALT_MAGIC).and_then(|s| <[u8; 8]>::try_from(s).ok()) {
+            return Ok(u64::from_le_bytes(salt));
+        }
+    }
+    if has_segments {
+        tracing::warn!(file = %path.display(), "the disk log's salt is missing or damaged: its records are unreadable and will be dropped");
+    }
+    let mut salt = [0u8; 8];
+    File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut salt)).map_err(|e| StoreError::io(Path::new("/dev/urandom"), e))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, [&SALT_MAGIC[..], &salt].concat()).map_err(|e| StoreError::io(&tmp, e))?;
+    File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| StoreError::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
+    sync_dir(dir)?;
+    Ok(u64::from_le_bytes(salt))
+}
+
+/// Makes the segment files' names durable: `fdatasync` of a file does not cover its directory entry,
+/// and acknowledged records in a file whose new name is lost in a crash would be lost with it.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::io(dir, e))
 }
 
 /// Reserves the file's blocks up front so that a full disk shows at segment creation, not as a
