@@ -2,16 +2,17 @@
 # Side-by-side benchmark of Strata and BuildGrid 0.4.4 on this machine, in one run, with `strata bench`
 # as the client for both. Measures each server alone, after a warm-up: Strata on an in-memory
 # configuration like BuildGrid's, Strata on its embedded default (what `strata serve` runs with no
-# --config: memory over a disk log with `sync: always`, two host bots), then BuildGrid from
+# --config: memory over a disk log with `sync: always`, two host bots; its log filled first, so that
+# it is measured full, as a cache that has been running is), then BuildGrid from
 # ../shared/peers/buildgrid with its bots; every scenario RUNS times, plus the raw-TCP baseline before
-# each server's runs. Stops what it started and writes BENCHMARKS.md (medians). Takes about 15
-# minutes with the defaults.
+# each server's runs. Stops what it started and writes BENCHMARKS.md (medians). Takes about 20
+# minutes with the defaults (35 with STRATA_BEFORE), and 20 GiB of disk for the default's log.
 #
 # Usage: benches/compare.sh            env: RUNS=3 DURATION=5 CONCURRENCY=8 LARGE_SIZE=16MiB
 #                                           BUILDGRID_PEER=<path to shared/peers/buildgrid>
 #                                           STRATA_BEFORE=<another strata binary, e.g. built from main>
-# With STRATA_BEFORE, that binary is measured too, in the same run and with the same client, and the
-# table gains a before column: a change's cost or gain, side by side.
+# With STRATA_BEFORE, that binary is measured too (on both configurations), in the same run and with
+# the same client, and the table gains before columns: a change's cost or gain, side by side.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -104,19 +105,29 @@ measure() { # server endpoint
         bench "$server" "$endpoint" execute-1 execute --concurrency 1
     done
 }
-echo "== Strata on port $strata_port"
-start_strata
-measure strata "grpc://127.0.0.1:$strata_port"
-kill "$strata_pid"; wait "$strata_pid" 2>/dev/null || true; strata_pid=""
-echo "== Strata on its embedded default configuration, port $strata_port"
-start_strata "$strata" none
-measure default "grpc://127.0.0.1:$strata_port"
-kill "$strata_pid"; wait "$strata_pid" 2>/dev/null || true; strata_pid=""
-if [ -n "$before" ]; then
-    echo "== Strata before ($before) on port $strata_port"
-    start_strata "$before"
-    measure before "grpc://127.0.0.1:$strata_port"
+# The embedded default's disk log is measured full, as a cache that has been running is: write-large
+# until its first segment has been evicted (its 20 GiB written once). What the fill itself ran at (a
+# fresh log: new files, and on a thin-provisioned disk new blocks) is reported apart.
+fill_log() { # server endpoint
+    local started=$SECONDS
+    echo "   $1: filling the disk log"
+    while [ -e "$results/strata-data/cas/0000000000.seg" ] && [ $((SECONDS - started)) -lt 900 ]; do
+        bench "$1" "$2" fill write-large --duration 15 --warmup 0
+    done
+    [ -e "$results/strata-data/cas/0000000000.seg" ] && echo "   the disk log did not fill in 15 minutes" || true
+}
+measure_strata() { # server binary [none: the embedded default]
+    echo "== $1 ($2) on $([ "${3:-}" = none ] && echo "its embedded default" || echo "the memory configuration"), port $strata_port"
+    start_strata "$2" "${3:-}"
+    [ "${3:-}" = none ] && fill_log "$1" "grpc://127.0.0.1:$strata_port"
+    measure "$1" "grpc://127.0.0.1:$strata_port"
     kill "$strata_pid"; wait "$strata_pid" 2>/dev/null || true; strata_pid=""
+}
+measure_strata strata "$strata"
+measure_strata default "$strata" none
+if [ -n "$before" ]; then
+    measure_strata before "$before"
+    measure_strata before-default "$before" none
 fi
 echo "== BuildGrid on port $bgd_port"
 start_buildgrid
@@ -195,8 +206,8 @@ lines = [
     "",
     "| scenario | unit | Strata memory | Strata default | BuildGrid (memory) | memory / BuildGrid | default / BuildGrid |"
     " memory / baseline | default / baseline | p99 ms (memory / default / BuildGrid) | errors |"
-    + (" Strata before (memory) | after / before |" if before else ""),
-    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if before else ""),
+    + (" before: memory | after / before | before: default | after / before |" if before else ""),
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: | ---: | ---: |" if before else ""),
 ]
 def versus(v, other, key):
     if v is None or other in (None, 0):
@@ -210,9 +221,10 @@ for label, unit, key, scale in rows:
     row = (f"| {label} | {unit} | {fmt(sv, scale)} | {fmt(dv, scale)} | {fmt(bv, scale)} | {versus(sv, bv, key)} | "
            f"{versus(dv, bv, key)} | {frac(sv)} | {frac(dv)} | {p99} | {errors(s)} / {errors(d)} / {errors(b)} |")
     if before:
-        pv = median(load("before", label), key)
-        change = "n/a" if sv is None or not pv else (f"{pv / sv:.2f}x faster" if key == "p50_ms" else f"{sv / pv:.2f}x")
-        row += f" {fmt(pv, scale)} | {change} |"
+        for now, then in ((sv, "before"), (dv, "before-default")):
+            pv = median(load(then, label), key)
+            change = "n/a" if now is None or not pv else (f"{pv / now:.2f}x faster" if key == "p50_ms" else f"{now / pv:.2f}x")
+            row += f" {fmt(pv, scale)} | {change} |"
     lines.append(row)
 rss = json.load(open(os.path.join(results, "rss.json")))
 growth = (rss["rss_peak_kib"] - rss["rss_before_kib"]) / 1024
@@ -222,8 +234,12 @@ lines += ["", f"Memory during streamed uploads (Strata on a disk log, write-larg
           f"{growth / rss['streams']:,.1f} MiB per concurrent stream."]
 errors = os.path.join(results, "errors.log")
 failures = open(errors).read().strip() if os.path.exists(errors) else ""
+fills = [(name, median(load(server, "fill"), "bytes_per_sec")) for name, server in (("Strata", "default"), ("before", "before-default"))]
+lines += ["", "The default's disk log is measured full: before its runs, write-large filled it until its first segment was evicted, "
+          "and from then on it reuses the files of the segments it evicts. While filling a fresh log (new files) write-large ran at "
+          + ", ".join(f"{fmt(v, 1e6)} MB/s ({name})" for name, v in fills if v is not None) + "."]
 if before:
-    lines += ["", "Strata before: the binary given as STRATA_BEFORE, measured in the same run with the same client and configuration."]
+    lines += ["", "Strata before: the binary given as STRATA_BEFORE, measured in the same run with the same client and configurations."]
 lines += ["", "execute runs `true` (no inputs, `do_not_cache`, `skip_cache_lookup`): on 8 bot slots for Strata memory",
           "(its bot in process, host runner) and BuildGrid (8 bot.py bots), on the default's host bot (one slot per core);",
           "execute-1 is the round trip of one client. Run as root (as here), Strata's bots run the actions as nobody.",

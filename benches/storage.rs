@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the storage tiers: writes and reads of 4 KiB and 1 MiB blobs into the disk
-//! log (group commit) and the memory tier, `contains` of 10,000 digests (also on a memory tier holding
+//! log (group commit, into a fresh log and into a full one that reuses its segment files) and the
+//! memory tier, `contains` of 10,000 digests (also on a memory tier holding
 //! 500,000 blobs), the memory tier's worst-case eviction sweep, and start-up of a disk log
 //! holding 1,000,000 blobs. Run with `cargo bench --bench storage`; the start-up benchmark also
 //! prints the index's memory per blob.
@@ -106,6 +107,21 @@ fn disk(c: &mut Criterion) {
         let dir = tempfile::tempdir().unwrap();
         let log = DiskLog::open(disk_config(dir.path(), SyncPolicy::Never)).unwrap();
         bench_reads_and_contains(c, "disk-log", Arc::new(log), size);
+    }
+    // The same group-commit writes into a log that has wrapped: every segment it opens is the file of
+    // one it evicted, whose blocks were written before.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DiskConfig { max_size: 1 << 30, ..disk_config(dir.path(), SyncPolicy::Always) };
+    let log = DiskLog::open(cfg.clone()).unwrap();
+    runtime().block_on(async {
+        let payload = Bytes::from(vec![0x77; 1 << 20]);
+        for n in 0..(cfg.max_size * 5 / 4) >> 20 {
+            log.write(&fake_digest(1 << 50 | n, 1 << 20), payload.clone()).await.unwrap();
+        }
+    });
+    let log: Arc<dyn BlobStore> = Arc::new(log);
+    for (size, batch) in [(4 * 1024, 15), (4 * 1024, 256), (1 << 20, 16)] {
+        bench_writes(c, "disk-log-full-group-commit", log.clone(), size, batch);
     }
 }
 

@@ -92,7 +92,10 @@ pub async fn build(config: &Config, upstream: &UpstreamMetrics) -> Result<Built,
         for (i, tier) in stack.action_cache.iter().enumerate() {
             let label = format!("storage.{name}.action_cache[{i}]");
             let last = i + 1 == stack.action_cache.len();
-            let opened = open(config, &tier.kind, &label, last, &mut built.disks).await?;
+            let mut opened = open(config, &tier.kind, &label, last, &mut built.disks).await?;
+            if tier.kind.is_upstream() {
+                opened.ac = Arc::new(Metered::new(opened.ac, opened.name.clone(), upstream.clone()));
+            }
             views.push(TierView::of("action_cache", &tier.kind, opened.name.clone(), opened.cas.clone()));
             match &tier.kind {
                 TierKind::Remote(r) if asset_upstream.is_none() => asset_upstream = Some(Arc::new(open_remote(r, &label)?)),

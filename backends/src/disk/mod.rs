@@ -330,12 +330,14 @@ impl DiskLog {
     /// as, so recovery sees the same bytes. A large record's own blocks are not zeroed first: its
     /// payload writes them, and it pays for a long sync anyway.
     fn zero_ahead(w: &mut Writer, rec: u64, large: bool) -> Result<()> {
+        // A small segment is not zeroed whole at its first append.
+        let ahead = ZERO_AHEAD.min(w.open.len() / 8);
         let end = w.offset + rec;
-        if end + ZERO_AHEAD / 2 <= w.zeroed_to {
+        if end + ahead / 2 <= w.zeroed_to {
             return Ok(());
         }
         let from = if large { w.zeroed_to.max(end) } else { w.zeroed_to.max(w.offset) };
-        let to = (end + ZERO_AHEAD).min(w.open.len());
+        let to = (end + ahead).min(w.open.len());
         if from < to {
             w.open.write_zeros(from, to)?;
         }
@@ -351,19 +353,21 @@ impl DiskLog {
         segment::write_index(dir, w.open.id, &w.entries)?;
         let spare = self.make_room(w, self.inner.cfg.segment_size, true)?;
         let id = w.open.id + 1;
-        let (next, reused) = match spare.map(|old| old.reuse(dir, id)) {
-            Some(Ok(reused)) => (reused, true),
+        let next = match spare.map(|old| old.reuse(dir, id)) {
+            Some(Ok(reused)) => reused,
             Some(Err(e)) => {
                 tracing::warn!("cannot reuse an evicted segment's file: {e}");
-                (Segment::create(dir, id, self.inner.cfg.segment_size, w.open.seed.salt)?, false)
+                Segment::create(dir, id, self.inner.cfg.segment_size, w.open.seed.salt)?
             }
-            None => (Segment::create(dir, id, self.inner.cfg.segment_size, w.open.seed.salt)?, false),
+            None => Segment::create(dir, id, self.inner.cfg.segment_size, w.open.seed.salt)?,
         };
         segment::sync_dir(dir)?;
         let next = Arc::new(next);
         self.inner.state.write().segments.insert(next.id, next.clone());
-        // A reused file's blocks are all written: nothing to keep ahead of the appends.
-        w.zeroed_to = if reused { next.len() } else { 0 };
+        // A reused file needs its blocks kept ahead too: a record that fills part of a page of it
+        // would otherwise have the kernel read the page's old contents from disk first (write-small
+        // into a full log measured 0.48x of a log of new files before).
+        w.zeroed_to = 0;
         w.open = next;
         w.offset = 0;
         w.entries.clear();

@@ -23,11 +23,11 @@ fn blob(i: u32, len: usize) -> (Digest, Bytes) {
     (DigestFunction::Sha256.digest_of(&data), Bytes::from(data))
 }
 
-/// Whether the open segment holds anything but zeros after its last record: the leftovers of a
-/// reused file (a new file is zeros there).
+/// Whether the open segment holds anything but zeros after its last record and the zeros the writer
+/// keeps ahead of it: the leftovers of a reused file (a new file is zeros there).
 fn open_segment_has_leftovers(log: &DiskLog) -> bool {
     let w = log.inner.writer.lock();
-    w.open.bytes()[w.offset as usize..].iter().any(|&b| b != 0)
+    w.open.bytes()[w.offset.max(w.zeroed_to) as usize..].iter().any(|&b| b != 0)
 }
 
 fn sealed_index_files(dir: &Path) -> Vec<std::path::PathBuf> {

@@ -30,6 +30,13 @@ struct Progress {
     error: Option<Arc<str>>,
 }
 
+impl Progress {
+    /// Appends up to this one have their answer: durable, or told that their sync failed.
+    fn answered(&self) -> u64 {
+        self.synced.max(self.failed_upto)
+    }
+}
+
 /// What the sync thread needs from the log: the latest append sequence number and the open segment.
 pub trait SyncSource: Send + Sync + 'static {
     fn latest(&self) -> (u64, Arc<Segment>);
@@ -66,7 +73,7 @@ impl GroupCommit {
                         this.wake.wait_for(&mut requested, every);
                     }
                     None => {
-                        if *requested <= this.progress.borrow().synced {
+                        if *requested <= this.progress.borrow().answered() {
                             this.wake.wait_for(&mut requested, idle_check);
                         }
                     }
@@ -76,8 +83,9 @@ impl GroupCommit {
             let Some(source) = source.upgrade() else { return };
             if interval.is_none() {
                 // Under `always` a sync is made when a writer waits for one, not on the idle timer
-                // (which only notices that the log is gone).
-                if asked <= this.progress.borrow().synced {
+                // (which only notices that the log is gone). Appends whose sync failed have had
+                // their answer: the next attempt waits for a writer that asks for a later one.
+                if asked <= this.progress.borrow().answered() {
                     continue;
                 }
                 source.settle();

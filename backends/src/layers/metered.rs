@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 
 use crate::digest::Digest;
 use crate::error::Result;
-use crate::store::{Blob, BlobStore, BlobWriter, StoreStats};
+use crate::store::{ActionCacheStore, Blob, BlobStore, BlobWriter, StoreStats};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamCall {
@@ -60,20 +60,39 @@ impl UpstreamMetrics {
     }
 }
 
-pub struct Metered {
-    inner: Arc<dyn BlobStore>,
+/// An upstream's CAS (`Metered<dyn BlobStore>`) or action cache (`Metered<dyn ActionCacheStore>`),
+/// metered.
+pub struct Metered<S: ?Sized = dyn BlobStore> {
+    inner: Arc<S>,
     tier: String,
     metrics: UpstreamMetrics,
 }
 
-impl Metered {
-    pub fn new(inner: Arc<dyn BlobStore>, tier: impl Into<String>, metrics: UpstreamMetrics) -> Self {
+impl<S: ?Sized> Metered<S> {
+    pub fn new(inner: Arc<S>, tier: impl Into<String>, metrics: UpstreamMetrics) -> Self {
         Metered { inner, tier: tier.into(), metrics }
     }
 }
 
 #[async_trait]
-impl BlobStore for Metered {
+impl ActionCacheStore for Metered<dyn ActionCacheStore> {
+    async fn get(&self, action: &Digest) -> Result<Option<Bytes>> {
+        let started = Instant::now();
+        let outcome = self.inner.get(action).await;
+        self.metrics.record(&self.tier, "get_action_result", started, &outcome);
+        outcome
+    }
+
+    async fn put(&self, action: &Digest, value: Bytes) -> Result<()> {
+        let started = Instant::now();
+        let outcome = self.inner.put(action, value).await;
+        self.metrics.record(&self.tier, "update_action_result", started, &outcome);
+        outcome
+    }
+}
+
+#[async_trait]
+impl BlobStore for Metered<dyn BlobStore> {
     async fn contains(&self, digests: &[Digest]) -> Result<Vec<bool>> {
         let started = Instant::now();
         let outcome = self.inner.contains(digests).await;
@@ -117,8 +136,9 @@ mod tests {
     #[tokio::test]
     async fn counts_calls_by_outcome() {
         let metrics = UpstreamMetrics::default();
-        let up = Metered::new(Arc::new(MemoryStore::new(1 << 20, Admission::Always)), "up", metrics.clone());
-        let down = Metered::new(Arc::new(Down), "down", metrics.clone());
+        let (store, gone): (Arc<dyn BlobStore>, Arc<dyn BlobStore>) = (Arc::new(MemoryStore::new(1 << 20, Admission::Always)), Arc::new(Down));
+        let up = Metered::new(store, "up", metrics.clone());
+        let down = Metered::new(gone, "down", metrics.clone());
         let d = DigestFunction::Sha256.digest_of(b"x");
         up.write(&d, Bytes::from_static(b"x")).await.unwrap();
         up.contains(&[d]).await.unwrap();
@@ -126,5 +146,15 @@ mod tests {
         let count = |tier: &str, op, result| metrics.calls.get_or_create(&UpstreamCall { tier: tier.into(), op, result }).get();
         assert_eq!((count("up", "write", "ok"), count("up", "contains", "ok")), (1, 1));
         assert_eq!((count("down", "contains", "error"), count("down", "contains", "ok")), (1, 0));
+
+        let cache: Arc<dyn ActionCacheStore> = Arc::new(MemoryStore::new(1 << 20, Admission::Always));
+        let ac = Metered::new(cache, "up", metrics.clone());
+        ac.put(&d, Bytes::from_static(b"result")).await.unwrap();
+        assert_eq!(ac.get(&d).await.unwrap().as_deref(), Some(&b"result"[..]));
+        assert_eq!(ac.get(&DigestFunction::Sha256.digest_of(b"y")).await.unwrap(), None);
+        assert_eq!((count("up", "update_action_result", "ok"), count("up", "get_action_result", "ok")), (1, 2));
+        let down: Arc<dyn ActionCacheStore> = Arc::new(Down);
+        assert!(Metered::new(down, "down", metrics.clone()).get(&d).await.is_err());
+        assert_eq!(count("down", "get_action_result", "error"), 1);
     }
 }

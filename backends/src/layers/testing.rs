@@ -137,3 +137,14 @@ impl BlobStore for Down {
         StoreStats::default()
     }
 }
+
+#[async_trait]
+impl crate::store::ActionCacheStore for Down {
+    async fn get(&self, _: &Digest) -> Result<Option<Bytes>> {
+        Err(Down::error())
+    }
+
+    async fn put(&self, _: &Digest, _: Bytes) -> Result<()> {
+        Err(Down::error())
+    }
+}
