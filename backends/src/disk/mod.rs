@@ -393,6 +393,9 @@ impl DiskLog {
                     (Some(seg), _) => Ok(seg),
                     (None, Some((key, _))) => Err(key),
                     (None, None) => {
+                        if let Some(unused) = spare {
+                            let _ = std::fs::remove_file(&unused.path);
+                        }
                         return Err(StoreError::Full {
                             store: format!("disk tier at {}", self.inner.cfg.path.display()),
                             needed: extra,

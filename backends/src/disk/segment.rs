@@ -105,7 +105,8 @@ impl Segment {
     fn map(seed: Seed, path: PathBuf, file: File) -> Result<Segment> {
         // SAFETY: segment files belong to this process's data directory; the log only appends past
         // the records it has published, so mapped payload bytes never change under a reader (an
-        // eviction by the admin API clears a record's magic, which readers check before the payload).
+        // eviction by the admin API clears a record's magic, which readers check before the payload),
+        // and a file becomes another segment only once no reader holds its mapping (`reusable`).
         let map = unsafe { Mmap::map(&file) }.map_err(|e| StoreError::io(&path, e))?;
         let written = file.metadata().and_then(|m| m.modified()).unwrap_or_else(|_| std::time::SystemTime::now());
         Ok(Segment { id: seed.segment, seed, path, file, written, map: Arc::new(map) })
