@@ -33,6 +33,7 @@ use crate::services::operations::OperationsService;
 use crate::instances::{Instance, Instances};
 use crate::services::action_cache::ActionCacheService;
 use crate::services::bytestream::ByteStreamService;
+use crate::services::bytestream_read::ZeroCopyRead;
 use crate::services::capabilities::CapabilitiesService;
 use crate::services::asset::AssetService;
 use crate::services::cas::CasService;
@@ -339,17 +340,17 @@ impl Server {
             .max_frame_size(MAX_FRAME)
             .add_service(CapabilitiesServer::new(CapabilitiesService { instances: instances.clone() }));
         if instances.any_serves(|i| i.cas.is_some()) {
+            let bytestream = Arc::new(ByteStreamService::new(instances.clone(), self.uploads));
+            let generated = ByteStreamServer::from_arc(bytestream.clone())
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message);
             router = router
                 .add_service(
                     ContentAddressableStorageServer::new(CasService { instances: instances.clone() })
                         .max_decoding_message_size(max_message)
                         .max_encoding_message_size(max_message),
                 )
-                .add_service(
-                    ByteStreamServer::new(ByteStreamService::new(instances.clone(), self.uploads))
-                        .max_decoding_message_size(max_message)
-                        .max_encoding_message_size(max_message),
-                );
+                .add_service(ZeroCopyRead::new(bytestream, generated, max_message));
         }
         if instances.any_serves(|i| i.action_cache.is_some()) {
             router = router.add_service(

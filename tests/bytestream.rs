@@ -89,6 +89,56 @@ async fn read_errors() {
     assert!(read(&mut bs, blob_name("", &sha256(b"")), 0, 0).await.unwrap().is_empty());
 }
 
+/// A message whose field 1 is bytes where ReadRequest has a string: invalid UTF-8 there makes the
+/// request undecodable.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotARead {
+    #[prost(bytes = "vec", tag = "1")]
+    name: Vec<u8>,
+}
+
+/// Read is served by a route of its own (it sends blobs without copying them): the calls tonic would
+/// refuse for it are refused here with the contract's statuses, and nothing else breaks the stream.
+#[tokio::test]
+async fn malformed_read_calls_get_the_contract_statuses() {
+    let server = TestServer::start().await;
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    let path = || http::uri::PathAndQuery::from_static("/google.bytestream.ByteStream/Read");
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<NotARead, bazel_remote_apis::google::bytestream::ReadResponse>::default();
+    let err = grpc.server_streaming(tonic::Request::new(NotARead { name: vec![0xff, 0xfe] }), path(), codec).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(err.message().contains("not a valid ReadRequest"), "{}", err.message());
+
+    // A resource name larger than the message limit (max_batch_total_size plus framing).
+    let huge = NotARead { name: vec![b'a'; 8 << 20] };
+    let codec = tonic_prost::ProstCodec::<NotARead, bazel_remote_apis::google::bytestream::ReadResponse>::default();
+    grpc.ready().await.unwrap();
+    let err = grpc.server_streaming(tonic::Request::new(huge), path(), codec).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+
+    // A call that ends without its request.
+    let codec = tonic_prost::ProstCodec::<ReadRequest, bazel_remote_apis::google::bytestream::ReadResponse>::default();
+    grpc.ready().await.unwrap();
+    let none = tonic::Request::new(futures::stream::empty::<ReadRequest>());
+    let err = match grpc.streaming(none, path(), codec).await {
+        Err(e) => e,
+        Ok(response) => response.into_inner().message().await.unwrap_err(),
+    };
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(err.message().contains("no ReadRequest"), "{}", err.message());
+
+    // The route still serves reads, whole and in pieces, and its neighbours still answer.
+    let mut bs = server.bytestream().await;
+    let data = content(9, (3 << 20) + 5);
+    let d = sha256(&data);
+    write(&mut bs, &upload_name("", "u9", &d), 0, &data, 1 << 20, true).await.unwrap();
+    assert_eq!(read(&mut bs, blob_name("", &d), 0, 0).await.unwrap(), data);
+    assert_eq!(read(&mut bs, blob_name("", &d), (1 << 20) - 3, (1 << 20) + 7).await.unwrap(), data[(1 << 20) - 3..(2 << 20) + 4]);
+    let status = bs.query_write_status(QueryWriteStatusRequest { resource_name: upload_name("", "u9", &d) }).await.unwrap().into_inner();
+    assert!(status.complete);
+}
+
 #[tokio::test]
 async fn wrong_hash_or_size_stores_nothing() {
     let server = TestServer::start().await;

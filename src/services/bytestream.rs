@@ -48,7 +48,7 @@ struct Wire {
     sent: u64,
 }
 
-type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResponse, Status>> + Send>>;
+pub(super) type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResponse, Status>> + Send>>;
 
 impl ByteStreamService {
     pub fn new(instances: Arc<Instances>, limits: ParkingLimits) -> Self {

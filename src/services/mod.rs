@@ -5,6 +5,7 @@ pub mod action_cache;
 pub mod admin;
 pub mod asset;
 pub mod bytestream;
+pub mod bytestream_read;
 pub mod capabilities;
 pub mod bots;
 pub mod cas;
