@@ -1,7 +1,7 @@
-//! Criterion benchmarks of the storage tiers: writes and reads of 4 KiB and 1 MiB blobs into the disk
-//! log (group commit, into a fresh log and into a full one that reuses its segment files) and the
-//! memory tier, `contains` of 10,000 digests (also on a memory tier holding
-//! 500,000 blobs), the memory tier's worst-case eviction sweep, and start-up of a disk log
+//! Criterion benchmarks of the storage tiers: writes (concurrent, and as one batch) and reads of 4 KiB
+//! and 1 MiB blobs into the disk log (group commit, into a fresh log and into a full one that reuses
+//! its segment files) and the memory tier, `contains` of 10,000 digests (also on a memory tier
+//! holding 500,000 blobs), the memory tier's worst-case eviction sweep, and start-up of a disk log
 //! holding 1,000,000 blobs. Run with `cargo bench --bench storage`; the start-up benchmark also
 //! prints the index's memory per blob.
 
@@ -32,7 +32,8 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
 }
 
-/// Writes `batch` blobs concurrently per iteration, as many clients uploading at once do.
+/// Writes `batch` blobs per iteration: concurrently, as many clients uploading at once do, and as
+/// one batch.
 fn bench_writes(c: &mut Criterion, name: &str, store: Arc<dyn BlobStore>, size: usize, batch: u64) {
     let rt = runtime();
     let payload = Bytes::from(vec![0x5a; size]);
@@ -52,6 +53,19 @@ fn bench_writes(c: &mut Criterion, name: &str, store: Arc<dyn BlobStore>, size: 
                 });
                 for w in futures::future::join_all(writes).await {
                     w.unwrap().unwrap();
+                }
+            }
+        })
+    });
+    // The same blobs as one batch (a BatchUpdateBlobs call's): one append job, one group commit.
+    group.bench_function(BenchmarkId::new("write-many", format!("{}KiB-x{batch}", size / 1024)), |b| {
+        b.to_async(&rt).iter(|| {
+            let first = counter.fetch_add(batch, Ordering::Relaxed);
+            let blobs: Vec<(Digest, Bytes)> = (first..first + batch).map(|n| (fake_digest(n, size as u64), payload.clone())).collect();
+            let store = store.clone();
+            async move {
+                for outcome in store.write_many(blobs).await {
+                    outcome.unwrap();
                 }
             }
         })
@@ -120,7 +134,7 @@ fn disk(c: &mut Criterion) {
         }
     });
     let log: Arc<dyn BlobStore> = Arc::new(log);
-    for (size, batch) in [(4 * 1024, 15), (4 * 1024, 256), (1 << 20, 16)] {
+    for (size, batch) in [(4 * 1024, 15), (4 * 1024, 256), (4 * 1024, 1000), (1 << 20, 16)] {
         bench_writes(c, "disk-log-full-group-commit", log.clone(), size, batch);
     }
 }

@@ -45,6 +45,27 @@ impl Cas {
         self.store.write(digest, data).await
     }
 
+    /// Verifies each blob against its digest and stores those that match, as one batch: a result
+    /// each, in order.
+    pub async fn put_many(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Result<(), StoreError>> {
+        let mut outcomes: Vec<Result<(), StoreError>> = Vec::with_capacity(blobs.len());
+        let (mut verified, mut placed) = (Vec::new(), Vec::new());
+        for (digest, data) in blobs {
+            match digest.verify(&data) {
+                Ok(()) => {
+                    placed.push(outcomes.len());
+                    outcomes.push(Ok(()));
+                    verified.push((digest, data));
+                }
+                Err(e) => outcomes.push(Err(e.into())),
+            }
+        }
+        for (i, stored) in placed.into_iter().zip(self.store.write_many(verified).await) {
+            outcomes[i] = stored;
+        }
+        outcomes
+    }
+
     /// A streaming write that hashes as it goes and commits only a blob that matches `digest`.
     pub async fn writer(&self, digest: &Digest) -> Result<VerifyingWriter, StoreError> {
         Ok(VerifyingWriter::new(*digest, self.store.writer(digest).await?))

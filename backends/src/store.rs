@@ -65,6 +65,13 @@ pub trait BlobStore: Send + Sync + 'static {
     }
     /// Stores a blob whose bytes the caller has verified.
     async fn write(&self, digest: &Digest, data: Bytes) -> Result<()>;
+    /// Stores several verified blobs (a BatchUpdate's), with one result each, in order. The default
+    /// writes them concurrently; a tier that does better with the batch whole (the disk log: one
+    /// append job and one group commit instead of one wake-up per blob each) overrides it, and so
+    /// does every layer that may stand above such a tier.
+    async fn write_many(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Result<()>> {
+        futures::future::join_all(blobs.into_iter().map(|(digest, data)| async move { self.write(&digest, data).await })).await
+    }
     /// Starts a streaming write of a verified-as-it-goes blob (ByteStream uploads).
     async fn writer(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>>;
     fn stats(&self) -> StoreStats;

@@ -75,8 +75,10 @@ impl ContentAddressableStorage for CasService {
         // Compressed entries count at their uncompressed size: that bounds what decompression makes.
         let total = req.requests.iter().map(|r| if r.compressor == ZSTD { r.digest.as_ref().map_or(0, |d| d.size_bytes.max(0) as u64) } else { r.data.len() as u64 }).sum();
         self.check_batch_size(total, "BatchUpdateBlobs")?;
-        let writes = req.requests.into_iter().enumerate().map(|(i, r)| async move {
-            let result = async {
+        let mut responses = Vec::with_capacity(req.requests.len());
+        let (mut blobs, mut placed) = (Vec::new(), Vec::new());
+        for (i, r) in req.requests.into_iter().enumerate() {
+            let blob = (|| {
                 let digest = parse_digest(function, r.digest.as_ref(), &format!("requests[{i}].digest"))?;
                 let data = match r.compressor {
                     IDENTITY => r.data,
@@ -89,16 +91,22 @@ impl ContentAddressableStorage for CasService {
                         )))
                     }
                 };
-                cas.put(&digest, Bytes::from(data)).await.map_err(status::from_store)
-            }
-            .await;
-            batch_update_blobs_response::Response {
-                digest: r.digest,
-                status: Some(result.map_or_else(|e| protocol::to_rpc(&e), |()| protocol::ok_rpc())),
-            }
-        });
-        // Concurrent writes share the disk log's group commits instead of waiting for one each.
-        let responses = futures::future::join_all(writes).await;
+                Ok((digest, Bytes::from(data)))
+            })();
+            let status = match blob {
+                Ok(blob) => {
+                    placed.push(responses.len());
+                    blobs.push(blob);
+                    None
+                }
+                Err(e) => Some(protocol::to_rpc(&e)),
+            };
+            responses.push(batch_update_blobs_response::Response { digest: r.digest, status });
+        }
+        // The blobs go down as one batch: the disk log appends them in one job under one group commit.
+        for (i, stored) in placed.into_iter().zip(cas.put_many(blobs).await) {
+            responses[i].status = Some(stored.map_or_else(|e| protocol::to_rpc(&status::from_store(e)), |()| protocol::ok_rpc()));
+        }
         Ok(Response::new(reapi::BatchUpdateBlobsResponse { responses }))
     }
 

@@ -32,7 +32,7 @@ use parking_lot::{Mutex, RwLock};
 
 pub use self::index::{Index, Loc};
 use self::large::{LargeEntry, LargeWriter};
-use self::record::{record_len, Form, Header};
+use self::record::Form;
 use self::segment::{IndexEntry, Segment};
 use self::stored::Stored;
 pub use self::sync::SyncPolicy;
@@ -42,12 +42,8 @@ use crate::error::{Result, StoreError};
 use crate::zstd_chunks::Settings;
 use crate::store::{ActionCacheStore, Blob, BlobStore, BlobWriter, BufferedWriter, Counters, StoreStats};
 
-/// Payloads up to this size are copied next to their header and written with one system call.
-const COALESCE_LIMIT: usize = 64 * 1024;
 /// Blobs from this size on are compressed on a blocking thread (about 0.3 ms of zstd at level 1).
 const BLOCKING_PACK: usize = 128 * 1024;
-/// How far ahead of the append position the open segment's blocks are kept written.
-const ZERO_AHEAD: u64 = 1 << 20;
 /// How long a group commit waits for the appends already sent to land: a few small appends take
 /// microseconds; a large one in progress is not waited for longer than this.
 const SETTLE_AT_MOST: std::time::Duration = std::time::Duration::from_millis(2);
@@ -294,57 +290,6 @@ impl DiskLog {
         }
     }
 
-    /// Appends one record and publishes it in the index; returns its sequence number for durability.
-    /// Blocking: only the writer thread (`appender`) calls it.
-    fn append(&self, key: &Key, form: Form, payload: &[u8]) -> Result<u64> {
-        let mut w = self.inner.writer.lock();
-        let rec = record_len(payload.len() as u64);
-        if w.offset + rec > w.open.len() {
-            self.roll(&mut w)?;
-        }
-        let header = Header::new(*key, form, payload).encode_in_segment(w.open.seed);
-        Self::zero_ahead(&mut w, rec, payload.len() > COALESCE_LIMIT)?;
-        if payload.len() <= COALESCE_LIMIT {
-            let mut buf = Vec::with_capacity(header.len() + payload.len());
-            buf.extend_from_slice(&header);
-            buf.extend_from_slice(payload);
-            w.open.write_at(w.offset, &buf)?;
-        } else {
-            w.open.write_at(w.offset + header.len() as u64, payload)?;
-            w.open.write_at(w.offset, &header)?;
-        }
-        let loc = Loc { segment: w.open.id, offset: w.offset as u32, len: payload.len() as u32 };
-        w.offset += rec;
-        w.entries.push(IndexEntry { key: *key, offset: loc.offset, len: loc.len });
-        w.seq += 1;
-        let mut st = self.inner.state.write();
-        let State { index, segments, .. } = &mut *st;
-        index.insert(*key, loc, |l| segments.get(&l.segment).and_then(|s| s.header_at(l.offset)).map(|h| h.key));
-        Ok(w.seq)
-    }
-
-    /// Keeps the blocks ahead of the next record written, with zeros where no record is yet. A
-    /// segment's blocks are preallocated but unwritten, and on ext4 an fdatasync after the first
-    /// write into such blocks also commits the journal (measured here: 0.9 ms per group commit of
-    /// a small batch, 0.4 ms once the blocks are written). Zeros are what an unwritten block reads
-    /// as, so recovery sees the same bytes. A large record's own blocks are not zeroed first: its
-    /// payload writes them, and it pays for a long sync anyway.
-    fn zero_ahead(w: &mut Writer, rec: u64, large: bool) -> Result<()> {
-        // A small segment is not zeroed whole at its first append.
-        let ahead = ZERO_AHEAD.min(w.open.len() / 8);
-        let end = w.offset + rec;
-        if end + ahead / 2 <= w.zeroed_to {
-            return Ok(());
-        }
-        let from = if large { w.zeroed_to.max(end) } else { w.zeroed_to.max(w.offset) };
-        let to = (end + ahead).min(w.open.len());
-        if from < to {
-            w.open.write_zeros(from, to)?;
-        }
-        w.zeroed_to = w.zeroed_to.max(to);
-        Ok(())
-    }
-
     /// Seals the open segment (sync, index file) and opens the next, evicting to make room. The next
     /// segment is the file of an evicted one where nothing reads that any more, a new file otherwise.
     fn roll(&self, w: &mut Writer) -> Result<()> {
@@ -487,6 +432,17 @@ impl DiskLog {
         Ok(())
     }
 
+    /// `append_durably` for several records in one job and one group commit: a result per record.
+    async fn append_all_durably(&self, records: Vec<appender::Record>) -> Result<Vec<Result<()>>> {
+        let appender = self.inner.appender.get().ok_or_else(|| StoreError::Config("the disk log has no writer".into()))?;
+        let appended = appender.append_many(records).await?;
+        let last = appended.iter().filter_map(|r| r.as_ref().ok()).max().copied();
+        if let (Some(seq), true) = (last, self.syncs_writes()) {
+            self.inner.commits.wait(seq).await?;
+        }
+        Ok(appended.into_iter().map(|r| r.map(|_| ())).collect())
+    }
+
     /// Whether the segment record for `key` is in the compressed form (header only, no payload).
     fn holds_compressed(&self, key: &Key) -> bool {
         let st = self.inner.state.read();
@@ -588,6 +544,36 @@ impl BlobStore for DiskLog {
         let mut writer = Box::new(self.large_writer(digest)?);
         writer.append(data).await?;
         writer.commit().await
+    }
+
+    async fn write_many(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Result<()>> {
+        let mut outcomes = Vec::with_capacity(blobs.len());
+        let (mut records, mut placed) = (Vec::new(), Vec::new());
+        for (digest, data) in blobs {
+            // Blobs held already, and large ones (files of their own), go the single way.
+            if digest.size > self.inner.cfg.max_record || self.present(&digest) {
+                outcomes.push(self.write(&digest, data).await);
+                continue;
+            }
+            let (form, payload) = self.pack(data).await;
+            self.inner.counters.written_as(digest.size, payload.len() as u64);
+            placed.push(outcomes.len());
+            outcomes.push(Ok(()));
+            records.push((digest.key(), form, payload));
+        }
+        if records.is_empty() {
+            return outcomes;
+        }
+        match self.append_all_durably(records).await {
+            Ok(results) => placed.into_iter().zip(results).for_each(|(i, result)| outcomes[i] = result),
+            Err(e) => {
+                let n = placed.len();
+                for (i, error) in placed.into_iter().zip(appender::error_copies(e, n)) {
+                    outcomes[i] = Err(error);
+                }
+            }
+        }
+        outcomes
     }
 
     async fn writer(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {

@@ -9,6 +9,7 @@ use std::path::Path;
 use bytes::Bytes;
 
 use super::*;
+use super::record::Header;
 use crate::digest::DigestFunction;
 
 const SEG: u64 = 64 * 1024;

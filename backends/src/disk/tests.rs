@@ -272,3 +272,37 @@ async fn settling_waits_for_the_appends_already_sent() {
     assert_eq!(log.inner.latest().0, 500, "settle returned before the writer had appended what was sent");
 }
 
+
+#[tokio::test]
+async fn a_batch_is_appended_in_runs_across_a_roll_and_survives_restart() {
+    const BIG_SEG: u64 = 4 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DiskConfig { segment_size: BIG_SEG, max_record: BIG_SEG / 4, ..config(dir.path(), 64 << 20, SyncPolicy::Always) };
+    // Small records (gathered into runs longer than RUN_LIMIT), records too long to gather (written
+    // where they are) in between, a large blob (a file of its own), one blob twice, and one stored
+    // before: together more than a segment, so the batch crosses a roll.
+    let mut batch: Vec<(Digest, Bytes)> = (0..900).map(|i| blob(i, 3001)).collect();
+    for i in 0..30 {
+        batch.insert(i * 20, blob(10_000 + i as u32, appender::COALESCE_LIMIT + 1001));
+    }
+    batch.push(blob(20_000, (BIG_SEG / 4 + 1) as usize));
+    batch.push(batch[5].clone());
+    let held = blob(30_000, 500);
+    batch.insert(100, held.clone());
+    assert!(batch.iter().map(|(_, b)| b.len() as u64).filter(|&n| n <= BIG_SEG / 4).sum::<u64>() > BIG_SEG);
+    {
+        let log = DiskLog::open(cfg.clone()).unwrap();
+        log.write(&held.0, held.1.clone()).await.unwrap();
+        let outcomes = log.write_many(batch.clone()).await;
+        assert_eq!(outcomes.len(), batch.len());
+        assert!(outcomes.iter().all(Result::is_ok), "{:?}", outcomes.iter().find(|o| o.is_err()));
+        assert!(log.inner.state.read().segments.len() >= 2, "the batch crossed a roll");
+        for (d, data) in &batch {
+            assert_eq!(read_all(&log, d).await.as_ref(), Some(data), "blob {d} as written");
+        }
+    }
+    let log = DiskLog::open(cfg).unwrap();
+    for (d, data) in &batch {
+        assert_eq!(read_all(&log, d).await.as_ref(), Some(data), "blob {d} after a restart");
+    }
+}

@@ -52,6 +52,16 @@ impl BlobStore for EmptyBlob {
         self.inner.write(digest, data).await
     }
 
+    async fn write_many(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Result<()>> {
+        if !blobs.iter().any(|(d, _)| d.is_empty_blob()) {
+            return self.inner.write_many(blobs).await;
+        }
+        let empty: Vec<bool> = blobs.iter().map(|(d, _)| d.is_empty_blob()).collect();
+        let stored = self.inner.write_many(blobs.into_iter().filter(|(d, _)| !d.is_empty_blob()).collect()).await;
+        let mut stored = stored.into_iter();
+        empty.into_iter().map(|e| if e { Ok(()) } else { stored.next().unwrap_or(Ok(())) }).collect()
+    }
+
     async fn writer(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {
         if digest.is_empty_blob() {
             return Ok(Box::new(BufferedWriter::new(0, |_| async { Ok(()) })));
@@ -88,6 +98,13 @@ mod tests {
         store.write(&sha, Bytes::new()).await.unwrap();
         store.writer(&sha).await.unwrap().commit().await.unwrap();
         assert_eq!(store.stats().blobs, 0, "nothing is stored for it");
+        // In a batch, the empty blobs are answered in their places and only the others stored.
+        let (x, y) = (DigestFunction::Sha256.digest_of(b"x"), DigestFunction::Sha256.digest_of(b"yy"));
+        let batch = vec![(sha, Bytes::new()), (x, Bytes::from_static(b"x")), (blake, Bytes::new()), (y, Bytes::from_static(b"yy"))];
+        let outcomes = store.write_many(batch).await;
+        assert_eq!(outcomes.iter().map(Result::is_ok).collect::<Vec<_>>(), vec![true; 4]);
+        assert_eq!(store.stats().blobs, 2);
+        assert_eq!(counting.contains(&[x, y, sha]).await.unwrap(), vec![true, true, false]);
         // A 0-byte digest with another hash is an ordinary (missing) blob.
         let zero = Digest { size: 0, ..other };
         assert_eq!(store.contains(&[zero]).await.unwrap(), vec![false]);

@@ -61,6 +61,15 @@ impl BlobStore for ExistenceCache {
         Ok(())
     }
 
+    async fn write_many(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Result<()>> {
+        let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+        let outcomes = self.inner.write_many(blobs).await;
+        for (digest, _) in digests.iter().zip(&outcomes).filter(|(_, o)| o.is_ok()) {
+            self.present.insert(*digest, ()).await;
+        }
+        outcomes
+    }
+
     async fn writer(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {
         let inner = self.inner.writer(digest).await?;
         Ok(Box::new(MarkOnCommit { inner, digest: *digest, present: self.present.clone() }))

@@ -114,6 +114,15 @@ impl BlobStore for Metered<dyn BlobStore> {
         outcome
     }
 
+    async fn write_many(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Result<()>> {
+        let started = Instant::now();
+        let outcomes = self.inner.write_many(blobs).await;
+        for outcome in &outcomes {
+            self.metrics.record(&self.tier, "write", started, outcome);
+        }
+        outcomes
+    }
+
     async fn writer(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {
         let started = Instant::now();
         let outcome = self.inner.writer(digest).await;

@@ -182,6 +182,29 @@ impl BlobStore for TieredStore {
         }
     }
 
+    /// `write` for each blob, a tier at a time, each tier given its share of the batch whole.
+    async fn write_many(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Result<()>> {
+        // Per blob: None while no tier has it; an error once a durable tier failed it, and then no
+        // later tier is asked, as in `write`.
+        let mut outcome: Vec<Option<Result<()>>> = blobs.iter().map(|_| None).collect();
+        for tier in &self.tiers {
+            let asked: Vec<usize> =
+                (0..blobs.len()).filter(|&i| tier.admits(blobs[i].0.size) && !matches!(outcome[i], Some(Err(_)))).collect();
+            if asked.is_empty() {
+                continue;
+            }
+            let results = tier.store.write_many(asked.iter().map(|&i| blobs[i].clone()).collect()).await;
+            for (&i, result) in asked.iter().zip(results) {
+                match result {
+                    Ok(()) => outcome[i] = Some(Ok(())),
+                    Err(e) if tier.durable => outcome[i] = Some(Err(e)),
+                    Err(e) => skipped(&tier.name, "write to a non-durable tier failed", &e),
+                }
+            }
+        }
+        outcome.into_iter().zip(&blobs).map(|(o, (digest, _))| o.unwrap_or_else(|| Err(self.too_large(digest)))).collect()
+    }
+
     async fn writer(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {
         let mut writers = Vec::new();
         for tier in self.tiers.iter().filter(|t| t.admits(digest.size)) {

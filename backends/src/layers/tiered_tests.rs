@@ -122,6 +122,41 @@ async fn writes_succeed_when_the_durable_tiers_have_the_blob() {
 }
 
 #[tokio::test]
+async fn a_batch_write_keeps_the_rules_of_single_writes_blob_by_blob() {
+    let (small_tier, large_tier) = (memory(), memory());
+    let stack = TieredStore::new(vec![
+        Tier { max_blob: 1000, durable: true, ..Tier::new("small", small_tier.clone()) },
+        Tier { min_blob: 1001, max_blob: 5000, durable: true, ..Tier::new("large", large_tier.clone()) },
+    ])
+    .unwrap();
+    let batch = vec![blob(10, 3), blob(2000, 5), blob(6000, 7), blob(20, 9)];
+    let digests: Vec<Digest> = batch.iter().map(|(d, _)| *d).collect();
+    let outcomes = stack.write_many(batch).await;
+    assert!(outcomes[0].is_ok() && outcomes[1].is_ok() && outcomes[3].is_ok(), "{outcomes:?}");
+    assert!(matches!(outcomes[2], Err(StoreError::TooLarge { .. })), "{outcomes:?}");
+    assert_eq!(small_tier.contains(&digests).await.unwrap(), vec![true, false, false, true]);
+    assert_eq!(large_tier.contains(&digests).await.unwrap(), vec![false, true, false, false]);
+
+    // A durable tier that fails a batch fails each of its blobs; a best-effort one fails none.
+    let local = memory();
+    let strict = TieredStore::new(vec![
+        Tier::new("local", local.clone()),
+        Tier { promote: false, durable: true, ..Tier::new("upstream", Arc::new(Down)) },
+    ])
+    .unwrap();
+    let outcomes = strict.write_many(vec![blob(100, 11), blob(200, 13)]).await;
+    assert!(outcomes.iter().all(|o| matches!(o, Err(StoreError::Unavailable { .. }))), "{outcomes:?}");
+    let best_effort = TieredStore::new(vec![
+        Tier { durable: true, ..Tier::new("local", local.clone()) },
+        Tier { promote: false, ..Tier::new("upstream", Arc::new(Down)) },
+    ])
+    .unwrap();
+    let outcomes = best_effort.write_many(vec![blob(300, 17), blob(400, 19)]).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert_eq!(local.contains(&[blob(300, 17).0, blob(400, 19).0]).await.unwrap(), vec![true, true]);
+}
+
+#[tokio::test]
 async fn contains_asks_each_tier_only_about_what_faster_ones_lacked() {
     let (fast, slow) = (memory(), memory());
     let counting = Arc::new(Counting::new(slow.clone(), Duration::ZERO));

@@ -48,6 +48,10 @@ impl BlobStore for Verified {
         self.inner.write(digest, data).await
     }
 
+    async fn write_many(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Result<()>> {
+        self.inner.write_many(blobs).await
+    }
+
     async fn writer(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {
         self.inner.writer(digest).await
     }
