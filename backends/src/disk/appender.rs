@@ -41,6 +41,7 @@ pub(super) fn error_copies(error: StoreError, n: usize) -> Vec<StoreError> {
         (1..n).map(|_| StoreError::Io { path: "disk log".into(), source: std::io::Error::other(error.to_string()) }).collect();
     std::iter::once(error).chain(copies).take(n).collect()
 }
+
 /// How long a group commit waits for more appends once those sent are in.
 const LINGER: Duration = Duration::from_micros(50);
 
@@ -178,7 +179,10 @@ impl DiskLog {
             let written = Self::zero_ahead(&mut w, rec, true)
                 .and_then(|()| w.open.write_at(w.offset + header.len() as u64, payload))
                 .and_then(|()| w.open.write_at(w.offset, &header));
-            results.push(written.map(|()| self.publish(&mut w, &[entry], rec)[0]));
+            results.extend(match written {
+                Ok(()) => self.publish(&mut w, &[entry], rec).into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            });
         }
         results.extend(self.write_run(&mut w, &mut run));
         results
@@ -201,11 +205,8 @@ impl DiskLog {
     fn publish(&self, w: &mut Writer, entries: &[IndexEntry], len: u64) -> Vec<u64> {
         w.offset += len;
         let open = w.open.id;
-        let seqs = entries.iter().map(|_| {
-            w.seq += 1;
-            w.seq
-        });
-        let seqs: Vec<u64> = seqs.collect();
+        let first = w.seq + 1;
+        w.seq += entries.len() as u64;
         w.entries.extend_from_slice(entries);
         let mut st = self.inner.state.write();
         let State { index, segments, .. } = &mut *st;
@@ -213,7 +214,7 @@ impl DiskLog {
             let loc = Loc { segment: open, offset: e.offset, len: e.len };
             index.insert(e.key, loc, |l| segments.get(&l.segment).and_then(|s| s.header_at(l.offset)).map(|h| h.key));
         }
-        seqs
+        (first..=w.seq).collect()
     }
 
     /// Keeps the blocks ahead of the next record written, with zeros where no record is yet. A
