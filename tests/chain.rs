@@ -17,6 +17,8 @@ use strata_backends::{Admission, MemoryStore};
 use strata_backends::{BlobStore, Digest, DigestFunction};
 use tonic::Code;
 
+type UpdateRequest = reapi::batch_update_blobs_request::Request;
+
 fn site_config(upstream: std::net::SocketAddr) -> String {
     format!(
         r#"
@@ -263,4 +265,41 @@ async fn ranges_of_blobs_no_local_tier_admits_are_exact() {
         let got = bytestream_read(&site, &d, offset as i64, limit as i64).await.unwrap();
         assert_eq!(got, blob[offset..end], "offset {offset}, limit {limit}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_reaches_the_upstream_in_as_few_calls_as_its_limit_allows() {
+    let upstream_dir = tempfile::tempdir().unwrap();
+    let with_metrics = TEST_CONFIG.replacen("listen: 127.0.0.1:0\n", "listen: 127.0.0.1:0\nhttp: { listen: 127.0.0.1:0 }\n", 1);
+    let upstream = TestServer::start_in(&with_metrics, upstream_dir.path()).await;
+    let site_dir = tempfile::tempdir().unwrap();
+    let site = TestServer::start_in(&site_config(upstream.addr), site_dir.path()).await;
+    let mut site_cas = site.cas().await;
+    let calls = |m: &prometheus_parse::Scrape| {
+        sample(m, "strata_grpc_requests_total", &[("service", "ContentAddressableStorage"), ("method", "BatchUpdateBlobs"), ("code", "OK")])
+    };
+    let before = calls(&scrape(&upstream).await);
+
+    // 200 blobs and one whose digest is wrong: the good ones travel on in one call, the bad one
+    // gets its own status and goes nowhere.
+    let blobs: Vec<Vec<u8>> = (0..200).map(|i| content(1000 + i, 3000)).collect();
+    let mut requests: Vec<UpdateRequest> = blobs.iter().map(|b| UpdateRequest { digest: Some(sha256(b)), data: b.clone(), compressor: 0 }).collect();
+    let forged = UpdateRequest { digest: Some(sha256(b"what the digest says")), data: b"something else".to_vec(), compressor: 0 };
+    requests.insert(100, forged.clone());
+    let response = site_cas.batch_update_blobs(reapi::BatchUpdateBlobsRequest { requests, ..Default::default() }).await.unwrap().into_inner();
+    let codes: Vec<i32> = response.responses.iter().map(|r| r.status.as_ref().unwrap().code).collect();
+    assert_eq!(codes.iter().filter(|&&c| c == 0).count(), 200);
+    assert_eq!(codes[100], Code::InvalidArgument as i32);
+    let mut up_cas = upstream.cas().await;
+    let mut asked: Vec<reapi::Digest> = blobs.iter().map(|b| sha256(b)).collect();
+    asked.push(forged.digest.clone().unwrap());
+    assert_eq!(missing(&mut up_cas, "", asked).await, vec![forged.digest.unwrap()]);
+    assert_eq!(calls(&scrape(&upstream).await) - before, 1.0, "one upstream call for the batch");
+
+    // 320 x 3,200 bytes fit the site's 1 MiB limit, but not the upstream's once each entry's digest
+    // and framing count: two calls.
+    let blobs: Vec<Vec<u8>> = (0..320).map(|i| content(5000 + i, 3200)).collect();
+    upload(&mut site_cas, "", &blobs.iter().map(Vec::as_slice).collect::<Vec<_>>()).await;
+    assert!(missing(&mut up_cas, "", blobs.iter().map(|b| sha256(b)).collect()).await.is_empty());
+    assert_eq!(calls(&scrape(&upstream).await) - before, 3.0, "two more upstream calls");
 }

@@ -7,7 +7,7 @@ mod common;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::bytestream::ReadRequest;
 use common::exec::{self, InProcessBot};
-use common::{http_get, sha256, upload, TestServer};
+use common::{http_get, sample, scrape, sha256, upload, TestServer};
 use prost::Message;
 use strata::protocol::admin as pb;
 use strata::protocol::admin::admin_client::AdminClient;
@@ -29,27 +29,6 @@ instances:
     storage: main
     services: [cas, action_cache]
 "#;
-
-/// The value of one sample of a scrape, by name and labels (0 when absent).
-fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .samples
-        .iter()
-        // The parser drops empty labels (instance ""): absent reads as empty.
-        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k).unwrap_or("") == *v))
-        .map(|s| match &s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => *v,
-            prometheus_parse::Value::Histogram(h) => h.last().map_or(0.0, |b| b.count),
-            prometheus_parse::Value::Summary(_) => 0.0,
-        })
-        .sum()
-}
-
-async fn scrape(server: &TestServer) -> prometheus_parse::Scrape {
-    let (code, body) = http_get(server, "/metrics").await;
-    assert_eq!(code, 200);
-    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("/metrics parses as the Prometheus text format")
-}
 
 #[tokio::test]
 async fn metrics_count_exactly_what_was_sent() {

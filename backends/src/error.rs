@@ -36,6 +36,48 @@ impl StoreError {
             _ => StoreError::Io { path, source },
         }
     }
+
+    /// This error for each of `n` blobs that one failed call concerned (a batch's append, sync or
+    /// upstream call): the first gets it as it is, the others a copy of the same kind, whose I/O
+    /// source (which cannot be cloned) keeps its kind and message.
+    pub fn shared_by(self, n: usize) -> Vec<StoreError> {
+        let copies: Vec<StoreError> = (1..n).map(|_| self.copy()).collect();
+        std::iter::once(self).chain(copies).take(n).collect()
+    }
+
+    fn copy(&self) -> StoreError {
+        let io = |e: &std::io::Error| std::io::Error::new(e.kind(), e.to_string());
+        match self {
+            StoreError::InvalidBlob(e) => StoreError::InvalidBlob(e.clone()),
+            StoreError::TooLarge { digest, store, limit } => StoreError::TooLarge { digest: *digest, store: store.clone(), limit: *limit },
+            StoreError::Full { store, needed, max_size } => StoreError::Full { store: store.clone(), needed: *needed, max_size: *max_size },
+            StoreError::NoSpace { path, source } => StoreError::NoSpace { path: path.clone(), source: io(source) },
+            StoreError::Io { path, source } => StoreError::Io { path: path.clone(), source: io(source) },
+            StoreError::Config(message) => StoreError::Config(message.clone()),
+            StoreError::Unavailable { upstream, message } => StoreError::Unavailable { upstream: upstream.clone(), message: message.clone() },
+            StoreError::Upstream { upstream, code, message } => {
+                StoreError::Upstream { upstream: upstream.clone(), code: *code, message: message.clone() }
+            }
+            StoreError::Corrupt { digest, tier, reason } => StoreError::Corrupt { digest: *digest, tier: tier.clone(), reason: reason.clone() },
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_shared_by_a_batch_keeps_its_kind_and_message_for_every_blob() {
+        let down = StoreError::Unavailable { upstream: "grpc://up".into(), message: "connection refused".into() };
+        let all = down.shared_by(3);
+        assert_eq!(all.len(), 3);
+        assert!(all.iter().all(|e| matches!(e, StoreError::Unavailable { .. })), "a spool layer tells these apart: {all:?}");
+        let full = StoreError::io("/data/cas", std::io::Error::from_raw_os_error(libc::ENOSPC)).shared_by(2);
+        assert!(full.iter().all(|e| matches!(e, StoreError::NoSpace { .. })), "{full:?}");
+        assert_eq!(full[0].to_string(), full[1].to_string());
+        assert!(StoreError::Config("unused".into()).shared_by(0).is_empty());
+    }
+}

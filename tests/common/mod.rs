@@ -144,6 +144,28 @@ pub async fn http_get_with(server: &TestServer, path: &str, headers: &str) -> (u
     (code, body.to_string())
 }
 
+/// The value of one sample of a scrape, by name and labels (0 when absent).
+pub fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        // The parser drops empty labels (instance ""): absent reads as empty.
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k).unwrap_or("") == *v))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(h) => h.last().map_or(0.0, |b| b.count),
+            prometheus_parse::Value::Summary(_) => 0.0,
+        })
+        .sum()
+}
+
+/// The server's `/metrics`, parsed.
+pub async fn scrape(server: &TestServer) -> prometheus_parse::Scrape {
+    let (code, body) = http_get(server, "/metrics").await;
+    assert_eq!(code, 200);
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("/metrics parses as the Prometheus text format")
+}
+
 /// `strata bench` arguments for a short run of `scenario` against `endpoint` (JSON, quiet).
 pub fn bench_args(endpoint: String, scenario: &str) -> strata::bench::BenchArgs {
     strata::bench::BenchArgs {

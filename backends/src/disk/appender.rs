@@ -34,14 +34,6 @@ struct Run {
     entries: Vec<IndexEntry>,
 }
 
-/// `error` for the first of `n` records that share it, its message for the others (an I/O error
-/// cannot be cloned).
-pub(super) fn error_copies(error: StoreError, n: usize) -> Vec<StoreError> {
-    let copies: Vec<StoreError> =
-        (1..n).map(|_| StoreError::Io { path: "disk log".into(), source: std::io::Error::other(error.to_string()) }).collect();
-    std::iter::once(error).chain(copies).take(n).collect()
-}
-
 /// How long a group commit waits for more appends once those sent are in.
 const LINGER: Duration = Duration::from_micros(50);
 
@@ -196,7 +188,7 @@ impl DiskLog {
         let Run { buf, entries } = std::mem::take(run);
         match Self::zero_ahead(w, buf.len() as u64, false).and_then(|()| w.open.write_at(w.offset, &buf)) {
             Ok(()) => self.publish(w, &entries, buf.len() as u64).into_iter().map(Ok).collect(),
-            Err(e) => error_copies(e, entries.len()).into_iter().map(Err).collect(),
+            Err(e) => e.shared_by(entries.len()).into_iter().map(Err).collect(),
         }
     }
 

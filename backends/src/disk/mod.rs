@@ -568,7 +568,7 @@ impl BlobStore for DiskLog {
             Ok(results) => placed.into_iter().zip(results).for_each(|(i, result)| outcomes[i] = result),
             Err(e) => {
                 let n = placed.len();
-                for (i, error) in placed.into_iter().zip(appender::error_copies(e, n)) {
+                for (i, error) in placed.into_iter().zip(e.shared_by(n)) {
                     outcomes[i] = Err(error);
                 }
             }

@@ -148,6 +148,18 @@ impl BlobStore for Spooled {
         }
     }
 
+    async fn write_many(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Result<()>> {
+        let outcomes = self.inner.write_many(blobs.clone()).await;
+        outcomes
+            .into_iter()
+            .zip(&blobs)
+            .map(|(outcome, (digest, data))| match outcome {
+                Err(StoreError::Unavailable { .. }) => self.spool(digest, data),
+                other => other,
+            })
+            .collect()
+    }
+
     async fn writer(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {
         let upstream = match self.inner.writer(digest).await {
             Ok(w) => Some(w),

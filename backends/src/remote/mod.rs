@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, OnceCell};
 use tonic::{Code, Request, Status};
 
 mod assets;
+mod batch_write;
 
 use crate::client::{channel, AuthChannel, Backoff, ClientAuth, MAX_MESSAGE};
 use crate::digest::{compressed_resource_name, resource_name, Digest, DigestFunction};
@@ -193,9 +194,8 @@ impl RemoteStore {
         self.cfg.compression.filter(|s| upstream_takes_it && digest.size >= s.min_size)
     }
 
-    /// Whether a blob goes through the batch calls: small, and well inside the upstream's limit.
     async fn is_small(&self, digest: &Digest) -> Result<bool> {
-        Ok(digest.size <= SMALL_BLOB && digest.size + 1024 <= self.max_batch().await?)
+        Ok(batch_write::travels_in_batches(digest, self.max_batch().await?))
     }
 
     fn resource(&self, digest: &Digest, upload: Option<&str>, compressed: bool) -> String {
@@ -459,34 +459,16 @@ impl BlobStore for RemoteStore {
 
     async fn write(&self, digest: &Digest, data: Bytes) -> Result<()> {
         if self.is_small(digest).await? {
-            let (data, compressor) = match self.compress_upload(digest, self.upstream().await?.zstd_batch_writes) {
-                Some(settings) => match zstd_if_smaller(data.clone(), settings).await {
-                    Some(frame) => (frame, ZSTD),
-                    None => (data.to_vec(), IDENTITY),
-                },
-                None => (data.to_vec(), IDENTITY),
-            };
-            let message = reapi::BatchUpdateBlobsRequest {
-                instance_name: self.cfg.instance.clone(),
-                requests: vec![reapi::batch_update_blobs_request::Request { digest: Some(proto(digest)), data, compressor }],
-                digest_function: digest.function.to_proto(),
-            };
-            let response = self
-                .retry("BatchUpdateBlobs", || {
-                    let request = self.request(message.clone(), self.cfg.timeout);
-                    async move { self.cas().batch_update_blobs(request).await }
-                })
-                .await?
-                .into_inner();
-            let status = response.responses.into_iter().next().and_then(|r| r.status).unwrap_or_default();
-            if status.code != 0 {
-                return Err(self.failure("BatchUpdateBlobs", Status::new(Code::from_i32(status.code), status.message)));
-            }
-            return Ok(());
+            let mut outcomes = self.update_batch(digest.function, &[(*digest, data)]).await;
+            return outcomes.pop().unwrap_or(Ok(()));
         }
         let mut writer = Box::new(self.start_upload(digest).await?);
         writer.append(data).await?;
         writer.commit().await
+    }
+
+    async fn write_many(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Result<()>> {
+        self.write_in_batches(blobs).await
     }
 
     async fn writer(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {
