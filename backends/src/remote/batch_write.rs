@@ -7,10 +7,13 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bytes::Bytes;
 use tonic::{Code, Status};
 
-use super::{proto, zstd_if_smaller, RemoteStore, IDENTITY, SMALL_BLOB, ZSTD};
+use super::{proto, RemoteStore, IDENTITY, SMALL_BLOB, ZSTD};
 use crate::digest::{Digest, DigestFunction};
 use crate::error::Result;
 use crate::store::BlobStore;
+use crate::zstd_chunks::Settings;
+
+type Entry = reapi::batch_update_blobs_request::Request;
 
 /// Room an entry takes in a batch beside its data (its digest, the framing), counted against the
 /// upstream's limit together with 1 KiB for the request itself.
@@ -61,13 +64,10 @@ impl RemoteStore {
 
     /// Uploads small blobs of one digest function in one BatchUpdateBlobs call: each one's outcome.
     pub(super) async fn update_batch(&self, function: DigestFunction, blobs: &[(Digest, Bytes)]) -> Vec<Result<()>> {
-        let mut requests = Vec::with_capacity(blobs.len());
-        for (digest, data) in blobs {
-            match self.batch_entry(digest, data.clone()).await {
-                Ok(entry) => requests.push(entry),
-                Err(e) => return e.shared_by(blobs.len()).into_iter().map(Err).collect(),
-            }
-        }
+        let requests = match self.batch_entries(blobs).await {
+            Ok(entries) => entries,
+            Err(e) => return e.shared_by(blobs.len()).into_iter().map(Err).collect(),
+        };
         let message = reapi::BatchUpdateBlobsRequest { instance_name: self.cfg.instance.clone(), requests, digest_function: function.to_proto() };
         let answered = self
             .retry("BatchUpdateBlobs", || {
@@ -98,16 +98,31 @@ impl RemoteStore {
             .collect()
     }
 
-    /// One BatchUpdateBlobs entry: zstd where the tier is configured for it, the upstream accepts
-    /// it and the frame is smaller.
-    async fn batch_entry(&self, digest: &Digest, data: Bytes) -> Result<reapi::batch_update_blobs_request::Request> {
-        let (data, compressor) = match self.compress_upload(digest, self.upstream().await?.zstd_batch_writes) {
-            Some(settings) => match zstd_if_smaller(data.clone(), settings).await {
+    /// The BatchUpdateBlobs entries for blobs: zstd where the tier is configured for it, the
+    /// upstream accepts it and the frame is smaller. A batch's compression runs in one task off the
+    /// runtime: one hop to a blocking thread per 4 KiB blob cost as much as compressing it.
+    async fn batch_entries(&self, blobs: &[(Digest, Bytes)]) -> Result<Vec<Entry>> {
+        let accepts = self.upstream().await?.zstd_batch_writes;
+        let work: Vec<(Digest, Bytes, Option<Settings>)> = blobs.iter().map(|(d, data)| (*d, data.clone(), self.compress_upload(d, accepts))).collect();
+        if work.iter().all(|(_, _, settings)| settings.is_none()) {
+            return Ok(entries(work));
+        }
+        let identity: Vec<_> = work.iter().map(|(d, data, _)| (*d, data.clone(), None)).collect();
+        // A compression task that did not finish leaves the blobs to travel as they are.
+        Ok(tokio::task::spawn_blocking(move || entries(work)).await.unwrap_or_else(|_| entries(identity)))
+    }
+}
+
+/// Each blob as an entry, as one zstd frame where it has settings and the frame is smaller.
+fn entries(work: Vec<(Digest, Bytes, Option<Settings>)>) -> Vec<Entry> {
+    work.into_iter()
+        .map(|(digest, data, settings)| {
+            let frame = settings.and_then(|s| crate::zstd_stream::compress_frame(&data, s.level).ok().filter(|f| f.len() < data.len()));
+            let (data, compressor) = match frame {
                 Some(frame) => (frame, ZSTD),
                 None => (data.to_vec(), IDENTITY),
-            },
-            None => (data.to_vec(), IDENTITY),
-        };
-        Ok(reapi::batch_update_blobs_request::Request { digest: Some(proto(digest)), data, compressor })
-    }
+            };
+            Entry { digest: Some(proto(&digest)), data, compressor }
+        })
+        .collect()
 }

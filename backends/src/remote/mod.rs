@@ -570,12 +570,6 @@ async fn unzstd(data: Vec<u8>, size: u64) -> std::result::Result<Vec<u8>, Status
         .map_err(|e| Status::data_loss(format!("the upstream's zstd data: {e}")))
 }
 
-/// The blob as one zstd frame, if that is smaller, compressed off the runtime.
-async fn zstd_if_smaller(data: Bytes, settings: Settings) -> Option<Vec<u8>> {
-    let frame = tokio::task::spawn_blocking(move || crate::zstd_stream::compress_frame(&data, settings.level).ok().filter(|f| f.len() < data.len())).await;
-    frame.ok().flatten()
-}
-
 fn proto(digest: &Digest) -> reapi::Digest {
     reapi::Digest { hash: digest.hash_hex(), size_bytes: digest.size as i64 }
 }
