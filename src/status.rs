@@ -8,7 +8,7 @@ pub fn from_store(error: StoreError) -> Status {
     let code = match &error {
         StoreError::InvalidBlob(_) => Code::InvalidArgument,
         StoreError::TooLarge { .. } | StoreError::NoSpace { .. } | StoreError::Full { .. } => Code::ResourceExhausted,
-        StoreError::Io { .. } | StoreError::Config(_) | StoreError::Corrupt { .. } => Code::Internal,
+        StoreError::Io { .. } | StoreError::Config(_) | StoreError::Corrupt { .. } | StoreError::Internal(_) => Code::Internal,
         StoreError::Unavailable { .. } => Code::Unavailable,
         // The upstream's own answer to a request we made: our failure, reported with its words.
         StoreError::Upstream { .. } => Code::Internal,

@@ -25,6 +25,8 @@ pub enum StoreError {
     Upstream { upstream: String, code: i32, message: String },
     #[error("blob {digest} from {tier} does not match its digest: {reason}")]
     Corrupt { digest: Digest, tier: String, reason: String },
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl StoreError {
@@ -45,6 +47,12 @@ impl StoreError {
         std::iter::once(self).chain(copies).take(n).collect()
     }
 
+    /// What a batch write says of a blob it gave no outcome for (it never should): not stored, so
+    /// a store that answered short can never acknowledge a blob it did not keep.
+    pub fn unanswered() -> StoreError {
+        StoreError::Internal("the batch write gave no outcome for this blob".into())
+    }
+
     fn copy(&self) -> StoreError {
         let io = |e: &std::io::Error| std::io::Error::new(e.kind(), e.to_string());
         match self {
@@ -59,6 +67,7 @@ impl StoreError {
                 StoreError::Upstream { upstream: upstream.clone(), code: *code, message: message.clone() }
             }
             StoreError::Corrupt { digest, tier, reason } => StoreError::Corrupt { digest: *digest, tier: tier.clone(), reason: reason.clone() },
+            StoreError::Internal(message) => StoreError::Internal(message.clone()),
         }
     }
 }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::digest::Digest;
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::store::{Blob, BlobStore, BlobWriter, BufferedWriter, StoreStats};
 
 pub struct EmptyBlob {
@@ -59,7 +59,7 @@ impl BlobStore for EmptyBlob {
         let empty: Vec<bool> = blobs.iter().map(|(d, _)| d.is_empty_blob()).collect();
         let stored = self.inner.write_many(blobs.into_iter().filter(|(d, _)| !d.is_empty_blob()).collect()).await;
         let mut stored = stored.into_iter();
-        empty.into_iter().map(|e| if e { Ok(()) } else { stored.next().unwrap_or(Ok(())) }).collect()
+        empty.into_iter().map(|e| if e { Ok(()) } else { stored.next().unwrap_or_else(|| Err(StoreError::unanswered())) }).collect()
     }
 
     async fn writer(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {
@@ -105,6 +105,9 @@ mod tests {
         assert_eq!(outcomes.iter().map(Result::is_ok).collect::<Vec<_>>(), vec![true; 4]);
         assert_eq!(store.stats().blobs, 2);
         assert_eq!(counting.contains(&[x, y, sha]).await.unwrap(), vec![true, true, false]);
+        // A store that answers a batch short never acknowledges the blobs it said nothing of.
+        let short = EmptyBlob::new(Arc::new(crate::layers::testing::Mute)).write_many(vec![(sha, Bytes::new()), (x, Bytes::from_static(b"x"))]).await;
+        assert!(short[0].is_ok() && matches!(short[1], Err(StoreError::Internal(_))), "{short:?}");
         // A 0-byte digest with another hash is an ordinary (missing) blob.
         let zero = Digest { size: 0, ..other };
         assert_eq!(store.contains(&[zero]).await.unwrap(), vec![false]);

@@ -2,6 +2,7 @@
 //! with its latency, into metric families the server registers and exports. It sits directly on the
 //! upstream, below verification and caching, so that it sees the calls that really leave the process.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -53,8 +54,8 @@ impl UpstreamMetrics {
         registry.register("strata_upstream_call_seconds", "Latency of calls to upstream tiers", self.latency.clone());
     }
 
-    fn record<T>(&self, tier: &str, op: &'static str, started: Instant, outcome: &Result<T>) {
-        let result = if outcome.is_ok() { "ok" } else { "error" };
+    fn record_outcome(&self, tier: &str, op: &'static str, started: Instant, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
         self.calls.get_or_create(&UpstreamCall { tier: tier.to_string(), op, result }).inc();
         self.latency.get_or_create(&UpstreamOp { tier: tier.to_string(), op }).observe(started.elapsed().as_secs_f64());
     }
@@ -72,62 +73,51 @@ impl<S: ?Sized> Metered<S> {
     pub fn new(inner: Arc<S>, tier: impl Into<String>, metrics: UpstreamMetrics) -> Self {
         Metered { inner, tier: tier.into(), metrics }
     }
+
+    /// Awaits one call to the upstream and counts it under `op`, with its outcome and latency.
+    async fn timed<T>(&self, op: &'static str, call: impl Future<Output = Result<T>>) -> Result<T> {
+        let started = Instant::now();
+        let outcome = call.await;
+        self.metrics.record_outcome(&self.tier, op, started, outcome.is_ok());
+        outcome
+    }
 }
 
 #[async_trait]
 impl ActionCacheStore for Metered<dyn ActionCacheStore> {
     async fn get(&self, action: &Digest) -> Result<Option<Bytes>> {
-        let started = Instant::now();
-        let outcome = self.inner.get(action).await;
-        self.metrics.record(&self.tier, "get_action_result", started, &outcome);
-        outcome
+        self.timed("get_action_result", self.inner.get(action)).await
     }
 
     async fn put(&self, action: &Digest, value: Bytes) -> Result<()> {
-        let started = Instant::now();
-        let outcome = self.inner.put(action, value).await;
-        self.metrics.record(&self.tier, "update_action_result", started, &outcome);
-        outcome
+        self.timed("update_action_result", self.inner.put(action, value)).await
     }
 }
 
 #[async_trait]
 impl BlobStore for Metered<dyn BlobStore> {
     async fn contains(&self, digests: &[Digest]) -> Result<Vec<bool>> {
-        let started = Instant::now();
-        let outcome = self.inner.contains(digests).await;
-        self.metrics.record(&self.tier, "contains", started, &outcome);
-        outcome
+        self.timed("contains", self.inner.contains(digests)).await
     }
 
     async fn read(&self, digest: &Digest, offset: u64, limit: Option<u64>) -> Result<Option<Blob>> {
-        let started = Instant::now();
-        let outcome = self.inner.read(digest, offset, limit).await;
-        self.metrics.record(&self.tier, "read", started, &outcome);
-        outcome
+        self.timed("read", self.inner.read(digest, offset, limit)).await
     }
 
     async fn write(&self, digest: &Digest, data: Bytes) -> Result<()> {
-        let started = Instant::now();
-        let outcome = self.inner.write(digest, data).await;
-        self.metrics.record(&self.tier, "write", started, &outcome);
-        outcome
+        self.timed("write", self.inner.write(digest, data)).await
     }
 
+    /// Counted as one call (a batch goes up in one, or a few), an error if any blob failed.
     async fn write_many(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Result<()>> {
         let started = Instant::now();
         let outcomes = self.inner.write_many(blobs).await;
-        for outcome in &outcomes {
-            self.metrics.record(&self.tier, "write", started, outcome);
-        }
+        self.metrics.record_outcome(&self.tier, "write_batch", started, outcomes.iter().all(Result::is_ok));
         outcomes
     }
 
     async fn writer(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {
-        let started = Instant::now();
-        let outcome = self.inner.writer(digest).await;
-        self.metrics.record(&self.tier, "start_write", started, &outcome);
-        outcome
+        self.timed("start_write", self.inner.writer(digest)).await
     }
 
     fn stats(&self) -> StoreStats {
@@ -155,6 +145,11 @@ mod tests {
         let count = |tier: &str, op, result| metrics.calls.get_or_create(&UpstreamCall { tier: tier.into(), op, result }).get();
         assert_eq!((count("up", "write", "ok"), count("up", "contains", "ok")), (1, 1));
         assert_eq!((count("down", "contains", "error"), count("down", "contains", "ok")), (1, 0));
+        // A batch is one call, an error if any of its blobs failed.
+        let e = DigestFunction::Sha256.digest_of(b"e");
+        assert!(up.write_many(vec![(d, Bytes::from_static(b"x")), (e, Bytes::from_static(b"e"))]).await.iter().all(Result::is_ok));
+        assert!(down.write_many(vec![(d, Bytes::from_static(b"x")), (e, Bytes::from_static(b"e"))]).await.iter().all(Result::is_err));
+        assert_eq!((count("up", "write_batch", "ok"), count("down", "write_batch", "error"), count("up", "write", "ok")), (1, 1, 1));
 
         let cache: Arc<dyn ActionCacheStore> = Arc::new(MemoryStore::new(1 << 20, Admission::Always));
         let ac = Metered::new(cache, "up", metrics.clone());

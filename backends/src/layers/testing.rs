@@ -148,3 +148,34 @@ impl crate::store::ActionCacheStore for Down {
         Err(Down::error())
     }
 }
+
+/// A store that breaks the batch contract: its `write_many` answers nothing (a test double for a
+/// buggy tier; every other call fails).
+pub struct Mute;
+
+#[async_trait]
+impl BlobStore for Mute {
+    async fn contains(&self, _: &[Digest]) -> Result<Vec<bool>> {
+        Err(Down::error())
+    }
+
+    async fn read(&self, _: &Digest, _: u64, _: Option<u64>) -> Result<Option<Blob>> {
+        Err(Down::error())
+    }
+
+    async fn write(&self, _: &Digest, _: Bytes) -> Result<()> {
+        Err(Down::error())
+    }
+
+    async fn write_many(&self, _: Vec<(Digest, Bytes)>) -> Vec<Result<()>> {
+        Vec::new()
+    }
+
+    async fn writer(&self, _: &Digest) -> Result<Box<dyn BlobWriter>> {
+        Err(Down::error())
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
+    }
+}

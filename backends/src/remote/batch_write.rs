@@ -9,7 +9,7 @@ use tonic::{Code, Status};
 
 use super::{proto, RemoteStore, IDENTITY, SMALL_BLOB, ZSTD};
 use crate::digest::{Digest, DigestFunction};
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::store::BlobStore;
 use crate::zstd_chunks::Settings;
 
@@ -36,7 +36,7 @@ impl RemoteStore {
         let mut batch: Vec<usize> = Vec::new();
         let mut batch_bytes = 0;
         for (i, (digest, data)) in blobs.iter().enumerate() {
-            outcomes.push(Ok(()));
+            outcomes.push(Err(StoreError::unanswered()));
             if !travels_in_batches(digest, max_batch) {
                 outcomes[i] = self.write(digest, data.clone()).await;
                 continue;

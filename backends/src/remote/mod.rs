@@ -460,7 +460,7 @@ impl BlobStore for RemoteStore {
     async fn write(&self, digest: &Digest, data: Bytes) -> Result<()> {
         if self.is_small(digest).await? {
             let mut outcomes = self.update_batch(digest.function, &[(*digest, data)]).await;
-            return outcomes.pop().unwrap_or(Ok(()));
+            return outcomes.pop().unwrap_or_else(|| Err(StoreError::unanswered()));
         }
         let mut writer = Box::new(self.start_upload(digest).await?);
         writer.append(data).await?;
