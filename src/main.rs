@@ -7,6 +7,12 @@ use clap::{Parser, Subcommand};
 use strata::config::{Config, DEFAULT_CONFIG};
 use strata::server::Server;
 
+/// glibc's malloc took 17% of the server's CPU writing small blobs (each blob's buffer freed and
+/// allocated again as the memory tier evicts and takes entries); mimalloc's per-thread free lists
+/// cost a fraction of that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "strata", version, about = "A remote build cache and execution service speaking REAPI v2", args_override_self = true)]
 struct Cli {

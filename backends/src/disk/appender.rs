@@ -27,7 +27,9 @@ const ZERO_AHEAD: u64 = 1 << 20;
 /// Most bytes of small records gathered into one `pwrite`.
 const RUN_LIMIT: u64 = 1 << 20;
 
-/// Small records gathered for one write, and their index entries.
+/// Small records gathered for one write, and their index entries. The writer thread keeps one for
+/// its life: a buffer grown anew for every run cost a realloc copy of the run (2% of the server's
+/// time writing small blobs).
 #[derive(Default)]
 struct Run {
     buf: Vec<u8>,
@@ -66,10 +68,11 @@ impl Appender {
         let tickets = Arc::new(Tickets::default());
         let done = tickets.clone();
         std::thread::Builder::new().name(format!("strata-disk-{name}")).spawn(move || {
+            let mut run = Run { buf: Vec::with_capacity(RUN_LIMIT as usize), entries: Vec::new() };
             while let Ok(job) = rx.recv() {
                 let Some(inner) = log.upgrade() else { return };
                 let log = DiskLog { inner };
-                let results = log.append_all(&job.records);
+                let results = log.append_all(&job.records, &mut run);
                 done.counts.lock().1 += 1;
                 done.progress.notify_all();
                 match job.reply {
@@ -141,16 +144,15 @@ impl DiskLog {
     /// (for durability). Consecutive small records go out in one `pwrite`: a 4 KiB blob's record
     /// spans two pages, and the kernel's cost is per page a write touches. Blocking: only the writer
     /// thread (`appender`) calls it.
-    fn append_all(&self, records: &[Record]) -> Vec<Result<u64>> {
+    fn append_all(&self, records: &[Record], run: &mut Run) -> Vec<Result<u64>> {
         let mut w = self.inner.writer.lock();
         let mut results = Vec::with_capacity(records.len());
-        let mut run = Run::default();
         for (key, form, payload) in records {
             let rec = record_len(payload.len() as u64);
             let small = payload.len() <= COALESCE_LIMIT;
             let run_len = run.buf.len() as u64;
             if !small || run_len + rec > RUN_LIMIT || w.offset + run_len + rec > w.open.len() {
-                results.extend(self.write_run(&mut w, &mut run));
+                results.extend(self.write_run(&mut w, run));
             }
             if w.offset + rec > w.open.len() {
                 if let Err(e) = self.roll(&mut w) {
@@ -176,20 +178,24 @@ impl DiskLog {
                 Err(e) => vec![Err(e)],
             });
         }
-        results.extend(self.write_run(&mut w, &mut run));
+        results.extend(self.write_run(&mut w, run));
         results
     }
 
-    /// Writes the records gathered in `run` at the end of the open segment, and publishes them.
+    /// Writes the records gathered in `run` at the end of the open segment, publishes them, and
+    /// empties `run` for the next.
     fn write_run(&self, w: &mut Writer, run: &mut Run) -> Vec<Result<u64>> {
         if run.entries.is_empty() {
             return Vec::new();
         }
-        let Run { buf, entries } = std::mem::take(run);
-        match Self::zero_ahead(w, buf.len() as u64, false).and_then(|()| w.open.write_at(w.offset, &buf)) {
-            Ok(()) => self.publish(w, &entries, buf.len() as u64).into_iter().map(Ok).collect(),
+        let Run { buf, entries } = run;
+        let results = match Self::zero_ahead(w, buf.len() as u64, false).and_then(|()| w.open.write_at(w.offset, buf)) {
+            Ok(()) => self.publish(w, entries, buf.len() as u64).into_iter().map(Ok).collect(),
             Err(e) => e.shared_by(entries.len()).into_iter().map(Err).collect(),
-        }
+        };
+        buf.clear();
+        entries.clear();
+        results
     }
 
     /// Makes records just written (`len` bytes at the writer's offset) readable through the index:
