@@ -33,7 +33,9 @@ use crate::services::operations::OperationsService;
 use crate::instances::{Instance, Instances};
 use crate::services::action_cache::ActionCacheService;
 use crate::services::bytestream::ByteStreamService;
-use crate::services::bytestream_read::ZeroCopyRead;
+use crate::services::bytestream_read::{read_handler, READ_PATH};
+use crate::services::cas_batch_read::{batch_read_handler, BATCH_READ_PATH};
+use crate::services::raw_route::Intercept;
 use crate::services::capabilities::CapabilitiesService;
 use crate::services::asset::AssetService;
 use crate::services::cas::CasService;
@@ -344,13 +346,13 @@ impl Server {
             let generated = ByteStreamServer::from_arc(bytestream.clone())
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message);
+            let cas = Arc::new(CasService { instances: instances.clone() });
+            let generated_cas = ContentAddressableStorageServer::from_arc(cas.clone())
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message);
             router = router
-                .add_service(
-                    ContentAddressableStorageServer::new(CasService { instances: instances.clone() })
-                        .max_decoding_message_size(max_message)
-                        .max_encoding_message_size(max_message),
-                )
-                .add_service(ZeroCopyRead::new(bytestream, generated, max_message));
+                .add_service(Intercept::new(BATCH_READ_PATH, batch_read_handler(cas, max_message), generated_cas))
+                .add_service(Intercept::new(READ_PATH, read_handler(bytestream, max_message), generated));
         }
         if instances.any_serves(|i| i.action_cache.is_some()) {
             router = router.add_service(

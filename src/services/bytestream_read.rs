@@ -5,108 +5,38 @@
 //! and h2 writes it from there. The request, the checks and the answer are those of
 //! `ByteStreamService::read`; Write and QueryWriteStatus go on to the generated server.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
-use futures::future::BoxFuture;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use http_body::Frame;
-use http_body_util::{BodyExt, Limited, StreamBody};
-use prost::Message;
 use strata_backends::bytestream::byte_stream_server::ByteStream;
 use strata_backends::bytestream::{ReadRequest, ReadResponse};
 use tonic::body::Body;
-use tonic::metadata::MetadataMap;
-use tonic::server::NamedService;
 use tonic::Status;
 
 use super::bytestream::ByteStreamService;
+use super::raw_route::{self, frame_head, trailers, Handler};
 
-const READ_PATH: &str = "/google.bytestream.ByteStream/Read";
+pub const READ_PATH: &str = "/google.bytestream.ByteStream/Read";
 /// `ReadResponse.data`.
 const DATA_FIELD: u32 = 10;
 
-/// The ByteStream service: Read served here, the other methods by `inner` (the generated server).
-#[derive(Clone)]
-pub struct ZeroCopyRead<S> {
-    service: Arc<ByteStreamService>,
-    inner: S,
-    max_request: usize,
-}
-
-impl<S> ZeroCopyRead<S> {
-    pub fn new(service: Arc<ByteStreamService>, inner: S, max_request: usize) -> Self {
-        ZeroCopyRead { service, inner, max_request }
-    }
-}
-
-impl<S> NamedService for ZeroCopyRead<S> {
-    const NAME: &'static str = "google.bytestream.ByteStream";
-}
-
-impl<S> tower_service::Service<http::Request<Body>> for ZeroCopyRead<S>
-where
-    S: tower_service::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<http::Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if request.uri().path() != READ_PATH {
-            let mut inner = self.inner.clone();
-            return Box::pin(async move { inner.call(request).await });
-        }
-        let (service, max_request) = (self.service.clone(), self.max_request);
+/// Answers ByteStream Read calls with `service`, its data sent as stored.
+pub fn read_handler(service: Arc<ByteStreamService>, max_request: usize) -> Handler {
+    Arc::new(move |request| {
+        let service = service.clone();
         Box::pin(async move {
-            let answer = match read_request(request, max_request).await {
+            let answer = match raw_route::unary_request::<ReadRequest>(request, max_request, "ReadRequest").await {
                 Ok(request) => service.read(request).await,
                 Err(status) => Err(status),
             };
-            Ok(match answer {
+            match answer {
                 Ok(response) => streamed(response.into_inner()),
                 Err(status) => status.into_http(),
-            })
+            }
         })
-    }
-}
-
-/// The one ReadRequest of the call, checked as tonic checks a request (uncompressed, within the
-/// message limit, decodable), with the headers and extensions (the caller's identity) it came with.
-async fn read_request(request: http::Request<Body>, max_request: usize) -> Result<tonic::Request<ReadRequest>, Status> {
-    let (parts, body) = request.into_parts();
-    if let Some(encoding) = parts.headers.get("grpc-encoding").filter(|e| e.as_bytes() != b"identity") {
-        let encoding = String::from_utf8_lossy(encoding.as_bytes());
-        return Err(Status::unimplemented(format!("the request is compressed with {encoding}, which this server does not accept")));
-    }
-    let too_large = || Status::resource_exhausted(format!("the ReadRequest exceeds {max_request} bytes"));
-    // The frame head (5 bytes) and the message.
-    let mut body = match Limited::new(body, max_request + 5).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(e) => return Err(Status::cancelled(format!("the request did not arrive whole: {e}"))),
-    };
-    if body.len() < 5 {
-        return Err(Status::invalid_argument("the call carries no ReadRequest"));
-    }
-    let compressed = body.get_u8();
-    let len = body.get_u32() as usize;
-    if compressed != 0 {
-        return Err(Status::unimplemented("the ReadRequest is compressed, which this server does not accept"));
-    }
-    if len > max_request {
-        return Err(too_large());
-    }
-    let message = body.get(..len).ok_or_else(|| Status::invalid_argument(format!("the ReadRequest is cut short: {} of {len} bytes", body.len())))?;
-    let message = ReadRequest::decode(message).map_err(|e| Status::invalid_argument(format!("the request is not a valid ReadRequest ({e})")))?;
-    Ok(tonic::Request::from_parts(MetadataMap::from_headers(parts.headers), parts.extensions, message))
+    })
 }
 
 /// The gRPC response of a stream of ReadResponses: each one a message head and its data as they
@@ -131,9 +61,7 @@ fn streamed(responses: super::bytestream::ReadStream) -> http::Response<Body> {
             futures::future::ready(Some(futures::stream::iter(frames)))
         })
         .flatten();
-    let mut response = http::Response::new(Body::new(StreamBody::new(frames)));
-    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
-    response
+    raw_route::response(frames)
 }
 
 /// A ReadResponse as the gRPC frame head and protobuf field head that precede its data, and the
@@ -146,23 +74,15 @@ fn message_head(response: ReadResponse) -> (Bytes, Bytes) {
         prost::encoding::encode_varint(data.len() as u64, &mut field);
     }
     let mut head = BytesMut::with_capacity(5 + field.len());
-    head.extend_from_slice(&[0]);
-    head.extend_from_slice(&((field.len() + data.len()) as u32).to_be_bytes());
+    head.extend_from_slice(&frame_head(field.len() + data.len()));
     head.extend_from_slice(&field);
     (head.freeze(), data)
-}
-
-fn trailers(status: &Status) -> http::HeaderMap {
-    let mut trailers = http::HeaderMap::new();
-    if status.add_header(&mut trailers).is_err() {
-        trailers.insert("grpc-status", http::HeaderValue::from(tonic::Code::Internal as i32));
-    }
-    trailers
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
 
     /// The head and the data together are the message tonic would have sent.
     #[test]

@@ -33,7 +33,56 @@ pub struct CasService {
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// One blob of a BatchReadBlobs answer, its data as storage handed it out.
+pub struct BatchRead {
+    pub digest: reapi::Digest,
+    pub data: Bytes,
+    pub compressor: i32,
+    pub status: bazel_remote_apis::google::rpc::Status,
+}
+
 impl CasService {
+    /// BatchReadBlobs: each blob with its own status, in the order asked.
+    pub async fn batch_read(&self, request: Request<reapi::BatchReadBlobsRequest>) -> Result<Vec<BatchRead>, Status> {
+        let access = Access::of(&request)?.clone();
+        let req = request.into_inner();
+        let cas = self.instances.cas(&access, &req.instance_name)?;
+        let function = digest_function(req.digest_function)?;
+        let digests = parse_digests(function, &req.digests, "digests")?;
+        self.check_batch_size(digests.iter().map(|d| d.size).sum(), "BatchReadBlobs")?;
+        let zstd_ok = req.acceptable_compressors.contains(&ZSTD);
+        let reads = digests.iter().map(|digest| async move {
+            let answer = |data: Bytes, compressor, status| BatchRead { digest: to_proto(digest), data, compressor, status };
+            // A blob stored compressed goes as stored (the stored form is smaller by construction).
+            if zstd_ok {
+                if let Ok(Some(frames)) = cas.read_zstd(digest, 0).await {
+                    if let Ok(frames) = frames.into_bytes().await {
+                        return answer(frames, ZSTD, protocol::ok_rpc());
+                    }
+                }
+            }
+            let (data, status) = match cas.read_whole(digest).await {
+                Ok(Some(data)) => (data, protocol::ok_rpc()),
+                Ok(None) => (Bytes::new(), protocol::to_rpc(&Status::not_found(format!("blob {digest} not found")))),
+                Err(e) => (Bytes::new(), protocol::to_rpc(&status::from_store(e))),
+            };
+            // Compressed only where that makes the answer smaller.
+            let (data, compressor) = match zstd_ok && !data.is_empty() {
+                true => match compression::compress(&data) {
+                    Some(smaller) if smaller.len() < data.len() => (Bytes::from(smaller), ZSTD),
+                    _ => (data, IDENTITY),
+                },
+                false => (data, IDENTITY),
+            };
+            answer(data, compressor, status)
+        });
+        let reads = futures::future::join_all(reads).await;
+        let missing = reads.iter().filter(|r| r.status.code == tonic::Code::NotFound as i32).count() as u64;
+        let found = reads.iter().filter(|r| r.status.code == 0).count() as u64;
+        self.instances.metrics.looked_up(&req.instance_name, "cas", "read", found, missing);
+        Ok(reads)
+    }
+
     fn check_batch_size(&self, total: u64, what: &str) -> Result<(), Status> {
         let limit = self.instances.max_batch_total_size;
         if total > limit {
@@ -114,43 +163,15 @@ impl ContentAddressableStorage for CasService {
         &self,
         request: Request<reapi::BatchReadBlobsRequest>,
     ) -> Result<Response<reapi::BatchReadBlobsResponse>, Status> {
-        let access = Access::of(&request)?.clone();
-        let req = request.into_inner();
-        let cas = self.instances.cas(&access, &req.instance_name)?;
-        let function = digest_function(req.digest_function)?;
-        let digests = parse_digests(function, &req.digests, "digests")?;
-        self.check_batch_size(digests.iter().map(|d| d.size).sum(), "BatchReadBlobs")?;
-        let zstd_ok = req.acceptable_compressors.contains(&ZSTD);
-        let reads = digests.iter().map(|digest| async move {
-            let answer = |data: Vec<u8>, compressor, status| batch_read_blobs_response::Response { digest: Some(to_proto(digest)), data, compressor, status: Some(status) };
-            // A blob stored compressed goes as stored (the stored form is smaller by construction).
-            if zstd_ok {
-                if let Ok(Some(frames)) = cas.read_zstd(digest, 0).await {
-                    if let Ok(frames) = frames.into_bytes().await {
-                        return answer(frames.to_vec(), ZSTD, protocol::ok_rpc());
-                    }
-                }
-            }
-            let (data, status) = match cas.read_whole(digest).await {
-                Ok(Some(data)) => (data.to_vec(), protocol::ok_rpc()),
-                Ok(None) => (Vec::new(), protocol::to_rpc(&Status::not_found(format!("blob {digest} not found")))),
-                Err(e) => (Vec::new(), protocol::to_rpc(&status::from_store(e))),
-            };
-            // Compressed only where that makes the answer smaller.
-            let (data, compressor) = match zstd_ok && !data.is_empty() {
-                true => match compression::compress(&data) {
-                    Some(smaller) if smaller.len() < data.len() => (smaller, ZSTD),
-                    _ => (data, IDENTITY),
-                },
-                false => (data, IDENTITY),
-            };
-            answer(data, compressor, status)
+        // Served by `cas_batch_read` over the network; this copy of each blob into its message is
+        // what that route saves.
+        let responses = self.batch_read(request).await?.into_iter().map(|read| batch_read_blobs_response::Response {
+            digest: Some(read.digest),
+            data: read.data.to_vec(),
+            compressor: read.compressor,
+            status: Some(read.status),
         });
-        let responses = futures::future::join_all(reads).await;
-        let missing = responses.iter().filter(|r| r.status.as_ref().is_some_and(|s| s.code == tonic::Code::NotFound as i32)).count() as u64;
-        let found = responses.iter().filter(|r| r.status.as_ref().is_some_and(|s| s.code == 0)).count() as u64;
-        self.instances.metrics.looked_up(&req.instance_name, "cas", "read", found, missing);
-        Ok(Response::new(reapi::BatchReadBlobsResponse { responses }))
+        Ok(Response::new(reapi::BatchReadBlobsResponse { responses: responses.collect() }))
     }
 
     type GetTreeStream = ResponseStream<reapi::GetTreeResponse>;

@@ -9,8 +9,10 @@ pub mod bytestream_read;
 pub mod capabilities;
 pub mod bots;
 pub mod cas;
+pub mod cas_batch_read;
 pub mod execution;
 pub mod operations;
+pub mod raw_route;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use strata_backends::{Digest, DigestFunction};

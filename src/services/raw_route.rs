@@ -1,0 +1,119 @@
+//! One gRPC method answered by hand beside the generated server that answers the rest of its
+//! service. tonic's encoder copies every message into its own buffer (and grows that buffer by
+//! copying again) before hyper sends it; the methods that answer with blobs (ByteStream Read,
+//! BatchReadBlobs) instead send each blob as the `Bytes` storage handed out, behind a few bytes of
+//! message head, and h2 writes it from there.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use futures::future::BoxFuture;
+use futures::Stream;
+use http_body::Frame;
+use http_body_util::{BodyExt, Limited, StreamBody};
+use prost::Message;
+use tonic::body::Body;
+use tonic::metadata::MetadataMap;
+use tonic::server::NamedService;
+use tonic::Status;
+
+/// Answers a call of the intercepted method.
+pub type Handler = Arc<dyn Fn(http::Request<Body>) -> BoxFuture<'static, http::Response<Body>> + Send + Sync>;
+
+/// A service whose calls of `path` go to `handler`, and every other call to `inner`.
+#[derive(Clone)]
+pub struct Intercept<S> {
+    path: &'static str,
+    handler: Handler,
+    inner: S,
+}
+
+impl<S> Intercept<S> {
+    pub fn new(path: &'static str, handler: Handler, inner: S) -> Self {
+        Intercept { path, handler, inner }
+    }
+}
+
+impl<S: NamedService> NamedService for Intercept<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> tower_service::Service<http::Request<Body>> for Intercept<S>
+where
+    S: tower_service::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if request.uri().path() != self.path {
+            let mut inner = self.inner.clone();
+            return Box::pin(async move { inner.call(request).await });
+        }
+        let answer = (self.handler)(request);
+        Box::pin(async move { Ok(answer.await) })
+    }
+}
+
+/// The one request message of a unary or server-streaming call, checked as tonic checks it
+/// (uncompressed, within the message limit, decodable), with the headers and extensions (the
+/// caller's identity) it came with. `name` is the message's name, for errors.
+pub async fn unary_request<M: Message + Default>(request: http::Request<Body>, max_request: usize, name: &str) -> Result<tonic::Request<M>, Status> {
+    let (parts, body) = request.into_parts();
+    if let Some(encoding) = parts.headers.get("grpc-encoding").filter(|e| e.as_bytes() != b"identity") {
+        let encoding = String::from_utf8_lossy(encoding.as_bytes());
+        return Err(Status::unimplemented(format!("the request is compressed with {encoding}, which this server does not accept")));
+    }
+    let too_large = || Status::resource_exhausted(format!("the {name} exceeds {max_request} bytes"));
+    // The frame head (5 bytes) and the message.
+    let mut body = match Limited::new(body, max_request + 5).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(e) => return Err(Status::cancelled(format!("the request did not arrive whole: {e}"))),
+    };
+    if body.len() < 5 {
+        return Err(Status::invalid_argument(format!("the call carries no {name}")));
+    }
+    let compressed = body.get_u8();
+    let len = body.get_u32() as usize;
+    if compressed != 0 {
+        return Err(Status::unimplemented(format!("the {name} is compressed, which this server does not accept")));
+    }
+    if len > max_request {
+        return Err(too_large());
+    }
+    let message = body.get(..len).ok_or_else(|| Status::invalid_argument(format!("the {name} is cut short: {} of {len} bytes", body.len())))?;
+    let message = M::decode(message).map_err(|e| Status::invalid_argument(format!("the request is not a valid {name} ({e})")))?;
+    Ok(tonic::Request::from_parts(MetadataMap::from_headers(parts.headers), parts.extensions, message))
+}
+
+/// The 5-byte gRPC frame head of an uncompressed message of `len` bytes.
+pub fn frame_head(len: usize) -> [u8; 5] {
+    let mut head = [0u8; 5];
+    head[1..].copy_from_slice(&(len as u32).to_be_bytes());
+    head
+}
+
+/// A gRPC response whose body is `frames` (data, then the trailers that carry the status).
+pub fn response(frames: impl Stream<Item = Result<Frame<Bytes>, Status>> + Send + 'static) -> http::Response<Body> {
+    let mut response = http::Response::new(Body::new(StreamBody::new(frames)));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    response
+}
+
+/// The trailers that end a call with `status`.
+pub fn trailers(status: &Status) -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::new();
+    if status.add_header(&mut trailers).is_err() {
+        trailers.insert("grpc-status", http::HeaderValue::from(tonic::Code::Internal as i32));
+    }
+    trailers
+}
