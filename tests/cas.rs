@@ -36,6 +36,16 @@ async fn upload_find_and_read_back() {
     assert_eq!(resp.responses[2].data, medium);
     assert!(resp.responses[3].data.is_empty());
 
+    // Blobs from 64 KiB on leave the server as stored, between the pieces of the rest of the answer.
+    let large = content(4, 300_000);
+    upload(&mut cas, "", &[&large]).await;
+    let asked = vec![sha256(&small), sha256(&large), sha256(&absent), sha256(&large), sha256(&medium)];
+    let resp = cas.batch_read_blobs(read("", asked.clone())).await.unwrap().into_inner();
+    let digests: Vec<reapi::Digest> = resp.responses.iter().map(|r| r.digest.clone().unwrap()).collect();
+    assert_eq!(digests, asked, "one answer per digest asked, in order");
+    let datas: Vec<&[u8]> = resp.responses.iter().map(|r| r.data.as_slice()).collect();
+    assert_eq!(datas, vec![&small[..], &large[..], &[][..], &large[..], &medium[..]]);
+
     // Storage is shared by instances on the same stack, so another instance sees the blob.
     assert!(missing(&mut cas, "team/a", vec![sha256(&small)]).await.is_empty());
 }
@@ -235,6 +245,42 @@ async fn get_tree_leaves_out_missing_subtrees() {
 struct Undecodable {
     #[prost(bytes = "vec", tag = "1")]
     data: Vec<u8>,
+}
+
+/// BatchReadBlobs is served by a route of its own (it builds the answer without tonic's copies): the
+/// calls tonic would refuse are refused there with the contract's statuses.
+#[tokio::test]
+async fn malformed_batch_read_calls_get_the_contract_statuses() {
+    let server = TestServer::start().await;
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    let path = || http::uri::PathAndQuery::from_static("/build.bazel.remote.execution.v2.ContentAddressableStorage/BatchReadBlobs");
+    // Field 1 is the instance name, a string: invalid UTF-8 there makes the request undecodable.
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<Undecodable, reapi::BatchReadBlobsResponse>::default();
+    let err = grpc.unary(tonic::Request::new(Undecodable { data: vec![0xff, 0xfe] }), path(), codec).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(err.message().contains("not a valid BatchReadBlobsRequest"), "{}", err.message());
+
+    // A request larger than the message limit (max_batch_total_size plus framing).
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<Undecodable, reapi::BatchReadBlobsResponse>::default();
+    let err = grpc.unary(tonic::Request::new(Undecodable { data: vec![b'a'; 8 << 20] }), path(), codec).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    assert!(err.message().len() < 200, "{}", err.message());
+
+    // A call that ends without its request.
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<reapi::BatchReadBlobsRequest, reapi::BatchReadBlobsResponse>::default();
+    let none = tonic::Request::new(futures::stream::empty::<reapi::BatchReadBlobsRequest>());
+    let err = grpc.client_streaming(none, path(), codec).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+
+    // The route still answers good calls on the same connection, and the other methods reach the
+    // generated server.
+    let mut cas = server.cas().await;
+    upload(&mut cas, "", &[b"still here"]).await;
+    let resp = cas.batch_read_blobs(read("", vec![sha256(b"still here")])).await.unwrap().into_inner();
+    assert_eq!(resp.responses[0].data, b"still here");
 }
 
 #[tokio::test]
