@@ -122,6 +122,49 @@ async fn an_action_cannot_poison_the_inputs_of_later_actions_bubblewrap_runner()
     inputs_cannot_be_poisoned("bubblewrap").await;
 }
 
+/// Action directories are kept for later actions (see `bot::action::Scratches`): what an action leaves
+/// behind, read-only directories included, is gone before the next one starts, and a directory an
+/// action tampered with outside its root is removed rather than used again.
+#[tokio::test]
+async fn an_action_directory_is_emptied_before_another_action_uses_it() {
+    let (server, tmp) = start().await;
+    let bot = InProcessBot::start_with(format!("grpc://{}", server.addr), None, &tmp.path().join("bot"), 1, &[], "host");
+    let actions_dir = tmp.path().join("bot/actions");
+    let stdout = |response: &reapi::ExecuteResponse| response.result.as_ref().map(|r| r.stdout_digest.clone());
+    let run = |script: &'static str| {
+        let server = &server;
+        async move { execute(server, &action(server, &sh(script)).await).await }
+    };
+
+    let first = run("mkdir -p d/e && touch d/e/f && chmod 555 d/e d && echo left > leftover && echo first && echo oops >&2 && chmod 500 .").await;
+    assert_eq!(first.result.as_ref().map(|r| r.exit_code), Some(0), "{:?}", first.status);
+    let second = run("ls -A; echo second").await;
+    assert_eq!(read_blob(&server, &stdout(&second).unwrap()).await, b"second\n", "the root is empty and the last stdout gone");
+    let stderr = second.result.as_ref().map(|r| r.stderr_digest.clone()).unwrap();
+    assert!(read_blob(&server, &stderr).await.is_empty(), "the last stderr is gone");
+    assert_eq!(std::fs::read_dir(&actions_dir).unwrap().count(), 1, "one directory, kept between the actions");
+
+    // An action that makes the bot's own files symlinks: the next one writes through none of them.
+    let victim = tmp.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    for script in [format!("ln -sf {0} ../stdout; ln -sf {0} ../stderr", victim.display()), "cd .. && rm -rf root && ln -s / root".to_string()] {
+        let tamper = execute(&server, &action(&server, &sh(&script)).await).await;
+        assert!(tamper.result.is_some(), "{script}: {:?}", tamper.status);
+        let next = run("ls -A; echo next").await;
+        assert_eq!(next.result.as_ref().map(|r| r.exit_code), Some(0), "after {script}: {:?}", next.status);
+        assert_eq!(read_blob(&server, &stdout(&next).unwrap()).await, b"next\n", "after {script}");
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "nothing was written through a symlink");
+    for entry in std::fs::read_dir(&actions_dir).unwrap() {
+        let dir = entry.unwrap().path();
+        for name in ["stdout", "stderr", "root"] {
+            let meta = std::fs::symlink_metadata(dir.join(name)).unwrap();
+            assert!(!meta.file_type().is_symlink(), "{} is still a symlink", dir.join(name).display());
+        }
+    }
+    bot.stop().await;
+}
+
 /// How a root bot starts its actions as another user.
 #[derive(Clone, Copy, PartialEq)]
 enum Start {

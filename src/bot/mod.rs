@@ -196,7 +196,7 @@ pub async fn run(args: BotArgs, shutdown: impl Future<Output = ()>) -> Result<()
     std::fs::create_dir_all(&actions_dir).map_err(|e| BotError::io(&actions_dir, e))?;
     let absolute = std::path::absolute(&actions_dir).map_err(|e| BotError::io(&actions_dir, e))?;
     let runner = runner::Runner::new(args.runner, args.run_as.as_deref(), &absolute, args.spawner.as_deref()).await?;
-    let ctx = Arc::new(Context { bot_id: bot_id(&args), cache, runner, actions_dir });
+    let ctx = Arc::new(Context { bot_id: bot_id(&args), cache, runner, scratches: Arc::new(action::Scratches::new(actions_dir)) });
     let client = BotsClient::new(crate::protocol::channel(&args.server, &auth, Duration::from_secs(5))?);
     let mut bot = Bot { args, ctx, client, slots: HashMap::new(), current: None, version: String::new() };
     tokio::select! {
@@ -378,7 +378,7 @@ impl Bot {
         let id = lease.id.clone();
         Slot::Running(tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let slot = match action::run(ctx, id.clone(), payload).await {
+            let slot = match action::run(ctx, payload).await {
                 Ok(result) => {
                     tracing::info!(lease = %id, exit_code = result.exit_code, elapsed = ?started.elapsed(), "action finished");
                     Slot::Done { result: Some(Box::new(result)), status: crate::protocol::ok_rpc() }
