@@ -147,7 +147,12 @@ async fn an_action_directory_is_emptied_before_another_action_uses_it() {
     // An action that makes the bot's own files symlinks: the next one writes through none of them.
     let victim = tmp.path().join("victim");
     std::fs::write(&victim, b"precious").unwrap();
-    for script in [format!("ln -sf {0} ../stdout; ln -sf {0} ../stderr", victim.display()), "cd .. && rm -rf root && ln -s / root".to_string()] {
+    let scripts = [
+        format!("ln -sf {0} ../stdout; ln -sf {0} ../stderr", victim.display()),
+        format!("rm ../stderr && ln {} ../stderr", victim.display()),
+        "cd .. && rm -rf root && ln -s / root".to_string(),
+    ];
+    for script in scripts {
         let tamper = execute(&server, &action(&server, &sh(&script)).await).await;
         assert!(tamper.result.is_some(), "{script}: {:?}", tamper.status);
         let next = run("ls -A; echo next").await;

@@ -106,11 +106,12 @@ impl Drop for Scratch {
 }
 
 /// Whether the bot's own files in an action directory are still what it made them: an action may have
-/// replaced them (with a symlink, say).
+/// replaced them with a symlink, or with a hard link to a file the next truncation would empty.
 fn own_files_intact(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
     for name in ["stdout", "stderr"] {
         match std::fs::symlink_metadata(dir.join(name)) {
-            Ok(meta) if !meta.is_file() => return Err(std::io::Error::other(format!("{name} is no longer a file"))),
+            Ok(meta) if !meta.is_file() || meta.nlink() != 1 => return Err(std::io::Error::other(format!("{name} is no longer a file of its own"))),
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
