@@ -24,19 +24,11 @@ const DATA_FIELD: u32 = 10;
 
 /// Answers ByteStream Read calls with `service`, its data sent as stored.
 pub fn read_handler(service: Arc<ByteStreamService>, max_request: usize) -> Handler {
-    Arc::new(move |request| {
+    let read = move |request| {
         let service = service.clone();
-        Box::pin(async move {
-            let answer = match raw_route::unary_request::<ReadRequest>(request, max_request, "ReadRequest").await {
-                Ok(request) => service.read(request).await,
-                Err(status) => Err(status),
-            };
-            match answer {
-                Ok(response) => streamed(response.into_inner()),
-                Err(status) => status.into_http(),
-            }
-        })
-    })
+        async move { service.read(request).await.map(tonic::Response::into_inner) }
+    };
+    raw_route::handler::<ReadRequest, _, _, _>(max_request, "ReadRequest", read, streamed)
 }
 
 /// The gRPC response of a stream of ReadResponses: each one a message head and its data as they

@@ -12,6 +12,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http_body::Frame;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
+use tonic::body::Body;
 use tonic::Status;
 
 use super::cas::{BatchRead, CasService};
@@ -30,22 +31,17 @@ const DATA_FIELD: u32 = 2;
 
 /// Answers BatchReadBlobs calls with `service`.
 pub fn batch_read_handler(service: Arc<CasService>, max_request: usize) -> Handler {
-    Arc::new(move |request| {
+    let read = move |request| {
         let service = service.clone();
-        Box::pin(async move {
-            let answer = match raw_route::unary_request::<BatchReadBlobsRequest>(request, max_request, "BatchReadBlobsRequest").await {
-                Ok(request) => service.batch_read(request).await,
-                Err(status) => Err(status),
-            };
-            match answer {
-                Ok(reads) => {
-                    let frames = encoded(reads).into_iter().map(Frame::data).chain([Frame::trailers(trailers(&Status::ok("")))]);
-                    raw_route::response(futures::stream::iter(frames.map(Ok)))
-                }
-                Err(status) => status.into_http(),
-            }
-        })
-    })
+        async move { service.batch_read(request).await }
+    };
+    raw_route::handler::<BatchReadBlobsRequest, _, _, _>(max_request, "BatchReadBlobsRequest", read, answer)
+}
+
+/// The answer: its pieces, then the trailers of an OK status.
+fn answer(reads: Vec<BatchRead>) -> http::Response<Body> {
+    let frames = encoded(reads).into_iter().map(Frame::data).chain([Frame::trailers(trailers(&Status::ok("")))]);
+    raw_route::response(futures::stream::iter(frames.map(Ok)))
 }
 
 /// The gRPC message of the answer, as pieces to send in order: heads and the blobs between them.

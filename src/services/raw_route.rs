@@ -5,6 +5,7 @@
 //! message head, and h2 writes it from there.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -21,6 +22,28 @@ use tonic::Status;
 
 /// Answers a call of the intercepted method.
 pub type Handler = Arc<dyn Fn(http::Request<Body>) -> BoxFuture<'static, http::Response<Body>> + Send + Sync>;
+
+/// A handler that decodes the call's one `M` (see `unary_request`; `name` is the message's name), has
+/// `call` answer it, and sends the answer as `respond` makes it, or the status of what failed.
+pub fn handler<M, T, F, Fut>(max_request: usize, name: &'static str, call: F, respond: fn(T) -> http::Response<Body>) -> Handler
+where
+    M: Message + Default + 'static,
+    T: 'static,
+    F: Fn(tonic::Request<M>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T, Status>> + Send + 'static,
+{
+    let call = Arc::new(call);
+    Arc::new(move |request| {
+        let call = call.clone();
+        Box::pin(async move {
+            let answer = match unary_request::<M>(request, max_request, name).await {
+                Ok(request) => call(request).await,
+                Err(status) => Err(status),
+            };
+            answer.map_or_else(Status::into_http, respond)
+        })
+    })
+}
 
 /// A service whose calls of `path` go to `handler`, and every other call to `inner`.
 #[derive(Clone)]
