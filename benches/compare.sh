@@ -245,6 +245,13 @@ lines += ["", "execute runs `true` (no inputs, `do_not_cache`, `skip_cache_looku
           "(its bot in process, host runner) and BuildGrid (8 bot.py bots), on the default's host bot (one slot per core);",
           "execute-1 is the round trip of one client. Run as root (as here), Strata's bots run the actions as nobody.",
           "", "n/a: every run failed."]
+# What a run that counted errors saw first (the client keeps one message per run), so that a count in
+# the table can be told from the server's fault, the client's check or the peer's.
+first_errors = [f"{server} {label}: {r['first_error'][:300]}" for label, *_ in rows
+                for server in ("strata", "default", "buildgrid", "before", "before-default")
+                for r in load(server, label) if r.get("errors") and r.get("first_error")]
+if first_errors:
+    lines += ["", "The first error of each run that counted errors:", "", "```", *first_errors[:30], "```"]
 if failures:
     lines += ["", "Errors reported by the client during the run:", "", "```", failures[-3000:], "```"]
 # Sections measured by other scripts (## Compression, from benches/compression.sh) are kept.
