@@ -106,7 +106,7 @@ mod tests {
         assert_eq!(store.stats().blobs, 2);
         assert_eq!(counting.contains(&[x, y, sha]).await.unwrap(), vec![true, true, false]);
         // A store that answers a batch short never acknowledges the blobs it said nothing of.
-        let short = EmptyBlob::new(Arc::new(crate::layers::testing::Mute)).write_many(vec![(sha, Bytes::new()), (x, Bytes::from_static(b"x"))]).await;
+        let short = EmptyBlob::new(Arc::new(crate::layers::testing::MUTE)).write_many(vec![(sha, Bytes::new()), (x, Bytes::from_static(b"x"))]).await;
         assert!(short[0].is_ok() && matches!(short[1], Err(StoreError::Internal(_))), "{short:?}");
         // A 0-byte digest with another hash is an ordinary (missing) blob.
         let zero = Digest { size: 0, ..other };

@@ -129,13 +129,13 @@ impl BlobStore for Metered<dyn BlobStore> {
 mod tests {
     use super::*;
     use crate::digest::DigestFunction;
-    use crate::layers::testing::Down;
+    use crate::layers::testing::DOWN;
     use crate::memory::{Admission, MemoryStore};
 
     #[tokio::test]
     async fn counts_calls_by_outcome() {
         let metrics = UpstreamMetrics::default();
-        let (store, gone): (Arc<dyn BlobStore>, Arc<dyn BlobStore>) = (Arc::new(MemoryStore::new(1 << 20, Admission::Always)), Arc::new(Down));
+        let (store, gone): (Arc<dyn BlobStore>, Arc<dyn BlobStore>) = (Arc::new(MemoryStore::new(1 << 20, Admission::Always)), Arc::new(DOWN));
         let up = Metered::new(store, "up", metrics.clone());
         let down = Metered::new(gone, "down", metrics.clone());
         let d = DigestFunction::Sha256.digest_of(b"x");
@@ -157,7 +157,7 @@ mod tests {
         assert_eq!(ac.get(&d).await.unwrap().as_deref(), Some(&b"result"[..]));
         assert_eq!(ac.get(&DigestFunction::Sha256.digest_of(b"y")).await.unwrap(), None);
         assert_eq!((count("up", "update_action_result", "ok"), count("up", "get_action_result", "ok")), (1, 2));
-        let down: Arc<dyn ActionCacheStore> = Arc::new(Down);
+        let down: Arc<dyn ActionCacheStore> = Arc::new(DOWN);
         assert!(Metered::new(down, "down", metrics.clone()).get(&d).await.is_err());
         assert_eq!(count("down", "get_action_result", "error"), 1);
     }

@@ -106,8 +106,14 @@ impl BlobStore for Counting {
     }
 }
 
-/// An upstream that is down: every call fails with UNAVAILABLE.
-pub struct Down;
+/// An upstream that is down: every call fails with UNAVAILABLE (`DOWN`). As `MUTE` it also breaks
+/// the batch contract, its `write_many` answering nothing: a test double for a buggy tier.
+pub struct Down {
+    answers_batches: bool,
+}
+
+pub const DOWN: Down = Down { answers_batches: true };
+pub const MUTE: Down = Down { answers_batches: false };
 
 impl Down {
     fn error() -> crate::error::StoreError {
@@ -129,6 +135,13 @@ impl BlobStore for Down {
         Err(Down::error())
     }
 
+    async fn write_many(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Result<()>> {
+        match self.answers_batches {
+            true => blobs.iter().map(|_| Err(Down::error())).collect(),
+            false => Vec::new(),
+        }
+    }
+
     async fn writer(&self, _: &Digest) -> Result<Box<dyn BlobWriter>> {
         Err(Down::error())
     }
@@ -146,36 +159,5 @@ impl crate::store::ActionCacheStore for Down {
 
     async fn put(&self, _: &Digest, _: Bytes) -> Result<()> {
         Err(Down::error())
-    }
-}
-
-/// A store that breaks the batch contract: its `write_many` answers nothing (a test double for a
-/// buggy tier; every other call fails).
-pub struct Mute;
-
-#[async_trait]
-impl BlobStore for Mute {
-    async fn contains(&self, _: &[Digest]) -> Result<Vec<bool>> {
-        Err(Down::error())
-    }
-
-    async fn read(&self, _: &Digest, _: u64, _: Option<u64>) -> Result<Option<Blob>> {
-        Err(Down::error())
-    }
-
-    async fn write(&self, _: &Digest, _: Bytes) -> Result<()> {
-        Err(Down::error())
-    }
-
-    async fn write_many(&self, _: Vec<(Digest, Bytes)>) -> Vec<Result<()>> {
-        Vec::new()
-    }
-
-    async fn writer(&self, _: &Digest) -> Result<Box<dyn BlobWriter>> {
-        Err(Down::error())
-    }
-
-    fn stats(&self) -> StoreStats {
-        StoreStats::default()
     }
 }

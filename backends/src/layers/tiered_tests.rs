@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use crate::digest::{Digest, DigestFunction};
 use crate::error::StoreError;
-use crate::layers::testing::{collect, Counting, Down, Forged};
+use crate::layers::testing::{collect, Counting, Forged, DOWN};
 use crate::layers::tiered::{Tier, TieredStore};
 use crate::layers::verify::Verified;
 use crate::memory::{Admission, MemoryStore};
@@ -103,7 +103,7 @@ async fn writes_succeed_when_the_durable_tiers_have_the_blob() {
     let local = memory();
     let best_effort = TieredStore::new(vec![
         Tier { durable: true, ..Tier::new("local", local.clone()) },
-        Tier { promote: false, ..Tier::new("upstream", Arc::new(Down)) },
+        Tier { promote: false, ..Tier::new("upstream", Arc::new(DOWN)) },
     ])
     .unwrap();
     best_effort.write(&digest, data.clone()).await.unwrap();
@@ -114,7 +114,7 @@ async fn writes_succeed_when_the_durable_tiers_have_the_blob() {
 
     let strict = TieredStore::new(vec![
         Tier::new("local", memory()),
-        Tier { promote: false, durable: true, ..Tier::new("upstream", Arc::new(Down)) },
+        Tier { promote: false, durable: true, ..Tier::new("upstream", Arc::new(DOWN)) },
     ])
     .unwrap();
     assert!(matches!(strict.write(&digest, data).await, Err(StoreError::Unavailable { .. })));
@@ -141,14 +141,14 @@ async fn a_batch_write_keeps_the_rules_of_single_writes_blob_by_blob() {
     let local = memory();
     let strict = TieredStore::new(vec![
         Tier::new("local", local.clone()),
-        Tier { promote: false, durable: true, ..Tier::new("upstream", Arc::new(Down)) },
+        Tier { promote: false, durable: true, ..Tier::new("upstream", Arc::new(DOWN)) },
     ])
     .unwrap();
     let outcomes = strict.write_many(vec![blob(100, 11), blob(200, 13)]).await;
     assert!(outcomes.iter().all(|o| matches!(o, Err(StoreError::Unavailable { .. }))), "{outcomes:?}");
     let best_effort = TieredStore::new(vec![
         Tier { durable: true, ..Tier::new("local", local.clone()) },
-        Tier { promote: false, ..Tier::new("upstream", Arc::new(Down)) },
+        Tier { promote: false, ..Tier::new("upstream", Arc::new(DOWN)) },
     ])
     .unwrap();
     let outcomes = best_effort.write_many(vec![blob(300, 17), blob(400, 19)]).await;
