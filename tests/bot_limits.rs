@@ -81,6 +81,34 @@ async fn large_outputs_are_streamed_and_arrive_whole() {
 }
 
 #[tokio::test]
+async fn an_action_whose_inputs_exceed_the_cache_budget_still_gets_every_one() {
+    // Files are fetched before they are linked, so the first ones fetched are evicted by the last
+    // before the link: they must be fetched again, not reported missing.
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(CONFIG, &tmp.path().join("server")).await;
+    let mut args = InProcessBot::args(format!("grpc://{}", server.addr), None, &tmp.path().join("bot"), 1, &[], "host");
+    args.cache_size = strata::units::ByteSize(100_000);
+    let bot = InProcessBot::run(args);
+    let mut cas = server.cas().await;
+    let inputs: Vec<Vec<u8>> = (0..5u8).map(|i| vec![b'k' + i; 40_000]).collect();
+    let files = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, data)| reapi::FileNode { name: format!("in{i}"), digest: Some(common::sha256(data)), ..Default::default() })
+        .collect();
+    let dir = reapi::Directory { files, ..Default::default() }.encode_to_vec();
+    let mut blobs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+    blobs.push(&dir);
+    common::upload(&mut cas, "", &blobs).await;
+    let mut spec = sh("for f in in0 in1 in2 in3 in4; do head -c 1 $f; wc -c < $f; done");
+    spec.input_root = Some(common::sha256(&dir));
+    let result = execute(&server, &action(&server, &spec).await).await.result.unwrap();
+    assert_eq!(result.exit_code, 0, "stderr: {:?}", String::from_utf8_lossy(&read_blob(&server, &result.stderr_digest).await));
+    assert_eq!(read_blob(&server, &result.stdout_digest).await, b"k40000\nl40000\nm40000\nn40000\no40000\n");
+    bot.stop().await;
+}
+
+#[tokio::test]
 async fn the_input_cache_stays_within_its_budget_and_refetches_what_it_evicted() {
     let tmp = tempfile::tempdir().unwrap();
     let server = TestServer::start_in(CONFIG, &tmp.path().join("server")).await;

@@ -12,8 +12,8 @@ use parking_lot::Mutex;
 
 use super::inputs::{parse, InputCache};
 use super::outputs::{self, Uploads};
-use super::runner::{Exit, Runner, Spawn};
-use super::BotError;
+use super::runner::{Exit, RunAs, Runner, Spawn};
+use super::{blocking, BotError};
 use crate::protocol::paths;
 use crate::protocol::rwapi;
 use crate::protocol::to_proto;
@@ -49,14 +49,29 @@ impl Scratches {
         Scratches { dir, free: Mutex::new(Vec::new()), made: AtomicU64::new(0) }
     }
 
-    /// A directory for one action, with an empty `root` in it.
-    fn take(self: &Arc<Self>) -> Result<Scratch, BotError> {
-        let kept = self.free.lock().pop();
-        let dir = kept.unwrap_or_else(|| self.dir.join(self.made.fetch_add(1, Relaxed).to_string()));
-        let scratch = Scratch { dir, pool: self.clone() };
+    /// A directory for one action, with an empty `root` in it (a kept one has it already).
+    async fn take(self: &Arc<Self>) -> Result<Scratch, BotError> {
+        if let Some(dir) = self.free.lock().pop() {
+            return Ok(Scratch { dir, pool: self.clone() });
+        }
+        let scratch = Scratch { dir: self.dir.join(self.made.fetch_add(1, Relaxed).to_string()), pool: self.clone() };
         let root = scratch.root();
-        std::fs::create_dir_all(&root).map_err(|e| BotError::io(&root, e))?;
+        blocking("making an action directory", move || std::fs::create_dir_all(&root).map_err(|e| BotError::io(&root, e))).await?;
         Ok(scratch)
+    }
+
+    /// Empties an action's directory and keeps it, or removes it if it cannot be emptied.
+    fn recycle(&self, dir: PathBuf) {
+        make_writable(&dir);
+        match own_files_intact(&dir).and_then(|()| empty(&dir.join("root"))) {
+            Ok(()) => self.free.lock().push(dir),
+            Err(e) => {
+                tracing::debug!(dir = %dir.display(), "an action directory is removed, not kept: {e}");
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(dir = %dir.display(), "cannot remove an action directory: {e}");
+                }
+            }
+        }
     }
 }
 
@@ -72,37 +87,45 @@ impl Scratch {
         self.dir.join("root")
     }
 
-    /// A file of the bot's own in the directory (stdout, stderr), empty. A kept file is truncated,
-    /// never followed if an action made it a symlink, and its times set: the ctime of stdout marks
-    /// the start of the run (see `inputs::ctime`), and setting times stamps it as creating did.
-    fn file(&self, name: &str) -> Result<PathBuf, BotError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let path = self.dir.join(name);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .and_then(|file| file.set_modified(SystemTime::now()))
-            .map_err(|e| BotError::io(&path, e))?;
-        Ok(path)
+    /// Gives the directory back, emptied, before the run's answer goes out: the next action may
+    /// find it at once.
+    async fn release(mut self) {
+        let (dir, pool) = (std::mem::take(&mut self.dir), self.pool.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || pool.recycle(dir)).await {
+            tracing::warn!("emptying an action directory: {e}");
+        }
     }
 }
 
 impl Drop for Scratch {
+    /// A run dropped before its end (its lease cancelled) gives the directory back here.
     fn drop(&mut self) {
-        make_writable(&self.dir);
-        match own_files_intact(&self.dir).and_then(|()| empty(&self.root())) {
-            Ok(()) => self.pool.free.lock().push(std::mem::take(&mut self.dir)),
-            Err(e) => {
-                tracing::debug!(dir = %self.dir.display(), "an action directory is removed, not kept: {e}");
-                if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-                    tracing::warn!(dir = %self.dir.display(), "cannot remove an action directory: {e}");
-                }
-            }
+        if self.dir.as_os_str().is_empty() {
+            return;
+        }
+        let (dir, pool) = (std::mem::take(&mut self.dir), self.pool.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || pool.recycle(dir))),
+            Err(_) => pool.recycle(dir),
         }
     }
+}
+
+/// A file of the bot's own in an action directory (stdout, stderr), empty. A kept file is truncated,
+/// never followed if an action made it a symlink, and its times set: the ctime of stdout marks the
+/// start of the run (see `inputs::ctime`), and setting times stamps it as creating did.
+fn fresh_file(dir: &Path, name: &str) -> Result<PathBuf, BotError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .and_then(|file| file.set_modified(SystemTime::now()))
+        .map_err(|e| BotError::io(&path, e))?;
+    Ok(path)
 }
 
 /// Whether the bot's own files in an action directory are still what it made them: an action may have
@@ -146,7 +169,6 @@ fn make_writable(dir: &Path) {
     }
 }
 
-/// Runs the action of a lease. `Err` is a failure to run it (not a failing command).
 /// The Action of a lease: packed whole (Strata), or its digest, to fetch (BuildGrid).
 async fn resolve(ctx: &Context, payload: &Any) -> Result<reapi::Action, BotError> {
     let decode = |e: prost::DecodeError| BotError::Invalid(format!("the lease's payload cannot be decoded: {e}"));
@@ -160,22 +182,44 @@ async fn resolve(ctx: &Context, payload: &Any) -> Result<reapi::Action, BotError
     Err(BotError::Invalid(format!("the lease's payload {:?} is neither an Action nor an Action digest", payload.type_url)))
 }
 
+/// Runs the action of a lease. `Err` is a failure to run it (not a failing command).
 pub async fn run(ctx: Arc<Context>, payload: Any) -> Result<reapi::ActionResult, BotError> {
     let action = resolve(&ctx, &payload).await?;
-    let mut metadata = reapi::ExecutedActionMetadata {
+    let metadata = reapi::ExecutedActionMetadata {
         worker: ctx.bot_id.clone(),
         worker_start_timestamp: now(),
         input_fetch_start_timestamp: now(),
         ..Default::default()
     };
     let command_digest = parse(action.command_digest.as_ref(), "action.command_digest")?;
-    let input_root = parse(action.input_root_digest.as_ref(), "action.input_root_digest")?;
     let command: reapi::Command = ctx.cache.message(&command_digest, "Command").await?;
+    let started = std::time::Instant::now();
+    let scratch = ctx.scratches.take().await?;
+    let outcome = run_in(&ctx, &action, Arc::new(command), &scratch, metadata, started).await;
+    scratch.release().await;
+    outcome
+}
 
+/// What the run needs from its prepared directory.
+struct Prepared {
+    workdir: PathBuf,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    /// The ctime of stdout, just before the spawn.
+    spawned: SystemTime,
+}
+
+async fn run_in(
+    ctx: &Context,
+    action: &reapi::Action,
+    command: Arc<reapi::Command>,
+    scratch: &Scratch,
+    mut metadata: reapi::ExecutedActionMetadata,
+    started: std::time::Instant,
+) -> Result<reapi::ActionResult, BotError> {
+    let input_root = parse(action.input_root_digest.as_ref(), "action.input_root_digest")?;
     // The action's timeout covers staging its inputs too.
     let timeout = action.timeout.as_ref().map_or(Duration::from_secs(3600), |t| Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32));
-    let started = std::time::Instant::now();
-    let scratch = ctx.scratches.take()?;
     let root = scratch.root();
     let staged = match tokio::time::timeout(timeout, ctx.cache.stage(&input_root, &root)).await {
         Ok(staged) => staged?,
@@ -183,56 +227,43 @@ pub async fn run(ctx: Arc<Context>, payload: Any) -> Result<reapi::ActionResult,
     };
     metadata.input_fetch_completed_timestamp = now();
 
-    let workdir_parts = paths::check_relative(&command.working_directory).map_err(|e| BotError::Invalid(format!("working_directory: {e}")))?;
-    let workdir = below(&root, &workdir_parts);
-    std::fs::create_dir_all(&workdir).map_err(|e| BotError::io(&workdir, e))?;
-    create_output_parents(&command, &root, &workdir_parts)?;
-
-    let stdout_path = scratch.file("stdout")?;
-    let stderr_path = scratch.file("stderr")?;
+    let workdir_parts: Vec<String> = paths::check_relative(&command.working_directory)
+        .map_err(|e| BotError::Invalid(format!("working_directory: {e}")))?
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let prepared = {
+        let (command, root, dir, parts, user) = (command.clone(), root.clone(), scratch.dir.clone(), workdir_parts.clone(), ctx.runner.run_as().cloned());
+        blocking("preparing the action directory", move || prepare(&command, &root, &dir, &parts, user.as_ref())).await?
+    };
     let environment: Vec<(String, String)> = command.environment_variables.iter().map(|v| (v.name.clone(), v.value.clone())).collect();
-    let network = crate::protocol::platform(&action, &command).any(|(k, v)| k == NETWORK_PROPERTY && v != "off");
+    let network = crate::protocol::platform(action, &command).any(|(k, v)| k == NETWORK_PROPERTY && v != "off");
     let spawn = Spawn {
         arguments: &command.arguments,
         environment: &environment,
         root: &root,
-        working_directory: &workdir,
-        stdout: &stdout_path,
-        stderr: &stderr_path,
+        working_directory: &prepared.workdir,
+        stdout: &prepared.stdout,
+        stderr: &prepared.stderr,
         network,
     };
-    if let Some(user) = ctx.runner.run_as() {
-        let (user, root, logs) = (user.clone(), root.clone(), [stdout_path.clone(), stderr_path.clone()]);
-        tokio::task::spawn_blocking(move || {
-            user.own(&root).map_err(|e| BotError::io(&root, e))?;
-            // The command's stdout and stderr are opened by the spawner, as the user.
-            logs.iter().try_for_each(|log| user.own_file(log).map_err(|e| BotError::io(log, e)))
-        })
-            .await
-            .map_err(|e| BotError::Setup(format!("preparing the action directory: {e}")))??;
-    }
     metadata.execution_start_timestamp = now();
-    // Inputs whose inodes change from here on were touched by the action (see `check_untouched`).
-    let spawned = super::inputs::ctime(&stdout_path).map_err(|e| BotError::io(&stdout_path, e))?;
     let exit = ctx.runner.run(spawn, timeout.saturating_sub(started.elapsed())).await?;
     metadata.execution_completed_timestamp = now();
-    ctx.cache.check_untouched(staged, spawned).await?;
+    ctx.cache.check_untouched(staged, prepared.spawned).await?;
 
     metadata.output_upload_start_timestamp = now();
-    // Hashing outputs reads files: off the async runtime.
-    let workdir_owned: Vec<String> = workdir_parts.iter().map(|p| p.to_string()).collect();
-    let collect_root = root.clone();
-    let (mut result, uploads) = tokio::task::spawn_blocking(move || -> Result<_, BotError> {
+    let Prepared { stdout, stderr, .. } = prepared;
+    let (mut result, uploads) = blocking("collecting outputs", move || {
         let mut result = reapi::ActionResult::default();
         let mut uploads = Uploads::default();
-        result.stdout_digest = Some(to_proto(&uploads.add_file(&stdout_path)?.0));
-        result.stderr_digest = Some(to_proto(&uploads.add_file(&stderr_path)?.0));
-        let workdir: Vec<&str> = workdir_owned.iter().map(String::as_str).collect();
-        outputs::collect(&command, &collect_root, &workdir, &mut result, &mut uploads)?;
+        result.stdout_digest = Some(to_proto(&uploads.add_file(&stdout)?.0));
+        result.stderr_digest = Some(to_proto(&uploads.add_file(&stderr)?.0));
+        let workdir: Vec<&str> = workdir_parts.iter().map(String::as_str).collect();
+        outputs::collect(&command, &root, &workdir, &mut result, &mut uploads)?;
         Ok((result, uploads))
     })
-    .await
-    .map_err(|e| BotError::Setup(format!("collecting outputs: {e}")))??;
+    .await?;
     uploads.upload(ctx.cache.cas()).await?;
     metadata.output_upload_completed_timestamp = now();
     metadata.worker_completed_timestamp = now();
@@ -244,6 +275,26 @@ pub async fn run(ctx: Arc<Context>, payload: Any) -> Result<reapi::ActionResult,
         }
         Exit::TimedOut => Err(BotError::TimedOut { timeout, partial: Box::new(result) }),
     }
+}
+
+/// The staged directory made ready to run in: the working directory and the outputs' parents exist,
+/// stdout and stderr are empty, and all of it belongs to the user actions run as.
+fn prepare(command: &reapi::Command, root: &Path, dir: &Path, workdir_parts: &[String], user: Option<&RunAs>) -> Result<Prepared, BotError> {
+    let parts: Vec<&str> = workdir_parts.iter().map(String::as_str).collect();
+    let workdir = below(root, &parts);
+    std::fs::create_dir_all(&workdir).map_err(|e| BotError::io(&workdir, e))?;
+    create_output_parents(command, root, &parts)?;
+    let (stdout, stderr) = (fresh_file(dir, "stdout")?, fresh_file(dir, "stderr")?);
+    if let Some(user) = user {
+        user.own(root).map_err(|e| BotError::io(root, e))?;
+        // The command's stdout and stderr are opened by the spawner, as the user.
+        for log in [&stdout, &stderr] {
+            user.own_file(log).map_err(|e| BotError::io(log, e))?;
+        }
+    }
+    // Inputs whose inodes change from here on were touched by the action (see `check_untouched`).
+    let spawned = super::inputs::ctime(&stdout).map_err(|e| BotError::io(&stdout, e))?;
+    Ok(Prepared { workdir, stdout, stderr, spawned })
 }
 
 /// The path of `parts` below `root`.

@@ -7,7 +7,6 @@
 //! and one that no longer matches its digest leaves the cache.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +18,7 @@ use prost::Message;
 use strata_backends::{BlobStore, Digest, DigestFunction};
 
 use super::cache_index::CacheIndex;
-use super::BotError;
+use super::{blocking, BotError};
 use crate::protocol::paths;
 
 /// Files fetched at once.
@@ -33,6 +32,19 @@ pub struct InputCache {
     index: CacheIndex,
     /// Names temporary files uniquely.
     next: AtomicU64,
+}
+
+/// Input files linked in one trip off the runtime: a trip costs some microseconds, and a file
+/// fetched early in it may be evicted (within a small budget) before the trip links it.
+const LINKS_PER_TRIP: usize = 256;
+
+/// An input tree as read from the CAS, checked, to be made on disk: directories parents first.
+#[derive(Default)]
+struct Tree {
+    dirs: Vec<PathBuf>,
+    /// Targets and where they go.
+    symlinks: Vec<(String, PathBuf)>,
+    files: Vec<(PathBuf, Digest, bool)>,
 }
 
 /// The cache files an action's inputs are hard links to, for `check_untouched`.
@@ -77,7 +89,29 @@ impl InputCache {
 
     /// Materialises the tree under `root` (an empty directory).
     pub async fn stage(&self, root_digest: &Digest, root: &Path) -> Result<Staged, BotError> {
-        let mut files: Vec<(PathBuf, Digest, bool)> = Vec::new();
+        let Tree { dirs, symlinks, files } = self.walk(root_digest, root).await?;
+        if !dirs.is_empty() || !symlinks.is_empty() {
+            blocking("staging the input tree", move || {
+                for dir in &dirs {
+                    std::fs::create_dir(dir).map_err(|e| BotError::io(dir, e))?;
+                }
+                for (target, at) in &symlinks {
+                    std::os::unix::fs::symlink(target, at).map_err(|e| BotError::io(at, e))?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        let mut linked = Vec::new();
+        for chunk in files.chunks(LINKS_PER_TRIP) {
+            linked.extend(self.link(chunk.to_vec()).await?);
+        }
+        Ok(Staged { linked })
+    }
+
+    /// Reads the tree's Directory messages and checks every name and symlink in it.
+    async fn walk(&self, root_digest: &Digest, root: &Path) -> Result<Tree, BotError> {
+        let mut tree = Tree::default();
         let mut dirs: HashMap<Digest, reapi::Directory> = HashMap::new();
         let mut pending = vec![(*root_digest, root.to_path_buf(), 0usize)];
         let mut paths = 0usize;
@@ -101,12 +135,12 @@ impl InputCache {
             let bad = |name: &str, e: String| BotError::Invalid(format!("input tree at {}: entry {name:?}: {e}", path.display()));
             for file in &dir.files {
                 paths::check_name(&file.name).map_err(|e| bad(&file.name, e))?;
-                files.push((path.join(&file.name), parse(file.digest.as_ref(), &file.name)?, file.is_executable));
+                tree.files.push((path.join(&file.name), parse(file.digest.as_ref(), &file.name)?, file.is_executable));
             }
             for sub in &dir.directories {
                 paths::check_name(&sub.name).map_err(|e| bad(&sub.name, e))?;
                 let child = path.join(&sub.name);
-                std::fs::create_dir(&child).map_err(|e| BotError::io(&child, e))?;
+                tree.dirs.push(child.clone());
                 pending.push((parse(sub.digest.as_ref(), &sub.name)?, child, depth + 1));
             }
             for link in &dir.symlinks {
@@ -114,29 +148,45 @@ impl InputCache {
                 paths::check_symlink_target(&link.target, depth).map_err(|e| bad(&link.name, e))?;
                 let below: Vec<&str> = path.strip_prefix(root).unwrap_or(&path).iter().filter_map(|c| c.to_str()).collect();
                 links.add(&below, &link.name, &link.target);
-                let at = path.join(&link.name);
-                std::os::unix::fs::symlink(&link.target, &at).map_err(|e| BotError::io(&at, e))?;
+                tree.symlinks.push((link.target.clone(), path.join(&link.name)));
             }
         }
         // Before anything runs: targets resolved through the tree's other links stay inside it.
         links.check().map_err(|e| BotError::Invalid(format!("input tree: {e}")))?;
-        let linked = futures::stream::iter(files)
-            .map(|(path, digest, executable)| async move {
-                let mut cached = self.cached(&digest, executable).await?;
-                let linked = match link_or_copy(&cached, &path) {
-                    // Evicted between the lookup and the link (the budget is full): fetch it again.
-                    Err(BotError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                        cached = self.cached(&digest, executable).await?;
-                        link_or_copy(&cached, &path)
-                    }
-                    linked => linked,
-                }?;
-                Ok::<_, BotError>(linked.then_some((cached, digest, executable)))
-            })
-            .buffer_unordered(FETCH_CONCURRENCY)
-            .try_collect::<Vec<_>>()
+        Ok(tree)
+    }
+
+    /// Fetches what the cache lacks of `files` and links them all in one trip off the runtime. The
+    /// cache files it links are returned, for `check_untouched`.
+    async fn link(&self, files: Vec<(PathBuf, Digest, bool)>) -> Result<Vec<(PathBuf, Digest, bool)>, BotError> {
+        let wanted: Vec<(Digest, bool)> = files.iter().map(|(_, digest, executable)| (*digest, *executable)).collect();
+        let cached: Vec<PathBuf> = futures::stream::iter(wanted)
+            .map(|(digest, executable)| async move { self.cached(&digest, executable, false).await })
+            .buffered(FETCH_CONCURRENCY)
+            .try_collect()
             .await?;
-        Ok(Staged { linked: linked.into_iter().flatten().collect() })
+        let (mut linked, evicted) = blocking("linking the inputs", move || {
+            let (mut linked, mut evicted) = (Vec::new(), Vec::new());
+            for ((path, digest, executable), cached) in files.into_iter().zip(cached) {
+                match link_or_copy(&cached, &path) {
+                    Ok(true) => linked.push((cached, digest, executable)),
+                    Ok(false) => {}
+                    Err(BotError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => evicted.push((path, digest, executable)),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok((linked, evicted))
+        })
+        .await?;
+        // Evicted between the lookup and the link (the budget is full): fetched again, one at a time.
+        for (path, digest, executable) in evicted {
+            let cached = self.cached(&digest, executable, true).await?;
+            let from = cached.clone();
+            if blocking("linking an input", move || link_or_copy(&from, &path)).await? {
+                linked.push((cached, digest, executable));
+            }
+        }
+        Ok(linked)
     }
 
     /// After a run that started at `since` (a ctime, see `ctime`): every hard-linked input whose cache
@@ -166,7 +216,7 @@ impl InputCache {
         .await
         .map_err(|e| BotError::Setup(format!("checking the inputs: {e}")))?;
         for cached in &changed {
-            let _ = std::fs::remove_file(cached);
+            let _ = tokio::fs::remove_file(cached).await;
             if let Some(name) = cached.file_name().and_then(|n| n.to_str()) {
                 self.index.remove(name);
             }
@@ -177,28 +227,31 @@ impl InputCache {
         Ok(())
     }
 
-    /// The cache file of a blob, fetched if absent.
-    async fn cached(&self, digest: &Digest, executable: bool) -> Result<PathBuf, BotError> {
+    /// The cache file of a blob, fetched if the index does not hold it, or `again` (the file the
+    /// index named was gone when it was linked).
+    async fn cached(&self, digest: &Digest, executable: bool, again: bool) -> Result<PathBuf, BotError> {
         let name = format!("{}{}", digest.hash_hex(), if executable { "-x" } else { "" });
         let path = self.dir.join(&name);
-        if self.index.touch(&name) && path.exists() {
+        if !again && self.index.touch(&name) {
             return Ok(path);
         }
         let tmp = self.dir.join(format!("tmp-{}-{}", std::process::id(), self.next.fetch_add(1, Ordering::Relaxed)));
         let result = self.download(digest, &tmp, executable).await;
         if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = tokio::fs::remove_file(&tmp).await;
         }
         result?;
-        std::fs::rename(&tmp, &path).map_err(|e| BotError::io(&path, e))?;
+        tokio::fs::rename(&tmp, &path).await.map_err(|e| BotError::io(&path, e))?;
         for evicted in self.index.insert(&name, digest.size) {
-            let _ = std::fs::remove_file(self.dir.join(evicted));
+            let _ = tokio::fs::remove_file(self.dir.join(evicted)).await;
         }
         Ok(path)
     }
 
+    /// Writes through tokio's file, which does the syscalls off the runtime.
     async fn download(&self, digest: &Digest, tmp: &Path, executable: bool) -> Result<(), BotError> {
-        let mut file = std::fs::File::create(tmp).map_err(|e| BotError::io(tmp, e))?;
+        use tokio::io::AsyncWriteExt;
+        let mut file = tokio::fs::File::create(tmp).await.map_err(|e| BotError::io(tmp, e))?;
         if !digest.is_empty_blob() {
             let blob = self.cas.read(digest, 0, None).await?.ok_or(BotError::Missing(*digest))?;
             let mut hasher = digest.function.hasher();
@@ -208,14 +261,15 @@ impl InputCache {
                 let chunk = chunk?;
                 hasher.update(&chunk);
                 received += chunk.len() as u64;
-                file.write_all(&chunk).map_err(|e| BotError::io(tmp, e))?;
+                file.write_all(&chunk).await.map_err(|e| BotError::io(tmp, e))?;
             }
             hasher
                 .verify(digest, received)
                 .map_err(|e| BotError::Invalid(format!("the CAS returned bad bytes: {e}")))?;
         }
+        file.flush().await.map_err(|e| BotError::io(tmp, e))?;
         let mode = if executable { 0o555 } else { 0o444 };
-        file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| BotError::io(tmp, e))?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode)).await.map_err(|e| BotError::io(tmp, e))?;
         Ok(())
     }
 }

@@ -134,6 +134,12 @@ pub enum BotError {
     TimedOut { timeout: Duration, partial: Box<reapi::ActionResult> },
 }
 
+/// Runs file system work off the async runtime: a bot in the server's process shares that runtime
+/// with the services, and an input tree of thousands of files is thousands of syscalls.
+pub(crate) async fn blocking<T: Send + 'static>(what: &str, work: impl FnOnce() -> Result<T, BotError> + Send + 'static) -> Result<T, BotError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| BotError::Setup(format!("{what}: {e}")))?
+}
+
 impl BotError {
     pub fn io(path: &Path, source: std::io::Error) -> BotError {
         BotError::Io { path: path.to_path_buf(), source }
