@@ -210,7 +210,7 @@ struct Prepared {
 }
 
 async fn run_in(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     action: &reapi::Action,
     command: Arc<reapi::Command>,
     scratch: &Scratch,
@@ -250,11 +250,11 @@ async fn run_in(
     metadata.execution_start_timestamp = now();
     let exit = ctx.runner.run(spawn, timeout.saturating_sub(started.elapsed())).await?;
     metadata.execution_completed_timestamp = now();
-    ctx.cache.check_untouched(staged, prepared.spawned).await?;
-
     metadata.output_upload_start_timestamp = now();
-    let Prepared { stdout, stderr, .. } = prepared;
+    let Prepared { stdout, stderr, spawned, .. } = prepared;
+    let context = ctx.clone();
     let (mut result, uploads) = blocking("collecting outputs", move || {
+        context.cache.check_untouched(staged, spawned);
         let mut result = reapi::ActionResult::default();
         let mut uploads = Uploads::default();
         result.stdout_digest = Some(to_proto(&uploads.add_file(&stdout)?.0));

@@ -195,36 +195,28 @@ impl InputCache {
     /// read-only mode back; one that does not is removed from the cache, so later actions fetch the
     /// original again. The action itself stands: it ran on the right bytes and changed them itself.
     /// Inodes untouched cost one `stat` each.
-    pub async fn check_untouched(&self, staged: Staged, since: std::time::SystemTime) -> Result<(), BotError> {
-        let changed = tokio::task::spawn_blocking(move || {
-            let mut changed = Vec::new();
-            for (cached, digest, executable) in staged.linked {
-                let Ok(ctime) = ctime(&cached) else { continue }; // evicted meanwhile
-                if ctime < since {
-                    continue;
-                }
-                let intact = hash_file(&cached, &digest).unwrap_or(false);
-                if intact {
-                    let mode = if executable { 0o555 } else { 0o444 };
-                    let _ = std::fs::set_permissions(&cached, std::fs::Permissions::from_mode(mode));
-                } else {
-                    changed.push(cached);
-                }
+    /// File system work: call it off the async runtime.
+    pub fn check_untouched(&self, staged: Staged, since: std::time::SystemTime) {
+        let mut changed = 0;
+        for (cached, digest, executable) in staged.linked {
+            let Ok(ctime) = ctime(&cached) else { continue }; // evicted meanwhile
+            if ctime < since {
+                continue;
             }
-            changed
-        })
-        .await
-        .map_err(|e| BotError::Setup(format!("checking the inputs: {e}")))?;
-        for cached in &changed {
-            let _ = tokio::fs::remove_file(cached).await;
+            if hash_file(&cached, &digest).unwrap_or(false) {
+                let mode = if executable { 0o555 } else { 0o444 };
+                let _ = std::fs::set_permissions(&cached, std::fs::Permissions::from_mode(mode));
+                continue;
+            }
+            let _ = std::fs::remove_file(&cached);
             if let Some(name) = cached.file_name().and_then(|n| n.to_str()) {
                 self.index.remove(name);
             }
+            changed += 1;
         }
-        if !changed.is_empty() {
-            tracing::warn!(files = changed.len(), "an action changed input files in place; dropped from the cache, later actions fetch them again");
+        if changed > 0 {
+            tracing::warn!(files = changed, "an action changed input files in place; dropped from the cache, later actions fetch them again");
         }
-        Ok(())
     }
 
     /// The cache file of a blob, fetched if the index does not hold it, or `again` (the file the
