@@ -297,7 +297,7 @@ async fn abandoned_uploads_are_bounded_and_expire_without_other_calls() {
         names.push(name);
     }
     // Only the three newest are kept; the others released their temporary files.
-    assert_eq!(temporaries(), 3);
+    assert!(eventually(|| temporaries() == 3).await, "{} temporary files", temporaries());
     let status = |name: String| {
         let mut bs = bs.clone();
         async move { bs.query_write_status(QueryWriteStatusRequest { resource_name: name }).await }
@@ -306,7 +306,7 @@ async fn abandoned_uploads_are_bounded_and_expire_without_other_calls() {
     assert_eq!(status(names[9].clone()).await.unwrap().into_inner().committed_size, 100_000);
     // After the TTL the timer drops the rest, though no other Write came.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    assert_eq!(temporaries(), 0);
+    assert!(eventually(|| temporaries() == 0).await, "{} temporary files", temporaries());
     assert_eq!(status(names[9].clone()).await.unwrap_err().code(), Code::NotFound);
 }
 

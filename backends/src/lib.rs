@@ -32,6 +32,7 @@ mod disk;
 mod error;
 mod layers;
 mod memory;
+mod offload;
 mod remote;
 mod s3;
 mod store;

@@ -189,6 +189,18 @@ pub fn bench_args(endpoint: String, scenario: &str) -> strata::bench::BenchArgs 
     }
 }
 
+/// Waits up to 5 s for `condition`, which work done on a blocking thread (removing a file) makes true
+/// a moment after the call that caused it returned; whether it held in the end.
+pub async fn eventually(condition: impl Fn() -> bool) -> bool {
+    for _ in 0..500 {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    condition()
+}
+
 pub fn sha256(data: &[u8]) -> reapi::Digest {
     reapi::Digest { hash: hex::encode(sha2::Sha256::digest(data)), size_bytes: data.len() as i64 }
 }

@@ -24,6 +24,7 @@ use super::record::{Form, Header, HEADER_LEN};
 use super::DiskLog;
 use crate::digest::{DigestFunction, Key};
 use crate::error::{Result, StoreError};
+use crate::offload::{blocking, remove_soon};
 use crate::store::BlobWriter;
 
 /// A large blob known to the log: its size, the segment id that was open when it was last written or
@@ -162,7 +163,7 @@ impl BlobWriter for LargeWriter {
         self.reserved += chunk.len() as u64;
         let offset = HEADER_LEN as u64 + self.written;
         let (file, tmp, data) = (self.file()?, self.tmp.clone(), chunk.clone());
-        blocking(move || file.write_all_at(&data, offset).map_err(|e| StoreError::io(&tmp, e))).await?;
+        blocking("writing a large blob", move || file.write_all_at(&data, offset).map_err(|e| StoreError::io(&tmp, e))).await?;
         self.crc.update(&chunk);
         // The chunk table's checksums cover fixed CHUNK-sized pieces, whatever the appends' sizes.
         let mut rest: &[u8] = &chunk;
@@ -193,7 +194,7 @@ impl BlobWriter for LargeWriter {
         table.extend_from_slice(&CHUNK.to_le_bytes());
         let (end, dir) = (HEADER_LEN as u64 + self.written, self.log.large_dir().to_path_buf());
         let path = large_path(&dir, &self.key);
-        blocking(move || {
+        blocking("committing a large blob", move || {
             file.write_all_at(&table, end).map_err(|e| StoreError::io(&tmp, e))?;
             file.write_all_at(&header.encode(), 0).map_err(|e| StoreError::io(&tmp, e))?;
             if durable {
@@ -214,17 +215,10 @@ impl BlobWriter for LargeWriter {
     }
 }
 
-/// Runs file I/O off the async runtime.
-async fn blocking(work: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| StoreError::Io { path: "disk log".into(), source: std::io::Error::other(e.to_string()) })?
-}
-
 impl Drop for LargeWriter {
     fn drop(&mut self) {
         if self.file.is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
+            remove_soon(std::mem::take(&mut self.tmp));
         }
         if self.reserved > 0 {
             self.log.release_reservation(self.reserved);

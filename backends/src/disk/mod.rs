@@ -389,12 +389,13 @@ impl DiskLog {
 
     /// Starts writing a large blob. Budget is reserved as its bytes arrive, never for the size an
     /// upload declares: a client that declares a huge blob and sends nothing evicts nothing.
-    fn large_writer(&self, digest: &Digest) -> Result<LargeWriter> {
+    async fn large_writer(&self, digest: &Digest) -> Result<LargeWriter> {
         let limit = self.inner.cfg.max_size - self.inner.cfg.segment_size;
         if digest.size > limit {
             return Err(StoreError::TooLarge { digest: *digest, store: format!("disk tier at {}", self.inner.cfg.path.display()), limit });
         }
-        LargeWriter::create(self.clone(), digest.key())
+        let (log, key) = (self.clone(), digest.key());
+        crate::offload::blocking("starting a large blob", move || LargeWriter::create(log, key)).await
     }
 
     /// Makes room for `bytes` more of a large blob being written and reserves them.
@@ -541,7 +542,7 @@ impl BlobStore for DiskLog {
             let (form, payload) = self.pack(data).await;
             return self.append_durably(&digest.key(), digest.size, form, payload).await;
         }
-        let mut writer = Box::new(self.large_writer(digest)?);
+        let mut writer = Box::new(self.large_writer(digest).await?);
         writer.append(data).await?;
         writer.commit().await
     }
@@ -578,7 +579,7 @@ impl BlobStore for DiskLog {
 
     async fn writer(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {
         if digest.size > self.inner.cfg.max_record {
-            return Ok(Box::new(self.large_writer(digest)?));
+            return Ok(Box::new(self.large_writer(digest).await?));
         }
         let this = self.clone();
         let digest = *digest;

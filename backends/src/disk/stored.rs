@@ -8,6 +8,7 @@ use futures::StreamExt;
 use super::record::Form;
 use crate::digest::Digest;
 use crate::error::{Result, StoreError};
+use crate::offload::blocking;
 use crate::store::{slice_range, Blob};
 use crate::zstd_chunks::{self, Chunked, Settings};
 
@@ -81,9 +82,7 @@ impl Stored {
         let decompress = move |i: usize| {
             let piece = piece.clone();
             async move {
-                tokio::task::spawn_blocking(move || piece(i))
-                    .await
-                    .map_err(|e| StoreError::Config(format!("decompression task failed: {e}")))?
+                blocking("decompressing a stored blob", move || piece(i)).await
             }
         };
         Ok(Blob::Stream(futures::stream::iter(chunks).map(decompress).buffered(READ_AHEAD).boxed()))

@@ -4,7 +4,8 @@
 //! upstream takes them. The spool is plain files (written to a temporary name, then renamed), so it
 //! survives a restart, and a spooled upload is never lost: it is deleted only once the upstream has
 //! the blob. While the upstream is down, existence checks report what is not local as missing, so
-//! clients upload it (into the queue) instead of failing.
+//! clients upload it (into the queue) instead of failing. The files are written, synced and read on
+//! blocking threads, never on the async runtime.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +17,7 @@ use bytes::Bytes;
 
 use crate::digest::{Digest, DigestFunction};
 use crate::error::{Result, StoreError};
+use crate::offload::{blocking, remove_soon};
 use crate::store::{Blob, BlobStore, BlobWriter, StoreStats};
 
 /// Bytes per chunk when a spooled blob is sent upstream.
@@ -56,13 +58,25 @@ impl Spooled {
         self.dir.join(format!("{}-{}-{}", digest.function.name(), digest.hash_hex(), digest.size))
     }
 
-    fn spool(&self, digest: &Digest, data: &[u8]) -> Result<()> {
-        let path = self.path(digest);
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, data).map_err(|e| StoreError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
-        self.queued(digest);
-        Ok(())
+    /// A name of its own for a file being written: two uploads of one blob at once must not write
+    /// into the same file. The extension marks it partial (removed at start).
+    fn temporary(&self, digest: &Digest) -> PathBuf {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        self.path(digest).with_extension(format!("part{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)))
+    }
+
+    /// Queues blobs the upstream could not take, in one trip off the runtime; an outcome per blob.
+    async fn spool(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Result<()>> {
+        let n = blobs.len();
+        let files: Vec<(PathBuf, PathBuf, Bytes)> = blobs.iter().map(|(digest, data)| (self.temporary(digest), self.path(digest), data.clone())).collect();
+        let outcomes = blocking("spooling uploads", move || Ok(files.iter().map(|(tmp, path, data)| write_durably(tmp, path, data)).collect()));
+        let outcomes: Vec<Result<()>> = outcomes.await.unwrap_or_else(|e| e.shared_by(n).into_iter().map(Err).collect());
+        for ((digest, _), outcome) in blobs.iter().zip(&outcomes) {
+            if outcome.is_ok() {
+                self.queued(digest);
+            }
+        }
+        outcomes
     }
 
     /// Counts a spooled upload; the first of an outage is a warning, the rest are debug lines.
@@ -75,14 +89,16 @@ impl Spooled {
 
     /// Uploads what is spooled, oldest first, until the upstream refuses again.
     pub async fn drain(&self) -> usize {
-        let mut entries: Vec<(std::time::SystemTime, PathBuf)> = match std::fs::read_dir(self.dir.as_path()) {
-            Ok(dir) => dir
+        let dir = self.dir.clone();
+        let listed = blocking("listing the spool", move || {
+            let entries = std::fs::read_dir(dir.as_path()).map_err(|e| StoreError::io(dir.as_path(), e))?;
+            Ok(entries
                 .filter_map(|e| e.ok())
                 .filter(|e| e.path().extension().is_none())
                 .map(|e| (e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), e.path()))
-                .collect(),
-            Err(_) => return 0,
-        };
+                .collect::<Vec<_>>())
+        });
+        let Ok(mut entries) = listed.await else { return 0 };
         entries.sort();
         let queued = entries.len();
         let mut sent = 0;
@@ -90,7 +106,7 @@ impl Spooled {
             let Some(digest) = parse_name(&path) else { continue };
             match self.upload(&digest, &path).await {
                 Ok(()) => {
-                    let _ = std::fs::remove_file(&path);
+                    let _ = tokio::fs::remove_file(&path).await;
                     sent += 1;
                 }
                 Err(StoreError::Unavailable { .. }) => break,
@@ -105,7 +121,7 @@ impl Spooled {
     }
 
     async fn upload(&self, digest: &Digest, path: &Path) -> Result<()> {
-        let data = std::fs::read(path).map_err(|e| StoreError::io(path, e))?;
+        let data = tokio::fs::read(path).await.map_err(|e| StoreError::io(path, e))?;
         // A damaged spool file must not reach the upstream as the blob it names.
         digest.verify(&data)?;
         let data = Bytes::from(data);
@@ -115,6 +131,18 @@ impl Spooled {
         }
         writer.commit().await
     }
+}
+
+/// Writes a spool file under a temporary name, syncs it and renames it: a queued upload survives a
+/// crash whole or not at all.
+fn write_durably(tmp: &Path, path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(tmp).map_err(|e| StoreError::io(tmp, e))?;
+    if let Err(e) = file.write_all(data).and_then(|()| file.sync_data()) {
+        let _ = std::fs::remove_file(tmp);
+        return Err(StoreError::io(tmp, e));
+    }
+    std::fs::rename(tmp, path).map_err(|e| StoreError::io(path, e))
 }
 
 fn parse_name(path: &Path) -> Option<Digest> {
@@ -143,21 +171,22 @@ impl BlobStore for Spooled {
 
     async fn write(&self, digest: &Digest, data: Bytes) -> Result<()> {
         match self.inner.write(digest, data.clone()).await {
-            Err(StoreError::Unavailable { .. }) => self.spool(digest, &data),
+            Err(StoreError::Unavailable { .. }) => self.spool(vec![(*digest, data)]).await.pop().unwrap_or_else(|| Err(StoreError::unanswered())),
             other => other,
         }
     }
 
     async fn write_many(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Result<()>> {
-        let outcomes = self.inner.write_many(blobs.clone()).await;
+        let mut outcomes = self.inner.write_many(blobs.clone()).await;
+        let refused: Vec<usize> = (0..outcomes.len()).filter(|&i| matches!(outcomes[i], Err(StoreError::Unavailable { .. }))).collect();
+        if refused.is_empty() {
+            return outcomes;
+        }
+        let spooled = self.spool(refused.iter().map(|&i| blobs[i].clone()).collect()).await;
+        for (i, outcome) in refused.into_iter().zip(spooled) {
+            outcomes[i] = outcome;
+        }
         outcomes
-            .into_iter()
-            .zip(&blobs)
-            .map(|(outcome, (digest, data))| match outcome {
-                Err(StoreError::Unavailable { .. }) => self.spool(digest, data),
-                other => other,
-            })
-            .collect()
     }
 
     async fn writer(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {
@@ -166,8 +195,8 @@ impl BlobStore for Spooled {
             Err(StoreError::Unavailable { .. }) => None,
             Err(e) => return Err(e),
         };
-        let tmp = self.path(digest).with_extension(format!("part{}", std::process::id()));
-        let file = std::fs::File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+        let tmp = self.temporary(digest);
+        let file = tokio::fs::File::create(&tmp).await.map_err(|e| StoreError::io(&tmp, e))?;
         Ok(Box::new(SpoolingWriter { spool: self.clone(), digest: *digest, upstream, file: Some(file), tmp }))
     }
 
@@ -182,16 +211,16 @@ struct SpoolingWriter {
     spool: Spooled,
     digest: Digest,
     upstream: Option<Box<dyn BlobWriter>>,
-    file: Option<std::fs::File>,
+    file: Option<tokio::fs::File>,
     tmp: PathBuf,
 }
 
 #[async_trait]
 impl BlobWriter for SpoolingWriter {
     async fn append(&mut self, chunk: Bytes) -> Result<()> {
-        use std::io::Write;
+        use tokio::io::AsyncWriteExt;
         if let Some(file) = self.file.as_mut() {
-            file.write_all(&chunk).map_err(|e| StoreError::io(&self.tmp, e))?;
+            file.write_all(&chunk).await.map_err(|e| StoreError::io(&self.tmp, e))?;
         }
         if let Some(up) = self.upstream.as_mut() {
             match up.append(chunk).await {
@@ -208,21 +237,24 @@ impl BlobWriter for SpoolingWriter {
             match up.commit().await {
                 Ok(()) => {
                     drop(file);
-                    let _ = std::fs::remove_file(&self.tmp);
+                    let _ = tokio::fs::remove_file(&self.tmp).await;
                     return Ok(());
                 }
                 Err(StoreError::Unavailable { .. }) => {}
                 Err(e) => {
-                    let _ = std::fs::remove_file(&self.tmp);
+                    let _ = tokio::fs::remove_file(&self.tmp).await;
                     return Err(e);
                 }
             }
         }
-        if let Some(file) = file {
-            file.sync_all().map_err(|e| StoreError::io(&self.tmp, e))?;
+        if let Some(mut file) = file {
+            use tokio::io::AsyncWriteExt;
+            // The file's writes finish before it is synced.
+            file.flush().await.map_err(|e| StoreError::io(&self.tmp, e))?;
+            file.sync_all().await.map_err(|e| StoreError::io(&self.tmp, e))?;
         }
         let path = self.spool.path(&self.digest);
-        std::fs::rename(&self.tmp, &path).map_err(|e| StoreError::io(&path, e))?;
+        tokio::fs::rename(&self.tmp, &path).await.map_err(|e| StoreError::io(&path, e))?;
         self.spool.queued(&self.digest);
         Ok(())
     }
@@ -231,7 +263,7 @@ impl BlobWriter for SpoolingWriter {
 impl Drop for SpoolingWriter {
     fn drop(&mut self) {
         if self.file.is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
+            remove_soon(std::mem::take(&mut self.tmp));
         }
     }
 }
