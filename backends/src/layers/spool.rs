@@ -267,3 +267,53 @@ impl Drop for SpoolingWriter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::testing::DOWN;
+
+    fn spooled_files(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect()
+    }
+
+    #[tokio::test]
+    async fn two_uploads_of_one_blob_while_the_upstream_is_down_both_queue_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spooled::new(Arc::new(DOWN), dir.path().join("spool"), Duration::from_secs(3600)).unwrap();
+        let data = Bytes::from((0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        let digest = DigestFunction::Sha256.digest_of(&data);
+        let (first, rest) = (data.slice(..100_000), data.slice(100_000..));
+        // Interleaved as two clients' streams are: each writer's file must be its own.
+        let mut a = spool.writer(&digest).await.unwrap();
+        a.append(first.clone()).await.unwrap();
+        let mut b = spool.writer(&digest).await.unwrap();
+        b.append(first).await.unwrap();
+        a.append(rest.clone()).await.unwrap();
+        a.commit().await.unwrap();
+        b.append(rest).await.unwrap();
+        b.commit().await.unwrap();
+        let files = spooled_files(&dir.path().join("spool"));
+        assert_eq!(files, vec![spool.path(&digest)], "one queued upload, no partial file");
+        assert_eq!(std::fs::read(&files[0]).unwrap(), data);
+        assert_eq!(spool.stats().spooled, 2);
+    }
+
+    #[tokio::test]
+    async fn a_batch_the_upstream_refuses_is_queued_blob_by_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spooled::new(Arc::new(DOWN), dir.path().join("spool"), Duration::from_secs(3600)).unwrap();
+        let blobs: Vec<(Digest, Bytes)> = (0..3u8)
+            .map(|i| {
+                let data = Bytes::from(vec![i; 1000 + i as usize]);
+                (DigestFunction::Sha256.digest_of(&data), data)
+            })
+            .collect();
+        let outcomes = spool.write_many(blobs.clone()).await;
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        for (digest, data) in &blobs {
+            assert_eq!(std::fs::read(spool.path(digest)).unwrap(), data.as_ref());
+        }
+        assert_eq!(spooled_files(&dir.path().join("spool")).len(), 3);
+    }
+}
