@@ -245,6 +245,20 @@ mod tests {
         Clock::new(n * weight(100), new_entries_used)
     }
 
+    /// A last tier's clock (new entries start with credit) holding entries 0..n, full.
+    fn full_of_new_entries(n: u32) -> Clock {
+        let clock = clock_of(n as u64, true);
+        for i in 0..n {
+            clock.insert(key(i), value(100));
+        }
+        clock
+    }
+
+    /// Which of the entries 0..=n are no longer held.
+    fn evicted_of(clock: &Clock, n: u32) -> Vec<u32> {
+        (0..=n).filter(|&i| clock.inner.read().map.get(&key(i)).is_none()).collect()
+    }
+
     #[test]
     fn evicts_in_insertion_order_sparing_what_was_used_once() {
         let clock = clock_of(3, false);
@@ -315,13 +329,10 @@ mod tests {
     #[test]
     fn the_hand_spares_a_bounded_number_of_entries_per_eviction() {
         let n = SPARED_PER_EVICTION as u32 + 10;
-        let clock = clock_of(n as u64, true);
-        for i in 0..n {
-            clock.insert(key(i), value(100));
-        }
+        let clock = full_of_new_entries(n);
         // Every entry has credit: the hand spares the first SPARED_PER_EVICTION and evicts the next.
         assert_eq!(clock.insert(key(n), value(100)), 1);
-        let gone: Vec<u32> = (0..=n).filter(|&i| clock.inner.read().map.get(&key(i)).is_none()).collect();
+        let gone = evicted_of(&clock, n);
         assert_eq!(gone, vec![SPARED_PER_EVICTION as u32]);
         // The next insertion finds the spared entries' credit spent and evicts the oldest of them.
         assert_eq!(clock.insert(key(n + 1), value(100)), 1);
@@ -333,10 +344,7 @@ mod tests {
         // As the last tier every entry starts with credit; the entry where the bound runs out is one
         // that clients keep asking about.
         let n = SPARED_PER_EVICTION as u32 + 10;
-        let clock = clock_of(n as u64, true);
-        for i in 0..n {
-            clock.insert(key(i), value(100));
-        }
+        let clock = full_of_new_entries(n);
         let hot = SPARED_PER_EVICTION as u32;
         clock.get(&key(hot));
         assert_eq!(clock.insert(key(n), value(100)), 1);
@@ -347,15 +355,12 @@ mod tests {
     #[test]
     fn when_every_entry_was_just_read_an_insertion_still_waits_for_a_bounded_part_of_a_pass() {
         let n = SPARED_AT_MOST as u32 + 10;
-        let clock = clock_of(n as u64, true);
-        for i in 0..n {
-            clock.insert(key(i), value(100));
-        }
+        let clock = full_of_new_entries(n);
         for i in 0..n {
             clock.get(&key(i));
         }
         assert_eq!(clock.insert(key(n), value(100)), 1);
-        let gone: Vec<u32> = (0..=n).filter(|&i| clock.inner.read().map.get(&key(i)).is_none()).collect();
+        let gone = evicted_of(&clock, n);
         assert_eq!(gone, vec![SPARED_AT_MOST as u32]);
     }
 
