@@ -69,7 +69,12 @@ impl Spooled {
     async fn spool(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Result<()>> {
         let n = blobs.len();
         let files: Vec<(PathBuf, PathBuf, Bytes)> = blobs.iter().map(|(digest, data)| (self.temporary(digest), self.path(digest), data.clone())).collect();
-        let outcomes = blocking("spooling uploads", move || Ok(files.iter().map(|(tmp, path, data)| write_durably(tmp, path, data)).collect()));
+        let dir = self.dir.clone();
+        let outcomes = blocking("spooling uploads", move || {
+            let outcomes: Vec<Result<()>> = files.iter().map(|(tmp, path, data)| write_durably(tmp, path, data)).collect();
+            // The renames are durable once the directory is synced; until then nothing is acknowledged.
+            sync_dir(&dir).map(|()| outcomes)
+        });
         let outcomes: Vec<Result<()>> = outcomes.await.unwrap_or_else(|e| e.shared_by(n).into_iter().map(Err).collect());
         for ((digest, _), outcome) in blobs.iter().zip(&outcomes) {
             if outcome.is_ok() {
@@ -134,7 +139,7 @@ impl Spooled {
 }
 
 /// Writes a spool file under a temporary name, syncs it and renames it: a queued upload survives a
-/// crash whole or not at all.
+/// crash whole or not at all (once the directory is synced too, `sync_dir`).
 fn write_durably(tmp: &Path, path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut file = std::fs::File::create(tmp).map_err(|e| StoreError::io(tmp, e))?;
@@ -143,6 +148,10 @@ fn write_durably(tmp: &Path, path: &Path, data: &[u8]) -> Result<()> {
         return Err(StoreError::io(tmp, e));
     }
     std::fs::rename(tmp, path).map_err(|e| StoreError::io(path, e))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::io(dir, e))
 }
 
 fn parse_name(path: &Path) -> Option<Digest> {
@@ -253,8 +262,12 @@ impl BlobWriter for SpoolingWriter {
             file.flush().await.map_err(|e| StoreError::io(&self.tmp, e))?;
             file.sync_all().await.map_err(|e| StoreError::io(&self.tmp, e))?;
         }
-        let path = self.spool.path(&self.digest);
-        tokio::fs::rename(&self.tmp, &path).await.map_err(|e| StoreError::io(&path, e))?;
+        let (tmp, path, dir) = (self.tmp.clone(), self.spool.path(&self.digest), self.spool.dir.clone());
+        blocking("queueing an upload", move || {
+            std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
+            sync_dir(&dir)
+        })
+        .await?;
         self.spool.queued(&self.digest);
         Ok(())
     }
