@@ -34,6 +34,10 @@ async fn every_scenario_runs_without_errors() {
         for function in ["sha256", "blake3"] {
             let mut a = args(format!("grpc://{}", server.addr), scenario);
             a.digest_function = function.into();
+            // Uploads in Bazel's 16 KiB pieces with one function, in 1 MiB ones with the other.
+            if function == "blake3" {
+                a.write_chunk = "16KiB".into();
+            }
             let report = run(a).await.unwrap_or_else(|e| panic!("{scenario}/{function}: {e}"));
             assert_eq!(report.errors, 0, "{scenario}/{function}: {:?}", report.first_error);
             assert!(report.ops > 0 && report.ops_per_sec > 0.0, "{scenario}/{function}: no operations");
@@ -94,6 +98,12 @@ async fn missing_capabilities_and_bad_arguments_are_reported() {
     let mut a = args(endpoint.clone(), "ac-hit");
     a.instance = "nope".into();
     assert!(matches!(run(a).await.unwrap_err(), BenchError::Unsupported { .. }));
+    for chunk in ["0", "4MiB", "lots"] {
+        let mut a = args(endpoint.clone(), "write-large");
+        a.write_chunk = chunk.into();
+        let err = run(a).await.unwrap_err();
+        assert!(matches!(err, BenchError::Usage(_)) && err.to_string().contains("--write-chunk"), "{chunk}: {err}");
+    }
     let mut a = args("http//oops".into(), "ac-hit");
     a.concurrency = 1;
     assert!(matches!(run(a).await.unwrap_err(), BenchError::Usage(_)));

@@ -18,7 +18,6 @@ use super::{BenchError, Plan};
 use crate::protocol::to_proto;
 
 use crate::protocol::MAX_MESSAGE;
-const WRITE_CHUNK: usize = 1 << 20;
 pub const IDENTITY: i32 = reapi::compressor::Value::Identity as i32;
 pub const ZSTD: i32 = reapi::compressor::Value::Zstd as i32;
 
@@ -133,13 +132,14 @@ pub async fn write_blob(client: &mut Client, plan: &Plan, blob: &UniqueBlob, upl
         }
     };
     let total = (body.len() + tail.len()) as u64;
+    let chunk = plan.write_chunk as u64;
     let messages = futures::stream::unfold(Some(0u64), move |offset| {
         let (body, tail, name) = (body.clone(), tail.clone(), name.clone());
         async move {
             let offset = offset?;
             let body_len = body.len() as u64;
             let data = if offset < body_len {
-                let end = (offset + WRITE_CHUNK as u64).min(body_len);
+                let end = (offset + chunk).min(body_len);
                 body.slice(offset as usize..end as usize)
             } else {
                 tail

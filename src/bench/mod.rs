@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// Blob size of the large scenarios (write-large, read-large, baseline).
     #[arg(long, default_value = "64MiB")]
     pub large_size: String,
+    /// Bytes per ByteStream WriteRequest in the large uploads (Bazel sends 16 KiB, buildbox-casd
+    /// up to its message limit).
+    #[arg(long, default_value = "1MiB")]
+    pub write_chunk: String,
     /// Blob size of the small scenarios (write-small, read-small).
     #[arg(long, default_value = "4KiB")]
     pub small_size: String,
@@ -98,12 +102,16 @@ impl Done {
 /// The scenarios that can send their blobs compressed.
 const COMPRESSIBLE: [&str; 4] = ["write-large", "read-large", "write-small", "read-small"];
 
+/// The largest `--write-chunk`: room for the message's other fields within gRPC's usual 4 MiB.
+const MAX_WRITE_CHUNK: usize = 3 << 20;
+
 /// Sizes and the digest function, parsed once.
 pub struct Plan {
     pub args: BenchArgs,
     pub function: DigestFunction,
     pub large_size: usize,
     pub small_size: usize,
+    pub write_chunk: usize,
     /// Blobs travel zstd-compressed.
     pub compressed: bool,
 }
@@ -119,6 +127,10 @@ impl Plan {
             .ok_or_else(|| BenchError::Usage(format!("digest function {:?}: use sha256 or blake3", args.digest_function)))?;
         let large_size = size(&args.large_size, "--large-size")?;
         let small_size = size(&args.small_size, "--small-size")?;
+        let write_chunk = size(&args.write_chunk, "--write-chunk")?;
+        if write_chunk == 0 || write_chunk > MAX_WRITE_CHUNK {
+            return Err(BenchError::Usage("--write-chunk must be between 1 byte and 3 MiB (a gRPC message holds 4 MiB at most)".into()));
+        }
         if args.concurrency == 0 || args.concurrency > 1024 {
             return Err(BenchError::Usage("--concurrency must be between 1 and 1024".into()));
         }
@@ -134,7 +146,7 @@ impl Plan {
             "zstd" => return Err(BenchError::Usage(format!("--compressor zstd applies to {} only", COMPRESSIBLE.join(", ")))),
             other => return Err(BenchError::Usage(format!("--compressor {other:?}: use identity or zstd"))),
         };
-        Ok(Plan { args, function, large_size, small_size, compressed })
+        Ok(Plan { args, function, large_size, small_size, write_chunk, compressed })
     }
 }
 

@@ -181,6 +181,7 @@ pub fn bench_args(endpoint: String, scenario: &str) -> strata::bench::BenchArgs 
         digest_function: "sha256".into(),
         large_size: "2MiB".into(),
         small_size: "1KiB".into(),
+        write_chunk: "1MiB".into(),
         batch: 50,
         compressor: "identity".into(),
         find_missing: 1000,
