@@ -113,10 +113,6 @@ pub fn read_large_header(path: &Path) -> Option<Header> {
 
 static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
 
-/// Appends are written in runs of at least this many bytes, one trip off the runtime each: Bazel
-/// sends a blob in 16 KiB pieces, and a trip per piece costs more than the write.
-const WRITE_RUN: usize = 1 << 20;
-
 /// A streaming write of one large blob. Each chunk's size is reserved in the budget before it is
 /// written; dropping the writer uncommitted removes the temporary file and releases the reservation.
 pub struct LargeWriter {
@@ -130,13 +126,7 @@ pub struct LargeWriter {
     /// The checksum of the chunk being written, and those of the chunks before it.
     chunk_crc: crc32fast::Hasher,
     chunk_crcs: Vec<u8>,
-    /// Bytes appended, written or pending.
     written: u64,
-    /// Appended pieces not written yet, and their length.
-    pending: Vec<Bytes>,
-    pending_len: usize,
-    /// Where pieces are gathered into one write; kept for the writer's life.
-    run: Vec<u8>,
 }
 
 impl LargeWriter {
@@ -153,9 +143,6 @@ impl LargeWriter {
             chunk_crc: crc32fast::Hasher::new(),
             chunk_crcs: Vec::new(),
             written: 0,
-            pending: Vec::new(),
-            pending_len: 0,
-            run: Vec::new(),
         };
         let file = File::create(&writer.tmp).map_err(|e| StoreError::io(&writer.tmp, e))?;
         // The header goes in last, once the checksum is known; until then the file is not a record.
@@ -167,28 +154,6 @@ impl LargeWriter {
     fn file(&self) -> Result<Arc<File>> {
         self.file.clone().ok_or_else(|| StoreError::Config("large blob writer used after commit".into()))
     }
-
-    /// Writes the pending pieces where they belong: as they are if there is one, gathered otherwise.
-    async fn write_pending(&mut self) -> Result<()> {
-        let (file, tmp, pieces) = (self.file()?, self.tmp.clone(), std::mem::take(&mut self.pending));
-        let offset = HEADER_LEN as u64 + self.written - self.pending_len as u64;
-        self.pending_len = 0;
-        let mut run = std::mem::take(&mut self.run);
-        self.run = blocking("writing a large blob", move || {
-            let data: &[u8] = match pieces.as_slice() {
-                [one] => one,
-                _ => {
-                    run.clear();
-                    pieces.iter().for_each(|piece| run.extend_from_slice(piece));
-                    &run
-                }
-            };
-            file.write_all_at(data, offset).map_err(|e| StoreError::io(&tmp, e))?;
-            Ok(run)
-        })
-        .await?;
-        Ok(())
-    }
 }
 
 #[async_trait]
@@ -196,6 +161,9 @@ impl BlobWriter for LargeWriter {
     async fn append(&mut self, chunk: Bytes) -> Result<()> {
         self.log.reserve(chunk.len() as u64)?;
         self.reserved += chunk.len() as u64;
+        let offset = HEADER_LEN as u64 + self.written;
+        let (file, tmp, data) = (self.file()?, self.tmp.clone(), chunk.clone());
+        blocking("writing a large blob", move || file.write_all_at(&data, offset).map_err(|e| StoreError::io(&tmp, e))).await?;
         self.crc.update(&chunk);
         // The chunk table's checksums cover fixed CHUNK-sized pieces, whatever the appends' sizes.
         let mut rest: &[u8] = &chunk;
@@ -210,18 +178,10 @@ impl BlobWriter for LargeWriter {
             }
             rest = more;
         }
-        self.pending_len += chunk.len();
-        self.pending.push(chunk);
-        if self.pending_len >= WRITE_RUN {
-            self.write_pending().await?;
-        }
         Ok(())
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
-        if !self.pending.is_empty() {
-            self.write_pending().await?;
-        }
         let header = Header { key: self.key, form: Form::Identity, payload_len: self.written, payload_crc: self.crc.clone().finalize() };
         let tmp = self.tmp.clone();
         let durable = self.log.syncs_writes();

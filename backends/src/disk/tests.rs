@@ -317,8 +317,8 @@ async fn a_batch_is_appended_in_runs_across_a_roll_and_survives_restart() {
 
 #[tokio::test]
 async fn a_large_blob_sent_in_pieces_of_any_size_is_written_whole_and_in_place() {
-    // Small pieces are gathered into runs of WRITE_RUN, a piece larger than that goes as it is, and
-    // the tail is written at commit: every byte must land at its offset, across restarts too.
+    // Bazel's 16 KiB pieces, odd sizes and a piece over a checksum chunk: every byte must land at
+    // its offset and every chunk's checksum match, across restarts too.
     let dir = tempfile::tempdir().unwrap();
     let (digest, data) = blob(21, (7 << 20) / 2 + 3);
     let sizes = [16 << 10, 7, (3 << 20) / 2, 1, 16 << 10];
