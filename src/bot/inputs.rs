@@ -133,6 +133,7 @@ impl InputCache {
                 )));
             }
             let bad = |name: &str, e: String| BotError::Invalid(format!("input tree at {}: entry {name:?}: {e}", path.display()));
+            paths::check_distinct(&dir).map_err(|e| BotError::Invalid(format!("input tree at {}: {e}", path.display())))?;
             for file in &dir.files {
                 paths::check_name(&file.name).map_err(|e| bad(&file.name, e))?;
                 tree.files.push((path.join(&file.name), parse(file.digest.as_ref(), &file.name)?, file.is_executable));

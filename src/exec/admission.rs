@@ -32,6 +32,7 @@ pub async fn missing_inputs(cas: &Cas, function: DigestFunction, root: Digest) -
                 continue;
             };
             let bad = |name: &str, e: String| TreeError::Invalid(format!("input tree, directory {}: entry {}: {e}", quote(&path), quote(name)));
+            paths::check_distinct(&dir).map_err(|e| TreeError::Invalid(format!("input tree, directory {}: {e}", quote(&path))))?;
             for file in &dir.files {
                 paths::check_name(&file.name).map_err(|e| bad(&file.name, e))?;
                 let what = format!("input file {path}/{}", file.name);
@@ -134,6 +135,14 @@ mod tests {
             (reapi::Directory { files: vec![file("../x", present)], ..Default::default() }, "../x"),
             (reapi::Directory { files: vec![file("a/b", present)], ..Default::default() }, "a/b"),
             (escape, "up"),
+            (
+                reapi::Directory {
+                    files: vec![file("twice", present)],
+                    symlinks: vec![reapi::SymlinkNode { name: "twice".into(), target: "x".into(), ..Default::default() }],
+                    ..Default::default()
+                },
+                "\"twice\" names two entries",
+            ),
             (
                 reapi::Directory { files: vec![reapi::FileNode { name: "f".into(), digest: Some(reapi::Digest { hash: "zz".into(), size_bytes: 1 }), ..Default::default() }], ..Default::default() },
                 "input file /f",

@@ -3,12 +3,28 @@
 //! path, symlink target) must stay inside the action's directory. Used by the server to refuse bad
 //! actions up front and by the bot, which trusts nothing it fetches.
 
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+
 use crate::quote::quote;
 
 /// A Directory entry name: one component, not empty, `.` or `..`, without `/` or NUL.
 pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
         return Err(format!("{} is not a valid file name (one path component, not \".\" or \"..\")", quote(name)));
+    }
+    Ok(())
+}
+
+/// The entry names of one Directory (files, directories, symlinks) are distinct: REAPI requires it,
+/// and of two entries of one name one could not be made, or would replace the other.
+pub fn check_distinct(dir: &reapi::Directory) -> Result<(), String> {
+    let files = dir.files.iter().map(|f| f.name.as_str());
+    let names = files.chain(dir.directories.iter().map(|d| d.name.as_str())).chain(dir.symlinks.iter().map(|l| l.name.as_str()));
+    let mut seen = std::collections::HashSet::new();
+    for name in names {
+        if !seen.insert(name) {
+            return Err(format!("{} names two entries of one directory", quote(name)));
+        }
     }
     Ok(())
 }
@@ -133,6 +149,22 @@ impl Symlinks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_used_twice_in_one_directory_is_refused_whatever_the_kinds() {
+        let file = |name: &str| reapi::FileNode { name: name.into(), ..Default::default() };
+        let dir = |name: &str| reapi::DirectoryNode { name: name.into(), ..Default::default() };
+        let distinct = reapi::Directory { files: vec![file("a"), file("b")], directories: vec![dir("c")], ..Default::default() };
+        assert_eq!(check_distinct(&distinct), Ok(()));
+        let twice = [
+            reapi::Directory { files: vec![file("a"), file("a")], ..Default::default() },
+            reapi::Directory { files: vec![file("a")], directories: vec![dir("a")], ..Default::default() },
+            reapi::Directory { directories: vec![dir("a")], symlinks: vec![reapi::SymlinkNode { name: "a".into(), target: "b".into(), ..Default::default() }], ..Default::default() },
+        ];
+        for dir in twice {
+            assert!(check_distinct(&dir).is_err_and(|e| e.contains("\"a\" names two entries")), "{dir:?}");
+        }
+    }
 
     #[test]
     fn symlink_chains_resolve_through_links_in_the_tree() {
