@@ -78,7 +78,7 @@ mod tests {
     use std::sync::Arc;
 
     use bytes::Bytes;
-    use strata_backends::{Admission, MemoryStore};
+    use strata_backends::{MemoryStore};
 
     use super::*;
     use crate::protocol::to_proto;
@@ -91,8 +91,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_result_is_served_only_while_everything_it_references_is_stored() {
-        let cas = Cas::new(Arc::new(MemoryStore::new(1 << 20, Admission::Always)));
-        let store = MemoryStore::new(1 << 20, Admission::Always);
+        let cas = Cas::new(Arc::new(MemoryStore::new(1 << 20)));
+        let store = MemoryStore::new(1 << 20);
         let out = stored(&cas, b"output").await;
         let inner_file = stored(&cas, b"inside a tree").await;
         let tree = reapi::Tree {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use strata_backends::client::ClientAuth;
 use strata_backends::{
-    ActionCacheStore, Admission, BlobStore, DiskConfig, DiskLog, ExistenceCache, MemoryStore, Metered, RemoteConfig,
+    ActionCacheStore, BlobStore, DiskConfig, DiskLog, ExistenceCache, MemoryStore, Metered, RemoteConfig,
     RemoteStore, S3Config, S3Store, Spooled, StoreError, Tier, TieredActionCache, TieredStore, UpstreamMetrics, Verified,
 };
 
@@ -79,8 +79,7 @@ pub async fn build(config: &Config, upstream: &UpstreamMetrics) -> Result<Built,
         let (mut cas_tiers, mut views) = (Vec::new(), Vec::new());
         for (i, tier) in stack.cas.iter().enumerate() {
             let label = format!("storage.{name}.cas[{i}]");
-            let last = i + 1 == stack.cas.len();
-            let mut opened = open(config, &tier.kind, &label, last, &mut built.disks).await?;
+            let mut opened = open(config, &tier.kind, &label, &mut built.disks).await?;
             if tier.kind.is_upstream() {
                 opened.cas = Arc::new(Metered::new(opened.cas, opened.name.clone(), upstream.clone()));
             }
@@ -91,8 +90,7 @@ pub async fn build(config: &Config, upstream: &UpstreamMetrics) -> Result<Built,
         let (mut ac_tiers, mut asset_tiers, mut asset_upstream) = (Vec::new(), Vec::new(), None);
         for (i, tier) in stack.action_cache.iter().enumerate() {
             let label = format!("storage.{name}.action_cache[{i}]");
-            let last = i + 1 == stack.action_cache.len();
-            let mut opened = open(config, &tier.kind, &label, last, &mut built.disks).await?;
+            let mut opened = open(config, &tier.kind, &label, &mut built.disks).await?;
             if tier.kind.is_upstream() {
                 opened.ac = Arc::new(Metered::new(opened.ac, opened.name.clone(), upstream.clone()));
             }
@@ -105,7 +103,7 @@ pub async fn build(config: &Config, upstream: &UpstreamMetrics) -> Result<Built,
             ac_tiers.push((opened.name, opened.ac));
         }
         if asset_tiers.is_empty() {
-            let memory: Arc<dyn ActionCacheStore> = Arc::new(MemoryStore::new(ASSET_INDEX_MEMORY, Admission::Always));
+            let memory: Arc<dyn ActionCacheStore> = Arc::new(MemoryStore::new(ASSET_INDEX_MEMORY));
             asset_tiers.push((format!("storage.{name} asset index (memory)"), memory));
         }
         built.stacks.insert(
@@ -135,9 +133,9 @@ impl TierView {
     }
 }
 
-async fn open(config: &Config, kind: &TierKind, label: &str, last: bool, disks: &mut Vec<DiskLog>) -> Result<Opened, StoreError> {
+async fn open(config: &Config, kind: &TierKind, label: &str, disks: &mut Vec<DiskLog>) -> Result<Opened, StoreError> {
     Ok(match kind {
-        TierKind::Memory(m) => Opened::new(label.to_string(), MemoryStore::new(m.max_size.0, admission(last))),
+        TierKind::Memory(m) => Opened::new(label.to_string(), MemoryStore::new(m.max_size.0)),
         TierKind::Disk(d) => {
             let log = open_disk(config, d, label)?;
             disks.push(log.clone());
@@ -195,12 +193,6 @@ fn with_policy(config: &Config, opened: Opened, kind: &TierKind, policy: &TierPo
         },
     };
     Ok((tier, probe))
-}
-
-/// A memory tier with nothing behind it must keep what it is given; in front of another tier it may
-/// turn away blobs that are unlikely to be read again.
-fn admission(last_tier: bool) -> Admission {
-    if last_tier { Admission::Always } else { Admission::Probation }
 }
 
 async fn open_s3(c: &S3Tier, label: &str) -> Result<S3Store, StoreError> {

@@ -93,7 +93,7 @@ mod tests {
     use std::sync::Arc;
 
     use bytes::Bytes;
-    use strata_backends::{Admission, MemoryStore};
+    use strata_backends::{MemoryStore};
 
     use super::*;
     use crate::protocol::to_proto;
@@ -111,7 +111,7 @@ mod tests {
 
     #[tokio::test]
     async fn walks_breadth_first_each_directory_once_skipping_missing_and_garbage() {
-        let cas = Cas::new(Arc::new(MemoryStore::new(1 << 20, Admission::Always)));
+        let cas = Cas::new(Arc::new(MemoryStore::new(1 << 20)));
         let leaf = reapi::Directory { files: vec![reapi::FileNode { name: "f".into(), ..Default::default() }], ..Default::default() };
         let leaf_digest = put(&cas, &leaf).await;
         let missing = DigestFunction::Sha256.digest_of(b"not stored");

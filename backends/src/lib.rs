@@ -12,10 +12,10 @@
 //! ```
 //! use std::sync::Arc;
 //! use bytes::Bytes;
-//! use strata_backends::{Admission, BlobStore, DigestFunction, EmptyBlob, MemoryStore, Tier, TieredStore};
+//! use strata_backends::{BlobStore, DigestFunction, EmptyBlob, MemoryStore, Tier, TieredStore};
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! let memory = Tier::new("memory", Arc::new(MemoryStore::new(64 << 20, Admission::Always)));
+//! let memory = Tier::new("memory", Arc::new(MemoryStore::new(64 << 20)));
 //! let cas = EmptyBlob::new(Arc::new(TieredStore::new(vec![memory]).unwrap()));
 //! let data = Bytes::from_static(b"hello");
 //! let digest = DigestFunction::Sha256.digest_of(&data);
@@ -50,7 +50,7 @@ pub use layers::single_flight::SingleFlight;
 pub use layers::spool::Spooled;
 pub use layers::tiered::{Tier, TieredStore};
 pub use layers::verify::{Verified, VerifyingWriter};
-pub use memory::{Admission, MemoryStore};
+pub use memory::{MemoryStore};
 pub use remote::{RemoteConfig, RemoteStore};
 pub use s3::{S3Config, S3Store};
 pub use store::{slice_range, ActionCacheStore, Blob, BlobStore, BlobWriter, BufferedWriter, StoreStats};

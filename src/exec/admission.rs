@@ -82,7 +82,7 @@ mod tests {
 
     use bytes::Bytes;
     use prost::Message;
-    use strata_backends::{Admission, MemoryStore};
+    use strata_backends::{MemoryStore};
 
     use super::*;
     use crate::protocol::to_proto;
@@ -100,7 +100,7 @@ mod tests {
 
     #[tokio::test]
     async fn missing_directories_and_files_are_all_reported_at_once() {
-        let cas = Cas::new(Arc::new(MemoryStore::new(1 << 20, Admission::Always)));
+        let cas = Cas::new(Arc::new(MemoryStore::new(1 << 20)));
         let present = DigestFunction::Sha256.digest_of(b"present");
         cas.put(&present, Bytes::from_static(b"present")).await.unwrap();
         let (absent_file, absent_dir) = (DigestFunction::Sha256.digest_of(b"absent"), DigestFunction::Sha256.digest_of(b"absent dir"));
@@ -125,7 +125,7 @@ mod tests {
 
     #[tokio::test]
     async fn hostile_trees_are_refused_naming_the_entry() {
-        let cas = Cas::new(Arc::new(MemoryStore::new(1 << 20, Admission::Always)));
+        let cas = Cas::new(Arc::new(MemoryStore::new(1 << 20)));
         let present = DigestFunction::Sha256.digest_of(b"");
         let escape = reapi::Directory {
             symlinks: vec![reapi::SymlinkNode { name: "up".into(), target: "../../etc".into(), ..Default::default() }],

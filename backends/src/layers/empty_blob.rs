@@ -82,11 +82,11 @@ mod tests {
     use super::*;
     use crate::digest::DigestFunction;
     use crate::layers::testing::Counting;
-    use crate::memory::{Admission, MemoryStore};
+    use crate::memory::{MemoryStore};
 
     #[tokio::test]
     async fn the_empty_blob_is_present_without_asking_any_tier() {
-        let counting = Arc::new(Counting::new(Arc::new(MemoryStore::new(1 << 20, Admission::Always)), Duration::ZERO));
+        let counting = Arc::new(Counting::new(Arc::new(MemoryStore::new(1 << 20)), Duration::ZERO));
         let store = EmptyBlob::new(counting.clone());
         let (sha, blake) = (DigestFunction::Sha256.empty(), DigestFunction::Blake3.empty());
         let other = DigestFunction::Sha256.digest_of(b"x");

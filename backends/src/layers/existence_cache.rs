@@ -106,7 +106,7 @@ mod tests {
     use super::*;
     use crate::digest::DigestFunction;
     use crate::layers::testing::{Counting, Forged};
-    use crate::memory::{Admission, MemoryStore};
+    use crate::memory::{MemoryStore};
 
     fn digest(n: u8) -> (Digest, Bytes) {
         let data = Bytes::from(vec![n; 10]);
@@ -115,7 +115,7 @@ mod tests {
 
     #[tokio::test]
     async fn present_is_remembered_missing_is_not() {
-        let memory = Arc::new(MemoryStore::new(1 << 20, Admission::Always));
+        let memory = Arc::new(MemoryStore::new(1 << 20));
         let counting = Arc::new(Counting::new(memory.clone(), Duration::ZERO));
         let cache = ExistenceCache::new(counting.clone(), 100, Duration::from_secs(60));
         let ((a, a_data), (b, b_data)) = (digest(1), digest(2));
@@ -153,7 +153,7 @@ mod tests {
 
     #[tokio::test]
     async fn entries_expire_and_the_count_is_bounded() {
-        let memory = Arc::new(MemoryStore::new(1 << 20, Admission::Always));
+        let memory = Arc::new(MemoryStore::new(1 << 20));
         let counting = Arc::new(Counting::new(memory.clone(), Duration::ZERO));
         let cache = ExistenceCache::new(counting.clone(), 100, Duration::from_millis(50));
         let (a, a_data) = digest(1);

@@ -130,12 +130,12 @@ mod tests {
     use super::*;
     use crate::digest::DigestFunction;
     use crate::layers::testing::DOWN;
-    use crate::memory::{Admission, MemoryStore};
+    use crate::memory::{MemoryStore};
 
     #[tokio::test]
     async fn counts_calls_by_outcome() {
         let metrics = UpstreamMetrics::default();
-        let (store, gone): (Arc<dyn BlobStore>, Arc<dyn BlobStore>) = (Arc::new(MemoryStore::new(1 << 20, Admission::Always)), Arc::new(DOWN));
+        let (store, gone): (Arc<dyn BlobStore>, Arc<dyn BlobStore>) = (Arc::new(MemoryStore::new(1 << 20)), Arc::new(DOWN));
         let up = Metered::new(store, "up", metrics.clone());
         let down = Metered::new(gone, "down", metrics.clone());
         let d = DigestFunction::Sha256.digest_of(b"x");
@@ -151,7 +151,7 @@ mod tests {
         assert!(down.write_many(vec![(d, Bytes::from_static(b"x")), (e, Bytes::from_static(b"e"))]).await.iter().all(Result::is_err));
         assert_eq!((count("up", "write_batch", "ok"), count("down", "write_batch", "error"), count("up", "write", "ok")), (1, 1, 1));
 
-        let cache: Arc<dyn ActionCacheStore> = Arc::new(MemoryStore::new(1 << 20, Admission::Always));
+        let cache: Arc<dyn ActionCacheStore> = Arc::new(MemoryStore::new(1 << 20));
         let ac = Metered::new(cache, "up", metrics.clone());
         ac.put(&d, Bytes::from_static(b"result")).await.unwrap();
         assert_eq!(ac.get(&d).await.unwrap().as_deref(), Some(&b"result"[..]));

@@ -12,11 +12,11 @@ use crate::error::StoreError;
 use crate::layers::testing::{collect, Counting, Forged, DOWN};
 use crate::layers::tiered::{Tier, TieredStore};
 use crate::layers::verify::Verified;
-use crate::memory::{Admission, MemoryStore};
+use crate::memory::{MemoryStore};
 use crate::store::BlobStore;
 
 fn memory() -> Arc<MemoryStore> {
-    Arc::new(MemoryStore::new(64 << 20, Admission::Always))
+    Arc::new(MemoryStore::new(64 << 20))
 }
 
 fn blob(n: usize, seed: u8) -> (Digest, Bytes) {

@@ -161,7 +161,7 @@ mod tests {
     use super::*;
     use crate::digest::DigestFunction;
     use crate::layers::testing::{collect, Forged};
-    use crate::memory::{Admission, MemoryStore};
+    use crate::memory::{MemoryStore};
 
     fn blob(n: usize) -> (Digest, Bytes) {
         let data: Bytes = (0..n).map(|i| (i * 7) as u8).collect::<Vec<u8>>().into();
@@ -171,7 +171,7 @@ mod tests {
     #[tokio::test]
     async fn intact_blobs_and_ranges_pass() {
         let (digest, data) = blob(10_000);
-        let memory = Arc::new(MemoryStore::new(1 << 20, Admission::Always));
+        let memory = Arc::new(MemoryStore::new(1 << 20));
         memory.write(&digest, data.clone()).await.unwrap();
         let store = Verified::new(memory, "test");
         assert_eq!(collect(store.read(&digest, 0, None).await.unwrap().unwrap()).await.unwrap(), data);
@@ -195,7 +195,7 @@ mod tests {
     #[tokio::test]
     async fn the_writer_commits_only_matching_bytes() {
         let (digest, data) = blob(3_000);
-        let memory = Arc::new(MemoryStore::new(1 << 20, Admission::Always));
+        let memory = Arc::new(MemoryStore::new(1 << 20));
 
         let mut good = Box::new(VerifyingWriter::new(digest, memory.writer(&digest).await.unwrap()));
         good.append(data.slice(..1_000)).await.unwrap();
