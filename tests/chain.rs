@@ -13,7 +13,7 @@ use common::*;
 use strata::cas::Cas;
 use strata::instances::Instance;
 use strata::server::Server;
-use strata_backends::{Admission, MemoryStore};
+use strata_backends::{MemoryStore};
 use strata_backends::{BlobStore, Digest, DigestFunction};
 use tonic::Code;
 
@@ -151,7 +151,7 @@ async fn action_results_come_through_the_chain() {
 /// callers, so this is how a corrupted upstream object is planted). Named for what it is: a deliberately
 /// lying upstream, built from Strata's own parts.
 async fn lying_upstream(digests_and_wrong_bytes: &[(Digest, Vec<u8>)]) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    let store = MemoryStore::new(64 << 20, Admission::Always);
+    let store = MemoryStore::new(64 << 20);
     for (d, wrong) in digests_and_wrong_bytes {
         store.write(d, Bytes::from(wrong.clone())).await.unwrap();
     }
