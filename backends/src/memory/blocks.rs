@@ -23,6 +23,9 @@ pub const ENTRY_OVERHEAD: u64 = 192;
 /// microseconds, not for a whole FindMissingBlobs of 10,000 digests.
 const KEYS_PER_READ_LOCK: usize = 256;
 
+/// An eviction takes this many entries out of the map per hold of the write lock.
+const KEYS_PER_EVICTION_LOCK: usize = 512;
+
 /// Blocks per tier: eviction frees a sixteenth of the tier at a time.
 const BLOCKS: u64 = 16;
 /// Bounds of a block's size: small enough to evict little at a time in a large tier, large enough
@@ -99,6 +102,8 @@ struct Inner {
     next_id: u64,
     /// Entries removed on request since start: a copy forward must not bring one back.
     removals: u64,
+    /// A caller is taking the entries of the oldest block out of the map.
+    evicting: bool,
     /// Buffers allocated for shared blocks since start: once the ring is full, none but where a
     /// reader still held an evicted block's buffer.
     buffers_made: u64,
@@ -127,6 +132,7 @@ impl Blocks {
             weight: 0,
             next_id: 0,
             removals: 0,
+            evicting: false,
             buffers_made: 0,
         };
         Blocks { capacity, inner: RwLock::new(inner), evictions: AtomicU64::new(0) }
@@ -190,12 +196,36 @@ impl Blocks {
     /// Room for `len` bytes in the newest block, evicting the oldest ones as the budget requires;
     /// filled without the lock, then committed. Dropped instead, it stays unused until its block goes.
     pub fn reserve(&self, len: usize) -> Region {
+        loop {
+            let mut inner = self.inner.write();
+            if let Ok(region) = inner.try_reserve(len) {
+                return region;
+            }
+            let oldest = inner.ring.pop_front();
+            inner.evicting = oldest.is_some();
+            drop(inner);
+            // Asked for only when the ring has a block; with none, the next try goes over the budget.
+            if let Some(oldest) = oldest {
+                self.evict(oldest);
+            }
+        }
+    }
+
+    /// Takes the entries of an evicted block out of the map a slice at a time, so that no caller
+    /// waits for more than a slice (a block of 4 KiB blobs holds some 15,000), then takes its buffer
+    /// back. Meanwhile its entries can still be read.
+    fn evict(&self, block: Block) {
         let mut garbage = Vec::new();
-        let mut inner = self.inner.write();
-        let (region, evicted) = inner.reserve(len, &mut garbage);
-        drop(inner);
+        let mut evicted = 0;
+        for keys in block.keys.chunks(KEYS_PER_EVICTION_LOCK) {
+            let mut inner = self.inner.write();
+            evicted += inner.remove_entries(block.id, keys, &mut garbage, block.rest.is_none());
+            drop(inner);
+            garbage.clear();
+        }
+        self.inner.write().retire(block, &mut garbage);
+        drop(garbage);
         self.evictions.fetch_add(evicted, Relaxed);
-        region
     }
 
     /// Stores a filled region under `key`, replacing what was there. If its block was evicted while
@@ -259,37 +289,41 @@ impl Inner {
         self.ring.front().is_some_and(|front| id >= front.id) || self.head.as_ref().is_some_and(|head| head.id == id)
     }
 
-    /// Hands out room for `len` bytes, evicting what it must; returns it and how many entries went.
-    /// What must be freed goes to `garbage`, to be dropped after the lock is released.
-    fn reserve(&mut self, len: usize, garbage: &mut Vec<Bytes>) -> (Region, u64) {
+    /// Hands out room for `len` bytes, or `Err` when the oldest block must go first. While one
+    /// caller evicts, others take new memory rather than evict a second block; the budget is
+    /// restored as that eviction ends.
+    fn try_reserve(&mut self, len: usize) -> Result<Region, ()> {
         let added = weight(len);
         if added > self.block_size {
             // Too large to share a block: a block of its own, after the head, which is closed so
             // that the ring stays in order.
             self.seal_head();
-            if self.spare.take().is_some() {
+            if self.allocated + added > self.capacity && self.spare.take().is_some() {
                 self.allocated -= self.block_size;
             }
-            let mut evicted = 0;
-            while self.allocated + added > self.capacity {
-                match self.evict_oldest(false, garbage) {
-                    Some(n) => evicted += n,
-                    None => break,
-                }
+            if self.allocated + added > self.capacity && !self.may_exceed() {
+                return Err(());
             }
             self.allocated += added;
             let id = self.new_id();
             self.ring.push_back(Block { id, size: added, rest: None, filled: added, keys: Vec::new() });
-            return (Region { block: id, buf: BytesMut::with_capacity(len) }, evicted);
+            return Ok(Region { block: id, buf: BytesMut::with_capacity(len) });
         }
-        let mut evicted = 0;
         let mut head = match self.head.take() {
             Some(head) if head.filled + added <= self.block_size => head,
             full => {
                 self.ring.extend(full);
-                let (head, n) = self.new_head(garbage);
-                evicted += n;
-                head
+                let buf = match self.spare.take() {
+                    Some(spare) => spare,
+                    None if self.allocated + self.block_size <= self.capacity || self.may_exceed() => {
+                        self.allocated += self.block_size;
+                        self.buffers_made += 1;
+                        BytesMut::with_capacity(self.block_size as usize)
+                    }
+                    None => return Err(()),
+                };
+                let id = self.new_id();
+                Block { id, size: self.block_size, rest: Some(buf), filled: 0, keys: Vec::new() }
             }
         };
         head.filled += added;
@@ -302,32 +336,17 @@ impl Inner {
         };
         let block = head.id;
         self.head = Some(head);
-        (Region { block, buf: region }, evicted)
+        Ok(Region { block, buf: region })
+    }
+
+    /// Whether room may be taken beyond the budget: when there is no full block to evict, or while
+    /// another caller evicts one.
+    fn may_exceed(&self) -> bool {
+        self.ring.is_empty() || self.evicting
     }
 
     fn seal_head(&mut self) {
-        if let Some(head) = self.head.take() {
-            self.ring.push_back(head);
-        }
-    }
-
-    /// A new head on the spare buffer, or on the buffer of the oldest block once evicted, or on a
-    /// new one.
-    fn new_head(&mut self, garbage: &mut Vec<Bytes>) -> (Block, u64) {
-        let mut evicted = 0;
-        while self.spare.is_none() && self.allocated + self.block_size > self.capacity {
-            match self.evict_oldest(true, garbage) {
-                Some(n) => evicted += n,
-                None => break,
-            }
-        }
-        let buf = self.spare.take().unwrap_or_else(|| {
-            self.allocated += self.block_size;
-            self.buffers_made += 1;
-            BytesMut::with_capacity(self.block_size as usize)
-        });
-        let id = self.new_id();
-        (Block { id, size: self.block_size, rest: Some(buf), filled: 0, keys: Vec::new() }, evicted)
+        self.ring.extend(self.head.take());
     }
 
     fn new_id(&mut self) -> u64 {
@@ -335,28 +354,34 @@ impl Inner {
         self.next_id
     }
 
-    /// Evicts the oldest full block and the entries still in it; how many, or None when there is
-    /// none. Its buffer becomes the spare when `keep_buffer` and nothing else refers to it any more
-    /// (no reader, no upload still copying into it).
-    fn evict_oldest(&mut self, keep_buffer: bool, garbage: &mut Vec<Bytes>) -> Option<u64> {
-        let block = self.ring.pop_front()?;
-        let mut evicted = 0;
-        for key in &block.keys {
-            if self.map.get(key).is_some_and(|entry| entry.block == block.id) {
-                if let Some(entry) = self.map.remove(key) {
-                    self.weight -= weight(entry.value.len());
-                    evicted += 1;
-                    // A shared block's entries are views of its buffer: dropping them here only
-                    // counts down, and the buffer can then be taken back.
-                    if block.rest.is_none() {
-                        garbage.push(entry.value);
-                    }
+    /// Removes those of `keys` whose entry is still in block `id`; how many. A shared block's
+    /// entries are views of its buffer: dropping them only counts down, and the buffer can then be
+    /// taken back; a block of its own's entry is freed after the lock is released.
+    fn remove_entries(&mut self, id: u64, keys: &[Key], garbage: &mut Vec<Bytes>, own_block: bool) -> u64 {
+        let mut removed = 0;
+        for key in keys {
+            if !self.map.get(key).is_some_and(|entry| entry.block == id) {
+                continue;
+            }
+            if let Some(entry) = self.map.remove(key) {
+                self.weight -= weight(entry.value.len());
+                removed += 1;
+                if own_block {
+                    garbage.push(entry.value);
                 }
             }
         }
+        removed
+    }
+
+    /// Ends an eviction: the block's buffer becomes the spare if nothing refers to it any more (no
+    /// reader, no upload still copying into it) and the budget allows; otherwise it is let go.
+    fn retire(&mut self, block: Block, garbage: &mut Vec<Bytes>) {
+        self.evicting = false;
         match block.rest {
             Some(mut rest) => {
-                if keep_buffer && self.spare.is_none() && rest.try_reclaim(self.block_size as usize) {
+                let room = self.spare.is_none() && self.allocated <= self.capacity;
+                if room && rest.try_reclaim(self.block_size as usize) {
                     self.spare = Some(rest);
                 } else {
                     // Still read from or written into: freed by whoever lets go of it last.
@@ -366,7 +391,6 @@ impl Inner {
             }
             None => self.allocated -= block.size,
         }
-        Some(evicted)
     }
 
     fn block_mut(&mut self, id: u64) -> Option<&mut Block> {
