@@ -94,8 +94,9 @@ struct Inner {
     head: Option<Block>,
     /// A buffer taken back from an evicted block, for the next head.
     spare: Option<BytesMut>,
-    /// What the blocks, the head and the spare take: at most the capacity, but for entries still
-    /// being copied in when their block's turn to go came.
+    /// What the blocks (one being evicted too), the head and the spare take: at most the capacity,
+    /// but while an eviction is under way (others then take new memory rather than wait for it) or
+    /// when there is no full block left to evict.
     allocated: u64,
     /// The weight of the entries held.
     weight: u64,
@@ -105,7 +106,7 @@ struct Inner {
     /// A caller is taking the entries of the oldest block out of the map.
     evicting: bool,
     /// Buffers allocated for shared blocks since start: once the ring is full, none but where a
-    /// reader still held an evicted block's buffer.
+    /// reader still held an evicted block's buffer or an eviction was under way.
     buffers_made: u64,
 }
 
