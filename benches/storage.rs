@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use strata_backends::{DiskConfig, DiskLog, SyncPolicy};
-use strata_backends::{MemoryStore};
+use strata_backends::MemoryStore;
 use strata_backends::{BlobStore, Digest, DigestFunction};
 
 /// Distinct digests without hashing: the tiers trust their caller to have verified the bytes, so

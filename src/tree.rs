@@ -93,7 +93,7 @@ mod tests {
     use std::sync::Arc;
 
     use bytes::Bytes;
-    use strata_backends::{MemoryStore};
+    use strata_backends::MemoryStore;
 
     use super::*;
     use crate::protocol::to_proto;

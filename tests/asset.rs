@@ -129,7 +129,7 @@ async fn a_push_of_what_the_cas_lacks_names_it_and_an_evicted_blob_makes_the_ass
     push.push_blob(with_refs).await.unwrap();
     assert!(fetch.fetch_blob(fetch_blob(&["urn:refs"], vec![])).await.is_ok());
     // Write three times the 256 KiB CAS without asking about the reference (FindMissing counts as a
-    // use of what it finds), so the hand passes it twice and evicts it; the asset goes with it.
+    // use of what it finds, and would copy it forward), so its block is evicted; the asset goes with it.
     for seed in 100..300 {
         upload(&mut cas, "", &[&content(seed, 4000)]).await;
     }

@@ -13,7 +13,7 @@ use common::*;
 use strata::cas::Cas;
 use strata::instances::Instance;
 use strata::server::Server;
-use strata_backends::{MemoryStore};
+use strata_backends::MemoryStore;
 use strata_backends::{BlobStore, Digest, DigestFunction};
 use tonic::Code;
 

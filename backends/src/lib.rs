@@ -50,7 +50,7 @@ pub use layers::single_flight::SingleFlight;
 pub use layers::spool::Spooled;
 pub use layers::tiered::{Tier, TieredStore};
 pub use layers::verify::{Verified, VerifyingWriter};
-pub use memory::{MemoryStore};
+pub use memory::MemoryStore;
 pub use remote::{RemoteConfig, RemoteStore};
 pub use s3::{S3Config, S3Store};
 pub use store::{slice_range, ActionCacheStore, Blob, BlobStore, BlobWriter, BufferedWriter, StoreStats};

@@ -82,7 +82,7 @@ mod tests {
 
     use bytes::Bytes;
     use prost::Message;
-    use strata_backends::{MemoryStore};
+    use strata_backends::MemoryStore;
 
     use super::*;
     use crate::protocol::to_proto;

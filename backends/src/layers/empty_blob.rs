@@ -82,7 +82,7 @@ mod tests {
     use super::*;
     use crate::digest::DigestFunction;
     use crate::layers::testing::Counting;
-    use crate::memory::{MemoryStore};
+    use crate::memory::MemoryStore;
 
     #[tokio::test]
     async fn the_empty_blob_is_present_without_asking_any_tier() {

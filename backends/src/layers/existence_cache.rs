@@ -106,7 +106,7 @@ mod tests {
     use super::*;
     use crate::digest::DigestFunction;
     use crate::layers::testing::{Counting, Forged};
-    use crate::memory::{MemoryStore};
+    use crate::memory::MemoryStore;
 
     fn digest(n: u8) -> (Digest, Bytes) {
         let data = Bytes::from(vec![n; 10]);

@@ -130,7 +130,7 @@ mod tests {
     use super::*;
     use crate::digest::DigestFunction;
     use crate::layers::testing::DOWN;
-    use crate::memory::{MemoryStore};
+    use crate::memory::MemoryStore;
 
     #[tokio::test]
     async fn counts_calls_by_outcome() {

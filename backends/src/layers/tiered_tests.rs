@@ -12,7 +12,7 @@ use crate::error::StoreError;
 use crate::layers::testing::{collect, Counting, Forged, DOWN};
 use crate::layers::tiered::{Tier, TieredStore};
 use crate::layers::verify::Verified;
-use crate::memory::{MemoryStore};
+use crate::memory::MemoryStore;
 use crate::store::BlobStore;
 
 fn memory() -> Arc<MemoryStore> {

@@ -161,7 +161,7 @@ mod tests {
     use super::*;
     use crate::digest::DigestFunction;
     use crate::layers::testing::{collect, Forged};
-    use crate::memory::{MemoryStore};
+    use crate::memory::MemoryStore;
 
     fn blob(n: usize) -> (Digest, Bytes) {
         let data: Bytes = (0..n).map(|i| (i * 7) as u8).collect::<Vec<u8>>().into();
