@@ -20,3 +20,18 @@ pub fn remove_soon(path: PathBuf) {
         }
     }
 }
+
+/// Sets a file's modification time, from code that need not wait for it: on a blocking thread when
+/// there is a runtime, at once otherwise. A failure is logged; the file may have gone meanwhile.
+pub fn touch_soon(path: PathBuf, time: std::time::SystemTime) {
+    let touch = move || {
+        let touched = std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(time));
+        if let Err(e) = touched {
+            tracing::debug!(path = %path.display(), "setting a file's time: {e}");
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(touch)),
+        Err(_) => touch(),
+    }
+}

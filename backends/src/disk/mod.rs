@@ -39,6 +39,7 @@ pub use self::sync::SyncPolicy;
 use self::sync::{GroupCommit, SyncSource};
 use crate::digest::{Digest, Key};
 use crate::error::{Result, StoreError};
+use crate::offload;
 use crate::zstd_chunks::Settings;
 use crate::store::{ActionCacheStore, Blob, BlobStore, BlobWriter, BufferedWriter, Counters, StoreStats};
 
@@ -192,28 +193,23 @@ impl DiskLog {
 
     /// The stored value for `key` and where it was, or `None`. Damaged records count as absent and
     /// are dropped from the index.
-    fn lookup(&self, key: &Key) -> Option<(Stored, Found)> {
-        self.lookup_range(key, 0..u64::MAX)
+    async fn lookup(&self, key: &Key) -> Option<(Stored, Found)> {
+        self.lookup_range(key, 0..u64::MAX).await
     }
 
-    /// As `lookup`, but a large blob is checked only in `range` (the rest is not read).
-    fn lookup_range(&self, key: &Key, range: std::ops::Range<u64>) -> Option<(Stored, Found)> {
-        let (segment, loc) = {
+    /// As `lookup`, but a large blob is checked only in `range` (the rest is not read). A large blob's
+    /// file is opened, mapped and checked on a blocking thread.
+    async fn lookup_range(&self, key: &Key, range: std::ops::Range<u64>) -> Option<(Stored, Found)> {
+        let in_segment = {
             let st = self.inner.state.read();
             match st.index.get(key) {
-                Some(loc) => (st.segments.get(&loc.segment)?.clone(), loc),
-                None => {
-                    let entry = *st.large.get(key)?;
-                    drop(st);
-                    return match large::read_large(self.large_dir(), key, range) {
-                        Some(data) => Some((Stored::Identity(data), Found::Large(entry))),
-                        None => {
-                            self.forget_large(key, "missing or damaged");
-                            None
-                        }
-                    };
-                }
+                Some(loc) => Ok((st.segments.get(&loc.segment)?.clone(), loc)),
+                None => Err(*st.large.get(key)?),
             }
+        };
+        let (segment, loc) = match in_segment {
+            Ok(found) => found,
+            Err(entry) => return self.lookup_large(key, entry, range).await,
         };
         match segment.payload(loc, key).and_then(|(form, payload)| Stored::new(form, payload)) {
             Some(stored) => Some((stored, Found::Segment(loc))),
@@ -225,6 +221,22 @@ impl DiskLog {
                     tracing::warn!(segment = %segment.path.display(), offset = loc.offset, "damaged record dropped");
                     self.inner.state.write().index.remove(key, loc);
                 }
+                None
+            }
+        }
+    }
+
+    async fn lookup_large(&self, key: &Key, entry: LargeEntry, range: std::ops::Range<u64>) -> Option<(Stored, Found)> {
+        let (dir, key) = (self.large_dir().to_path_buf(), *key);
+        match offload::blocking("reading a large blob", move || Ok(large::read_large(&dir, &key, range))).await {
+            Ok(Some(data)) => Some((Stored::Identity(data), Found::Large(entry))),
+            Ok(None) => {
+                self.forget_large(&key, "missing or damaged");
+                None
+            }
+            // A panic while reading is not evidence that the blob is damaged: its entry stays.
+            Err(e) => {
+                tracing::warn!("{e}");
                 None
             }
         }
@@ -263,13 +275,12 @@ impl DiskLog {
         if !self.is_old(seq) {
             return;
         }
-        let result = match found {
+        match found {
             Found::Segment(_) => {
                 if let Some(appender) = self.inner.appender.get() {
                     let (form, payload) = stored.record();
                     appender.append_detached(*key, form, payload);
                 }
-                Ok(())
             }
             Found::Large(_) => {
                 let open = self.inner.writer.lock().open.id;
@@ -278,15 +289,9 @@ impl DiskLog {
                     entry.seq = open;
                     entry.used = now;
                 }
-                std::fs::File::options()
-                    .write(true)
-                    .open(large::large_path(self.large_dir(), key))
-                    .and_then(|f| f.set_modified(now))
-                    .map_err(|e| StoreError::io(self.large_dir(), e))
+                // Its file's time is what a restart orders large blobs by; a failure is logged.
+                offload::touch_soon(large::large_path(self.large_dir(), key), now);
             }
-        };
-        if let Err(e) = result {
-            tracing::warn!("copy-forward failed: {e}");
         }
     }
 
@@ -384,7 +389,7 @@ impl DiskLog {
             st.large_bytes -= entry.size;
             self.inner.counters.evictions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let _ = std::fs::remove_file(large::large_path(self.large_dir(), key));
+        offload::remove_soon(large::large_path(self.large_dir(), key));
     }
 
     /// Starts writing a large blob. Budget is reserved as its bytes arrive, never for the size an
@@ -395,7 +400,7 @@ impl DiskLog {
             return Err(StoreError::TooLarge { digest: *digest, store: format!("disk tier at {}", self.inner.cfg.path.display()), limit });
         }
         let (log, key) = (self.clone(), digest.key());
-        crate::offload::blocking("starting a large blob", move || LargeWriter::create(log, key)).await
+        offload::blocking("starting a large blob", move || LargeWriter::create(log, key)).await
     }
 
     /// Makes room for `bytes` more of a large blob being written and reserves them.
@@ -450,8 +455,8 @@ impl DiskLog {
         st.index.get(key).and_then(|loc| st.segments.get(&loc.segment)?.header_at(loc.offset)).is_some_and(|h| h.key == *key && h.form == Form::ZstdChunks)
     }
 
-    fn present(&self, digest: &Digest) -> bool {
-        self.lookup(&digest.key()).is_some_and(|(stored, _)| stored.size() == digest.size)
+    async fn present(&self, digest: &Digest) -> bool {
+        self.lookup(&digest.key()).await.is_some_and(|(stored, _)| stored.size() == digest.size)
     }
 
     /// `data` as its record will hold it. Compressing a large blob is CPU work of milliseconds, so
@@ -497,7 +502,7 @@ impl BlobStore for DiskLog {
         }
         // Hot blobs in the oldest part of the log are copied forward, outside the index lock.
         for key in old {
-            if let Some((stored, at)) = self.lookup(&key) {
+            if let Some((stored, at)) = self.lookup(&key).await {
                 self.refresh(&key, &stored, &at);
             }
         }
@@ -510,7 +515,7 @@ impl BlobStore for DiskLog {
     async fn read(&self, digest: &Digest, offset: u64, limit: Option<u64>) -> Result<Option<Blob>> {
         let key = digest.key();
         let range = offset..limit.map_or(u64::MAX, |l| offset.saturating_add(l));
-        let found = self.lookup_range(&key, range).filter(|(stored, _)| stored.size() == digest.size);
+        let found = self.lookup_range(&key, range).await.filter(|(stored, _)| stored.size() == digest.size);
         self.inner.counters.hit(found.is_some());
         let Some((stored, at)) = found else { return Ok(None) };
         self.refresh(&key, &stored, &at);
@@ -524,7 +529,7 @@ impl BlobStore for DiskLog {
         if !self.holds_compressed(&key) {
             return Ok(None);
         }
-        let Some((stored, at)) = self.lookup(&key).filter(|(stored, _)| stored.size() == digest.size) else { return Ok(None) };
+        let Some((stored, at)) = self.lookup(&key).await.filter(|(stored, _)| stored.size() == digest.size) else { return Ok(None) };
         let level = self.inner.cfg.compression.map_or(Settings::DEFAULT.level, |s| s.level);
         let blob = stored.zstd_from(digest, offset, level)?;
         if blob.is_some() {
@@ -535,7 +540,7 @@ impl BlobStore for DiskLog {
     }
 
     async fn write(&self, digest: &Digest, data: Bytes) -> Result<()> {
-        if self.present(digest) {
+        if self.present(digest).await {
             return Ok(());
         }
         if digest.size <= self.inner.cfg.max_record {
@@ -552,7 +557,7 @@ impl BlobStore for DiskLog {
         let (mut records, mut placed) = (Vec::new(), Vec::new());
         for (digest, data) in blobs {
             // Blobs held already, and large ones (files of their own), go the single way.
-            if digest.size > self.inner.cfg.max_record || self.present(&digest) {
+            if digest.size > self.inner.cfg.max_record || self.present(&digest).await {
                 outcomes.push(self.write(&digest, data).await);
                 continue;
             }
@@ -629,7 +634,7 @@ impl BlobStore for DiskLog {
 impl ActionCacheStore for DiskLog {
     async fn get(&self, action: &Digest) -> Result<Option<Bytes>> {
         let key = action.key();
-        let found = self.lookup(&key);
+        let found = self.lookup(&key).await;
         self.inner.counters.hit(found.is_some());
         let Some((stored, at)) = found else { return Ok(None) };
         self.refresh(&key, &stored, &at);
