@@ -159,21 +159,11 @@ impl LargeWriter {
 #[async_trait]
 impl BlobWriter for LargeWriter {
     async fn append(&mut self, chunk: Bytes) -> Result<()> {
+        self.log.reserve(chunk.len() as u64)?;
+        self.reserved += chunk.len() as u64;
         let offset = HEADER_LEN as u64 + self.written;
-        let (file, tmp, data, log) = (self.file()?, self.tmp.clone(), chunk.clone(), self.log.clone());
-        // Reserving may evict (unlinking files) and waits for the log's writer lock, which a segment
-        // roll holds through its sync: both belong on the blocking thread, with the write.
-        let (reserved, written) = blocking("writing a large blob", move || {
-            if let Err(e) = log.reserve(data.len() as u64) {
-                return Ok((false, Err(e)));
-            }
-            Ok((true, file.write_all_at(&data, offset).map_err(|e| StoreError::io(&tmp, e))))
-        })
-        .await?;
-        if reserved {
-            self.reserved += chunk.len() as u64;
-        }
-        written?;
+        let (file, tmp, data) = (self.file()?, self.tmp.clone(), chunk.clone());
+        blocking("writing a large blob", move || file.write_all_at(&data, offset).map_err(|e| StoreError::io(&tmp, e))).await?;
         self.crc.update(&chunk);
         // The chunk table's checksums cover fixed CHUNK-sized pieces, whatever the appends' sizes.
         let mut rest: &[u8] = &chunk;
