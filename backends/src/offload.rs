@@ -10,28 +10,28 @@ pub async fn blocking<T: Send + 'static>(what: &str, work: impl FnOnce() -> Resu
     tokio::task::spawn_blocking(work).await.map_err(|e| StoreError::Internal(format!("{what}: {e}")))?
 }
 
-/// Removes a file left behind, from a `Drop`, where nothing can wait: on a blocking thread when there
-/// is a runtime (unlinking a large file frees its blocks, which takes time), at once otherwise.
-pub fn remove_soon(path: PathBuf) {
+/// Runs file system work that nothing waits for (from a `Drop`, or a refresh): on a blocking thread
+/// when there is a runtime, at once otherwise.
+fn soon(work: impl FnOnce() + Send + 'static) {
     match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => drop(runtime.spawn_blocking(move || std::fs::remove_file(path))),
-        Err(_) => {
-            let _ = std::fs::remove_file(path);
-        }
+        Ok(runtime) => drop(runtime.spawn_blocking(work)),
+        Err(_) => work(),
     }
 }
 
-/// Sets a file's modification time, from code that need not wait for it: on a blocking thread when
-/// there is a runtime, at once otherwise. A failure is logged; the file may have gone meanwhile.
+/// Removes a file left behind (unlinking a large file frees its blocks, which takes time).
+pub fn remove_soon(path: PathBuf) {
+    soon(move || {
+        let _ = std::fs::remove_file(path);
+    });
+}
+
+/// Sets a file's modification time. A failure is logged; the file may have gone meanwhile.
 pub fn touch_soon(path: PathBuf, time: std::time::SystemTime) {
-    let touch = move || {
+    soon(move || {
         let touched = std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(time));
         if let Err(e) = touched {
             tracing::debug!(path = %path.display(), "setting a file's time: {e}");
         }
-    };
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => drop(runtime.spawn_blocking(touch)),
-        Err(_) => touch(),
-    }
+    });
 }

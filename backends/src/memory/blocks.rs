@@ -361,7 +361,7 @@ impl Inner {
     fn remove_entries(&mut self, id: u64, keys: &[Key], garbage: &mut Vec<Bytes>, own_block: bool) -> u64 {
         let mut removed = 0;
         for key in keys {
-            if !self.map.get(key).is_some_and(|entry| entry.block == id) {
+            if self.map.get(key).is_none_or(|entry| entry.block != id) {
                 continue;
             }
             if let Some(entry) = self.map.remove(key) {
