@@ -34,6 +34,7 @@ use crate::instances::{Instance, Instances};
 use crate::services::action_cache::ActionCacheService;
 use crate::services::bytestream::ByteStreamService;
 use crate::services::bytestream_read::{read_handler, READ_PATH};
+use crate::services::bytestream_write::{write_handler, WRITE_PATH};
 use crate::services::cas_batch_read::{batch_read_handler, BATCH_READ_PATH};
 use crate::services::raw_route::Intercept;
 use crate::services::capabilities::CapabilitiesService;
@@ -352,7 +353,11 @@ impl Server {
                 .max_encoding_message_size(max_message);
             router = router
                 .add_service(Intercept::new(BATCH_READ_PATH, batch_read_handler(cas, max_message), generated_cas))
-                .add_service(Intercept::new(READ_PATH, read_handler(bytestream, max_message), generated));
+                .add_service(Intercept::new(
+                    READ_PATH,
+                    read_handler(bytestream.clone(), max_message),
+                    Intercept::new(WRITE_PATH, write_handler(bytestream, max_message), generated),
+                ));
         }
         if instances.any_serves(|i| i.action_cache.is_some()) {
             router = router.add_service(

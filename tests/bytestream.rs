@@ -203,6 +203,49 @@ async fn malformed_writes_are_rejected() {
     assert_eq!(missing(&mut cas, "", vec![d.clone()]).await.len(), 1);
 }
 
+/// Write is served by a route of its own too (it hands the data over as it arrived, without a copy):
+/// the messages tonic would refuse are refused here with the contract's statuses, nothing is stored,
+/// and the route goes on serving.
+#[tokio::test]
+async fn malformed_write_calls_get_the_contract_statuses() {
+    let server = TestServer::start().await;
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    let path = || http::uri::PathAndQuery::from_static("/google.bytestream.ByteStream/Write");
+    let data = content(21, 100);
+    let d = sha256(&data);
+
+    // Field 1 of WriteRequest is the resource name, a string: invalid UTF-8 there.
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<NotARead, WriteResponse>::default();
+    let bad = futures::stream::iter([NotARead { name: vec![0xff, 0xfe] }]);
+    let err = grpc.client_streaming(tonic::Request::new(bad), path(), codec).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(err.message().contains("not a valid WriteRequest"), "{}", err.message());
+
+    // A good first message, then one larger than the message limit (max_batch_total_size plus
+    // framing): refused.
+    let name = upload_name("", "huge", &d);
+    let messages = [
+        WriteRequest { resource_name: name.clone(), write_offset: 0, finish_write: false, data: data[..10].to_vec() },
+        WriteRequest { resource_name: String::new(), write_offset: 10, finish_write: true, data: vec![b'a'; 8 << 20] },
+    ];
+    let mut bs = server.bytestream().await;
+    let err = bs.write(futures::stream::iter(messages)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    assert!(err.message().contains("WriteRequest") && err.message().len() < 200, "{}", err.message());
+    let status = bs.query_write_status(QueryWriteStatusRequest { resource_name: name }).await.unwrap().into_inner();
+    assert_eq!((status.committed_size, status.complete), (10, false), "what arrived before the refused message is kept, as for any interruption");
+
+    // Data in pieces of odd sizes (so that fields and data straddle the HTTP/2 frames), fields in
+    // the order the client's encoder chose: stored, and read back whole.
+    let large = content(22, (3 << 20) + 7);
+    let ld = sha256(&large);
+    write(&mut bs, &upload_name("", "odd", &ld), 0, &large, 777_777, true).await.unwrap();
+    assert_eq!(read(&mut bs, blob_name("", &ld), 0, 0).await.unwrap(), large);
+    let mut cas = server.cas().await;
+    assert_eq!(missing(&mut cas, "", vec![d.clone(), ld]).await, vec![d]);
+}
+
 #[tokio::test]
 async fn interrupted_upload_resumes_from_the_committed_size() {
     let server = TestServer::start().await;

@@ -6,6 +6,7 @@
 //! so the client can ask QueryWriteStatus and continue from the committed size. A blob that is already stored is
 //! acknowledged at once with its full size.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -48,6 +49,26 @@ struct Wire {
     sent: u64,
 }
 
+/// One WriteRequest, its data as the pieces it arrived in.
+pub struct WriteMessage {
+    pub resource_name: String,
+    pub write_offset: i64,
+    pub finish_write: bool,
+    pub data: Vec<Bytes>,
+}
+
+/// Where a Write call's messages come from.
+pub trait WriteMessages: Send {
+    fn next(&mut self) -> impl Future<Output = Result<Option<WriteMessage>, Status>> + Send;
+}
+
+impl WriteMessages for Streaming<WriteRequest> {
+    async fn next(&mut self) -> Result<Option<WriteMessage>, Status> {
+        let message = self.message().await?;
+        Ok(message.map(|m| WriteMessage { resource_name: m.resource_name, write_offset: m.write_offset, finish_write: m.finish_write, data: vec![m.data] }))
+    }
+}
+
 pub(super) type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResponse, Status>> + Send>>;
 
 impl ByteStreamService {
@@ -60,6 +81,60 @@ impl ByteStreamService {
         self.uploads.park(name, upload, bytes);
     }
 
+    /// A Write call: its messages, from tonic's decoder or from the Write route's own
+    /// (`bytestream_write`), received into the storage.
+    pub async fn write_messages(&self, request: Request<impl WriteMessages>) -> Result<WriteResponse, Status> {
+        let access = Access::of(&request)?.clone();
+        let mut messages = request.into_inner();
+        let first = messages.next().await?.ok_or_else(|| Status::invalid_argument("Write stream ended before its first message"))?;
+        let name = first.resource_name.clone();
+        let resource = parse_write(&name)?;
+        let cas = self.instances.cas(&access, &resource.instance)?;
+        let digest = resource.digest;
+        // Only a shortcut: if the check itself fails (an upstream is down), the upload goes ahead.
+        // A compressed upload that finds the blob stored ends with -1, as REAPI asks.
+        if cas.contains(&[digest]).await.is_ok_and(|present| present.first() == Some(&true)) {
+            let committed_size = if resource.compressed { -1 } else { digest.size as i64 };
+            return Ok(WriteResponse { committed_size });
+        }
+        let upload = match self.uploads.take(&name) {
+            Some(upload) => upload,
+            None if first.write_offset == 0 => Upload { digest, writer: cas.writer(&digest).await.map_err(status::from_store)? },
+            None => {
+                return Err(Status::invalid_argument(format!(
+                    "write_offset {}: there is no interrupted upload named {} to resume; start at 0",
+                    first.write_offset,
+                    quote(&name)
+                )))
+            }
+        };
+        let base = upload.writer.received();
+        let decoder = match resource.compressed {
+            true => Some(Decompressor::new(digest.size - base).map_err(|e| Status::internal(e.to_string()))?),
+            false => None,
+        };
+        if resource.compressed {
+            tracing::debug!(%digest, base, "compressed write");
+        }
+        let mut wire = Wire { decoder, base, sent: 0 };
+        match self.receive(&name, upload, &mut wire, first, &mut messages).await {
+            // Compressed: the bytes this call processed, the resumption point plus what was sent.
+            Ok(None) if resource.compressed => Ok(WriteResponse { committed_size: (wire.base + wire.sent) as i64 }),
+            Ok(None) => Ok(WriteResponse { committed_size: digest.size as i64 }),
+            Ok(Some(unfinished)) => {
+                let committed = unfinished.writer.received() as i64;
+                self.park(name, unfinished);
+                Ok(WriteResponse { committed_size: committed })
+            }
+            Err((unfinished, status)) => {
+                if let Some(upload) = unfinished {
+                    self.park(name, upload);
+                }
+                Err(status)
+            }
+        }
+    }
+
     /// Receives the messages of one Write call into `upload`. Returns the upload unfinished when the
     /// client stopped before `finish_write`, or `None` once the blob is committed.
     async fn receive(
@@ -67,14 +142,14 @@ impl ByteStreamService {
         name: &str,
         mut upload: Upload,
         wire: &mut Wire,
-        first: WriteRequest,
-        stream: &mut Streaming<WriteRequest>,
+        first: WriteMessage,
+        messages: &mut impl WriteMessages,
     ) -> Result<Option<Upload>, (Option<Upload>, Status)> {
         let mut next = Some(first);
         loop {
             let msg = match next.take() {
                 Some(msg) => msg,
-                None => match stream.message().await {
+                None => match messages.next().await {
                     Ok(Some(msg)) => msg,
                     Ok(None) => return Ok(Some(upload)),
                     Err(e) => return Err((Some(upload), e)),
@@ -100,23 +175,25 @@ impl ByteStreamService {
                     msg.write_offset
                 ))));
             }
-            let data = match wire.decoder.as_mut() {
-                Some(decoder) => {
-                    wire.sent += msg.data.len() as u64;
-                    let plain = decoder.feed(&msg.data).map_err(|e| (None, Status::invalid_argument(format!("blob {}: {e}", upload.digest))))?;
-                    Bytes::from(plain)
+            for piece in msg.data {
+                let data = match wire.decoder.as_mut() {
+                    Some(decoder) => {
+                        wire.sent += piece.len() as u64;
+                        let plain = decoder.feed(&piece).map_err(|e| (None, Status::invalid_argument(format!("blob {}: {e}", upload.digest))))?;
+                        Bytes::from(plain)
+                    }
+                    None => piece,
+                };
+                let received = upload.writer.received() + data.len() as u64;
+                if received > upload.digest.size {
+                    return Err((None, Status::invalid_argument(format!(
+                        "blob {}: received {received} bytes or more, but the resource name declares {}",
+                        upload.digest, upload.digest.size
+                    ))));
                 }
-                None => msg.data,
-            };
-            let received = committed + data.len() as u64;
-            if received > upload.digest.size {
-                return Err((None, Status::invalid_argument(format!(
-                    "blob {}: received {received} bytes or more, but the resource name declares {}",
-                    upload.digest, upload.digest.size
-                ))));
-            }
-            if !data.is_empty() {
-                upload.writer.append(data).await.map_err(|e| (None, status::from_store(e)))?;
+                if !data.is_empty() {
+                    upload.writer.append(data).await.map_err(|e| (None, status::from_store(e)))?;
+                }
             }
             if msg.finish_write {
                 Box::new(upload.writer).commit().await.map_err(|e| (None, status::from_store(e)))?;
@@ -230,58 +307,7 @@ impl ByteStream for ByteStreamService {
     }
 
     async fn write(&self, request: Request<Streaming<WriteRequest>>) -> Result<Response<WriteResponse>, Status> {
-        let access = Access::of(&request)?.clone();
-        let mut stream = request.into_inner();
-        let first = stream
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("Write stream ended before its first message"))?;
-        let name = first.resource_name.clone();
-        let resource = parse_write(&name)?;
-        let cas = self.instances.cas(&access, &resource.instance)?;
-        let digest = resource.digest;
-        // Only a shortcut: if the check itself fails (an upstream is down), the upload goes ahead.
-        // A compressed upload that finds the blob stored ends with -1, as REAPI asks.
-        if cas.contains(&[digest]).await.is_ok_and(|present| present.first() == Some(&true)) {
-            let committed_size = if resource.compressed { -1 } else { digest.size as i64 };
-            return Ok(Response::new(WriteResponse { committed_size }));
-        }
-        let upload = match self.uploads.take(&name) {
-            Some(upload) => upload,
-            None if first.write_offset == 0 => Upload { digest, writer: cas.writer(&digest).await.map_err(status::from_store)? },
-            None => {
-                return Err(Status::invalid_argument(format!(
-                    "write_offset {}: there is no interrupted upload named {} to resume; start at 0",
-                    first.write_offset,
-                    quote(&name)
-                )))
-            }
-        };
-        let base = upload.writer.received();
-        let decoder = match resource.compressed {
-            true => Some(Decompressor::new(digest.size - base).map_err(|e| Status::internal(e.to_string()))?),
-            false => None,
-        };
-        if resource.compressed {
-            tracing::debug!(%digest, base, "compressed write");
-        }
-        let mut wire = Wire { decoder, base, sent: 0 };
-        match self.receive(&name, upload, &mut wire, first, &mut stream).await {
-            // Compressed: the bytes this call processed, the resumption point plus what was sent.
-            Ok(None) if resource.compressed => Ok(Response::new(WriteResponse { committed_size: (wire.base + wire.sent) as i64 })),
-            Ok(None) => Ok(Response::new(WriteResponse { committed_size: digest.size as i64 })),
-            Ok(Some(unfinished)) => {
-                let committed = unfinished.writer.received() as i64;
-                self.park(name, unfinished);
-                Ok(Response::new(WriteResponse { committed_size: committed }))
-            }
-            Err((unfinished, status)) => {
-                if let Some(upload) = unfinished {
-                    self.park(name, upload);
-                }
-                Err(status)
-            }
-        }
+        self.write_messages(request).await.map(Response::new)
     }
 
     async fn query_write_status(

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod asset;
 pub mod bytestream;
 pub mod bytestream_read;
+pub mod bytestream_write;
 pub mod capabilities;
 pub mod bots;
 pub mod cas;
@@ -13,6 +14,7 @@ pub mod cas_batch_read;
 pub mod execution;
 pub mod operations;
 pub mod raw_route;
+pub mod request_body;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use strata_backends::{Digest, DigestFunction};

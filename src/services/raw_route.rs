@@ -9,16 +9,18 @@ use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::Stream;
 use http_body::Frame;
-use http_body_util::{BodyExt, Limited, StreamBody};
+use http_body_util::StreamBody;
 use prost::Message;
 use tonic::body::Body;
 use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::Status;
+
+use super::request_body::RequestMessages;
 
 /// Answers a call of the intercepted method.
 pub type Handler = Arc<dyn Fn(http::Request<Body>) -> BoxFuture<'static, http::Response<Body>> + Send + Sync>;
@@ -89,31 +91,10 @@ where
 /// The one request message of a unary or server-streaming call, checked as tonic checks it
 /// (uncompressed, within the message limit, decodable), with the headers and extensions (the
 /// caller's identity) it came with. `name` is the message's name, for errors.
-pub async fn unary_request<M: Message + Default>(request: http::Request<Body>, max_request: usize, name: &str) -> Result<tonic::Request<M>, Status> {
+pub async fn unary_request<M: Message + Default>(request: http::Request<Body>, max_request: usize, name: &'static str) -> Result<tonic::Request<M>, Status> {
     let (parts, body) = request.into_parts();
-    if let Some(encoding) = parts.headers.get("grpc-encoding").filter(|e| e.as_bytes() != b"identity") {
-        let encoding = String::from_utf8_lossy(encoding.as_bytes());
-        return Err(Status::unimplemented(format!("the request is compressed with {encoding}, which this server does not accept")));
-    }
-    let too_large = || Status::resource_exhausted(format!("the {name} exceeds {max_request} bytes"));
-    // The frame head (5 bytes) and the message.
-    let mut body = match Limited::new(body, max_request + 5).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(e) => return Err(Status::cancelled(format!("the request did not arrive whole: {e}"))),
-    };
-    if body.len() < 5 {
-        return Err(Status::invalid_argument(format!("the call carries no {name}")));
-    }
-    let compressed = body.get_u8();
-    let len = body.get_u32() as usize;
-    if compressed != 0 {
-        return Err(Status::unimplemented(format!("the {name} is compressed, which this server does not accept")));
-    }
-    if len > max_request {
-        return Err(too_large());
-    }
-    let message = body.get(..len).ok_or_else(|| Status::invalid_argument(format!("the {name} is cut short: {} of {len} bytes", body.len())))?;
+    let mut messages = RequestMessages::new(&parts.headers, body, max_request, name)?;
+    let message = messages.next().await?.ok_or_else(|| Status::invalid_argument(format!("the call carries no {name}")))?;
     let message = M::decode(message).map_err(|e| Status::invalid_argument(format!("the request is not a valid {name} ({e})")))?;
     Ok(tonic::Request::from_parts(MetadataMap::from_headers(parts.headers), parts.extensions, message))
 }
