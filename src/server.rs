@@ -36,6 +36,7 @@ use crate::services::bytestream::ByteStreamService;
 use crate::services::bytestream_read::{read_handler, READ_PATH};
 use crate::services::bytestream_write::{write_handler, WRITE_PATH};
 use crate::services::cas_batch_read::{batch_read_handler, BATCH_READ_PATH};
+use crate::services::cas_batch_update::{batch_update_handler, BATCH_UPDATE_PATH};
 use crate::services::raw_route::Intercept;
 use crate::services::capabilities::CapabilitiesService;
 use crate::services::asset::AssetService;
@@ -352,7 +353,11 @@ impl Server {
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message);
             router = router
-                .add_service(Intercept::new(BATCH_READ_PATH, batch_read_handler(cas, max_message), generated_cas))
+                .add_service(Intercept::new(
+                    BATCH_READ_PATH,
+                    batch_read_handler(cas.clone(), max_message),
+                    Intercept::new(BATCH_UPDATE_PATH, batch_update_handler(cas, max_message), generated_cas),
+                ))
                 .add_service(Intercept::new(
                     READ_PATH,
                     read_handler(bytestream.clone(), max_message),

@@ -247,6 +247,48 @@ struct Undecodable {
     data: Vec<u8>,
 }
 
+/// BatchUpdateBlobs is served by a route of its own too (it decodes the blobs without copying them):
+/// the calls tonic would refuse are refused there with the contract's statuses, storing nothing,
+/// and batches whose blobs straddle the HTTP/2 frames are stored whole.
+#[tokio::test]
+async fn malformed_batch_update_calls_get_the_contract_statuses() {
+    let server = TestServer::start().await;
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    let path = || http::uri::PathAndQuery::from_static("/build.bazel.remote.execution.v2.ContentAddressableStorage/BatchUpdateBlobs");
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<Undecodable, reapi::BatchUpdateBlobsResponse>::default();
+    let err = grpc.unary(tonic::Request::new(Undecodable { data: vec![0xff, 0xfe] }), path(), codec).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(err.message().contains("not a valid BatchUpdateBlobsRequest"), "{}", err.message());
+
+    // A batch larger than the message limit (max_batch_total_size plus framing).
+    let mut cas = server.cas().await;
+    let huge = content(40, 3 << 20);
+    let request = |data: Vec<Vec<u8>>| reapi::BatchUpdateBlobsRequest {
+        requests: data.into_iter().map(|d| reapi::batch_update_blobs_request::Request { digest: Some(sha256(&d)), data: d, compressor: 0 }).collect(),
+        ..Default::default()
+    };
+    let err = cas.batch_update_blobs(request(vec![huge.clone()])).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    assert!(err.message().len() < 200, "{}", err.message());
+
+    // A call that ends without its request.
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<reapi::BatchUpdateBlobsRequest, reapi::BatchUpdateBlobsResponse>::default();
+    let none = tonic::Request::new(futures::stream::empty::<reapi::BatchUpdateBlobsRequest>());
+    let err = grpc.client_streaming(none, path(), codec).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+
+    // 250 blobs of odd sizes: many cross a frame's end; each is stored whole and reads back.
+    let blobs: Vec<Vec<u8>> = (0..250).map(|i| content(100 + i, 1 + (i as usize * 3331) % 7000)).collect();
+    let responses = cas.batch_update_blobs(request(blobs.clone())).await.unwrap().into_inner().responses;
+    assert!(responses.iter().all(|r| r.status.as_ref().is_some_and(|s| s.code == 0)));
+    let digests: Vec<reapi::Digest> = blobs.iter().map(|b| sha256(b)).collect();
+    let read = cas.batch_read_blobs(read("", digests.clone())).await.unwrap().into_inner().responses;
+    assert!(read.iter().zip(&blobs).all(|(r, b)| &r.data == b), "every blob reads back as sent");
+    assert_eq!(missing(&mut cas, "", vec![sha256(&huge)]).await.len(), 1);
+}
+
 /// BatchReadBlobs is served by a route of its own (it builds the answer without tonic's copies): the
 /// calls tonic would refuse are refused there with the contract's statuses.
 #[tokio::test]

@@ -6,16 +6,14 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes};
-use http_body::Frame;
+use bytes::Buf;
 use prost::encoding::{self, check_wire_type, decode_key, decode_varint, skip_field, DecodeContext, WireType};
-use prost::{DecodeError, Message};
-use strata_backends::bytestream::WriteResponse;
+use prost::DecodeError;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
 use super::bytestream::{ByteStreamService, WriteMessage, WriteMessages};
-use super::raw_route::{self, frame_head, trailers, Handler};
+use super::raw_route::{self, Handler};
 use super::request_body::{Pieces, RequestMessages};
 
 pub const WRITE_PATH: &str = "/google.bytestream.ByteStream/Write";
@@ -34,16 +32,9 @@ pub fn write_handler(service: Arc<ByteStreamService>, max_message: usize) -> Han
                 }
                 Err(status) => Err(status),
             };
-            answer.map_or_else(Status::into_http, respond)
+            answer.map_or_else(Status::into_http, raw_route::unary_response)
         })
     })
-}
-
-/// The WriteResponse, then the trailers of an OK status.
-fn respond(response: WriteResponse) -> http::Response<tonic::body::Body> {
-    let message = response.encode_to_vec();
-    let frames = [Frame::data(Bytes::copy_from_slice(&frame_head(message.len()))), Frame::data(Bytes::from(message)), Frame::trailers(trailers(&Status::ok("")))];
-    raw_route::response(futures::stream::iter(frames.map(Ok)))
 }
 
 /// The WriteRequests of a call's body.
@@ -99,6 +90,8 @@ fn decode(mut message: Pieces) -> Result<WriteMessage, Undecodable> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use prost::Message;
     use strata_backends::bytestream::WriteRequest;
 
     /// `encoded` as pieces cut at `cuts`, all slices of one buffer.

@@ -13,6 +13,7 @@ use reapi::{batch_read_blobs_response, batch_update_blobs_response};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::cas_batch_update::BatchUpdate;
 use super::{digest_function, parse_digest, parse_digests};
 use crate::auth::Access;
 use crate::protocol::{self, compression, to_proto};
@@ -92,6 +93,51 @@ impl CasService {
         }
         Ok(())
     }
+
+    /// BatchUpdateBlobs, from the generated server or from the route of its own (`cas_batch_update`).
+    pub async fn batch_update(&self, request: Request<BatchUpdate>) -> Result<reapi::BatchUpdateBlobsResponse, Status> {
+        let access = Access::of(&request)?.clone();
+        let req = request.into_inner();
+        let cas = self.instances.cas(&access, &req.instance_name)?;
+        let function = digest_function(req.digest_function)?;
+        // Compressed entries count at their uncompressed size: that bounds what decompression makes.
+        let total = req.requests.iter().map(|r| if r.compressor == ZSTD { r.digest.as_ref().map_or(0, |d| d.size_bytes.max(0) as u64) } else { r.data.len() as u64 }).sum();
+        self.check_batch_size(total, "BatchUpdateBlobs")?;
+        let mut responses = Vec::with_capacity(req.requests.len());
+        let (mut blobs, mut placed) = (Vec::new(), Vec::new());
+        for (i, r) in req.requests.into_iter().enumerate() {
+            let blob = (|| {
+                let digest = parse_digest(function, r.digest.as_ref(), &format!("requests[{i}].digest"))?;
+                let data = match r.compressor {
+                    IDENTITY => r.data,
+                    ZSTD => compression::decompress(&r.data, digest.size)
+                        .map(Bytes::from)
+                        .inspect(|_| tracing::debug!(%digest, "compressed batch upload"))
+                        .map_err(|e| Status::invalid_argument(format!("requests[{i}]: blob {digest}: {e}")))?,
+                    other => {
+                        return Err(Status::invalid_argument(format!(
+                            "requests[{i}]: compressor {other} is not supported; this server accepts identity and zstd"
+                        )))
+                    }
+                };
+                Ok((digest, data))
+            })();
+            let status = match blob {
+                Ok(blob) => {
+                    placed.push(responses.len());
+                    blobs.push(blob);
+                    None
+                }
+                Err(e) => Some(protocol::to_rpc(&e)),
+            };
+            responses.push(batch_update_blobs_response::Response { digest: r.digest, status });
+        }
+        // The blobs go down as one batch: the disk log appends them in one job under one group commit.
+        for (i, stored) in placed.into_iter().zip(cas.put_many(blobs).await) {
+            responses[i].status = Some(stored.map_or_else(|e| protocol::to_rpc(&status::from_store(e)), |()| protocol::ok_rpc()));
+        }
+        Ok(reapi::BatchUpdateBlobsResponse { responses })
+    }
 }
 
 #[tonic::async_trait]
@@ -117,46 +163,8 @@ impl ContentAddressableStorage for CasService {
         &self,
         request: Request<reapi::BatchUpdateBlobsRequest>,
     ) -> Result<Response<reapi::BatchUpdateBlobsResponse>, Status> {
-        let access = Access::of(&request)?.clone();
-        let req = request.into_inner();
-        let cas = self.instances.cas(&access, &req.instance_name)?;
-        let function = digest_function(req.digest_function)?;
-        // Compressed entries count at their uncompressed size: that bounds what decompression makes.
-        let total = req.requests.iter().map(|r| if r.compressor == ZSTD { r.digest.as_ref().map_or(0, |d| d.size_bytes.max(0) as u64) } else { r.data.len() as u64 }).sum();
-        self.check_batch_size(total, "BatchUpdateBlobs")?;
-        let mut responses = Vec::with_capacity(req.requests.len());
-        let (mut blobs, mut placed) = (Vec::new(), Vec::new());
-        for (i, r) in req.requests.into_iter().enumerate() {
-            let blob = (|| {
-                let digest = parse_digest(function, r.digest.as_ref(), &format!("requests[{i}].digest"))?;
-                let data = match r.compressor {
-                    IDENTITY => r.data,
-                    ZSTD => compression::decompress(&r.data, digest.size)
-                        .inspect(|_| tracing::debug!(%digest, "compressed batch upload"))
-                        .map_err(|e| Status::invalid_argument(format!("requests[{i}]: blob {digest}: {e}")))?,
-                    other => {
-                        return Err(Status::invalid_argument(format!(
-                            "requests[{i}]: compressor {other} is not supported; this server accepts identity and zstd"
-                        )))
-                    }
-                };
-                Ok((digest, Bytes::from(data)))
-            })();
-            let status = match blob {
-                Ok(blob) => {
-                    placed.push(responses.len());
-                    blobs.push(blob);
-                    None
-                }
-                Err(e) => Some(protocol::to_rpc(&e)),
-            };
-            responses.push(batch_update_blobs_response::Response { digest: r.digest, status });
-        }
-        // The blobs go down as one batch: the disk log appends them in one job under one group commit.
-        for (i, stored) in placed.into_iter().zip(cas.put_many(blobs).await) {
-            responses[i].status = Some(stored.map_or_else(|e| protocol::to_rpc(&status::from_store(e)), |()| protocol::ok_rpc()));
-        }
-        Ok(Response::new(reapi::BatchUpdateBlobsResponse { responses }))
+        // Served by `cas_batch_update` over the network, which decodes the blobs without copying them.
+        self.batch_update(request.map(BatchUpdate::from)).await.map(Response::new)
     }
 
     async fn batch_read_blobs(

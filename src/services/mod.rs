@@ -11,6 +11,7 @@ pub mod capabilities;
 pub mod bots;
 pub mod cas;
 pub mod cas_batch_read;
+pub mod cas_batch_update;
 pub mod execution;
 pub mod operations;
 pub mod raw_route;

@@ -99,6 +99,15 @@ pub async fn unary_request<M: Message + Default>(request: http::Request<Body>, m
     Ok(tonic::Request::from_parts(MetadataMap::from_headers(parts.headers), parts.extensions, message))
 }
 
+/// The gRPC response of a unary call answered with `message`.
+pub fn unary_response(message: impl Message) -> http::Response<Body> {
+    let mut encoded = Vec::with_capacity(5 + message.encoded_len());
+    encoded.extend_from_slice(&frame_head(message.encoded_len()));
+    message.encode_raw(&mut encoded);
+    let frames = [Frame::data(Bytes::from(encoded)), Frame::trailers(trailers(&Status::ok("")))];
+    response(futures::stream::iter(frames.map(Ok)))
+}
+
 /// The 5-byte gRPC frame head of an uncompressed message of `len` bytes.
 pub fn frame_head(len: usize) -> [u8; 5] {
     let mut head = [0u8; 5];
