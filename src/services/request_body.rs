@@ -53,17 +53,38 @@ impl Buf for Pieces {
         self.pieces.front().map_or(&[], |piece| &piece[..])
     }
 
-    fn advance(&mut self, count: usize) {
-        drop(self.split_to(count));
+    // prost advances over every key and varint it reads: this takes nothing apart it can step over.
+    fn advance(&mut self, mut count: usize) {
+        while count > 0 {
+            let Some(front) = self.pieces.front_mut() else { return };
+            let step = count.min(front.len());
+            front.advance(step);
+            self.len -= step;
+            count -= step;
+            if front.is_empty() {
+                self.pieces.pop_front();
+            }
+        }
     }
 
     /// Without a copy when the bytes lie in one piece (prost reads `Bytes` fields this way).
     fn copy_to_bytes(&mut self, len: usize) -> Bytes {
-        let taken = self.split_to(len);
-        match taken.pieces.len() {
-            0 => Bytes::new(),
-            1 => taken.into_vec().pop().unwrap_or_default(),
-            _ => Bytes::from(taken.into_vec().concat()),
+        match self.pieces.front_mut() {
+            Some(front) if front.len() >= len => {
+                self.len -= len;
+                let taken = front.split_to(len);
+                if front.is_empty() {
+                    self.pieces.pop_front();
+                }
+                taken
+            }
+            _ => {
+                let taken = self.split_to(len).into_vec();
+                match <[Bytes; 1]>::try_from(taken) {
+                    Ok([one]) => one,
+                    Err(taken) => Bytes::from(taken.concat()),
+                }
+            }
         }
     }
 }
@@ -168,6 +189,13 @@ mod tests {
         let piece = held.chunk().as_ptr();
         assert_eq!(held.copy_to_bytes(2).as_ptr(), piece, "within one piece: no copy");
         assert_eq!(held.remaining(), 0);
+        let mut held = pieces(&[b"abc", b"de", b"fgh"]);
+        held.advance(4);
+        assert_eq!((held.remaining(), held.chunk()), (4, &b"e"[..]));
+        assert_eq!(held.copy_to_bytes(1), Bytes::from_static(b"e"), "a whole piece");
+        assert_eq!(held.chunk(), b"fgh");
+        held.advance(3);
+        assert_eq!((held.remaining(), held.chunk()), (0, &b""[..]));
     }
 
     fn body(frames: Vec<Result<Frame<Bytes>, Status>>) -> Body {
