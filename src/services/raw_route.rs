@@ -2,7 +2,9 @@
 //! service. tonic's encoder copies every message into its own buffer (and grows that buffer by
 //! copying again) before hyper sends it; the methods that answer with blobs (ByteStream Read,
 //! BatchReadBlobs) instead send each blob as the `Bytes` storage handed out, behind a few bytes of
-//! message head, and h2 writes it from there.
+//! message head, and h2 writes it from there. The methods that receive blobs (ByteStream Write,
+//! BatchUpdateBlobs) read their request as the pieces h2 received (`request_body`), where tonic's
+//! decoder copies every message into its own buffer first.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -101,8 +103,9 @@ pub async fn unary_request<M: Message + Default>(request: http::Request<Body>, m
 
 /// The gRPC response of a unary call answered with `message`.
 pub fn unary_response(message: impl Message) -> http::Response<Body> {
-    let mut encoded = Vec::with_capacity(5 + message.encoded_len());
-    encoded.extend_from_slice(&frame_head(message.encoded_len()));
+    let len = message.encoded_len();
+    let mut encoded = Vec::with_capacity(5 + len);
+    encoded.extend_from_slice(&frame_head(len));
     message.encode_raw(&mut encoded);
     let frames = [Frame::data(Bytes::from(encoded)), Frame::trailers(trailers(&Status::ok("")))];
     response(futures::stream::iter(frames.map(Ok)))

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use tonic::body::Body;
 use tonic::Status;
@@ -89,10 +89,17 @@ impl Buf for Pieces {
     }
 }
 
+/// Frames shorter than this are copied together rather than kept each as a piece. A piece costs a
+/// queue slot and holds its frame's buffer, so a client sending frames of a byte would otherwise
+/// make the server hold many times what it sent.
+const SMALL_FRAME: usize = 8 * 1024;
+
 /// The request messages of one call, read from its body as they arrive.
 pub struct RequestMessages {
     body: Body,
     received: Pieces,
+    /// Small frames since the last piece, copied together (see `SMALL_FRAME`).
+    small: BytesMut,
     max_message: usize,
     /// The message's name, for errors.
     name: &'static str,
@@ -106,7 +113,7 @@ impl RequestMessages {
             let encoding = String::from_utf8_lossy(encoding.as_bytes());
             return Err(Status::unimplemented(format!("the request is compressed with {encoding}, which this server does not accept")));
         }
-        Ok(RequestMessages { body, received: Pieces::default(), max_message, name })
+        Ok(RequestMessages { body, received: Pieces::default(), small: BytesMut::new(), max_message, name })
     }
 
     /// The next message, or `None` where the body ends between two messages.
@@ -134,19 +141,32 @@ impl RequestMessages {
 
     /// Reads the body until `n` bytes are held; false if it ended first.
     async fn fill(&mut self, n: usize) -> Result<bool, Status> {
-        while self.received.remaining() < n {
+        let mut ended = false;
+        while self.received.remaining() + self.small.len() < n {
             match self.body.frame().await {
-                None => return Ok(false),
+                None => {
+                    ended = true;
+                    break;
+                }
                 // A request's trailers carry nothing a server reads.
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.len() < SMALL_FRAME => {
+                        self.small.extend_from_slice(&data);
+                        if self.small.len() >= SMALL_FRAME {
+                            self.received.push(self.small.split().freeze());
+                        }
+                    }
+                    Ok(data) => {
+                        self.received.push(self.small.split().freeze());
                         self.received.push(data);
                     }
-                }
+                    Err(_) => {}
+                },
                 Some(Err(e)) => return Err(Status::cancelled(format!("the request did not arrive whole: {e}"))),
             }
         }
-        Ok(true)
+        self.received.push(self.small.split().freeze());
+        Ok(!ended)
     }
 }
 
@@ -224,6 +244,26 @@ mod tests {
             }
             assert_eq!(got, [&b"first message"[..], b"", b"third"], "cut at {cut}");
         }
+    }
+
+    /// A message sent a byte per frame is held in pieces of SMALL_FRAME, not a piece per byte.
+    #[tokio::test]
+    async fn tiny_frames_are_held_together() {
+        let message = vec![9u8; 100_000];
+        let frames: Vec<_> = framed(&message).into_iter().map(|byte| Ok(Frame::data(Bytes::copy_from_slice(&[byte])))).collect();
+        let mut messages = RequestMessages::new(&http::HeaderMap::new(), body(frames), 1 << 20, "Test").unwrap();
+        let got = messages.next().await.unwrap().unwrap();
+        assert!(got.pieces.len() <= 100_000 / SMALL_FRAME + 2, "{} pieces", got.pieces.len());
+        assert_eq!(got.into_vec().concat(), message);
+        // A large frame after small ones keeps its place and is not copied.
+        let large = Bytes::from(vec![2u8; SMALL_FRAME * 2]);
+        let mut stream = framed(&[&[1u8; 3][..], &large[..]].concat());
+        stream.truncate(8);
+        let frames = vec![Ok(Frame::data(Bytes::from(stream))), Ok(Frame::data(large.clone()))];
+        let mut messages = RequestMessages::new(&http::HeaderMap::new(), body(frames), 1 << 20, "Test").unwrap();
+        let got = messages.next().await.unwrap().unwrap();
+        assert_eq!(got.pieces.back().map(|p| p.as_ptr()), Some(large.as_ptr()));
+        assert_eq!(got.into_vec().concat(), [&[1u8; 3][..], &large[..]].concat());
     }
 
     async fn first_error(stream: Vec<u8>, max: usize) -> Status {
