@@ -26,6 +26,7 @@
 //! ```
 
 pub mod bytestream;
+mod chunks;
 pub mod client;
 mod digest;
 mod disk;
@@ -39,6 +40,7 @@ mod store;
 pub mod zstd_chunks;
 pub mod zstd_stream;
 
+pub use chunks::Chunks;
 pub use digest::{compressed_resource_name, resource_name, Digest, DigestError, DigestFunction, Hasher, Key};
 pub use disk::{DiskConfig, DiskLog, SyncPolicy};
 pub use error::{Result, StoreError};

@@ -30,6 +30,7 @@ use tokio::sync::Semaphore;
 use crate::digest::Digest;
 use crate::error::{Result, StoreError};
 use crate::zstd_chunks::{self, Chunked, Settings};
+use crate::chunks::Chunks;
 use crate::store::{ActionCacheStore, Blob, BlobStore, BlobWriter, BufferedWriter, Counters, StoreStats};
 
 #[derive(Clone, Debug)]
@@ -312,7 +313,7 @@ impl BlobStore for S3Store {
         if digest.size <= self.inner.cfg.part_size {
             let this = self.clone();
             let digest = *digest;
-            return Ok(Box::new(BufferedWriter::new(digest.size, move |data| async move { this.write(&digest, data).await })));
+            return Ok(Box::new(BufferedWriter::new(move |data: Chunks| async move { this.write(&digest, data.into_bytes()).await })));
         }
         Ok(Box::new(MultipartWriter::new(self.clone(), *digest)))
     }

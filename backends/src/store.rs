@@ -9,6 +9,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
+use crate::chunks::Chunks;
 use crate::digest::Digest;
 use crate::error::Result;
 
@@ -90,33 +91,33 @@ pub trait ActionCacheStore: Send + Sync + 'static {
     async fn put(&self, action: &Digest, value: Bytes) -> Result<()>;
 }
 
-/// A writer that gathers the chunks of a small blob and hands the whole to a closure on commit.
+/// A writer that keeps the chunks of a blob as they came (slices, not copies) and hands them to a
+/// closure on commit.
 pub struct BufferedWriter<F> {
-    buf: Vec<u8>,
+    chunks: Chunks,
     on_commit: F,
 }
 
 impl<F> BufferedWriter<F> {
-    pub fn new(expected_size: u64, on_commit: F) -> Self {
-        let capacity = usize::try_from(expected_size).unwrap_or(0).min(16 << 20);
-        BufferedWriter { buf: Vec::with_capacity(capacity), on_commit }
+    pub fn new(on_commit: F) -> Self {
+        BufferedWriter { chunks: Chunks::default(), on_commit }
     }
 }
 
 #[async_trait]
 impl<F, Fut> BlobWriter for BufferedWriter<F>
 where
-    F: FnOnce(Bytes) -> Fut + Send,
+    F: FnOnce(Chunks) -> Fut + Send,
     Fut: std::future::Future<Output = Result<()>> + Send,
 {
     async fn append(&mut self, chunk: Bytes) -> Result<()> {
-        self.buf.extend_from_slice(&chunk);
+        self.chunks.push(chunk);
         Ok(())
     }
 
     async fn commit(self: Box<Self>) -> Result<()> {
         let this = *self;
-        (this.on_commit)(Bytes::from(this.buf)).await
+        (this.on_commit)(this.chunks).await
     }
 }
 

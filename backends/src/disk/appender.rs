@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use super::record::{record_len, Form, Header};
 use super::segment::IndexEntry;
 use super::{DiskLog, Inner, Loc, State, Writer};
+use crate::chunks::Chunks;
 use crate::digest::Key;
 use crate::error::{Result, StoreError};
 
@@ -39,8 +40,8 @@ struct Run {
 /// How long a group commit waits for more appends once those sent are in.
 const LINGER: Duration = Duration::from_micros(50);
 
-/// A record for the log: its key, its form and the payload as stored.
-pub type Record = (Key, Form, Bytes);
+/// A record for the log: its key, its form and the payload as stored, in the pieces it arrived in.
+pub type Record = (Key, Form, Chunks);
 
 /// Records appended in order, answered together: a BatchUpdate's blobs travel as one job, so that
 /// they cost one wake-up of their caller rather than one each.
@@ -108,7 +109,7 @@ impl Appender {
     }
 
     /// Appends a record; returns its sequence number (for the group commit).
-    pub async fn append(&self, key: Key, form: Form, payload: Bytes) -> Result<u64> {
+    pub async fn append(&self, key: Key, form: Form, payload: Chunks) -> Result<u64> {
         self.append_many(vec![(key, form, payload)]).await?.pop().ok_or_else(stopped)?
     }
 
@@ -121,7 +122,7 @@ impl Appender {
 
     /// Appends a record without waiting (copy-forward of a hot blob: best effort).
     pub fn append_detached(&self, key: Key, form: Form, payload: Bytes) {
-        if self.send(Job { records: vec![(key, form, payload)], reply: None }).is_err() {
+        if self.send(Job { records: vec![(key, form, payload.into())], reply: None }).is_err() {
             tracing::warn!("copy-forward dropped: the disk log's writer stopped");
         }
     }
@@ -164,14 +165,14 @@ impl DiskLog {
             let entry = IndexEntry { key: *key, offset: (w.offset + run.buf.len() as u64) as u32, len: payload.len() as u32 };
             if small {
                 run.buf.extend_from_slice(&header);
-                run.buf.extend_from_slice(payload);
+                payload.pieces().for_each(|piece| run.buf.extend_from_slice(piece));
                 run.buf.resize(run.buf.len() + (rec as usize - header.len() - payload.len()), 0);
                 run.entries.push(entry);
                 continue;
             }
-            // A large payload is written from where it is, the header after it.
+            // A large payload is written from where its pieces are, the header after it.
             let written = Self::zero_ahead(&mut w, rec, true)
-                .and_then(|()| w.open.write_at(w.offset + header.len() as u64, payload))
+                .and_then(|()| w.open.write_chunks_at(w.offset + header.len() as u64, payload))
                 .and_then(|()| w.open.write_at(w.offset, &header));
             results.extend(match written {
                 Ok(()) => self.publish(&mut w, &[entry], rec).into_iter().map(Ok).collect(),

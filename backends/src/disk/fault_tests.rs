@@ -177,7 +177,7 @@ async fn large_files_without_a_chunk_table_are_checked_whole() {
     let (big, data) = blob(801, 100_000);
     // The format of earlier versions: the record header, then the payload, nothing after it.
     std::fs::create_dir_all(dir.path().join("large")).unwrap();
-    let header = record::Header::new(big.key(), record::Form::Identity, &data).encode();
+    let header = record::Header::new(big.key(), record::Form::Identity, &data.clone().into()).encode();
     let path = large::large_path(&dir.path().join("large"), &big.key());
     std::fs::write(&path, [header.as_slice(), &data].concat()).unwrap();
     let log = DiskLog::open(config(dir.path(), 64 << 20)).unwrap();

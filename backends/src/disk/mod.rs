@@ -37,6 +37,7 @@ use self::segment::{IndexEntry, Segment};
 use self::stored::Stored;
 pub use self::sync::SyncPolicy;
 use self::sync::{GroupCommit, SyncSource};
+use crate::chunks::Chunks;
 use crate::digest::{Digest, Key};
 use crate::error::{Result, StoreError};
 use crate::offload;
@@ -428,7 +429,7 @@ impl DiskLog {
     }
 
     /// Appends and, under the `always` policy, waits for the group commit that covers the append.
-    async fn append_durably(&self, key: &Key, size: u64, form: Form, payload: Bytes) -> Result<()> {
+    async fn append_durably(&self, key: &Key, size: u64, form: Form, payload: Chunks) -> Result<()> {
         let appender = self.inner.appender.get().ok_or_else(|| StoreError::Config("the disk log has no writer".into()))?;
         self.inner.counters.written_as(size, payload.len() as u64);
         let seq = appender.append(*key, form, payload).await?;
@@ -461,13 +462,36 @@ impl DiskLog {
 
     /// `data` as its record will hold it. Compressing a large blob is CPU work of milliseconds, so
     /// it runs off the async runtime.
-    async fn pack(&self, data: Bytes) -> (Form, Bytes) {
+    async fn pack(&self, data: Chunks) -> (Form, Chunks) {
         let settings = self.inner.cfg.compression;
-        if settings.is_none() || data.len() < BLOCKING_PACK {
-            return Stored::pack(data, settings);
+        if settings.is_none() {
+            return (Form::Identity, data);
         }
-        let fallback = data.clone();
-        tokio::task::spawn_blocking(move || Stored::pack(data, settings)).await.unwrap_or((Form::Identity, fallback))
+        let data = data.into_bytes();
+        let (form, payload) = if data.len() < BLOCKING_PACK {
+            Stored::pack(data, settings)
+        } else {
+            let fallback = data.clone();
+            tokio::task::spawn_blocking(move || Stored::pack(data, settings)).await.unwrap_or((Form::Identity, fallback))
+        };
+        (form, payload.into())
+    }
+
+    /// Stores a blob from the pieces it arrived in: a segment record written from them as they
+    /// are, or a large file.
+    async fn write_chunks(&self, digest: &Digest, data: Chunks) -> Result<()> {
+        if self.present(digest).await {
+            return Ok(());
+        }
+        if digest.size <= self.inner.cfg.max_record {
+            let (form, payload) = self.pack(data).await;
+            return self.append_durably(&digest.key(), digest.size, form, payload).await;
+        }
+        let mut writer = Box::new(self.large_writer(digest).await?);
+        for piece in data.pieces() {
+            writer.append(piece.clone()).await?;
+        }
+        writer.commit().await
     }
 }
 
@@ -540,16 +564,7 @@ impl BlobStore for DiskLog {
     }
 
     async fn write(&self, digest: &Digest, data: Bytes) -> Result<()> {
-        if self.present(digest).await {
-            return Ok(());
-        }
-        if digest.size <= self.inner.cfg.max_record {
-            let (form, payload) = self.pack(data).await;
-            return self.append_durably(&digest.key(), digest.size, form, payload).await;
-        }
-        let mut writer = Box::new(self.large_writer(digest).await?);
-        writer.append(data).await?;
-        writer.commit().await
+        self.write_chunks(digest, data.into()).await
     }
 
     async fn write_many(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Result<()>> {
@@ -561,7 +576,7 @@ impl BlobStore for DiskLog {
                 outcomes.push(self.write(&digest, data).await);
                 continue;
             }
-            let (form, payload) = self.pack(data).await;
+            let (form, payload) = self.pack(data.into()).await;
             self.inner.counters.written_as(digest.size, payload.len() as u64);
             placed.push(outcomes.len());
             outcomes.push(Err(StoreError::unanswered()));
@@ -588,7 +603,7 @@ impl BlobStore for DiskLog {
         }
         let this = self.clone();
         let digest = *digest;
-        Ok(Box::new(BufferedWriter::new(digest.size, move |data| async move { this.write(&digest, data).await })))
+        Ok(Box::new(BufferedWriter::new(move |data| async move { this.write_chunks(&digest, data).await })))
     }
 
     fn stats(&self) -> StoreStats {
@@ -655,7 +670,7 @@ impl ActionCacheStore for DiskLog {
         if value.len() as u64 > self.inner.cfg.max_record {
             return Err(StoreError::TooLarge { digest: *action, store: "the disk action cache".into(), limit: self.inner.cfg.max_record });
         }
-        self.append_durably(&action.key(), value.len() as u64, Form::Identity, value).await
+        self.append_durably(&action.key(), value.len() as u64, Form::Identity, value.into()).await
     }
 }
 

@@ -17,6 +17,7 @@
 //! neither in their checksum. Only a segment that begins with one reads them, and no such file is
 //! ever reused.
 
+use crate::chunks::Chunks;
 use crate::digest::{DigestFunction, Key};
 
 pub const HEADER_LEN: usize = 56;
@@ -69,8 +70,8 @@ impl Form {
 }
 
 impl Header {
-    pub fn new(key: Key, form: Form, payload: &[u8]) -> Self {
-        Header { key, form, payload_len: payload.len() as u64, payload_crc: crc32fast::hash(payload) }
+    pub fn new(key: Key, form: Form, payload: &Chunks) -> Self {
+        Header { key, form, payload_len: payload.len() as u64, payload_crc: payload.crc32() }
     }
 
     /// The header of a large file's record.
@@ -160,13 +161,17 @@ pub fn record_len(payload_len: u64) -> u64 {
 mod tests {
     use super::*;
 
+    fn payload() -> Chunks {
+        Chunks::from(bytes::Bytes::from_static(b"payload"))
+    }
+
     #[test]
     fn header_round_trips_and_detects_damage() {
         let key = Key { function: DigestFunction::Blake3, hash: [7; 32] };
-        let header = Header::new(key, Form::ZstdChunks, b"payload");
+        let header = Header::new(key, Form::ZstdChunks, &payload());
         let mut buf = header.encode();
         assert_eq!(Header::decode(&buf), Some(header));
-        let identity = Header::new(key, Form::Identity, b"payload");
+        let identity = Header::new(key, Form::Identity, &payload());
         assert_eq!(Header::decode(&identity.encode()).map(|h| h.form), Some(Form::Identity));
         assert!(header.check_payload(b"payload"));
         assert!(!header.check_payload(b"paylaod"));
@@ -180,7 +185,7 @@ mod tests {
     #[test]
     fn a_segment_record_checks_out_only_in_its_own_segment() {
         let key = Key { function: DigestFunction::Sha256, hash: [3; 32] };
-        let header = Header::new(key, Form::Identity, b"payload");
+        let header = Header::new(key, Form::Identity, &payload());
         let seed = |segment| Seed { salt: 0x5eed_5a17, segment, legacy: false };
         let ids = [0u32, 1, 2, 7, 255, 256, 65_535, 65_536, 1 << 24, u32::MAX - 1, u32::MAX];
         for id in ids {

@@ -175,7 +175,7 @@ async fn segments_from_before_reuse_are_read_and_never_reused() {
 #[tokio::test]
 async fn a_record_forged_in_a_blob_is_not_read_after_a_restart() {
     let action = DigestFunction::Sha256.digest_of(b"an action the client wants cached");
-    let forged = Header::new(action.key(), Form::Identity, b"forged result");
+    let forged = Header::new(action.key(), Form::Identity, &Bytes::from_static(b"forged result").into());
     let seeded = move |salt, segment| forged.encode_in_segment(record::Seed { salt, segment, legacy: false });
     // What a client can make (it may well guess the segment's id): the first magic, or the segment
     // magic with a guessed salt; and, to show that the scan does reach these bytes, the log's own.

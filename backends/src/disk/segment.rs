@@ -20,6 +20,7 @@ use memmap2::Mmap;
 
 use super::index::Loc;
 use super::record::{Form, Header, Seed, HEADER_LEN, MAGIC, SEGMENT_MAGIC};
+use crate::chunks::Chunks;
 use crate::digest::{DigestFunction, Key};
 use crate::error::{Result, StoreError};
 
@@ -122,6 +123,12 @@ impl Segment {
 
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.file.write_all_at(data, offset).map_err(|e| StoreError::io(&self.path, e))
+    }
+
+    /// Writes a payload's pieces one after another from `offset`: a blob that arrived in 16 KiB
+    /// frames is not joined first.
+    pub fn write_chunks_at(&self, offset: u64, payload: &Chunks) -> Result<()> {
+        payload.write_all_at(&self.file, offset).map_err(|e| StoreError::io(&self.path, e))
     }
 
     /// Writes zeros over `from..to`.

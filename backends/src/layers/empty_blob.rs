@@ -64,7 +64,7 @@ impl BlobStore for EmptyBlob {
 
     async fn writer(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {
         if digest.is_empty_blob() {
-            return Ok(Box::new(BufferedWriter::new(0, |_| async { Ok(()) })));
+            return Ok(Box::new(BufferedWriter::new(|_| async { Ok(()) })));
         }
         self.inner.writer(digest).await
     }

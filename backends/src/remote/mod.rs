@@ -32,6 +32,7 @@ use crate::digest::{compressed_resource_name, resource_name, Digest, DigestFunct
 use crate::zstd_chunks::Settings;
 use crate::zstd_stream::Decompressor;
 use crate::error::{Result, StoreError};
+use crate::chunks::Chunks;
 use crate::store::{ActionCacheStore, Blob, BlobStore, BlobWriter, BufferedWriter, Counters, StoreStats};
 
 /// Digests per FindMissingBlobs request.
@@ -475,7 +476,7 @@ impl BlobStore for RemoteStore {
         if self.is_small(digest).await? {
             let this = self.clone();
             let digest = *digest;
-            return Ok(Box::new(BufferedWriter::new(digest.size, move |data| async move { this.write(&digest, data).await })));
+            return Ok(Box::new(BufferedWriter::new(move |data: Chunks| async move { this.write(&digest, data.into_bytes()).await })));
         }
         Ok(Box::new(self.start_upload(digest).await?))
     }
