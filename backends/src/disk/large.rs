@@ -170,7 +170,7 @@ impl LargeWriter {
             return Ok(());
         }
         let offset = HEADER_LEN as u64 + self.written;
-        // Checksummed first, while the pieces are still in the cache from the digest's hashing.
+        // Checksummed here, before the pieces move to the blocking thread that writes them.
         pending.pieces().for_each(|piece| self.checksum(piece));
         let (file, tmp) = (self.file()?, self.tmp.clone());
         blocking("writing a large blob", move || pending.write_all_at(&file, offset).map_err(|e| StoreError::io(&tmp, e))).await
