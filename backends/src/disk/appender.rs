@@ -191,7 +191,12 @@ impl DiskLog {
         }
         let Run { buf, entries } = run;
         let results = match Self::zero_ahead(w, buf.len() as u64, false).and_then(|()| w.open.write_at(w.offset, buf)) {
-            Ok(()) => self.publish(w, entries, buf.len() as u64).into_iter().map(Ok).collect(),
+            Ok(()) => {
+                if self.syncs_writes() {
+                    w.open.start_writeback(w.offset, buf.len() as u64);
+                }
+                self.publish(w, entries, buf.len() as u64).into_iter().map(Ok).collect()
+            }
             Err(e) => e.shared_by(entries.len()).into_iter().map(Err).collect(),
         };
         buf.clear();
