@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the storage tiers: writes (concurrent, and as one batch) and reads of 4 KiB
 //! and 1 MiB blobs into the disk log (group commit, into a fresh log and into a full one that reuses
-//! its segment files) and the memory tier, `contains` of 10,000 digests (also on a memory tier
+//! its segment files) and the memory tier, uploads of 16 and 64 MiB streamed into the disk log in
+//! 16 KiB pieces, `contains` of 10,000 digests (also on a memory tier
 //! holding 500,000 blobs), the memory tier's worst-case eviction sweep, and start-up of a disk log
 //! holding 1,000,000 blobs. Run with `cargo bench --bench storage`; the start-up benchmark also
 //! prints the index's memory per blob.
@@ -139,6 +140,36 @@ fn disk(c: &mut Criterion) {
     }
 }
 
+/// One upload streamed through a writer in Bazel's 16 KiB pieces, each a slice of one buffer as
+/// pieces of h2's receive buffers are: a 16 MiB blob (a segment record) and a 64 MiB one (a file of
+/// its own, above `max_record`).
+fn bench_streamed(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn BlobStore> = Arc::new(DiskLog::open(disk_config(dir.path(), SyncPolicy::Always)).unwrap());
+    let counter = AtomicU64::new(1 << 40);
+    let mut group = c.benchmark_group("disk-log-streamed");
+    group.sample_size(10);
+    for size in [16usize << 20, 64 << 20] {
+        let payload = Bytes::from(vec![0x3c; size]);
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_function(BenchmarkId::new("16KiB-pieces", format!("{}MiB", size >> 20)), |b| {
+            b.to_async(&rt).iter(|| {
+                let digest = fake_digest(counter.fetch_add(1, Ordering::Relaxed), size as u64);
+                let (store, payload) = (store.clone(), payload.clone());
+                async move {
+                    let mut writer = store.writer(&digest).await.unwrap();
+                    for at in (0..payload.len()).step_by(16 << 10) {
+                        writer.append(payload.slice(at..(at + (16 << 10)).min(payload.len()))).await.unwrap();
+                    }
+                    writer.commit().await.unwrap();
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
 fn memory(c: &mut Criterion) {
     for (size, batch) in [(4 * 1024, 256), (1 << 20, 16)] {
         bench_writes(c, "memory", Arc::new(MemoryStore::new(1 << 30)), size, batch);
@@ -250,6 +281,6 @@ fn startup(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = disk, memory, startup
+    targets = disk, bench_streamed, memory, startup
 }
 criterion_main!(benches);
