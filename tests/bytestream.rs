@@ -394,3 +394,59 @@ async fn a_blob_larger_than_a_memory_only_stack_is_refused_and_what_it_holds_sta
     let absent = missing(&mut cas, "", vec![sha256(&kept), sha256(&big), sha256(&over), sha256(&fits)]).await;
     assert_eq!(absent, vec![sha256(&big), sha256(&over)], "nothing held was evicted for a blob that could never fit");
 }
+
+/// The offset of `needle` in the segment files of the log at `dir`, and which file it is in.
+fn find_in_segments(dir: &std::path::Path, needle: &[u8]) -> (std::path::PathBuf, usize) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "seg") {
+            let bytes = std::fs::read(&path).unwrap();
+            if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+                return (path, at);
+            }
+        }
+    }
+    panic!("not in any segment of {}", dir.display());
+}
+
+/// A segment record read in several messages is checked as it is sent (a read no longer checks a
+/// 16 MiB record whole before its first byte): a damaged one ends its read in INTERNAL instead of
+/// its last bytes, whatever part of it was asked for, and is dropped: it then reads as missing until
+/// it is uploaded again.
+#[tokio::test]
+async fn a_damaged_record_read_in_pieces_ends_its_read_before_the_last_piece_and_is_dropped() {
+    let config = TEST_CONFIG.replace("segment_size: 1MiB, max_record: 64KiB", "segment_size: 16MiB, max_record: 4MiB");
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(&config, tmp.path()).await;
+    let (mut bs, mut cas) = (server.bytestream().await, server.cas().await);
+    let data = content(9, (3 << 20) + 4321);
+    let d = sha256(&data);
+    write(&mut bs, &upload_name("", "u1", &d), 0, &data, 64 * 1024, true).await.unwrap();
+    assert!(read(&mut bs, blob_name("", &d), 0, 0).await.unwrap() == data, "intact: read whole");
+    let (from, len) = ((1 << 20) + 5, (2 << 20) + 1);
+    assert!(read(&mut bs, blob_name("", &d), from as i64, len as i64).await.unwrap() == data[from..from + len], "intact: a range");
+
+    // One flipped byte in the first MiB, outside the range read next.
+    let (segment, at) = find_in_segments(&tmp.path().join("cas"), &data[..4096]);
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&segment).unwrap();
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(&[data[100] ^ 0x40], (at + 100) as u64).unwrap();
+
+    let request = ReadRequest { resource_name: blob_name("", &d), read_offset: from as i64, read_limit: len as i64 };
+    let mut stream = bs.read(request).await.unwrap().into_inner();
+    let mut received = 0;
+    let err = loop {
+        match stream.message().await {
+            Ok(Some(msg)) => received += msg.data.len(),
+            Ok(None) => panic!("a damaged record was read to its end ({received} bytes)"),
+            Err(status) => break status,
+        }
+    };
+    assert!(received < len, "{received} bytes of {len} came before the error");
+    assert_eq!(err.code(), Code::Internal, "{}", err.message());
+    assert!(err.message().contains(&d.hash) && err.message().contains("checksum"), "{}", err.message());
+    assert_eq!(missing(&mut cas, "", vec![d.clone()]).await, vec![d.clone()], "dropped: FindMissing says missing");
+    assert_eq!(read(&mut bs, blob_name("", &d), 0, 0).await.unwrap_err().code(), Code::NotFound);
+    write(&mut bs, &upload_name("", "u2", &d), 0, &data, 64 * 1024, true).await.unwrap();
+    assert!(read(&mut bs, blob_name("", &d), 0, 0).await.unwrap() == data, "the upload again heals it");
+}

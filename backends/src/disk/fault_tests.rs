@@ -6,6 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use bytes::Bytes;
+use futures::StreamExt;
 
 use super::*;
 use crate::digest::DigestFunction;
@@ -185,4 +186,52 @@ async fn large_files_without_a_chunk_table_are_checked_whole() {
     assert_eq!(whole, data);
     flip(&path, (record::HEADER_LEN + 90_000) as u64);
     assert!(log.read(&big, 0, Some(10)).await.unwrap().is_none(), "no table: any damage fails every read");
+}
+
+/// A blob that begins with a marker no other blob holds anywhere, so it can be found in a segment.
+fn marked_blob(i: u32, len: usize) -> (Digest, Bytes) {
+    let mut data = blob(i, len).1.to_vec();
+    data[..16].copy_from_slice(&[&b"marked-"[..], &i.to_le_bytes(), &[0xff; 5]].concat());
+    (DigestFunction::Sha256.digest_of(&data), Bytes::from(data))
+}
+
+/// Where `data` (a marked blob) starts in segment `id`.
+fn offset_in_segment(dir: &Path, id: u32, data: &[u8]) -> u64 {
+    let bytes = std::fs::read(segment::segment_path(dir, id)).unwrap();
+    bytes.windows(16).position(|w| w == &data[..16]).unwrap() as u64
+}
+
+/// A record read in more than one piece is checked as it is sent, and a damaged one ends its read in
+/// `Corrupt` before its last piece. In the oldest quarter of a nearly full log, where a read copies
+/// the record forward, it is checked whole first instead: a damaged record reads as absent and is
+/// never copied forward under a new checksum of its damaged bytes.
+#[tokio::test]
+async fn a_damaged_record_fails_its_read_in_pieces_and_is_checked_whole_before_a_copy_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = 8 << 20;
+    let cfg = DiskConfig { path: dir.path().to_path_buf(), max_size: 4 * seg, segment_size: seg, max_record: 2 << 20, sync: SyncPolicy::Never, compression: None };
+    let log = DiskLog::open(cfg).unwrap();
+    let len = (1 << 20) + 500;
+    let (old, old_data) = marked_blob(0, len);
+    log.write(&old, old_data.clone()).await.unwrap();
+    let mut i = 1;
+    while log.inner.writer.lock().open.id < 2 {
+        let (d, data) = blob(i, len);
+        log.write(&d, data).await.unwrap();
+        i += 1;
+    }
+    let (young, young_data) = marked_blob(i, len);
+    log.write(&young, young_data.clone()).await.unwrap();
+    assert!(log.is_old(0) && !log.is_old(2), "three segments of four: the first is in the oldest quarter");
+
+    flip(&segment::segment_path(dir.path(), 2), offset_in_segment(dir.path(), 2, &young_data) + 10);
+    let Some(Blob::Stream(pieces)) = log.read(&young, 0, None).await.unwrap() else { panic!("read in pieces") };
+    let pieces: Vec<Result<Bytes>> = pieces.collect().await;
+    assert_eq!(pieces.len(), 2, "the first piece, then the error in place of the last");
+    assert!(matches!(&pieces[1], Err(StoreError::Corrupt { .. })), "{:?}", pieces.iter().map(|p| p.as_ref().map(Bytes::len)).collect::<Vec<_>>());
+    assert_eq!(log.contains(&[young]).await.unwrap(), vec![false], "dropped once found damaged");
+
+    flip(&segment::segment_path(dir.path(), 0), offset_in_segment(dir.path(), 0, &old_data) + 10);
+    assert!(log.read(&old, 0, None).await.unwrap().is_none(), "checked whole: absent, not a read that fails");
+    assert_eq!(log.contains(&[old]).await.unwrap(), vec![false], "dropped, and nothing was copied forward");
 }

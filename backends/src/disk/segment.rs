@@ -169,14 +169,18 @@ impl Segment {
     /// The form and payload at `loc` if its header names `key` and its checksum holds: a damaged
     /// record is reported as absent, never served.
     pub fn payload(&self, loc: Loc, key: &Key) -> Option<(Form, Bytes)> {
-        let header = self.header_at(loc.offset)?;
+        let (header, payload) = self.unchecked(loc, key)?;
+        header.check_payload(&payload).then_some((header.form, payload))
+    }
+
+    /// The header and payload at `loc` if its header names `key`, the payload's checksum not yet
+    /// checked: the caller checks it before the last of it is served.
+    pub fn unchecked(&self, loc: Loc, key: &Key) -> Option<(Header, Bytes)> {
+        let header = self.header_at(loc.offset).filter(|h| h.key == *key)?;
         let start = loc.offset as usize + HEADER_LEN;
         let end = start.checked_add(loc.len as usize)?;
-        let payload = self.map.get(start..end)?;
-        if header.key != *key || !header.check_payload(payload) {
-            return None;
-        }
-        Some((header.form, Bytes::from_owner(MapOwner(self.map.clone())).slice(start..end)))
+        self.map.get(start..end)?;
+        Some((header, Bytes::from_owner(MapOwner(self.map.clone())).slice(start..end)))
     }
 
     /// The blob size of the record at `loc` with this `header`, read from the trailer of a
