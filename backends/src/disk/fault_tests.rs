@@ -170,6 +170,17 @@ async fn a_ranged_read_of_a_large_blob_checks_only_the_chunks_it_touches() {
     // A read that touches the damaged chunk is never served, nor is the whole blob.
     assert!(range(3 * chunk as u64, 1).await.is_none());
     assert!(log.read(&big, 0, None).await.unwrap().is_none());
+
+    // Uploaded again and damaged again: a read of more than one chunk is checked a chunk at a time as
+    // it is sent, so it serves the intact chunks before the damaged one, then ends in Corrupt.
+    log.write(&big, data.clone()).await.unwrap();
+    flip(&path, (record::HEADER_LEN + 3 * chunk + 10) as u64);
+    let Some(Blob::Stream(pieces)) = log.read(&big, chunk as u64 + 7, None).await.unwrap() else { panic!("read in pieces") };
+    let pieces: Vec<Result<Bytes>> = pieces.collect().await;
+    let lens: Vec<usize> = pieces.iter().filter_map(|p| p.as_ref().ok().map(Bytes::len)).collect();
+    assert_eq!(lens, [chunk - 7, chunk], "the rest of chunk 1, then chunk 2");
+    assert!(matches!(pieces.last(), Some(Err(StoreError::Corrupt { reason, .. })) if reason.contains("chunk 3")), "{:?}", pieces.last());
+    assert_eq!(log.contains(&[big]).await.unwrap(), vec![false], "dropped once found damaged");
 }
 
 #[tokio::test]

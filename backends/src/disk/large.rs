@@ -58,35 +58,50 @@ pub const CHUNK: u64 = 1 << 20;
 const FOOTER_MAGIC: [u8; 8] = *b"STRBCHK1";
 const FOOTER_LEN: usize = 16;
 
-/// Reads a large blob whose bytes in `range` (of the payload) are intact; `None` if it is missing or
-/// damaged there. The whole payload comes back (zero-copy), for the caller to slice.
-pub fn read_large(dir: &Path, key: &Key, range: Range<u64>) -> Option<Bytes> {
+/// A large file, mapped: its payload and, where the file has one, its chunk table.
+pub struct LargeFile {
+    pub payload: Bytes,
+    /// `CHUNK`'s checksums, one per chunk of the payload, in little-endian u32s.
+    pub table: Option<Bytes>,
+    header: Header,
+}
+
+/// Opens and maps the large file of `key`, without checking its payload; `None` if it is missing, or
+/// its header is damaged or names another key. Blocks: call it off the runtime.
+pub fn open_large(dir: &Path, key: &Key) -> Option<LargeFile> {
     let file = File::open(large_path(dir, key)).ok()?;
     // SAFETY: large files are written once to a temporary name and never modified after the rename.
     let map = unsafe { Mmap::map(&file) }.ok()?;
-    let header = Header::decode(&map)?;
+    let header = Header::decode(&map).filter(|h| h.key == *key)?;
     let len = usize::try_from(header.payload_len).ok()?;
-    let payload = map.get(HEADER_LEN..HEADER_LEN.checked_add(len)?)?;
-    if header.key != *key {
-        return None;
-    }
-    let intact = match chunk_table(&map, len) {
-        Some(table) => chunks_intact(payload, table, range),
-        None => header.check_payload(payload),
-    };
-    intact.then(|| Bytes::from_owner(map).slice(HEADER_LEN..HEADER_LEN + len))
+    map.get(HEADER_LEN..HEADER_LEN.checked_add(len)?)?;
+    let table = chunk_table(&map, len);
+    let map = Bytes::from_owner(map);
+    let table = table.map(|at| map.slice(at));
+    Some(LargeFile { payload: map.slice(HEADER_LEN..HEADER_LEN + len), table, header })
 }
 
-/// The chunk table after a payload of `len` bytes, if the file has one.
-fn chunk_table(map: &[u8], len: usize) -> Option<&[u8]> {
+/// Reads a large blob whose bytes in `range` (of the payload) are intact; `None` if it is missing or
+/// damaged there. The whole payload comes back (zero-copy), for the caller to slice.
+pub fn read_large(dir: &Path, key: &Key, range: Range<u64>) -> Option<Bytes> {
+    let file = open_large(dir, key)?;
+    let intact = match &file.table {
+        Some(table) => chunks_intact(&file.payload, table, range),
+        None => file.header.check_payload(&file.payload),
+    };
+    intact.then_some(file.payload)
+}
+
+/// Where the chunk table after a payload of `len` bytes lies in the file, if it has one.
+fn chunk_table(map: &[u8], len: usize) -> Option<Range<usize>> {
     let footer = map.get(map.len().checked_sub(FOOTER_LEN)?..)?;
     if footer[..8] != FOOTER_MAGIC || u64::from_le_bytes(footer[8..16].try_into().ok()?) != CHUNK {
         return None;
     }
     let entries = (len as u64).div_ceil(CHUNK) as usize;
     let start = HEADER_LEN + len;
-    let table = map.get(start..start + entries * 4)?;
-    (start + entries * 4 + FOOTER_LEN == map.len()).then_some(table)
+    let table = start..start + entries * 4;
+    (table.end + FOOTER_LEN == map.len()).then_some(table)
 }
 
 /// Whether every chunk of `payload` that overlaps `range` matches its checksum (an empty range
@@ -97,11 +112,15 @@ fn chunks_intact(payload: &[u8], table: &[u8], range: Range<u64>) -> bool {
     if range.start >= end {
         return true;
     }
-    (range.start / CHUNK..end.div_ceil(CHUNK)).all(|i| {
-        let chunk = &payload[(i * CHUNK) as usize..((i + 1) * CHUNK).min(len) as usize];
-        let expected = table.get(i as usize * 4..i as usize * 4 + 4).and_then(|b| <[u8; 4]>::try_from(b).ok());
-        expected.map(u32::from_le_bytes) == Some(crc32fast::hash(chunk))
-    })
+    (range.start / CHUNK..end.div_ceil(CHUNK)).all(|i| chunk_intact(payload, table, i as usize))
+}
+
+/// Whether chunk `i` of `payload` matches its checksum in `table`.
+pub fn chunk_intact(payload: &[u8], table: &[u8], i: usize) -> bool {
+    let chunk = CHUNK as usize;
+    let bytes = &payload[i * chunk..((i + 1) * chunk).min(payload.len())];
+    let expected = table.get(i * 4..i * 4 + 4).and_then(|b| <[u8; 4]>::try_from(b).ok());
+    expected.map(u32::from_le_bytes) == Some(crc32fast::hash(bytes))
 }
 
 /// Reads only the header of a large file (start-up: trust the checksum later, at read time).

@@ -228,37 +228,6 @@ impl DiskLog {
         }
     }
 
-    /// A read of more than one piece of a segment record stored as it is, when the record needs no
-    /// copy forward (which must not copy a payload before it is checked): served as its checksum is
-    /// computed (`checked_read.rs`). `None` for every other read, which checks the record first.
-    fn read_checked_as_sent(&self, digest: &Digest, key: &Key, offset: u64, limit: Option<u64>) -> Option<Blob> {
-        let end = limit.map_or(digest.size, |l| offset.saturating_add(l).min(digest.size));
-        if end.saturating_sub(offset) <= checked_read::PIECE as u64 {
-            return None;
-        }
-        let (segment, loc) = {
-            let st = self.inner.state.read();
-            let loc = st.index.get(key)?;
-            (st.segments.get(&loc.segment)?.clone(), loc)
-        };
-        if self.is_old(loc.segment) {
-            return None;
-        }
-        let (header, payload) = segment.unchecked(loc, key)?;
-        if header.form != Form::Identity || header.payload_len != digest.size || payload.len() as u64 != digest.size {
-            return None;
-        }
-        let (log, key, digest) = (Arc::downgrade(&self.inner), *key, *digest);
-        let damaged = move || {
-            tracing::warn!(segment = %segment.path.display(), offset = loc.offset, "damaged record dropped while it was read");
-            if let Some(inner) = log.upgrade() {
-                inner.state.write().index.remove(&key, loc);
-            }
-            StoreError::Corrupt { digest, tier: "disk".into(), reason: "the record's checksum does not hold; it is dropped".into() }
-        };
-        Some(Blob::Stream(checked_read::checked_pieces(payload, header.payload_crc, offset as usize..end as usize, damaged)))
-    }
-
     async fn lookup_large(&self, key: &Key, entry: LargeEntry, range: std::ops::Range<u64>) -> Option<(Stored, Found)> {
         let (dir, key) = (self.large_dir().to_path_buf(), *key);
         match offload::blocking("reading a large blob", move || Ok(large::read_large(&dir, &key, range))).await {
@@ -570,7 +539,7 @@ impl BlobStore for DiskLog {
 
     async fn read(&self, digest: &Digest, offset: u64, limit: Option<u64>) -> Result<Option<Blob>> {
         let key = digest.key();
-        if let Some(blob) = self.read_checked_as_sent(digest, &key, offset, limit) {
+        if let Some(blob) = self.read_checked_as_sent(digest, &key, offset, limit).await {
             self.inner.counters.hit(true);
             return Ok(Some(blob));
         }
