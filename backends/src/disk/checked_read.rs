@@ -7,6 +7,7 @@
 //!   a damaged record never completes a read but ends it with an error, as reads through
 //!   `layers::verify` do.
 //! - A large file has a checksum per 1 MiB chunk, so each piece is checked before it is sent.
+//!
 //! Either way a damaged value's entry is dropped, as one found damaged before a read is. Reads of
 //! up to one piece, and of values about to be copied forward (which must not copy bytes before they
 //! are checked), are checked whole first and report a damaged value as missing.
