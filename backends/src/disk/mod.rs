@@ -284,17 +284,21 @@ impl DiskLog {
                     appender.append_detached(*key, form, payload);
                 }
             }
-            Found::Large(_) => {
-                let open = self.inner.writer.lock().open.id;
-                let now = std::time::SystemTime::now();
-                if let Some(entry) = self.inner.state.write().large.get_mut(key) {
-                    entry.seq = open;
-                    entry.used = now;
-                }
-                // Its file's time is what a restart orders large blobs by; a failure is logged.
-                offload::touch_soon(large::large_path(self.large_dir(), key), now);
-            }
+            Found::Large(_) => self.renew_large(key),
         }
+    }
+
+    /// Moves a large blob to the new end of the eviction order: its entry and its file's time, which
+    /// is what a restart orders large blobs by. Its bytes stay where they are, so nothing is read.
+    fn renew_large(&self, key: &Key) {
+        let open = self.inner.writer.lock().open.id;
+        let now = std::time::SystemTime::now();
+        if let Some(entry) = self.inner.state.write().large.get_mut(key) {
+            entry.seq = open;
+            entry.used = now;
+        }
+        // A failure is logged.
+        offload::touch_soon(large::large_path(self.large_dir(), key), now);
     }
 
     /// Seals the open segment (sync, index file) and opens the next, evicting to make room. The next
@@ -500,13 +504,13 @@ impl DiskLog {
 impl BlobStore for DiskLog {
     async fn contains(&self, digests: &[Digest]) -> Result<Vec<bool>> {
         let mut found = Vec::with_capacity(digests.len());
-        let mut old = Vec::new();
+        let (mut old, mut old_large) = (Vec::new(), Vec::new());
         {
             let st = self.inner.state.read();
             let old_before = self.old_before(&st);
             for digest in digests {
                 let key = digest.key();
-                let seq = match st.index.get(&key) {
+                let (seq, large) = match st.index.get(&key) {
                     // The record's header must still be there and name this key (no payload read):
                     // a damaged header or a truncated segment is reported missing, so the client
                     // uploads the blob again and the write heals the entry.
@@ -515,21 +519,26 @@ impl BlobStore for DiskLog {
                             s.header_at(loc.offset).is_some_and(|h| h.key == key && s.blob_size(loc, &h) == Some(digest.size))
                         }) =>
                     {
-                        Some(loc.segment)
+                        (Some(loc.segment), false)
                     }
-                    _ => st.large.get(&key).filter(|e| e.size == digest.size).map(|e| e.seq),
+                    _ => (st.large.get(&key).filter(|e| e.size == digest.size).map(|e| e.seq), true),
                 };
                 found.push(seq.is_some());
                 if seq.is_some_and(|s| s < old_before) {
-                    old.push(key);
+                    if large { &mut old_large } else { &mut old }.push(key);
                 }
             }
         }
-        // Hot blobs in the oldest part of the log are copied forward, outside the index lock.
+        // Hot blobs in the oldest part of the log are copied forward, outside the index lock: a
+        // segment record (checked first: a damaged one is dropped, never copied), or a large blob's
+        // place in the eviction order (its file, which a read checks, is not read for that).
         for key in old {
             if let Some((stored, at)) = self.lookup(&key).await {
                 self.refresh(&key, &stored, &at);
             }
+        }
+        for key in old_large {
+            self.renew_large(&key);
         }
         for hit in &found {
             self.inner.counters.hit(*hit);

@@ -373,3 +373,30 @@ async fn a_record_that_arrives_in_many_pieces_is_written_from_them_whole() {
     let log = DiskLog::open(cfg).unwrap();
     assert_eq!(read_all(&log, &digest).await, Some(data), "after a restart (its header checks out)");
 }
+
+/// FindMissingBlobs of a large blob in the oldest quarter of a nearly full log renews its place in
+/// the eviction order without reading its file (a 1 GiB blob was read and checksummed whole for it).
+/// Its bytes are checked when they are read, as they always were.
+#[tokio::test]
+async fn finding_an_old_large_blob_renews_it_without_reading_it() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = DiskLog::open(config(dir.path(), 16 * SEG, SyncPolicy::Never)).unwrap();
+    let (big, big_data) = blob(900, 100_000);
+    log.write(&big, big_data).await.unwrap();
+    let mut i = 0;
+    while log.inner.writer.lock().open.id < 11 {
+        let (d, data) = blob(i, 3000);
+        log.write(&d, data).await.unwrap();
+        i += 1;
+    }
+    let seq = |log: &DiskLog| log.inner.state.read().large.get(&big.key()).map(|e| e.seq);
+    assert_eq!(seq(&log), Some(0));
+    assert!(log.is_old(0), "12 of 16 segments' worth in use: the first is in the oldest quarter");
+    // Damage the payload: a check of it would drop the blob.
+    let file = std::fs::OpenOptions::new().write(true).open(large::large_path(&dir.path().join("large"), &big.key())).unwrap();
+    file.write_all_at(b"damage", (record::HEADER_LEN + 50_000) as u64).unwrap();
+    assert_eq!(log.contains(&[big]).await.unwrap(), vec![true]);
+    assert_eq!(seq(&log), Some(11), "renewed to the open segment, and not read");
+    assert!(log.read(&big, 0, None).await.unwrap().is_none(), "a read checks it");
+}
