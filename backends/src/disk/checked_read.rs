@@ -9,8 +9,8 @@
 //! - A large file has a checksum per 1 MiB chunk, so each piece is checked before it is sent.
 //!
 //! Either way a damaged value's entry is dropped, as one found damaged before a read is. Reads of
-//! up to one piece, and of values about to be copied forward (which must not copy bytes before they
-//! are checked), are checked whole first and report a damaged value as missing.
+//! up to one piece, and of segment records about to be copied forward (which must not copy bytes
+//! before they are checked), are checked whole first and report a damaged value as missing.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -33,8 +33,9 @@ const _: () = assert!(PIECE as u64 == CHUNK, "a large file's pieces are its chun
 
 impl DiskLog {
     /// `digest[offset..offset + limit]` checked as it is sent, where the read is longer than one
-    /// piece, the value is stored as it is and it is not due to be copied forward. `None` for every
-    /// other read (the caller then checks the value whole first).
+    /// piece, the value is stored as it is and it is not a segment record due to be copied forward (an
+    /// old large blob is renewed, which reads nothing). `None` for every other read (the caller then
+    /// checks the value whole first).
     pub(super) async fn read_checked_as_sent(&self, digest: &Digest, key: &Key, offset: u64, limit: Option<u64>) -> Option<Blob> {
         let end = limit.map_or(digest.size, |l| offset.saturating_add(l).min(digest.size));
         if end.saturating_sub(offset) <= PIECE as u64 {
@@ -47,9 +48,11 @@ impl DiskLog {
                 None => Err(*st.large.get(key)?),
             }
         };
-        let seq = place.as_ref().map_or_else(|entry| entry.seq, |(_, loc)| loc.segment);
-        if self.is_old(seq) {
-            return None;
+        match &place {
+            Ok((_, loc)) if self.is_old(loc.segment) => return None,
+            // Renewing a large blob's place reads none of its bytes.
+            Err(entry) if self.is_old(entry.seq) => self.renew_large(key),
+            _ => {}
         }
         let range = offset as usize..end as usize;
         let (log, key, digest) = (Arc::downgrade(&self.inner), *key, *digest);

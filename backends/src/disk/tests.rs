@@ -400,3 +400,24 @@ async fn finding_an_old_large_blob_renews_it_without_reading_it() {
     assert_eq!(seq(&log), Some(11), "renewed to the open segment, and not read");
     assert!(log.read(&big, 0, None).await.unwrap().is_none(), "a read checks it");
 }
+
+/// A long read of an old large blob renews it and is checked as it is sent, like any long read of a
+/// large blob (it was checked whole first, on a blocking thread, before its first byte).
+#[tokio::test]
+async fn a_long_read_of_an_old_large_blob_renews_it_and_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = DiskLog::open(config(dir.path(), 160 * SEG, SyncPolicy::Never)).unwrap();
+    let (big, big_data) = blob(901, (3 << 20) + 7);
+    log.write(&big, big_data.clone()).await.unwrap();
+    let mut i = 0;
+    while !log.is_old(0) {
+        let (d, data) = blob(i, 3000);
+        log.write(&d, data).await.unwrap();
+        i += 1;
+    }
+    let Some(blob) = log.read(&big, 0, None).await.unwrap() else { panic!("present") };
+    assert!(matches!(blob, Blob::Stream(_)), "checked as it is sent");
+    assert!(blob.into_bytes().await.unwrap() == big_data);
+    let open = log.inner.writer.lock().open.id;
+    assert_eq!(log.inner.state.read().large.get(&big.key()).map(|e| e.seq), Some(open), "renewed");
+}
