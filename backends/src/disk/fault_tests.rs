@@ -246,3 +246,37 @@ async fn a_damaged_record_fails_its_read_in_pieces_and_is_checked_whole_before_a
     assert!(log.read(&old, 0, None).await.unwrap().is_none(), "checked whole: absent, not a read that fails");
     assert_eq!(log.contains(&[old]).await.unwrap(), vec![false], "dropped, and nothing was copied forward");
 }
+
+/// A large upload's piece never waits for the log's writer on the runtime: the writer holds its lock
+/// while it writes, and while it syncs a sealed segment or deletes evicted ones. With the lock held
+/// elsewhere, the piece waits off the runtime, and the runtime (one thread here) goes on.
+#[tokio::test(flavor = "current_thread")]
+async fn a_large_upload_waits_for_the_writer_off_the_runtime() {
+    use std::sync::mpsc;
+    let dir = tempfile::tempdir().unwrap();
+    let log = DiskLog::open(config(dir.path(), 64 << 20)).unwrap();
+    let (big, data) = blob(950, 200_000);
+    let mut writer = log.writer(&big).await.unwrap();
+    let (held_tx, held) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let holder = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let _writer = log.inner.writer.lock();
+            held_tx.send(()).unwrap();
+            // Only the runtime sends this, and only if the append left it free to.
+            release_rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok()
+        })
+    };
+    held.recv().unwrap();
+    let first = data.slice(..100_000);
+    let append = tokio::spawn(async move { writer.append(first).await.map(|()| writer) });
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert!(!append.is_finished(), "the piece waits for room while the writer is busy");
+    release.send(()).unwrap();
+    assert!(holder.join().unwrap(), "the runtime was free while the piece waited");
+    let mut writer = append.await.unwrap().unwrap();
+    writer.append(data.slice(100_000..)).await.unwrap();
+    writer.commit().await.unwrap();
+    assert!(log.read(&big, 0, None).await.unwrap().unwrap().into_bytes().await.unwrap() == data);
+}

@@ -134,7 +134,8 @@ pub fn read_large_header(path: &Path) -> Option<Header> {
 static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
 
 /// A streaming write of one large blob. Each piece's size is reserved in the budget as it arrives (so
-/// that an upload the log has no room for fails at once); pieces are gathered until they make a
+/// that an upload the log has no room for fails at once), off the runtime where that has to wait for
+/// the log's writer or evict; pieces are gathered until they make a
 /// `CHUNK` and then written together in one trip off the runtime (a blob sent in 16 KiB messages
 /// would otherwise cost a thread hand-off per message). Dropping the writer uncommitted removes the
 /// temporary file and releases the reservation.
@@ -220,8 +221,12 @@ impl LargeWriter {
 #[async_trait]
 impl BlobWriter for LargeWriter {
     async fn append(&mut self, chunk: Bytes) -> Result<()> {
-        self.log.reserve(chunk.len() as u64)?;
-        self.reserved += chunk.len() as u64;
+        let bytes = chunk.len() as u64;
+        if !self.log.try_reserve_now(bytes) {
+            let log = self.log.clone();
+            blocking("making room for a large blob", move || log.reserve(bytes)).await?;
+        }
+        self.reserved += bytes;
         self.pending.push(chunk);
         if self.pending.len() as u64 >= CHUNK {
             self.flush().await?;

@@ -338,8 +338,7 @@ impl DiskLog {
         loop {
             let victim = {
                 let st = self.inner.state.read();
-                let used = st.segments.len() as u64 * self.inner.cfg.segment_size + st.large_bytes + w.reserved_large;
-                if used + extra <= self.inner.cfg.max_size {
+                if self.used(&st, w) + extra <= self.inner.cfg.max_size {
                     return Ok(spare);
                 }
                 let oldest_segment = st.segments.keys().next().copied().filter(|&id| id != w.open.id);
@@ -409,12 +408,30 @@ impl DiskLog {
         offload::blocking("starting a large blob", move || LargeWriter::create(log, key)).await
     }
 
-    /// Makes room for `bytes` more of a large blob being written and reserves them.
+    /// Makes room for `bytes` more of a large blob being written and reserves them. May wait for the
+    /// writer and evict (which deletes files): call it off the runtime.
     fn reserve(&self, bytes: u64) -> Result<()> {
         let mut w = self.inner.writer.lock();
         self.make_room(&mut w, bytes, false)?;
         w.reserved_large += bytes;
         Ok(())
+    }
+
+    /// Reserves `bytes` for a large blob if that takes no eviction and the writer is free; false
+    /// otherwise, for the caller to `reserve` off the runtime. Never waits: the writer holds its lock
+    /// while it writes, and while it syncs a sealed segment.
+    fn try_reserve_now(&self, bytes: u64) -> bool {
+        let Some(mut w) = self.inner.writer.try_lock() else { return false };
+        if self.used(&self.inner.state.read(), &w) + bytes > self.inner.cfg.max_size {
+            return false;
+        }
+        w.reserved_large += bytes;
+        true
+    }
+
+    /// Bytes of the budget taken: segments (counted whole), large files and their reservations.
+    fn used(&self, st: &State, w: &Writer) -> u64 {
+        st.segments.len() as u64 * self.inner.cfg.segment_size + st.large_bytes + w.reserved_large
     }
 
     fn register_large(&self, key: Key, size: u64, reserved: u64) {
