@@ -12,7 +12,7 @@ pub async fn blocking<T: Send + 'static>(what: &str, work: impl FnOnce() -> Resu
 
 /// Runs file system work that nothing waits for (from a `Drop`, or a refresh): on a blocking thread
 /// when there is a runtime, at once otherwise.
-fn soon(work: impl FnOnce() + Send + 'static) {
+pub fn soon(work: impl FnOnce() + Send + 'static) {
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => drop(runtime.spawn_blocking(work)),
         Err(_) => work(),

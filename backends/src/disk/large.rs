@@ -248,24 +248,35 @@ impl BlobWriter for LargeWriter {
         table.extend_from_slice(&CHUNK.to_le_bytes());
         let (end, dir) = (HEADER_LEN as u64 + self.written, self.log.large_dir().to_path_buf());
         let path = large_path(&dir, &self.key);
+        // The reservation goes with the blocking task, which completes even if this call is dropped:
+        // the blob is published under it, or it is given back.
+        let (log, key, written, reserved) = (self.log.clone(), self.key, self.written, std::mem::take(&mut self.reserved));
         blocking("committing a large blob", move || {
-            file.write_all_at(&table, end).map_err(|e| StoreError::io(&tmp, e))?;
-            file.write_all_at(&header.encode(), 0).map_err(|e| StoreError::io(&tmp, e))?;
-            if durable {
-                file.sync_data().map_err(|e| StoreError::io(&tmp, e))?;
-            }
-            std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
-            if durable {
-                if let Ok(dir) = File::open(&dir) {
-                    let _ = dir.sync_all();
+            let publish = || -> Result<()> {
+                file.write_all_at(&table, end).map_err(|e| StoreError::io(&tmp, e))?;
+                file.write_all_at(&header.encode(), 0).map_err(|e| StoreError::io(&tmp, e))?;
+                if durable {
+                    file.sync_data().map_err(|e| StoreError::io(&tmp, e))?;
+                }
+                std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
+                if durable {
+                    if let Ok(dir) = File::open(&dir) {
+                        let _ = dir.sync_all();
+                    }
+                }
+                Ok(())
+            };
+            let published = publish();
+            match published {
+                Ok(()) => log.register_large(key, written, reserved),
+                Err(_) => {
+                    log.release_reservation(reserved);
+                    let _ = std::fs::remove_file(&tmp);
                 }
             }
-            Ok(())
+            published
         })
-        .await?;
-        let reserved = std::mem::take(&mut self.reserved);
-        self.log.register_large(self.key, self.written, reserved);
-        Ok(())
+        .await
     }
 }
 

@@ -291,11 +291,16 @@ impl DiskLog {
     /// Moves a large blob to the new end of the eviction order: its entry and its file's time, which
     /// is what a restart orders large blobs by. Its bytes stay where they are, so nothing is read.
     fn renew_large(&self, key: &Key) {
-        let open = self.inner.writer.lock().open.id;
         let now = std::time::SystemTime::now();
-        if let Some(entry) = self.inner.state.write().large.get_mut(key) {
-            entry.seq = open;
-            entry.used = now;
+        {
+            // The newest segment is the open one (a roll adds it before it opens it): read here, not
+            // from the writer, which may hold its lock through a segment's sync.
+            let mut st = self.inner.state.write();
+            let open = st.segments.keys().next_back().copied().unwrap_or(0);
+            if let Some(entry) = st.large.get_mut(key) {
+                entry.seq = open;
+                entry.used = now;
+            }
         }
         // A failure is logged.
         offload::touch_soon(large::large_path(self.large_dir(), key), now);
@@ -434,6 +439,7 @@ impl DiskLog {
         st.segments.len() as u64 * self.inner.cfg.segment_size + st.large_bytes + w.reserved_large
     }
 
+    /// Publishes a large blob just written. Waits for the writer: call it off the runtime.
     fn register_large(&self, key: Key, size: u64, reserved: u64) {
         let mut w = self.inner.writer.lock();
         w.reserved_large -= reserved;
@@ -446,8 +452,15 @@ impl DiskLog {
         st.large_bytes += size;
     }
 
+    /// Gives back what an abandoned large upload reserved; from its `Drop`, so on the runtime only
+    /// if the writer is free.
     fn release_reservation(&self, reserved: u64) {
-        self.inner.writer.lock().reserved_large -= reserved;
+        if let Some(mut w) = self.inner.writer.try_lock() {
+            w.reserved_large -= reserved;
+            return;
+        }
+        let inner = self.inner.clone();
+        offload::soon(move || inner.writer.lock().reserved_large -= reserved);
     }
 
     /// Appends and, under the `always` policy, waits for the group commit that covers the append.

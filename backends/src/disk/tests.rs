@@ -421,3 +421,27 @@ async fn a_long_read_of_an_old_large_blob_renews_it_and_streams() {
     let open = log.inner.writer.lock().open.id;
     assert_eq!(log.inner.state.read().large.get(&big.key()).map(|e| e.seq), Some(open), "renewed");
 }
+
+/// What large uploads reserve is given back whole: by the blob once it is published, by the upload
+/// when it is abandoned.
+#[tokio::test]
+async fn large_uploads_give_back_what_they_reserved() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = DiskLog::open(config(dir.path(), 64 * SEG, SyncPolicy::Always)).unwrap();
+    let reserved = |log: &DiskLog| log.inner.writer.lock().reserved_large;
+    for i in 0..3 {
+        let (d, data) = blob(960 + i, 100_000 + i as usize);
+        let mut writer = log.writer(&d).await.unwrap();
+        writer.append(data.slice(..30_000)).await.unwrap();
+        writer.append(data.slice(30_000..)).await.unwrap();
+        assert_eq!(reserved(&log), data.len() as u64);
+        writer.commit().await.unwrap();
+        assert_eq!(reserved(&log), 0, "published blob {i}");
+    }
+    let (d, data) = blob(970, 100_000);
+    let mut writer = log.writer(&d).await.unwrap();
+    writer.append(data.slice(..50_000)).await.unwrap();
+    drop(writer);
+    assert_eq!(reserved(&log), 0, "abandoned");
+    assert_eq!(log.stats().bytes, (100_000 + 100_001 + 100_002) as u64 + log.inner.state.read().segments.len() as u64 * SEG);
+}
