@@ -47,6 +47,9 @@ use crate::store::{ActionCacheStore, Blob, BlobStore, BlobWriter, BufferedWriter
 
 /// Blobs from this size on are compressed on a blocking thread (about 0.3 ms of zstd at level 1).
 const BLOCKING_PACK: usize = 128 * 1024;
+/// Records up to this size are checked on the runtime (80 µs of CRC-32 at most here); larger ones on a
+/// blocking thread (those checked whole: for a short read, a copy forward, a compressed record).
+const CHECKED_ON_THE_RUNTIME: usize = 1 << 20;
 /// How long a group commit waits for the appends already sent to land: a few small appends take
 /// microseconds; a large one in progress is not waited for longer than this.
 const SETTLE_AT_MOST: std::time::Duration = std::time::Duration::from_millis(2);
@@ -213,7 +216,21 @@ impl DiskLog {
             Ok(found) => found,
             Err(entry) => return self.lookup_large(key, entry, range).await,
         };
-        match segment.payload(loc, key).and_then(|(form, payload)| Stored::new(form, payload)) {
+        let payload = match loc.len as usize > CHECKED_ON_THE_RUNTIME {
+            false => segment.payload(loc, key),
+            true => {
+                let (segment, key) = (segment.clone(), *key);
+                match offload::blocking("checking a record", move || Ok(segment.payload(loc, &key))).await {
+                    Ok(payload) => payload,
+                    // A panic while checking is not evidence that the record is damaged: it stays.
+                    Err(e) => {
+                        tracing::warn!("{e}");
+                        return None;
+                    }
+                }
+            }
+        };
+        match payload.and_then(|(form, payload)| Stored::new(form, payload)) {
             Some(stored) => Some((stored, Found::Segment(loc))),
             None => {
                 // Damaged payload, damaged header or a truncated segment: the entry is useless and
