@@ -7,6 +7,9 @@
 //! chunk size), so that a ranged read checks only the chunks it touches: a 1-byte read of a 4 GiB
 //! blob must not checksum 4 GiB. Files without the table (written by earlier versions) are checked
 //! whole, against the header's checksum.
+//!
+//! Also here, the log's side of its large blobs: their entries, their share of the budget (reserved
+//! piece by piece as an upload arrives), their renewal and eviction.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -21,11 +24,12 @@ use bytes::Bytes;
 use memmap2::Mmap;
 
 use super::record::{Form, Header, HEADER_LEN};
-use super::DiskLog;
+use super::stored::Stored;
+use super::{DiskLog, Found};
 use crate::chunks::Chunks;
-use crate::digest::{DigestFunction, Key};
+use crate::digest::{Digest, DigestFunction, Key};
 use crate::error::{Result, StoreError};
-use crate::offload::{blocking, remove_soon};
+use crate::offload::{blocking, remove_soon, soon, touch_soon};
 use crate::store::BlobWriter;
 
 /// A large blob known to the log: its size, the segment id that was open when it was last written or
@@ -129,6 +133,116 @@ pub fn read_large_header(path: &Path) -> Option<Header> {
     let mut buf = [0u8; HEADER_LEN];
     file.read_exact_at(&mut buf, 0).ok()?;
     Header::decode(&buf)
+}
+
+/// The log's side of its large blobs: their entries, their share of the budget, and reading them.
+impl DiskLog {
+    pub(super) async fn lookup_large(&self, key: &Key, entry: LargeEntry, range: std::ops::Range<u64>) -> Option<(Stored, Found)> {
+        let (dir, key) = (self.large_dir().to_path_buf(), *key);
+        match blocking("reading a large blob", move || Ok(read_large(&dir, &key, range))).await {
+            Ok(Some(data)) => Some((Stored::Identity(data), Found::Large(entry))),
+            Ok(None) => {
+                self.forget_large(&key, "missing or damaged");
+                None
+            }
+            // A panic while reading is not evidence that the blob is damaged: its entry stays.
+            Err(e) => {
+                tracing::warn!("{e}");
+                None
+            }
+        }
+    }
+
+    pub(super) fn forget_large(&self, key: &Key, why: &str) {
+        let mut st = self.inner.state.write();
+        if let Some(entry) = st.large.remove(key) {
+            st.large_bytes -= entry.size;
+            tracing::warn!(key = %hex::encode(key.hash), "large blob {why}; dropped");
+        }
+    }
+
+    /// Moves a large blob to the new end of the eviction order: its entry and its file's time, which
+    /// is what a restart orders large blobs by. Its bytes stay where they are, so nothing is read.
+    pub(super) fn renew_large(&self, key: &Key) {
+        let now = std::time::SystemTime::now();
+        {
+            // The newest segment is the open one (a roll adds it before it opens it): read here, not
+            // from the writer, which may hold its lock through a segment's sync.
+            let mut st = self.inner.state.write();
+            let open = st.segments.keys().next_back().copied().unwrap_or(0);
+            if let Some(entry) = st.large.get_mut(key) {
+                entry.seq = open;
+                entry.used = now;
+            }
+        }
+        // A failure is logged.
+        touch_soon(large_path(self.large_dir(), key), now);
+    }
+
+    pub(super) fn evict_large(&self, key: &Key) {
+        let mut st = self.inner.state.write();
+        if let Some(entry) = st.large.remove(key) {
+            st.large_bytes -= entry.size;
+            self.inner.counters.evictions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        remove_soon(large_path(self.large_dir(), key));
+    }
+
+    /// Starts writing a large blob. Budget is reserved as its bytes arrive, never for the size an
+    /// upload declares: a client that declares a huge blob and sends nothing evicts nothing.
+    pub(super) async fn large_writer(&self, digest: &Digest) -> Result<LargeWriter> {
+        let limit = self.inner.cfg.max_size - self.inner.cfg.segment_size;
+        if digest.size > limit {
+            return Err(StoreError::TooLarge { digest: *digest, store: format!("disk tier at {}", self.inner.cfg.path.display()), limit });
+        }
+        let (log, key) = (self.clone(), digest.key());
+        blocking("starting a large blob", move || LargeWriter::create(log, key)).await
+    }
+
+    /// Makes room for `bytes` more of a large blob being written and reserves them. May wait for the
+    /// writer and evict (which deletes files): call it off the runtime.
+    pub(super) fn reserve(&self, bytes: u64) -> Result<()> {
+        let mut w = self.inner.writer.lock();
+        self.make_room(&mut w, bytes, false)?;
+        w.reserved_large += bytes;
+        Ok(())
+    }
+
+    /// Reserves `bytes` for a large blob if that takes no eviction and the writer is free; false
+    /// otherwise, for the caller to `reserve` off the runtime. Never waits: the writer holds its lock
+    /// while it writes, and while it syncs a sealed segment.
+    pub(super) fn try_reserve_now(&self, bytes: u64) -> bool {
+        let Some(mut w) = self.inner.writer.try_lock() else { return false };
+        if self.used(&self.inner.state.read(), &w) + bytes > self.inner.cfg.max_size {
+            return false;
+        }
+        w.reserved_large += bytes;
+        true
+    }
+
+    /// Publishes a large blob just written. Waits for the writer: call it off the runtime.
+    pub(super) fn register_large(&self, key: Key, size: u64, reserved: u64) {
+        let mut w = self.inner.writer.lock();
+        w.reserved_large -= reserved;
+        let mut st = self.inner.state.write();
+        self.inner.counters.written(size);
+        let entry = LargeEntry { size, seq: w.open.id, used: std::time::SystemTime::now() };
+        if let Some(old) = st.large.insert(key, entry) {
+            st.large_bytes -= old.size;
+        }
+        st.large_bytes += size;
+    }
+
+    /// Gives back what an abandoned large upload reserved; from its `Drop`, so on the runtime only
+    /// if the writer is free.
+    pub(super) fn release_reservation(&self, reserved: u64) {
+        if let Some(mut w) = self.inner.writer.try_lock() {
+            w.reserved_large -= reserved;
+            return;
+        }
+        let inner = self.inner.clone();
+        soon(move || inner.writer.lock().reserved_large -= reserved);
+    }
 }
 
 static NEXT_TMP: AtomicU64 = AtomicU64::new(0);

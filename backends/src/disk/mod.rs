@@ -32,7 +32,7 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
 pub use self::index::{Index, Loc};
-use self::large::{LargeEntry, LargeWriter};
+use self::large::LargeEntry;
 use self::record::Form;
 use self::segment::{IndexEntry, Segment};
 use self::stored::Stored;
@@ -245,30 +245,6 @@ impl DiskLog {
         }
     }
 
-    async fn lookup_large(&self, key: &Key, entry: LargeEntry, range: std::ops::Range<u64>) -> Option<(Stored, Found)> {
-        let (dir, key) = (self.large_dir().to_path_buf(), *key);
-        match offload::blocking("reading a large blob", move || Ok(large::read_large(&dir, &key, range))).await {
-            Ok(Some(data)) => Some((Stored::Identity(data), Found::Large(entry))),
-            Ok(None) => {
-                self.forget_large(&key, "missing or damaged");
-                None
-            }
-            // A panic while reading is not evidence that the blob is damaged: its entry stays.
-            Err(e) => {
-                tracing::warn!("{e}");
-                None
-            }
-        }
-    }
-
-    fn forget_large(&self, key: &Key, why: &str) {
-        let mut st = self.inner.state.write();
-        if let Some(entry) = st.large.remove(key) {
-            st.large_bytes -= entry.size;
-            tracing::warn!(key = %hex::encode(key.hash), "large blob {why}; dropped");
-        }
-    }
-
     /// Values last placed in a segment below the returned id are at risk of eviction soon: the log is
     /// at least three quarters full and they sit in its oldest quarter.
     fn old_before(&self, st: &State) -> u32 {
@@ -303,24 +279,6 @@ impl DiskLog {
             }
             Found::Large(_) => self.renew_large(key),
         }
-    }
-
-    /// Moves a large blob to the new end of the eviction order: its entry and its file's time, which
-    /// is what a restart orders large blobs by. Its bytes stay where they are, so nothing is read.
-    fn renew_large(&self, key: &Key) {
-        let now = std::time::SystemTime::now();
-        {
-            // The newest segment is the open one (a roll adds it before it opens it): read here, not
-            // from the writer, which may hold its lock through a segment's sync.
-            let mut st = self.inner.state.write();
-            let open = st.segments.keys().next_back().copied().unwrap_or(0);
-            if let Some(entry) = st.large.get_mut(key) {
-                entry.seq = open;
-                entry.used = now;
-            }
-        }
-        // A failure is logged.
-        offload::touch_soon(large::large_path(self.large_dir(), key), now);
     }
 
     /// Seals the open segment (sync, index file) and opens the next, evicting to make room. The next
@@ -410,74 +368,9 @@ impl DiskLog {
         spare
     }
 
-    fn evict_large(&self, key: &Key) {
-        let mut st = self.inner.state.write();
-        if let Some(entry) = st.large.remove(key) {
-            st.large_bytes -= entry.size;
-            self.inner.counters.evictions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        offload::remove_soon(large::large_path(self.large_dir(), key));
-    }
-
-    /// Starts writing a large blob. Budget is reserved as its bytes arrive, never for the size an
-    /// upload declares: a client that declares a huge blob and sends nothing evicts nothing.
-    async fn large_writer(&self, digest: &Digest) -> Result<LargeWriter> {
-        let limit = self.inner.cfg.max_size - self.inner.cfg.segment_size;
-        if digest.size > limit {
-            return Err(StoreError::TooLarge { digest: *digest, store: format!("disk tier at {}", self.inner.cfg.path.display()), limit });
-        }
-        let (log, key) = (self.clone(), digest.key());
-        offload::blocking("starting a large blob", move || LargeWriter::create(log, key)).await
-    }
-
-    /// Makes room for `bytes` more of a large blob being written and reserves them. May wait for the
-    /// writer and evict (which deletes files): call it off the runtime.
-    fn reserve(&self, bytes: u64) -> Result<()> {
-        let mut w = self.inner.writer.lock();
-        self.make_room(&mut w, bytes, false)?;
-        w.reserved_large += bytes;
-        Ok(())
-    }
-
-    /// Reserves `bytes` for a large blob if that takes no eviction and the writer is free; false
-    /// otherwise, for the caller to `reserve` off the runtime. Never waits: the writer holds its lock
-    /// while it writes, and while it syncs a sealed segment.
-    fn try_reserve_now(&self, bytes: u64) -> bool {
-        let Some(mut w) = self.inner.writer.try_lock() else { return false };
-        if self.used(&self.inner.state.read(), &w) + bytes > self.inner.cfg.max_size {
-            return false;
-        }
-        w.reserved_large += bytes;
-        true
-    }
-
     /// Bytes of the budget taken: segments (counted whole), large files and their reservations.
     fn used(&self, st: &State, w: &Writer) -> u64 {
         st.segments.len() as u64 * self.inner.cfg.segment_size + st.large_bytes + w.reserved_large
-    }
-
-    /// Publishes a large blob just written. Waits for the writer: call it off the runtime.
-    fn register_large(&self, key: Key, size: u64, reserved: u64) {
-        let mut w = self.inner.writer.lock();
-        w.reserved_large -= reserved;
-        let mut st = self.inner.state.write();
-        self.inner.counters.written(size);
-        let entry = LargeEntry { size, seq: w.open.id, used: std::time::SystemTime::now() };
-        if let Some(old) = st.large.insert(key, entry) {
-            st.large_bytes -= old.size;
-        }
-        st.large_bytes += size;
-    }
-
-    /// Gives back what an abandoned large upload reserved; from its `Drop`, so on the runtime only
-    /// if the writer is free.
-    fn release_reservation(&self, reserved: u64) {
-        if let Some(mut w) = self.inner.writer.try_lock() {
-            w.reserved_large -= reserved;
-            return;
-        }
-        let inner = self.inner.clone();
-        offload::soon(move || inner.writer.lock().reserved_large -= reserved);
     }
 
     /// Appends and, under the `always` policy, waits for the group commit that covers the append.
