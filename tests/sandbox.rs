@@ -269,3 +269,30 @@ async fn a_root_bots_spawner_kills_timed_out_groups_and_survives_being_killed() 
     assert_eq!(read_blob(&server, &result.stdout_digest).await, b"65534\n");
     bot.stop().await;
 }
+
+/// The spawner's one reaper tells each action its own exit, whatever order they end in: some end
+/// at once (before their spawn has returned, often), some later, one by a signal.
+#[tokio::test]
+async fn a_root_bots_spawner_reports_each_actions_own_exit() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: there is no spawner, nothing to check here");
+        return;
+    }
+    let (server, tmp) = start().await;
+    let bot = root_bot_as_nobody(&server, &tmp, "host", Start::Spawner);
+    // Distinct scripts, so that no two actions share a digest: (script, expected exit code).
+    let mut cases: Vec<(String, i32)> = (0..12).map(|i| (format!("sleep 0.{}; exit {i}", (12 - i) % 4), i)).collect();
+    cases.extend((0..4).map(|i| (format!("exit {}", 20 + i), 20 + i)));
+    cases.push(("kill -TERM $$".into(), 128 + libc::SIGTERM));
+    let runs = cases.iter().map(|(script, _)| async {
+        let mut spec = sh(script);
+        spec.do_not_cache = true;
+        execute(&server, &action(&server, &spec).await).await
+    });
+    let responses = futures::future::join_all(runs).await;
+    for ((script, code), response) in cases.iter().zip(responses) {
+        assert_eq!(response.result.map(|r| r.exit_code), Some(*code), "{script}: {:?}", response.status);
+    }
+    bot.stop().await;
+}

@@ -69,26 +69,75 @@ pub fn serve() -> Result<(), String> {
         let mut out = out.lock().map_err(|_| "stdout lock poisoned".to_string())?;
         out.write_all(&line).and_then(|()| out.flush()).map_err(|e| format!("cannot answer the bot: {e}"))
     };
+    let children = Arc::new(Children::default());
+    {
+        let (children, say) = (children.clone(), say.clone());
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || reap(&children, |event| say(event)))
+            .map_err(|e| format!("cannot start the spawner's reaper: {e}"))?;
+    }
     for line in std::io::stdin().lock().lines() {
         let line = line.map_err(|e| format!("cannot read the bot's requests: {e}"))?;
         let request: Request = serde_json::from_str(&line).map_err(|e| format!("a request from the bot cannot be decoded: {e}"))?;
         let id = request.id;
+        // Started is said under the lock the reaper takes to say Exited: the bot hears them in order,
+        // even for a command that ends before its spawn returns.
+        let mut running = children.lock();
         match start(request) {
-            Ok(mut child) => {
+            Ok(child) => {
                 say(&Event::Started { id, pid: child.id() })?;
-                let say = say.clone();
-                std::thread::spawn(move || {
-                    let code = match child.wait() {
-                        Ok(status) => super::runner::exit_code(status),
-                        Err(_) => -1,
-                    };
-                    let _ = say(&Event::Exited { id, code });
-                });
+                running.insert(child.id(), id);
+                children.some.notify_one();
             }
             Err(error) => say(&Event::Failed { id, error })?,
         }
     }
     Ok(())
+}
+
+/// The spawner's running commands by pid, for its one reaper thread (a thread per command cost
+/// a thread's start and exit for every action).
+#[derive(Default)]
+struct Children {
+    running: Mutex<HashMap<u32, u64>>,
+    /// Signalled when a command starts: the reaper sleeps on it while there is none.
+    some: std::sync::Condvar,
+}
+
+impl Children {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, u64>> {
+        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Waits for any child of the spawner and says how it exited. Every child is a command the main
+/// loop started; the standard library's `Child` handles are dropped unwaited.
+fn reap(children: &Children, say: impl Fn(&Event) -> Result<(), String>) {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes only the status integer it is given.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid < 0 {
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::ECHILD) => {
+                    // No child now; one that starts meanwhile is registered before this lock is free.
+                    let running = children.lock();
+                    if running.is_empty() {
+                        drop(children.some.wait(running));
+                    }
+                    continue;
+                }
+                _ => return,
+            }
+        }
+        let Some(id) = children.lock().remove(&(pid as u32)) else { continue };
+        let code = super::runner::exit_code(std::os::unix::process::ExitStatusExt::from_raw(status));
+        if say(&Event::Exited { id, code }).is_err() {
+            return;
+        }
+    }
 }
 
 fn start(request: Request) -> Result<std::process::Child, String> {
