@@ -30,7 +30,7 @@ fn args(endpoint: String, scenario: &str) -> BenchArgs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_without_errors() {
     let (server, _tmp) = start().await;
-    for scenario in ["baseline", "write-large", "read-large", "write-small", "read-small", "find-missing", "ac-hit", "mixed"] {
+    for scenario in ["baseline", "baseline-spawn", "write-large", "read-large", "write-small", "read-small", "find-missing", "ac-hit", "mixed"] {
         for function in ["sha256", "blake3"] {
             let mut a = args(format!("grpc://{}", server.addr), scenario);
             a.digest_function = function.into();

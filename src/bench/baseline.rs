@@ -1,6 +1,8 @@
-//! The physical limit: the same bytes as `write-large`, pushed over raw TCP connections on 127.0.0.1
-//! and hashed on arrival with the same digest function, with no protocol at all. A server's figure
-//! divided by this one says how much of the machine it uses.
+//! The physical limits. `baseline`: the same bytes as `write-large`, pushed over raw TCP connections
+//! on 127.0.0.1 and hashed on arrival with the same digest function, with no protocol at all. A
+//! server's figure divided by this one says how much of the machine it uses. `baseline-spawn`: the
+//! command `execute` runs (`true`), started and waited for with no protocol: what process start
+//! itself costs here, which bounds any server's execute.
 
 use std::sync::Arc;
 
@@ -82,5 +84,25 @@ impl Scenario for Baseline {
 
     async fn finish(&self) {
         self.acceptor.abort();
+    }
+}
+
+/// Starts `true` and waits for it, `concurrency` at a time.
+pub struct SpawnBaseline;
+
+#[async_trait]
+impl Scenario for SpawnBaseline {
+    async fn op(&self, _worker: usize, _seq: u64) -> Result<Done, String> {
+        let status = tokio::process::Command::new("true")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await
+            .map_err(|e| format!("cannot run true: {e}"))?;
+        if !status.success() {
+            return Err(format!("true exited with {status}"));
+        }
+        Ok(Done::new(0, 1))
     }
 }

@@ -2,7 +2,8 @@
 //! can be compared side by side on one machine. A bounded number of concurrent clients, each on its own
 //! connection, run one scenario for a bounded time after a warm-up; the report gives throughput and
 //! latency percentiles, as a table or as JSON. The `baseline` scenario measures what this machine can
-//! do at all: the same bytes over a raw TCP connection on 127.0.0.1, hashed with the same function.
+//! do at all: the same bytes over a raw TCP connection on 127.0.0.1, hashed with the same function;
+//! `baseline-spawn` what starting `true`, the command of `execute`, costs with no server.
 
 mod baseline;
 mod blobs;
@@ -30,7 +31,8 @@ pub struct BenchArgs {
     /// The instance name to use.
     #[arg(long, default_value = "")]
     pub instance: String,
-    /// write-large, read-large, write-small, read-small, find-missing, ac-hit, execute, mixed, baseline.
+    /// write-large, read-large, write-small, read-small, find-missing, ac-hit, execute, mixed, baseline,
+    /// baseline-spawn.
     #[arg(long)]
     pub scenario: String,
     /// Seconds of measurement (after the warm-up).
@@ -155,6 +157,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
     let plan = Arc::new(Plan::new(args)?);
     let scenario: Arc<dyn Scenario> = match plan.args.scenario.as_str() {
         "baseline" => Arc::new(baseline::Baseline::start(&plan).await?),
+        "baseline-spawn" => Arc::new(baseline::SpawnBaseline),
         name => scenarios::prepare(name, plan.clone()).await?,
     };
     drive(&plan, scenario).await

@@ -41,7 +41,11 @@ impl Report {
         let per_sec = |n: u64| n as f64 / secs;
         Report {
             scenario: plan.args.scenario.clone(),
-            endpoint: if plan.args.scenario == "baseline" { "raw TCP on 127.0.0.1".into() } else { plan.args.endpoint.clone() },
+            endpoint: match plan.args.scenario.as_str() {
+                "baseline" => "raw TCP on 127.0.0.1".into(),
+                "baseline-spawn" => "local processes".into(),
+                _ => plan.args.endpoint.clone(),
+            },
             concurrency: plan.args.concurrency,
             duration_s: secs,
             ops: totals.ops.load(Ordering::Relaxed),

@@ -32,7 +32,7 @@ const MIXED_LARGE_SIZE: usize = 4 << 20;
 pub async fn prepare(name: &str, plan: Arc<Plan>) -> Result<Arc<dyn Scenario>, BenchError> {
     let known = ["write-large", "read-large", "write-small", "read-small", "find-missing", "ac-hit", "execute", "mixed"];
     if !known.contains(&name) {
-        return Err(BenchError::Usage(format!("unknown scenario {name:?}; one of {}, baseline", known.join(", "))));
+        return Err(BenchError::Usage(format!("unknown scenario {name:?}; one of {}, baseline, baseline-spawn", known.join(", "))));
     }
     let (clients, caps) = connect_all(&plan).await?;
     let nonce = run_nonce();
