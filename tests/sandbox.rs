@@ -236,18 +236,24 @@ async fn a_root_bot_runs_bubblewrap_as_an_unprivileged_user() {
     a_root_bot_runs_actions_as_an_unprivileged_user("bubblewrap", Start::Setpriv).await;
 }
 
+/// A root bot running host actions through its spawner; None when not root (there is no spawner).
+async fn root_bot_with_spawner() -> Option<(common::TestServer, tempfile::TempDir, InProcessBot)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: there is no spawner, nothing to check here");
+        return None;
+    }
+    let (server, tmp) = start().await;
+    let bot = root_bot_as_nobody(&server, &tmp, "host", Start::Spawner);
+    Some((server, tmp, bot))
+}
+
 /// An action killed at its timeout takes what it left running with it, though the spawner (not the
 /// bot) started it; and an action that kills the spawner (it runs as the same user) fails alone:
 /// the next action gets a new spawner.
 #[tokio::test]
 async fn a_root_bots_spawner_kills_timed_out_groups_and_survives_being_killed() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("not root: there is no spawner, nothing to check here");
-        return;
-    }
-    let (server, tmp) = start().await;
-    let bot = root_bot_as_nobody(&server, &tmp, "host", Start::Spawner);
+    let Some((server, tmp, bot)) = root_bot_with_spawner().await else { return };
     let marker = format!("31.{}", std::process::id());
     let mut spec = sh(&format!("sleep {marker} & sleep {marker}"));
     spec.timeout = Some(std::time::Duration::from_secs(1));
@@ -274,13 +280,7 @@ async fn a_root_bots_spawner_kills_timed_out_groups_and_survives_being_killed() 
 /// at once (before their spawn has returned, often), some later, one by a signal.
 #[tokio::test]
 async fn a_root_bots_spawner_reports_each_actions_own_exit() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("not root: there is no spawner, nothing to check here");
-        return;
-    }
-    let (server, tmp) = start().await;
-    let bot = root_bot_as_nobody(&server, &tmp, "host", Start::Spawner);
+    let Some((server, tmp, bot)) = root_bot_with_spawner().await else { return };
     // Distinct scripts, so that no two actions share a digest: (script, expected exit code).
     let mut cases: Vec<(String, i32)> = (0..12).map(|i| (format!("sleep 0.{}; exit {i}", (12 - i) % 4), i)).collect();
     cases.extend((0..4).map(|i| (format!("exit {}", 20 + i), 20 + i)));
