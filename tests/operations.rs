@@ -327,6 +327,49 @@ async fn unknown_methods_of_known_services_are_not_labels() {
     server.stop().await;
 }
 
+/// A client that resets its call before its request message is whole gets nobody's fault counted:
+/// CANCELLED, not the INTERNAL ("Missing request message") tonic answers to nobody. A bot breaks off
+/// its long poll this way whenever an action finishes, and `/metrics` showed INTERNAL for it.
+#[tokio::test]
+async fn a_call_broken_off_by_its_client_counts_as_cancelled() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(MEMORY_CONFIG, tmp.path()).await;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(tcp);
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(connection);
+    // Nothing of the message, then half of a message's 5-byte prefix: each followed by a failure
+    // of the body, which the client sends as a reset of the stream.
+    for sent in [&b""[..], &b"\0\0\0"[..]] {
+        let frames: Vec<Result<Frame<bytes::Bytes>, std::io::Error>> = vec![
+            Ok(Frame::data(bytes::Bytes::copy_from_slice(sent))),
+            Err(std::io::Error::other("the client gives up")),
+        ];
+        let request = http::Request::post(format!("http://{}/build.bazel.remote.execution.v2.ActionCache/GetActionResult", server.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(StreamBody::new(futures::stream::iter(frames)))
+            .unwrap();
+        sender.ready().await.unwrap();
+        // The answer, if any comes, is not the point: the stream is reset.
+        let _ = sender.send_request(request).await;
+    }
+    let labels = |code| [("service", "ActionCache"), ("method", "GetActionResult"), ("code", code)];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let m = scrape(&server).await;
+        if sample(&m, "strata_grpc_requests_total", &labels("CANCELLED")) == 2.0 {
+            assert_eq!(sample(&m, "strata_grpc_requests_total", &labels("INTERNAL")), 0.0);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "two broken-off calls were not counted as CANCELLED");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn admin_lists_bots_and_operations_and_cancels_one() {
     let (server, tmp) = exec::start().await;

@@ -253,7 +253,7 @@ async fn root_bot_with_spawner() -> Option<(common::TestServer, tempfile::TempDi
 /// the next action gets a new spawner.
 #[tokio::test]
 async fn a_root_bots_spawner_kills_timed_out_groups_and_survives_being_killed() {
-    let Some((server, tmp, bot)) = root_bot_with_spawner().await else { return };
+    let Some((server, _tmp, bot)) = root_bot_with_spawner().await else { return };
     let marker = format!("31.{}", std::process::id());
     let mut spec = sh(&format!("sleep {marker} & sleep {marker}"));
     spec.timeout = Some(std::time::Duration::from_secs(1));
@@ -280,7 +280,7 @@ async fn a_root_bots_spawner_kills_timed_out_groups_and_survives_being_killed() 
 /// at once (before their spawn has returned, often), some later, one by a signal.
 #[tokio::test]
 async fn a_root_bots_spawner_reports_each_actions_own_exit() {
-    let Some((server, tmp, bot)) = root_bot_with_spawner().await else { return };
+    let Some((server, _tmp, bot)) = root_bot_with_spawner().await else { return };
     // Distinct scripts, so that no two actions share a digest: (script, expected exit code).
     let mut cases: Vec<(String, i32)> = (0..12).map(|i| (format!("sleep 0.{}; exit {i}", (12 - i) % 4), i)).collect();
     cases.extend((0..4).map(|i| (format!("exit {}", 20 + i), 20 + i)));

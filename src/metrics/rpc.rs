@@ -1,10 +1,14 @@
 //! The RPC metrics layer: one tower layer around every gRPC service counts each call by service,
 //! method and status code, times it until its last byte (streams included), and counts the bytes
 //! each way. The status is read where gRPC puts it: the headers of a trailers-only answer, else the
-//! trailers; a call whose response is dropped unfinished counts as CANCELLED.
+//! trailers; a call whose response is dropped unfinished counts as CANCELLED, and so does one whose
+//! client broke off its request (reset the stream): whatever the server answers, nobody hears it,
+//! and tonic answers a unary call reset before its message arrived with INTERNAL ("Missing request
+//! message"), a fault of nobody's on the server.
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -154,8 +158,9 @@ where
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let route = self.metrics.rpc.route(request.uri().path(), &self.services);
         let (bytes_in, bytes_out) = (route.bytes_in.clone(), route.bytes_out.clone());
-        let call = Recorder { metrics: self.metrics.clone(), route, started: Instant::now(), done: false };
-        let request = request.map(|body| Metered { body, bytes: bytes_in, call: None });
+        let broken_off = Arc::new(AtomicBool::new(false));
+        let call = Recorder { metrics: self.metrics.clone(), route, started: Instant::now(), done: false, broken_off: broken_off.clone() };
+        let request = request.map(|body| Metered { body, bytes: bytes_in, call: None, broken_off: Some(broken_off) });
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
@@ -164,7 +169,7 @@ where
             if let Some(code) = trailers_only {
                 call.finish(code);
             }
-            Ok(response.map(|body| Metered { body, bytes: bytes_out, call: Some(call) }))
+            Ok(response.map(|body| Metered { body, bytes: bytes_out, call: Some(call), broken_off: None }))
         })
     }
 }
@@ -175,6 +180,8 @@ struct Recorder {
     route: Arc<Route>,
     started: Instant,
     done: bool,
+    /// Set when the request body failed: the client reset the stream or the connection broke.
+    broken_off: Arc<AtomicBool>,
 }
 
 impl Recorder {
@@ -182,6 +189,7 @@ impl Recorder {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
+        let code = if self.broken_off.load(Relaxed) { tonic::Code::Cancelled } else { code };
         let rpc = &self.metrics.rpc;
         let seconds = self.started.elapsed().as_secs_f64();
         // A known service's unknown method is UNIMPLEMENTED: its name is the caller's, not a label.
@@ -238,11 +246,13 @@ fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// A body whose data bytes are counted; a response body also ends its call's record.
+/// A body whose data bytes are counted; a response body also ends its call's record, and a request
+/// body marks its call broken off if it fails.
 pub struct Metered<B> {
     body: B,
     bytes: Counter,
     call: Option<Recorder>,
+    broken_off: Option<Arc<AtomicBool>>,
 }
 
 impl<B: Body<Data = Bytes> + Unpin> Body for Metered<B> {
@@ -266,6 +276,9 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Metered<B> {
                 }
             }
             Poll::Ready(Some(Err(_))) => {
+                if let Some(broken_off) = &self.broken_off {
+                    broken_off.store(true, Relaxed);
+                }
                 if let Some(call) = self.call.as_mut() {
                     call.finish(tonic::Code::Internal);
                 }
