@@ -277,7 +277,8 @@ async fn a_root_bots_spawner_kills_timed_out_groups_and_survives_being_killed() 
 }
 
 /// The spawner's one reaper tells each action its own exit, whatever order they end in: some end
-/// at once (before their spawn has returned, often), some later, one by a signal.
+/// at once (before their spawn has returned, often), some later, one by a signal; and a program
+/// that is not there fails its action with a clear message, not the spawner.
 #[tokio::test]
 async fn a_root_bots_spawner_reports_each_actions_own_exit() {
     let Some((server, _tmp, bot)) = root_bot_with_spawner().await else { return };
@@ -290,9 +291,21 @@ async fn a_root_bots_spawner_reports_each_actions_own_exit() {
         spec.do_not_cache = true;
         execute(&server, &action(&server, &spec).await).await
     });
-    let responses = futures::future::join_all(runs).await;
+    // Programs that are not there, among them: the standard library reaps such a child itself (a
+    // bare name under a cleared environment is started by fork and exec), so the reaper must not.
+    let server = &server;
+    let missing = (0..4u64).map(|i| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(50 * i)).await;
+        let spec = Spec { args: vec![format!("no-such-program-{i}")], do_not_cache: true, ..Default::default() };
+        execute(server, &action(server, &spec).await).await
+    });
+    let (responses, missing) = tokio::join!(futures::future::join_all(runs), futures::future::join_all(missing));
     for ((script, code), response) in cases.iter().zip(responses) {
         assert_eq!(response.result.map(|r| r.exit_code), Some(*code), "{script}: {:?}", response.status);
+    }
+    for response in missing {
+        let status = response.status.unwrap_or_default();
+        assert!(status.message.contains("cannot run") && status.message.contains("no-such-program"), "{status:?}");
     }
     bot.stop().await;
 }

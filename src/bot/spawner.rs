@@ -111,14 +111,15 @@ impl Children {
     }
 }
 
-/// Waits for any child of the spawner and says how it exited. Every child is a command the main
-/// loop started; the standard library's `Child` handles are dropped unwaited.
+/// Waits for any child of the spawner and says how it exited. It looks at an exited child before
+/// reaping it, and reaps only the commands the main loop registered: a child whose exec failed is
+/// reaped by the standard library inside its spawn (which fails if another wait took it first).
 fn reap(children: &Children, say: impl Fn(&Event) -> Result<(), String>) {
     loop {
-        let mut status = 0;
-        // SAFETY: waitpid writes only the status integer it is given.
-        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if pid < 0 {
+        // SAFETY: siginfo_t is plain data; waitid only writes into it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid writes only the siginfo_t it is given.
+        if unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) } < 0 {
             match std::io::Error::last_os_error().raw_os_error() {
                 Some(libc::EINTR) => continue,
                 Some(libc::ECHILD) => {
@@ -132,7 +133,20 @@ fn reap(children: &Children, say: impl Fn(&Event) -> Result<(), String>) {
                 _ => return,
             }
         }
-        let Some(id) = children.lock().remove(&(pid as u32)) else { continue };
+        // SAFETY: waitid filled `info` for an exited child, so its pid field is set.
+        let pid = unsafe { info.si_pid() };
+        // The lock waits out a spawn in progress: its failed child is reaped by then, its started
+        // one registered.
+        let registered = children.lock().remove(&(pid as u32));
+        let mut status = 0;
+        // Reaped even if nobody registered it (none such is expected once the lock was free), or
+        // waitid would return it forever. It has exited, so this does not block.
+        // SAFETY: waitpid writes only the status integer it is given.
+        let reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        let Some(id) = registered else { continue };
+        if reaped != pid {
+            return;
+        }
         let code = super::runner::exit_code(std::os::unix::process::ExitStatusExt::from_raw(status));
         if say(&Event::Exited { id, code }).is_err() {
             return;
