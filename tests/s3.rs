@@ -201,7 +201,10 @@ async fn an_object_changed_behind_stratas_back_is_never_served() {
             assert_ne!(b.into_inner().responses[0].status.as_ref().unwrap().code, 0, "changed bytes were served");
         }
     }
-    assert_eq!(std::fs::read_dir(dir.path().join("cas/large")).unwrap().count(), 0, "nothing corrupted was kept");
+    // An abandoned write-back removes its temporary file on a blocking thread, soon after the read
+    // has failed (not before its error reaches the client); a file that stays fails the test.
+    let large = || std::fs::read_dir(dir.path().join("cas/large")).map_or(usize::MAX, |d| d.count());
+    assert!(common::eventually(|| large() == 0).await, "nothing corrupted was kept, but {} files are", large());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
