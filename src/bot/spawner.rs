@@ -74,7 +74,13 @@ pub fn serve() -> Result<(), String> {
         let (children, say) = (children.clone(), say.clone());
         std::thread::Builder::new()
             .name("reaper".into())
-            .spawn(move || reap(&children, |event| say(event)))
+            .spawn(move || {
+                // Without its reaper the spawner would leave actions waiting for good: it ends, and
+                // the bot fails what it ran and starts a new one.
+                let error = reap(&children, |event| say(event));
+                eprintln!("strata spawner: {error}");
+                std::process::exit(1);
+            })
             .map_err(|e| format!("cannot start the spawner's reaper: {e}"))?;
     }
     for line in std::io::stdin().lock().lines() {
@@ -111,16 +117,18 @@ impl Children {
     }
 }
 
-/// Waits for any child of the spawner and says how it exited. It looks at an exited child before
-/// reaping it, and reaps only the commands the main loop registered: a child whose exec failed is
-/// reaped by the standard library inside its spawn (which fails if another wait took it first).
-fn reap(children: &Children, say: impl Fn(&Event) -> Result<(), String>) {
+/// Waits for any child of the spawner and says how it exited, until it cannot. It looks at an
+/// exited child before reaping it, and reaps only under the lock spawns hold: a child whose exec
+/// failed is reaped by the standard library inside its spawn (which fails if another wait took it
+/// first), and no spawn can reuse a pid while the lock is held.
+fn reap(children: &Children, say: impl Fn(&Event) -> Result<(), String>) -> String {
     loop {
         // SAFETY: siginfo_t is plain data; waitid only writes into it.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: waitid writes only the siginfo_t it is given.
         if unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) } < 0 {
-            match std::io::Error::last_os_error().raw_os_error() {
+            let error = std::io::Error::last_os_error();
+            match error.raw_os_error() {
                 Some(libc::EINTR) => continue,
                 Some(libc::ECHILD) => {
                     // No child now; one that starts meanwhile is registered before this lock is free.
@@ -130,26 +138,27 @@ fn reap(children: &Children, say: impl Fn(&Event) -> Result<(), String>) {
                     }
                     continue;
                 }
-                _ => return,
+                _ => return format!("cannot wait for commands: {error}"),
             }
         }
         // SAFETY: waitid filled `info` for an exited child, so its pid field is set.
         let pid = unsafe { info.si_pid() };
-        // The lock waits out a spawn in progress: its failed child is reaped by then, its started
-        // one registered.
-        let registered = children.lock().remove(&(pid as u32));
-        let mut status = 0;
-        // Reaped even if nobody registered it (none such is expected once the lock was free), or
-        // waitid would return it forever. It has exited, so this does not block.
-        // SAFETY: waitpid writes only the status integer it is given.
-        let reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        let Some(id) = registered else { continue };
-        if reaped != pid {
-            return;
-        }
+        let (id, status) = {
+            let mut running = children.lock();
+            let mut status = 0;
+            // Not this pid's exit any more (reaped by its failed spawn): nothing to say. An exited
+            // child nobody registered (none is expected) is reaped too, or waitid would return it
+            // forever. It has exited, so this does not block.
+            // SAFETY: waitpid writes only the status integer it is given.
+            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != pid {
+                continue;
+            }
+            let Some(id) = running.remove(&(pid as u32)) else { continue };
+            (id, status)
+        };
         let code = super::runner::exit_code(std::os::unix::process::ExitStatusExt::from_raw(status));
-        if say(&Event::Exited { id, code }).is_err() {
-            return;
+        if let Err(e) = say(&Event::Exited { id, code }) {
+            return e;
         }
     }
 }
