@@ -1,6 +1,6 @@
 //! The bot's own limits, over gRPC on 127.0.0.1: an input root whose Directory DAG expands to more
-//! paths than the bot allows is refused (not staged), and outputs larger than a read chunk are
-//! streamed from disk and arrive whole.
+//! paths than the bot allows is refused (not staged), outputs larger than a read chunk are streamed
+//! from disk and arrive whole, and so do small outputs held in memory.
 
 mod common;
 
@@ -77,6 +77,36 @@ async fn large_outputs_are_streamed_and_arrive_whole() {
     let big = read_blob(&server, &result.output_files[0].digest).await;
     assert_eq!(big.len(), 3 << 20);
     assert!(big.iter().all(|&b| b == b'z'));
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn outputs_held_in_memory_and_those_past_the_budget_all_arrive_whole() {
+    // The bot holds small outputs in memory up to 4 MiB an action and empties the action's directory
+    // before it uploads them; the outputs past that budget are read from the directory when uploaded.
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(CONFIG, &tmp.path().join("server")).await;
+    let bot = InProcessBot::start(&server, &tmp.path().join("bot"), 1, &[]);
+    for held_only in [false, true] {
+        let files: u8 = if held_only { 3 } else { 6 };
+        let mut spec = sh(&format!("for i in $(seq 1 {files}); do head -c 1048576 /dev/zero | tr '\\0' \"$i\" > o$i; done; echo done"));
+        spec.output_files = (1..=files).map(|i| format!("o{i}")).collect();
+        let result = execute(&server, &action(&server, &spec).await).await.result.unwrap();
+        assert_eq!(result.exit_code, 0, "stderr: {:?}", String::from_utf8_lossy(&read_blob(&server, &result.stderr_digest).await));
+        assert_eq!(read_blob(&server, &result.stdout_digest).await, b"done\n");
+        assert_eq!(result.output_files.len(), files as usize);
+        for (i, output) in (1..=files).zip(&result.output_files) {
+            assert_eq!(output.path, format!("o{i}"));
+            let data = read_blob(&server, &output.digest).await;
+            assert_eq!(data.len(), 1 << 20, "o{i}");
+            assert!(data.iter().all(|&b| b == b'0' + i), "o{i} holds other bytes");
+        }
+        // Either way the directory is kept for the next action, emptied.
+        for dir in tmp.path().join("bot/actions").read_dir().unwrap() {
+            let left: Vec<_> = dir.unwrap().path().join("root").read_dir().unwrap().map(|e| e.unwrap().path()).collect();
+            assert!(left.is_empty(), "left in an action directory: {left:?}");
+        }
+    }
     bot.stop().await;
 }
 

@@ -89,11 +89,15 @@ impl Scratch {
 
     /// Gives the directory back, emptied, before the run's answer goes out: the next action may
     /// find it at once.
-    async fn release(mut self) {
-        let (dir, pool) = (std::mem::take(&mut self.dir), self.pool.clone());
-        if let Err(e) = tokio::task::spawn_blocking(move || pool.recycle(dir)).await {
+    async fn release(self) {
+        if let Err(e) = tokio::task::spawn_blocking(move || self.recycle()).await {
             tracing::warn!("emptying an action directory: {e}");
         }
+    }
+
+    /// `release` for a caller already off the async runtime.
+    fn recycle(mut self) {
+        self.pool.recycle(std::mem::take(&mut self.dir));
     }
 }
 
@@ -195,9 +199,7 @@ pub async fn run(ctx: Arc<Context>, payload: Any) -> Result<reapi::ActionResult,
     let command: reapi::Command = ctx.cache.message(&command_digest, "Command").await?;
     let started = std::time::Instant::now();
     let scratch = ctx.scratches.take().await?;
-    let outcome = run_in(&ctx, &action, Arc::new(command), &scratch, metadata, started).await;
-    scratch.release().await;
-    outcome
+    run_in(&ctx, &action, Arc::new(command), scratch, metadata, started).await
 }
 
 /// What the run needs from its prepared directory.
@@ -213,7 +215,7 @@ async fn run_in(
     ctx: &Arc<Context>,
     action: &reapi::Action,
     command: Arc<reapi::Command>,
-    scratch: &Scratch,
+    scratch: Scratch,
     mut metadata: reapi::ExecutedActionMetadata,
     started: std::time::Instant,
 ) -> Result<reapi::ActionResult, BotError> {
@@ -253,7 +255,7 @@ async fn run_in(
     metadata.output_upload_start_timestamp = now();
     let Prepared { stdout, stderr, spawned, .. } = prepared;
     let context = ctx.clone();
-    let (mut result, uploads) = blocking("collecting outputs", move || {
+    let (mut result, uploads, scratch) = blocking("collecting outputs", move || {
         context.cache.check_untouched(staged, spawned);
         let mut result = reapi::ActionResult::default();
         let mut uploads = Uploads::default();
@@ -261,10 +263,20 @@ async fn run_in(
         result.stderr_digest = Some(to_proto(&uploads.add_file(&stderr)?.0));
         let workdir: Vec<&str> = workdir_parts.iter().map(String::as_str).collect();
         outputs::collect(&command, &root, &workdir, &mut result, &mut uploads)?;
-        Ok((result, uploads))
+        // Outputs all held in memory (most actions'): the directory is emptied on this same trip.
+        let scratch = if uploads.reads_files() {
+            Some(scratch)
+        } else {
+            scratch.recycle();
+            None
+        };
+        Ok((result, uploads, scratch))
     })
     .await?;
     uploads.upload(ctx.cache.cas()).await?;
+    if let Some(scratch) = scratch {
+        scratch.release().await;
+    }
     metadata.output_upload_completed_timestamp = now();
     metadata.worker_completed_timestamp = now();
     result.execution_metadata = Some(metadata);

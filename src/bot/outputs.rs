@@ -26,10 +26,16 @@ enum Source {
     File(PathBuf),
 }
 
+/// Bytes of small output files an action's uploads hold in memory: read once to be hashed, they
+/// are not opened again to be sent, and the action's directory can be emptied before the upload.
+const KEPT_IN_MEMORY: usize = 4 << 20;
+
 /// Blobs to upload, by digest.
 #[derive(Default)]
 pub struct Uploads {
     blobs: HashMap<Digest, Source>,
+    /// Bytes of files held in `blobs`.
+    kept: usize,
 }
 
 impl Uploads {
@@ -40,19 +46,31 @@ impl Uploads {
         digest
     }
 
-    /// A file, hashed by reading it in chunks; whether it is executable. Blocking: run it off the
-    /// async runtime.
+    /// A file, and whether it is executable. A small one is read whole and kept in memory, within
+    /// a budget per action; a larger one is hashed in chunks and streamed from disk when uploaded.
+    /// Blocking: run it off the async runtime.
     pub fn add_file(&mut self, path: &Path) -> Result<(Digest, bool), BotError> {
+        use std::io::{Read, Seek};
         let mut file = std::fs::File::open(path).map_err(|e| BotError::io(path, e))?;
         let meta = file.metadata().map_err(|e| BotError::io(path, e))?;
+        let executable = meta.permissions().mode() & 0o111 != 0;
+        let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+        if len <= FILE_CHUNK && self.kept + len <= KEPT_IN_MEMORY {
+            let mut data = Vec::with_capacity(len + 1);
+            // A file still growing is read to its chunk's end at most, then streamed like a large one.
+            (&mut file).take(FILE_CHUNK as u64 + 1).read_to_end(&mut data).map_err(|e| BotError::io(path, e))?;
+            if data.len() <= FILE_CHUNK && self.kept + data.len() <= KEPT_IN_MEMORY {
+                self.kept += data.len();
+                return Ok((self.add(Bytes::from(data)), executable));
+            }
+            file.rewind().map_err(|e| BotError::io(path, e))?;
+        }
         let mut hasher = DigestFunction::Sha256.hasher();
-        // Sized to the file, not a whole chunk: most outputs are small and stdout and stderr often
-        // empty, and zeroing 1 MiB twice per action was 9% of the server's time running `true`.
-        let len = usize::try_from(meta.len()).unwrap_or(FILE_CHUNK);
+        // Sized to the file, not a whole chunk: zeroing 1 MiB per small file costs more than it reads.
         let mut buf = vec![0u8; len.saturating_add(1).clamp(4096, FILE_CHUNK)];
         let mut size = 0u64;
         loop {
-            let n = std::io::Read::read(&mut file, &mut buf).map_err(|e| BotError::io(path, e))?;
+            let n = file.read(&mut buf).map_err(|e| BotError::io(path, e))?;
             if n == 0 {
                 break;
             }
@@ -61,7 +79,12 @@ impl Uploads {
         }
         let digest = Digest { function: DigestFunction::Sha256, hash: hasher.finish(), size };
         self.blobs.insert(digest, Source::File(path.to_path_buf()));
-        Ok((digest, meta.permissions().mode() & 0o111 != 0))
+        Ok((digest, executable))
+    }
+
+    /// Whether uploading still reads files in the action's directory.
+    pub fn reads_files(&self) -> bool {
+        self.blobs.values().any(|source| matches!(source, Source::File(_)))
     }
 
     /// Uploads what the CAS lacks, files streamed in chunks.
@@ -227,5 +250,30 @@ mod tests {
             assert_eq!(digest, DigestFunction::Sha256.digest_of(&data), "a file of {len} bytes");
             assert!(!executable);
         }
+    }
+
+    #[test]
+    fn small_files_are_held_within_the_budget_and_the_rest_streamed_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut uploads = Uploads::default();
+        let files = KEPT_IN_MEMORY / FILE_CHUNK;
+        for i in 0..=files {
+            let data = vec![i as u8; FILE_CHUNK];
+            let path = dir.path().join(format!("out-{i}"));
+            std::fs::write(&path, &data).unwrap();
+            let (digest, _) = uploads.add_file(&path).unwrap();
+            assert_eq!(digest, DigestFunction::Sha256.digest_of(&data));
+            // The budget holds `files` whole chunks; the one past it is read again when uploaded.
+            assert_eq!(uploads.reads_files(), i == files, "after file {i}");
+            assert_eq!(matches!(uploads.blobs[&digest], Source::Bytes(ref held) if held[..] == data[..]), i < files);
+        }
+        assert_eq!(uploads.kept, KEPT_IN_MEMORY);
+        // A file larger than a chunk is never held, however much budget is left.
+        let mut uploads = Uploads::default();
+        let path = dir.path().join("large");
+        std::fs::write(&path, vec![7u8; FILE_CHUNK + 1]).unwrap();
+        uploads.add_file(&path).unwrap();
+        assert!(uploads.reads_files());
+        assert_eq!(uploads.kept, 0);
     }
 }
