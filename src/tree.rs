@@ -6,6 +6,7 @@
 use std::collections::{HashSet, VecDeque};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
 use strata_backends::{Digest, DigestFunction, StoreError};
@@ -32,8 +33,14 @@ pub enum TreeError {
 
 /// Reads and decodes a message; `None` when the blob is absent.
 pub async fn load<M: Message + Default>(cas: &Cas, digest: &Digest, what: &'static str) -> Result<Option<M>, TreeError> {
+    Ok(load_encoded(cas, digest, what).await?.map(|(message, _)| message))
+}
+
+/// `load`, with the message's bytes as stored.
+pub async fn load_encoded<M: Message + Default>(cas: &Cas, digest: &Digest, what: &'static str) -> Result<Option<(M, Bytes)>, TreeError> {
     let Some(data) = cas.read_whole(digest).await? else { return Ok(None) };
-    M::decode(data).map(Some).map_err(|e| TreeError::Undecodable { what, digest: *digest, reason: e.to_string() })
+    let message = M::decode(data.clone()).map_err(|e| TreeError::Undecodable { what, digest: *digest, reason: e.to_string() })?;
+    Ok(Some((message, data)))
 }
 
 /// Loads every digest's Directory concurrently, answers in the order asked.

@@ -335,3 +335,64 @@ async fn work_goes_to_the_bot_with_the_lowest_priority_value() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("priority"), "{}", err.message());
 }
+
+#[tokio::test]
+async fn a_bot_that_asks_gets_each_pending_leases_command_as_stored_and_other_bots_the_action_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(RWAPI_CONFIG, tmp.path()).await;
+    let mut bots = bots_client(&server).await;
+    let asking = |id: &str, value: &str| {
+        let mut session = worker(id, BotStatus::Ok, vec![]);
+        session.worker.as_mut().unwrap().configs.push(rwapi::Property { key: rwapi::COMMAND_IN_LEASE.into(), value: value.into() });
+        session
+    };
+    let strata_bot = create(&mut bots, asking("strata-1", "true")).await;
+    let digest = action(&server, &sh("echo with-command")).await;
+    let _first = client(&server).await.execute(request(&digest)).await.unwrap().into_inner();
+    let took = update(&mut bots, &strata_bot.name, asking("strata-1", "true")).await.unwrap();
+    assert_eq!(took.leases.len(), 1);
+    let payload = took.leases[0].payload.as_ref().unwrap();
+    let both = rwapi::unpack::<rwapi::ActionAndCommand>(payload, rwapi::ACTION_AND_COMMAND).expect("Action and Command").unwrap();
+    let stored_action = read_blob(&server, &Some(digest.clone())).await;
+    assert_eq!(both.action.as_ref().unwrap().command_digest, reapi::Action::decode(stored_action.as_slice()).unwrap().command_digest);
+    let command_digest = both.action.unwrap().command_digest;
+    assert_eq!(both.command, read_blob(&server, &command_digest).await, "the Command's bytes as stored");
+    // Once ACTIVE, the lease, repeated in every answer, carries the Action alone.
+    let mut accepting = asking("strata-1", "true");
+    accepting.leases = vec![lease(&took.leases[0].id, LeaseState::Active)];
+    let active = update(&mut bots, &strata_bot.name, accepting).await.unwrap();
+    assert_eq!(active.leases[0].state, LeaseState::Active as i32);
+    assert_eq!(action_of(&active.leases[0]).command_digest, command_digest);
+
+    // A bot that does not ask (buildbox-worker, BuildGrid's) gets the Action alone, as before; the
+    // asking bot has no free slot, so the next action goes to this one.
+    let plain = create(&mut bots, worker("bb-plain", BotStatus::Ok, vec![])).await;
+    let digest = action(&server, &sh("echo without")).await;
+    let _second = client(&server).await.execute(request(&digest)).await.unwrap().into_inner();
+    let took = update(&mut bots, &plain.name, worker("bb-plain", BotStatus::Ok, vec![])).await.unwrap();
+    assert_eq!(took.leases.len(), 1);
+    assert_eq!(took.leases[0].payload.as_ref().unwrap().type_url, format!("type.googleapis.com/{}", rwapi::ACTION));
+    let stored_action = read_blob(&server, &Some(digest)).await;
+    assert_eq!(action_of(&took.leases[0]).command_digest, reapi::Action::decode(stored_action.as_slice()).unwrap().command_digest);
+
+    // Only true or false is understood.
+    let bad = rwapi::CreateBotSessionRequest { parent: String::new(), bot_session: Some(asking("strata-bad", "yes please")) };
+    let err = bots.create_bot_session(bad).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains(rwapi::COMMAND_IN_LEASE) && err.message().contains("true or false"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn strata_bot_runs_the_command_sent_with_its_lease_without_fetching_it() {
+    // The bot's CAS is another, empty server: an action with no inputs needs nothing from it but
+    // the Command, which comes with the lease. Its stdout is uploaded there.
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(RWAPI_CONFIG, &tmp.path().join("server")).await;
+    let cas = TestServer::start_in(RWAPI_CONFIG, &tmp.path().join("cas")).await;
+    let bot = InProcessBot::start_with(format!("grpc://{}", server.addr), Some(format!("grpc://{}", cas.addr)), &tmp.path().join("bot"), 1, &[], "host");
+    let response = execute(&server, &action(&server, &sh("echo ran")).await).await;
+    let result = response.result.unwrap_or_else(|| panic!("no result: {:?}", response.status));
+    assert_eq!(result.exit_code, 0);
+    assert_eq!(read_blob(&cas, &result.stdout_digest).await, b"ran\n");
+    bot.stop().await;
+}

@@ -8,9 +8,10 @@ use std::time::{Duration, SystemTime};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::protobuf::{Any, Timestamp};
+use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::inputs::{parse, InputCache};
+use super::inputs::{decode, parse, InputCache};
 use super::outputs::{self, Uploads};
 use super::runner::{Exit, RunAs, Runner, Spawn};
 use super::{blocking, BotError};
@@ -173,22 +174,34 @@ fn make_writable(dir: &Path) {
     }
 }
 
-/// The Action of a lease: packed whole (Strata), or its digest, to fetch (BuildGrid).
-async fn resolve(ctx: &Context, payload: &Any) -> Result<reapi::Action, BotError> {
+/// The Action of a lease, and its Command if the server sent it along: packed with the Action (Strata,
+/// which this bot asks for), the Action alone, or its digest, to fetch (BuildGrid).
+async fn resolve(ctx: &Context, payload: &Any) -> Result<(reapi::Action, Option<Bytes>), BotError> {
     let decode = |e: prost::DecodeError| BotError::Invalid(format!("the lease's payload cannot be decoded: {e}"));
+    if let Some(both) = rwapi::unpack::<rwapi::ActionAndCommand>(payload, rwapi::ACTION_AND_COMMAND) {
+        let both = both.map_err(decode)?;
+        let action = both.action.ok_or_else(|| BotError::Invalid("the lease's payload has no Action".into()))?;
+        return Ok((action, Some(both.command)));
+    }
     if let Some(action) = rwapi::unpack::<reapi::Action>(payload, rwapi::ACTION) {
-        return action.map_err(decode);
+        return Ok((action.map_err(decode)?, None));
     }
     if let Some(digest) = rwapi::unpack::<reapi::Digest>(payload, rwapi::DIGEST) {
         let digest = parse(Some(&digest.map_err(decode)?), "the lease's action digest")?;
-        return ctx.cache.message(&digest, "Action").await;
+        return Ok((ctx.cache.message(&digest, "Action").await?, None));
     }
     Err(BotError::Invalid(format!("the lease's payload {:?} is neither an Action nor an Action digest", payload.type_url)))
 }
 
+/// The Command the server sent with a lease, if its bytes are the ones the Action names.
+fn sent_command(digest: &strata_backends::Digest, data: Bytes) -> Result<reapi::Command, BotError> {
+    digest.verify(&data).map_err(|e| BotError::Invalid(format!("the Command sent with the lease is not the Action's: {e}")))?;
+    decode(digest, data, "Command")
+}
+
 /// Runs the action of a lease. `Err` is a failure to run it (not a failing command).
 pub async fn run(ctx: Arc<Context>, payload: Any) -> Result<reapi::ActionResult, BotError> {
-    let action = resolve(&ctx, &payload).await?;
+    let (action, sent) = resolve(&ctx, &payload).await?;
     let metadata = reapi::ExecutedActionMetadata {
         worker: ctx.bot_id.clone(),
         worker_start_timestamp: now(),
@@ -196,7 +209,10 @@ pub async fn run(ctx: Arc<Context>, payload: Any) -> Result<reapi::ActionResult,
         ..Default::default()
     };
     let command_digest = parse(action.command_digest.as_ref(), "action.command_digest")?;
-    let command: reapi::Command = ctx.cache.message(&command_digest, "Command").await?;
+    let command: reapi::Command = match sent {
+        Some(data) => sent_command(&command_digest, data)?,
+        None => ctx.cache.message(&command_digest, "Command").await?,
+    };
     let started = std::time::Instant::now();
     let scratch = ctx.scratches.take().await?;
     run_in(&ctx, &action, Arc::new(command), scratch, metadata, started).await
@@ -330,4 +346,29 @@ fn create_output_parents(command: &reapi::Command, root: &Path, workdir: &[&str]
         std::fs::create_dir_all(&at).map_err(|e| BotError::io(&at, e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+    use strata_backends::DigestFunction;
+
+    #[test]
+    fn a_command_sent_with_a_lease_must_be_the_one_its_action_names() {
+        let command = reapi::Command { arguments: vec!["true".into()], ..Default::default() };
+        let encoded = Bytes::from(command.encode_to_vec());
+        let digest = DigestFunction::Sha256.digest_of(&encoded);
+        assert_eq!(sent_command(&digest, encoded.clone()).unwrap(), command);
+        // Other bytes of the same size, and the right bytes under another size: refused, never run.
+        let other = Bytes::from(reapi::Command { arguments: vec!["echo".into()], ..Default::default() }.encode_to_vec());
+        assert_eq!(other.len(), encoded.len());
+        let mut wrong_size = digest;
+        wrong_size.size += 1;
+        for (digest, data) in [(digest, other), (wrong_size, encoded)] {
+            let err = sent_command(&digest, data).unwrap_err();
+            assert!(matches!(err, BotError::Invalid(_)), "{err}");
+            assert!(err.to_string().contains("not the Action's"), "{err}");
+        }
+    }
 }

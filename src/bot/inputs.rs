@@ -58,6 +58,11 @@ pub fn parse(digest: Option<&reapi::Digest>, what: &str) -> Result<Digest, BotEr
     Digest::parse(DigestFunction::Sha256, &d.hash, d.size_bytes).map_err(|e| BotError::Invalid(format!("{what}: {e}")))
 }
 
+/// A message whose bytes have been checked against its digest.
+pub fn decode<M: Message + Default>(digest: &Digest, data: bytes::Bytes, what: &str) -> Result<M, BotError> {
+    M::decode(data).map_err(|e| BotError::Invalid(format!("{what} {digest} is not a valid {what}: {e}")))
+}
+
 impl InputCache {
     pub fn open(dir: PathBuf, cas: Arc<dyn BlobStore>, max_paths: usize, max_bytes: u64) -> Result<InputCache, BotError> {
         std::fs::create_dir_all(&dir).map_err(|e| BotError::io(&dir, e))?;
@@ -84,7 +89,7 @@ impl InputCache {
 
     pub async fn message<M: Message + Default>(&self, digest: &Digest, what: &str) -> Result<M, BotError> {
         let data = self.fetch(digest).await?;
-        M::decode(data).map_err(|e| BotError::Invalid(format!("{what} {digest} is not a valid {what}: {e}")))
+        decode(digest, data, what)
     }
 
     /// Materialises the tree under `root` (an empty directory).

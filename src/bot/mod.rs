@@ -1,8 +1,8 @@
 //! `strata bot`: a Remote Workers API worker. It opens a bot session with its properties and
-//! capacity, then keeps one UpdateBotSession long poll open; new leases start at once, finished ones
-//! are reported at once (the poll in flight is abandoned and a new one carries the result), and a
-//! CANCELLED lease kills its process group. A server that no longer knows the session (it
-//! restarted) gets a new one.
+//! capacity (and asks for each lease's Command with its Action, which Strata sends), then keeps one
+//! UpdateBotSession long poll open; new leases start at once, finished ones are reported at once (the
+//! poll in flight is abandoned and a new one carries the result), and a CANCELLED lease kills its
+//! process group. A server that no longer knows the session (it restarted) gets a new one.
 
 mod action;
 mod cache_index;
@@ -234,7 +234,11 @@ impl Bot {
                 .map(|(key, value)| rwapi::Property { key, value })
                 .collect(),
         };
-        let capacity = rwapi::Property { key: "capacity".into(), value: self.args.capacity.to_string() };
+        let configs = vec![
+            rwapi::Property { key: "capacity".into(), value: self.args.capacity.to_string() },
+            // Servers that know it send each lease's Command along (Strata); others ignore it.
+            rwapi::Property { key: rwapi::COMMAND_IN_LEASE.into(), value: "true".into() },
+        ];
         let leases = self
             .slots
             .iter()
@@ -254,7 +258,7 @@ impl Bot {
             name: name.to_string(),
             bot_id: self.ctx.bot_id.clone(),
             status: status as i32,
-            worker: Some(rwapi::Worker { devices: vec![device], properties: Vec::new(), configs: vec![capacity] }),
+            worker: Some(rwapi::Worker { devices: vec![device], properties: Vec::new(), configs }),
             leases,
             expire_time: None,
             // The server's token, sent back as received (BuildGrid long-polls only on its own).

@@ -4,7 +4,8 @@
 //! once: buildbox-worker waits for that answer before it starts a job or reports another. A bot with
 //! room that waits only for work (idle, or just reporting a result) is held in a long poll, which
 //! returns as soon as the session has news (a new lease, a cancellation) or shortly before the
-//! call's deadline. Results come back as `Any(ActionResult)` with a `google.rpc.Status`.
+//! call's deadline. A lease's payload is its Action, or the Action and its Command for a bot that asks
+//! (`rwapi::ActionAndCommand`). Results come back as `Any(ActionResult)` with a `google.rpc.Status`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,16 +72,22 @@ fn properties(session: &BotSession) -> Vec<(String, String)> {
     device_props.chain(&worker.properties).map(|p| (p.key.clone(), p.value.clone())).collect()
 }
 
-/// A worker config (`Worker.configs`) as a number, or `default` when the bot sends none.
-fn config<T: std::str::FromStr>(session: &BotSession, key: &str, default: T, valid: impl Fn(&T) -> bool) -> Result<T, Status> {
+/// A worker config (`Worker.configs`) as a number or `true`/`false` (`expected` says which), or
+/// `default` when the bot sends none.
+fn config<T: std::str::FromStr>(session: &BotSession, key: &str, default: T, expected: &str, valid: impl Fn(&T) -> bool) -> Result<T, Status> {
     let config = session.worker.as_ref().and_then(|w| w.configs.iter().find(|c| c.key == key));
     match config {
         None => Ok(default),
         Some(c) => match c.value.parse::<T>() {
             Ok(n) if valid(&n) => Ok(n),
-            _ => Err(Status::invalid_argument(format!("worker config {key} {} is not a valid number", quote(&c.value)))),
+            _ => Err(Status::invalid_argument(format!("worker config {key} {} is not {expected}", quote(&c.value)))),
         },
     }
+}
+
+/// Whether the bot asks for each lease's Command with its Action (`rwapi::ActionAndCommand`).
+fn wants_command(session: &BotSession) -> Result<bool, Status> {
+    config(session, rwapi::COMMAND_IN_LEASE, false, "true or false", |_| true)
 }
 
 fn bot_status(session: &BotSession) -> BotStatus {
@@ -117,19 +124,21 @@ fn news(sent: &BotSession, view: &SessionView) -> bool {
     view.leases.iter().any(|lease| !sent.leases.iter().any(|s| s.id == lease.id && s.state == lease.state as i32))
 }
 
-/// A lease on the wire: the Action packed as its payload while the bot may run it.
-fn to_lease(view: &LeaseView) -> rwapi::Lease {
-    rwapi::Lease {
-        id: view.id.clone(),
-        state: view.state as i32,
-        payload: view.action.as_ref().map(|action| rwapi::pack(rwapi::ACTION, action.as_ref())),
-        ..Default::default()
-    }
+/// A lease on the wire: while the bot may run it, the Action packed as its payload. A bot that asks
+/// gets the Command too while the lease is PENDING, when it starts the work; every answer repeats an
+/// ACTIVE lease, which carries the Action alone, so that a busy bot's answers stay small.
+fn to_lease(view: &LeaseView, with_command: bool) -> rwapi::Lease {
+    let with_command = with_command && view.state == LeaseState::Pending;
+    let payload = view.work.as_ref().map(|work| match with_command {
+        true => rwapi::pack(rwapi::ACTION_AND_COMMAND, &rwapi::ActionAndCommand { action: Some(work.action.clone()), command: work.command.clone() }),
+        false => rwapi::pack(rwapi::ACTION, &work.action),
+    });
+    rwapi::Lease { id: view.id.clone(), state: view.state as i32, payload, ..Default::default() }
 }
 
-fn answer(name: String, mut session: BotSession, view: SessionView) -> BotSession {
+fn answer(name: String, mut session: BotSession, view: SessionView, with_command: bool) -> BotSession {
     session.name = name;
-    session.leases = view.leases.iter().map(to_lease).collect();
+    session.leases = view.leases.iter().map(|lease| to_lease(lease, with_command)).collect();
     session.expire_time = Some(crate::protocol::timestamp(view.expire_time));
     session
 }
@@ -145,19 +154,20 @@ impl Bots for BotsService {
             return Err(Status::invalid_argument("bot_session.bot_id is empty; every bot needs an id"));
         }
         tracing::debug!(bot_id = %session.bot_id, ?session, "CreateBotSession");
+        let with_command = wants_command(&session)?;
         let new = NewSession {
             instance: req.parent.clone(),
             owner: access.caller.name.clone(),
             bot_id: session.bot_id.clone(),
             properties: properties(&session),
             // Leases at once: Strata's bot and buildbox-worker (`--concurrent-jobs`) both send it.
-            capacity: config(&session, "capacity", 1usize, |n| *n > 0)?,
+            capacity: config(&session, "capacity", 1usize, "a valid number", |n| *n > 0)?,
             status: bot_status(&session),
             // buildbox-worker's `--priority`: lower values are handed work first.
-            priority: config(&session, "priority", 0i32, |_| true)?,
+            priority: config(&session, "priority", 0i32, "a valid number", |_| true)?,
         };
         let (name, view) = self.scheduler.create_session(new);
-        Ok(Response::new(answer(name, session, view)))
+        Ok(Response::new(answer(name, session, view, with_command)))
     }
 
     async fn update_bot_session(&self, request: Request<rwapi::UpdateBotSessionRequest>) -> Result<Response<BotSession>, Status> {
@@ -174,6 +184,7 @@ impl Bots for BotsService {
         if self.scheduler.session_owner(&name).map_err(status::from_scheduler)? != access.caller.name {
             return Err(status::from_scheduler(crate::exec::scheduler::SchedulerError::UnknownSession(name)));
         }
+        let with_command = wants_command(&session)?;
         let calling = Calling::new(&self.scheduler, &name);
         let status = bot_status(&session);
         let reported = self.scheduler.report(&name, reports(&session), status).map_err(status::from_scheduler)?;
@@ -199,7 +210,7 @@ impl Bots for BotsService {
             view = self.scheduler.session_view(&name).map_err(status::from_scheduler)?;
         }
         drop(calling);
-        Ok(Response::new(answer(name, session, view)))
+        Ok(Response::new(answer(name, session, view, with_command)))
     }
 
     async fn post_bot_event_temp(&self, request: Request<rwapi::PostBotEventTempRequest>) -> Result<Response<Empty>, Status> {

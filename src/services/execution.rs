@@ -10,6 +10,7 @@ use std::time::Duration;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::build::bazel::remote::execution::v2::execution_server::Execution;
 use bazel_remote_apis::google::longrunning::{operation, Operation};
+use bytes::Bytes;
 use futures::Stream;
 use strata_backends::{Digest, DigestFunction};
 use tonic::{Request, Response, Status};
@@ -17,10 +18,10 @@ use tonic::{Request, Response, Status};
 use super::{digest_function, parse_digest};
 use crate::protocol::{self, to_proto};
 use crate::exec::admission;
-use crate::tree::load;
+use crate::tree::{load, load_encoded};
 use crate::protocol::rwapi;
 use crate::auth::Access;
-use crate::exec::scheduler::{NewJob, OpState, OperationView, Origin, Outcome, Scheduler};
+use crate::exec::scheduler::{NewJob, OpState, OperationView, Origin, Outcome, Scheduler, Work};
 use crate::instances::Instances;
 use crate::status;
 
@@ -103,12 +104,12 @@ impl ExecutionService {
         };
         let command_digest = parse_digest(function, action.command_digest.as_ref(), "action.command_digest")?;
         let input_root = parse_digest(function, action.input_root_digest.as_ref(), "action.input_root_digest")?;
-        let command = load::<reapi::Command>(cas, &command_digest, "Command").await.map_err(status::from_tree)?;
+        let command = load_encoded::<reapi::Command>(cas, &command_digest, "Command").await.map_err(status::from_tree)?;
         let mut missing = admission::missing_inputs(cas, function, input_root).await.map_err(status::from_tree)?;
         if command.is_none() {
             missing.insert(0, command_digest);
         }
-        let Some(command) = command.filter(|_| missing.is_empty()) else { return Err(status::missing_blobs(&missing, "the action")) };
+        let Some((command, encoded_command)) = command.filter(|_| missing.is_empty()) else { return Err(status::missing_blobs(&missing, "the action")) };
         admission::check_command(&command).map_err(status::from_tree)?;
 
         let max = self.scheduler.config().max_execution_timeout;
@@ -140,7 +141,9 @@ impl ExecutionService {
             instance: req.instance_name,
             owner,
             action_digest,
-            action,
+            // A copy of its own: a view of the storage's buffer would keep more than the Command
+            // alive for as long as the job waits.
+            work: Work { action, command: Bytes::copy_from_slice(&encoded_command) },
             platform,
             priority,
             timeout,

@@ -33,7 +33,7 @@ use queue::{Needs, Queue};
 use sessions::{Session, SessionLease, Sessions};
 pub use types::{
     failed, Counts, Finished, LeaseReport, LeaseView, NewJob, NewSession, OpState, OperationView, Origin, Outcome, Reported, ResultSink,
-    SchedulerConfig, SchedulerError, SessionView,
+    SchedulerConfig, SchedulerError, SessionView, Work,
 };
 
 use reapi::execution_stage::Value as Stage;
@@ -61,7 +61,7 @@ struct State {
 
 struct Job {
     new: NewJob,
-    action: Arc<reapi::Action>,
+    work: Arc<Work>,
     needs: Arc<Needs>,
     operations: Vec<String>,
     attempts: u32,
@@ -129,9 +129,9 @@ impl Scheduler {
                 }
                 let needs = Needs::new(new.instance.clone(), new.platform.clone());
                 st.queue.push(id, needs.clone(), new.priority, Instant::now());
-                // The Action lives once, shared with every lease view; the job keeps the rest.
-                let action = Arc::new(std::mem::take(&mut new.action));
-                st.jobs.insert(id, Job { new, action, needs, operations: vec![name.clone()], attempts: 0, running: None });
+                // The work lives once, shared with every lease view; the job keeps the rest.
+                let work = Arc::new(std::mem::take(&mut new.work));
+                st.jobs.insert(id, Job { new, work, needs, operations: vec![name.clone()], attempts: 0, running: None });
                 (id, Stage::Queued)
             }
         };
@@ -373,8 +373,8 @@ impl Scheduler {
             .leases
             .iter()
             .map(|(id, l)| {
-                let action = (l.state != LeaseState::Cancelled).then(|| st.jobs.get(&l.job).map(|j| j.action.clone())).flatten();
-                LeaseView { id: id.clone(), state: l.state, action }
+                let work = (l.state != LeaseState::Cancelled).then(|| st.jobs.get(&l.job).map(|j| j.work.clone())).flatten();
+                LeaseView { id: id.clone(), state: l.state, work }
             })
             .collect();
         leases.sort_by(|a, b| a.id.cmp(&b.id));

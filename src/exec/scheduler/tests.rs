@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use bytes::Bytes;
 use parking_lot::Mutex;
 use strata_backends::{Digest, DigestFunction};
 use tokio::time::Instant;
@@ -42,7 +43,7 @@ fn job(name: &[u8], platform: &[(&str, &str)], priority: i32, cacheable: bool) -
         owner: None,
         instance: String::new(),
         action_digest: DigestFunction::Sha256.digest_of(name),
-        action: reapi::Action { do_not_cache: !cacheable, ..Default::default() },
+        work: Work { action: reapi::Action { do_not_cache: !cacheable, ..Default::default() }, command: Bytes::from_static(b"command") },
         platform: platform.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         priority,
         timeout: Duration::from_secs(10),
@@ -81,13 +82,13 @@ async fn a_job_runs_on_a_bot_and_its_result_is_cached_then_delivered() {
     assert_eq!(op.state.borrow().stage, Stage::Queued);
     let (session, view) = scheduler.create_session(bot("b1", &[], 1));
     assert_eq!(view.leases.len(), 1);
-    assert!(view.leases[0].action.is_some(), "a pending lease carries its Action");
+    assert!(view.leases[0].work.is_some(), "a pending lease carries its work");
     assert!(!view.has_room);
     assert_eq!(op.state.borrow().stage, Stage::Executing);
 
     let accepted = scheduler.report(&session, vec![report(&view.leases[0], LeaseState::Active, 0)], BotStatus::Ok).unwrap();
     assert!(accepted.answer_now, "an accepted lease is answered at once");
-    assert!(accepted.view.leases[0].action.is_some(), "and keeps its Action while active");
+    assert!(accepted.view.leases[0].work.is_some(), "and keeps its work while active");
 
     let done = scheduler.report(&session, vec![report(&view.leases[0], LeaseState::Completed, 0)], BotStatus::Ok).unwrap();
     assert!(!done.answer_now && done.view.has_room && done.view.leases.is_empty());
@@ -202,7 +203,7 @@ async fn cancelling_the_last_operation_cancels_the_lease_on_the_bot() {
     assert_eq!(outcome_code(&op), Some(Code::Cancelled as i32));
     let cancelled = scheduler.session_view(&session).unwrap();
     assert_eq!(cancelled.leases[0].state, LeaseState::Cancelled);
-    assert!(cancelled.leases[0].action.is_none(), "a cancelled lease carries no Action");
+    assert!(cancelled.leases[0].work.is_none(), "a cancelled lease carries no work");
     assert!(cancelled.has_room, "a cancelled lease does not hold a slot");
     let acknowledged = scheduler.report(&session, vec![report(&view.leases[0], LeaseState::Cancelled, 0)], BotStatus::Ok).unwrap();
     assert!(acknowledged.view.leases.is_empty());

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use bytes::Bytes;
 use strata_backends::Digest;
 use tokio::sync::{watch, Notify};
 use tonic::Code;
@@ -70,12 +71,21 @@ pub struct NewJob {
     /// The identity that asked for it (the owner of its first operation).
     pub owner: Option<Arc<str>>,
     pub action_digest: Digest,
-    /// The Action as the bot receives it (its timeout already capped by the server).
-    pub action: reapi::Action,
+    /// The Action as the bot receives it (its timeout already capped by the server), with its
+    /// Command.
+    pub work: Work,
     pub platform: Vec<(String, String)>,
     pub priority: i32,
     pub timeout: Duration,
     pub cacheable: bool,
+}
+
+/// What a bot needs to start a job: the Action and its Command, encoded as stored (bots that ask
+/// get it with the lease). Shared by the job and its leases' views.
+#[derive(Debug, Default, PartialEq)]
+pub struct Work {
+    pub action: reapi::Action,
+    pub command: Bytes,
 }
 
 /// A bot opening a session, for `Scheduler::create_session`.
@@ -98,12 +108,12 @@ pub struct LeaseReport {
     pub result: Option<reapi::ActionResult>,
 }
 
-/// One lease of a session as the bot should see it; the Action while it is pending or active.
+/// One lease of a session as the bot should see it; its work while it is pending or active.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LeaseView {
     pub id: String,
     pub state: LeaseState,
-    pub action: Option<Arc<reapi::Action>>,
+    pub work: Option<Arc<Work>>,
 }
 
 /// A bot session as the Bots service answers it.
