@@ -48,6 +48,15 @@ fn worker(bot_id: &str, status: BotStatus, leases: Vec<Lease>) -> BotSession {
     }
 }
 
+/// `worker`, healthy and idle, with the config `key` set to `value`.
+fn worker_with(bot_id: &str, key: &str, value: &str) -> BotSession {
+    let mut session = worker(bot_id, BotStatus::Ok, vec![]);
+    let configs = &mut session.worker.as_mut().unwrap().configs;
+    configs.retain(|c| c.key != key);
+    configs.push(rwapi::Property { key: key.into(), value: value.into() });
+    session
+}
+
 async fn bots_client(server: &TestServer) -> BotsClient<Channel> {
     BotsClient::new(server.channel().await)
 }
@@ -317,13 +326,7 @@ async fn work_goes_to_the_bot_with_the_lowest_priority_value() {
     let tmp = tempfile::tempdir().unwrap();
     let server = TestServer::start_in(RWAPI_CONFIG, tmp.path()).await;
     let mut bots = bots_client(&server).await;
-    let with_priority = |id: &str, priority: &str| {
-        let mut session = worker(id, BotStatus::Ok, vec![]);
-        let configs = &mut session.worker.as_mut().unwrap().configs;
-        configs.retain(|c| c.key != "priority");
-        configs.push(rwapi::Property { key: "priority".into(), value: priority.into() });
-        session
-    };
+    let with_priority = |id: &str, priority: &str| worker_with(id, "priority", priority);
     let _low = create(&mut bots, with_priority("bb-low", "5")).await;
     let high = create(&mut bots, with_priority("bb-high", "1")).await;
     let digest = action(&server, &sh("true")).await;
@@ -341,11 +344,7 @@ async fn a_bot_that_asks_gets_each_pending_leases_command_as_stored_and_other_bo
     let tmp = tempfile::tempdir().unwrap();
     let server = TestServer::start_in(RWAPI_CONFIG, tmp.path()).await;
     let mut bots = bots_client(&server).await;
-    let asking = |id: &str, value: &str| {
-        let mut session = worker(id, BotStatus::Ok, vec![]);
-        session.worker.as_mut().unwrap().configs.push(rwapi::Property { key: rwapi::COMMAND_IN_LEASE.into(), value: value.into() });
-        session
-    };
+    let asking = |id: &str, value: &str| worker_with(id, rwapi::COMMAND_IN_LEASE, value);
     let strata_bot = create(&mut bots, asking("strata-1", "true")).await;
     let digest = action(&server, &sh("echo with-command")).await;
     let _first = client(&server).await.execute(request(&digest)).await.unwrap().into_inner();
