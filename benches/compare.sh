@@ -4,8 +4,9 @@
 # configuration like BuildGrid's, Strata on its embedded default (what `strata serve` runs with no
 # --config: memory over a disk log with `sync: always`, two host bots; its log filled first, so that
 # it is measured full, as a cache that has been running is), then BuildGrid from
-# ../shared/peers/buildgrid with its bots; every scenario RUNS times, plus the raw-TCP baseline before
-# each server's runs. Stops what it started and writes BENCHMARKS.md (medians). Takes about 20
+# ../shared/peers/buildgrid with its bots; every scenario RUNS times, plus the raw-TCP hashing baseline
+# and the process-start baseline (`true` started and waited for, 16 at a time and alone) before each
+# server's runs. Stops what it started and writes BENCHMARKS.md (medians). Takes about 20
 # minutes with the defaults (35 with STRATA_BEFORE), and 20 GiB of disk for the default's log.
 #
 # Usage: benches/compare.sh            env: RUNS=3 DURATION=5 CONCURRENCY=8 LARGE_SIZE=16MiB
