@@ -395,3 +395,28 @@ async fn strata_bot_runs_the_command_sent_with_its_lease_without_fetching_it() {
     assert_eq!(read_blob(&cas, &result.stdout_digest).await, b"ran\n");
     bot.stop().await;
 }
+
+#[tokio::test]
+async fn a_command_too_large_for_an_answer_goes_as_its_action_alone_and_the_bot_fetches_it() {
+    // 12 arguments of 100 KiB (each under Linux's limit for one argument): a Command of 1.2 MB, more
+    // than one answer carries. Inlined, a few such leases would pass gRPC's 4 MiB message limit and
+    // make every call of the bot fail.
+    let mut spec = sh("echo $#");
+    spec.args.extend((0..12).map(|i| format!("{i}{}", "x".repeat(100 << 10))));
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(RWAPI_CONFIG, &tmp.path().join("held")).await;
+    let mut bots = bots_client(&server).await;
+    let asking = worker_with("strata-1", rwapi::COMMAND_IN_LEASE, "true");
+    let session = create(&mut bots, asking.clone()).await;
+    let _stream = client(&server).await.execute(request(&action(&server, &spec).await)).await.unwrap().into_inner();
+    let took = update(&mut bots, &session.name, asking).await.unwrap();
+    assert_eq!(took.leases[0].payload.as_ref().unwrap().type_url, format!("type.googleapis.com/{}", rwapi::ACTION));
+
+    // `strata bot` fetches such a Command itself and runs it.
+    let server = TestServer::start_in(RWAPI_CONFIG, &tmp.path().join("run")).await;
+    let bot = InProcessBot::start(&server, &tmp.path().join("bot"), 1, &[]);
+    let response = execute(&server, &action(&server, &spec).await).await;
+    let result = response.result.unwrap_or_else(|| panic!("no result: {:?}", response.status));
+    assert_eq!(read_blob(&server, &result.stdout_digest).await, b"11\n");
+    bot.stop().await;
+}

@@ -124,11 +124,14 @@ fn news(sent: &BotSession, view: &SessionView) -> bool {
     view.leases.iter().any(|lease| !sent.leases.iter().any(|s| s.id == lease.id && s.state == lease.state as i32))
 }
 
-/// A lease on the wire: while the bot may run it, the Action packed as its payload. A bot that asks
-/// gets the Command too while the lease is PENDING, when it starts the work; every answer repeats an
-/// ACTIVE lease, which carries the Action alone, so that a busy bot's answers stay small.
+/// Command bytes one answer carries at most. gRPC clients refuse messages over 4 MiB by default, so a
+/// huge Command, or many at once, would make a bot's every call fail; a lease whose Command does not
+/// fit goes with its Action alone, and the bot fetches the Command from the CAS.
+const COMMAND_BYTES_PER_ANSWER: usize = 1 << 20;
+
+/// A lease on the wire: while the bot may run it, the Action packed as its payload, with its
+/// Command when `with_command`.
 fn to_lease(view: &LeaseView, with_command: bool) -> rwapi::Lease {
-    let with_command = with_command && view.state == LeaseState::Pending;
     let payload = view.work.as_ref().map(|work| match with_command {
         true => rwapi::pack(rwapi::ACTION_AND_COMMAND, &rwapi::ActionAndCommand { action: Some(work.action.clone()), command: work.command.clone() }),
         false => rwapi::pack(rwapi::ACTION, &work.action),
@@ -136,9 +139,21 @@ fn to_lease(view: &LeaseView, with_command: bool) -> rwapi::Lease {
     rwapi::Lease { id: view.id.clone(), state: view.state as i32, payload, ..Default::default() }
 }
 
-fn answer(name: String, mut session: BotSession, view: SessionView, with_command: bool) -> BotSession {
+/// The session as the bot sees it. A bot that asks gets a PENDING lease's Command, when it starts
+/// the work, within `COMMAND_BYTES_PER_ANSWER`; every answer repeats an ACTIVE lease, which carries
+/// the Action alone, so that a busy bot's answers stay small.
+fn answer(name: String, mut session: BotSession, view: SessionView, wants_command: bool) -> BotSession {
+    let mut room = if wants_command { COMMAND_BYTES_PER_ANSWER } else { 0 };
+    let mut fits = |lease: &LeaseView| {
+        let len = lease.work.as_ref().map_or(usize::MAX, |work| work.command.len());
+        let fits = lease.state == LeaseState::Pending && len <= room;
+        if fits {
+            room -= len;
+        }
+        fits
+    };
     session.name = name;
-    session.leases = view.leases.iter().map(|lease| to_lease(lease, with_command)).collect();
+    session.leases = view.leases.iter().map(|lease| to_lease(lease, fits(lease))).collect();
     session.expire_time = Some(crate::protocol::timestamp(view.expire_time));
     session
 }
