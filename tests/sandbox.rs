@@ -147,14 +147,21 @@ async fn an_action_directory_is_emptied_before_another_action_uses_it() {
     // An action that makes the bot's own files symlinks: the next one writes through none of them.
     let victim = tmp.path().join("victim");
     std::fs::write(&victim, b"precious").unwrap();
+    // A stdout made a symlink is not read through either: that action fails, saying so.
     let scripts = [
-        format!("ln -sf {0} ../stdout; ln -sf {0} ../stderr", victim.display()),
-        format!("rm ../stderr && ln {} ../stderr", victim.display()),
-        "cd .. && rm -rf root && ln -s / root".to_string(),
+        (format!("ln -sf {0} ../stdout; ln -sf {0} ../stderr", victim.display()), false),
+        (format!("rm ../stderr && ln {} ../stderr", victim.display()), true),
+        ("cd .. && rm -rf root && ln -s / root".to_string(), true),
     ];
-    for script in scripts {
+    for (script, completes) in scripts {
         let tamper = execute(&server, &action(&server, &sh(&script)).await).await;
-        assert!(tamper.result.is_some(), "{script}: {:?}", tamper.status);
+        if completes {
+            assert!(tamper.result.is_some(), "{script}: {:?}", tamper.status);
+        } else {
+            let status = tamper.status.unwrap_or_default();
+            assert_eq!(status.code, tonic::Code::InvalidArgument as i32, "{script}: {status:?}");
+            assert!(status.message.contains("stdout is a symlink"), "{script}: {}", status.message);
+        }
         let next = run("ls -A; echo next").await;
         assert_eq!(next.result.as_ref().map(|r| r.exit_code), Some(0), "after {script}: {:?}", next.status);
         assert_eq!(read_blob(&server, &stdout(&next).unwrap()).await, b"next\n", "after {script}");

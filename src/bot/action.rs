@@ -11,6 +11,7 @@ use bazel_remote_apis::google::protobuf::{Any, Timestamp};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use super::beneath::Beneath;
 use super::inputs::{decode, parse, InputCache};
 use super::outputs::{self, Uploads};
 use super::runner::{Exit, RunAs, Runner, Spawn};
@@ -21,6 +22,10 @@ use crate::protocol::to_proto;
 
 /// The platform property that lets an action use the network in the bubblewrap runner.
 const NETWORK_PROPERTY: &str = "network";
+
+/// The files of an action's directory, beside its `root`, that its stdout and stderr go to.
+const STDOUT: &str = "stdout";
+const STDERR: &str = "stderr";
 
 pub struct Context {
     pub bot_id: String,
@@ -137,7 +142,7 @@ fn fresh_file(dir: &Path, name: &str) -> Result<PathBuf, BotError> {
 /// replaced them with a symlink, or with a hard link to a file the next truncation would empty.
 fn own_files_intact(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    for name in ["stdout", "stderr"] {
+    for name in [STDOUT, STDERR] {
         match std::fs::symlink_metadata(dir.join(name)) {
             Ok(meta) if !meta.is_file() || meta.nlink() != 1 => return Err(std::io::Error::other(format!("{name} is no longer a file of its own"))),
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
@@ -269,14 +274,15 @@ async fn run_in(
     let exit = ctx.runner.run(spawn, timeout.saturating_sub(started.elapsed())).await?;
     metadata.execution_completed_timestamp = now();
     metadata.output_upload_start_timestamp = now();
-    let Prepared { stdout, stderr, spawned, .. } = prepared;
+    let spawned = prepared.spawned;
     let context = ctx.clone();
     let (mut result, uploads, scratch) = blocking("collecting outputs", move || {
         context.cache.check_untouched(staged, spawned);
         let mut result = reapi::ActionResult::default();
         let mut uploads = Uploads::default();
-        result.stdout_digest = Some(to_proto(&uploads.add_file(&stdout)?.0));
-        result.stderr_digest = Some(to_proto(&uploads.add_file(&stderr)?.0));
+        let own = Beneath::open(&scratch.dir)?;
+        result.stdout_digest = Some(to_proto(&uploads.add_file(&own, Path::new(STDOUT))?.0));
+        result.stderr_digest = Some(to_proto(&uploads.add_file(&own, Path::new(STDERR))?.0));
         let workdir: Vec<&str> = workdir_parts.iter().map(String::as_str).collect();
         outputs::collect(&command, &root, &workdir, &mut result, &mut uploads)?;
         // Outputs all held in memory (most actions'): the directory is emptied on this same trip.
@@ -312,7 +318,7 @@ fn prepare(command: &reapi::Command, root: &Path, dir: &Path, workdir_parts: &[S
     let workdir = below(root, &parts);
     std::fs::create_dir_all(&workdir).map_err(|e| BotError::io(&workdir, e))?;
     create_output_parents(command, root, &parts)?;
-    let (stdout, stderr) = (fresh_file(dir, "stdout")?, fresh_file(dir, "stderr")?);
+    let (stdout, stderr) = (fresh_file(dir, STDOUT)?, fresh_file(dir, STDERR)?);
     if let Some(user) = user {
         user.own(root).map_err(|e| BotError::io(root, e))?;
         // The command's stdout and stderr are opened by the spawner, as the user.

@@ -5,6 +5,7 @@
 //! process group. A server that no longer knows the session (it restarted) gets a new one.
 
 mod action;
+mod beneath;
 mod cache_index;
 mod inputs;
 mod outputs;

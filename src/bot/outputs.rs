@@ -12,6 +12,7 @@ use bytes::Bytes;
 use prost::Message;
 use strata_backends::{BlobStore, Digest, DigestFunction};
 
+use super::beneath::{Beneath, Kind};
 use super::BotError;
 use crate::protocol::paths;
 use crate::protocol::to_proto;
@@ -20,10 +21,11 @@ use crate::protocol::to_proto;
 /// held whole in memory (a 200 MiB stdout must not cost 200 MiB).
 const FILE_CHUNK: usize = 1 << 20;
 
-/// Where an output blob's bytes are: small encoded messages in memory, files on disk.
+/// Where an output blob's bytes are: small encoded messages in memory, files on disk (below a
+/// directory the bot holds open).
 enum Source {
     Bytes(Bytes),
-    File(PathBuf),
+    File(Beneath, PathBuf),
 }
 
 /// Bytes of small output files an action's uploads hold in memory: read once to be hashed, they
@@ -46,13 +48,13 @@ impl Uploads {
         digest
     }
 
-    /// A file, and whether it is executable. A small one is read whole and kept in memory, within
-    /// a budget per action; a larger one is hashed in chunks and streamed from disk when uploaded.
-    /// Blocking: run it off the async runtime.
-    pub fn add_file(&mut self, path: &Path) -> Result<(Digest, bool), BotError> {
+    /// The file at `relative` below `dir`, and whether it is executable. A small one is read whole
+    /// and kept in memory, within a budget per action; a larger one is hashed in chunks and streamed
+    /// from disk when uploaded. Blocking: run it off the async runtime.
+    pub fn add_file(&mut self, dir: &Beneath, relative: &Path) -> Result<(Digest, bool), BotError> {
         use std::io::{Read, Seek};
-        let mut file = std::fs::File::open(path).map_err(|e| BotError::io(path, e))?;
-        let meta = file.metadata().map_err(|e| BotError::io(path, e))?;
+        let path = &dir.shown(relative);
+        let (mut file, meta) = dir.file(relative)?;
         let executable = meta.permissions().mode() & 0o111 != 0;
         let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
         if len <= FILE_CHUNK && self.kept + len <= KEPT_IN_MEMORY {
@@ -78,13 +80,13 @@ impl Uploads {
             size += n as u64;
         }
         let digest = Digest { function: DigestFunction::Sha256, hash: hasher.finish(), size };
-        self.blobs.insert(digest, Source::File(path.to_path_buf()));
+        self.blobs.insert(digest, Source::File(dir.clone(), relative.to_path_buf()));
         Ok((digest, executable))
     }
 
     /// Whether uploading still reads files in the action's directory.
     pub fn reads_files(&self) -> bool {
-        self.blobs.values().any(|source| matches!(source, Source::File(_)))
+        self.blobs.values().any(|source| matches!(source, Source::File(..)))
     }
 
     /// Uploads what the CAS lacks, files streamed in chunks.
@@ -97,24 +99,29 @@ impl Uploads {
             }
             match &self.blobs[digest] {
                 Source::Bytes(data) => cas.write(digest, data.clone()).await?,
-                Source::File(path) => upload_file(cas, digest, path).await?,
+                Source::File(dir, relative) => upload_file(cas, digest, dir, relative).await?,
             }
         }
         Ok(())
     }
 }
 
-async fn upload_file(cas: &Arc<dyn BlobStore>, digest: &Digest, path: &Path) -> Result<(), BotError> {
+async fn upload_file(cas: &Arc<dyn BlobStore>, digest: &Digest, dir: &Beneath, relative: &Path) -> Result<(), BotError> {
     use tokio::io::AsyncReadExt;
+    let path = &dir.shown(relative);
+    let (opening, relative) = (dir.clone(), relative.to_path_buf());
+    let (file, _) = super::blocking("opening an output", move || opening.file(&relative)).await?;
+    let mut file = tokio::fs::File::from_std(file);
+    let changed = || BotError::Invalid(format!("output {} changed while it was uploaded", path.display()));
     // Small files (most of a build's outputs) go whole, so the CAS client can batch them.
     if digest.size <= FILE_CHUNK as u64 {
-        let data = tokio::fs::read(path).await.map_err(|e| BotError::io(path, e))?;
+        let mut data = Vec::with_capacity(digest.size as usize + 1);
+        (&mut file).take(digest.size + 1).read_to_end(&mut data).await.map_err(|e| BotError::io(path, e))?;
         if data.len() as u64 != digest.size {
-            return Err(BotError::Invalid(format!("output {} changed while it was uploaded", path.display())));
+            return Err(changed());
         }
         return Ok(cas.write(digest, Bytes::from(data)).await?);
     }
-    let mut file = tokio::fs::File::open(path).await.map_err(|e| BotError::io(path, e))?;
     let mut writer = cas.writer(digest).await?;
     let mut sent = 0u64;
     loop {
@@ -127,61 +134,33 @@ async fn upload_file(cas: &Arc<dyn BlobStore>, digest: &Digest, path: &Path) -> 
         writer.append(Bytes::from(buf)).await?;
     }
     if sent != digest.size {
-        return Err(BotError::Invalid(format!("output {} changed while it was uploaded", path.display())));
+        return Err(changed());
     }
     writer.commit().await?;
     Ok(())
 }
 
-/// The output at `relative` to the working directory `workdir` (components below `root`), if the
-/// action made it. Its parents must be real directories inside the input root.
-fn locate(root: &Path, workdir: &[&str], relative: &str) -> Result<Option<(PathBuf, std::fs::Metadata)>, BotError> {
-    let parts = paths::resolve(workdir, relative).map_err(|e| BotError::Invalid(format!("output path: {e}")))?;
-    if parts.is_empty() {
-        let meta = std::fs::symlink_metadata(root).map_err(|e| BotError::io(root, e))?;
-        return Ok(Some((root.to_path_buf(), meta)));
-    }
-    let mut path = root.to_path_buf();
-    for (i, part) in parts.iter().enumerate() {
-        path.push(part);
-        let meta = match std::fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(BotError::io(&path, e)),
-        };
-        if i + 1 == parts.len() {
-            return Ok(Some((path, meta)));
-        }
-        if !meta.is_dir() {
-            return Err(BotError::Invalid(format!("output {relative:?}: {part:?} on its way is not a directory")));
-        }
-    }
-    Ok(None)
-}
-
-/// Reads a directory into Directory messages: returns the root and every descendant.
-fn read_tree(path: &Path, uploads: &mut Uploads, children: &mut Vec<reapi::Directory>) -> Result<reapi::Directory, BotError> {
+/// Reads the directory at `relative` into Directory messages: returns it and every descendant.
+fn read_tree(root: &Beneath, relative: &Path, uploads: &mut Uploads, children: &mut Vec<reapi::Directory>) -> Result<reapi::Directory, BotError> {
     let mut dir = reapi::Directory::default();
-    let mut entries: Vec<_> = std::fs::read_dir(path)
-        .map_err(|e| BotError::io(path, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| BotError::io(path, e))?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let child = entry.path();
-        let kind = entry.file_type().map_err(|e| BotError::io(&child, e))?;
-        if kind.is_symlink() {
-            let target = std::fs::read_link(&child).map_err(|e| BotError::io(&child, e))?;
-            dir.symlinks.push(reapi::SymlinkNode { name, target: target.to_string_lossy().into_owned(), node_properties: None });
-        } else if kind.is_dir() {
-            let sub = read_tree(&child, uploads, children)?;
-            let digest = uploads.add(Bytes::from(sub.encode_to_vec()));
-            children.push(sub);
-            dir.directories.push(reapi::DirectoryNode { name, digest: Some(to_proto(&digest)) });
-        } else if kind.is_file() {
-            let (digest, is_executable) = uploads.add_file(&child)?;
-            dir.files.push(reapi::FileNode { name, digest: Some(to_proto(&digest)), is_executable, node_properties: None });
+    for (child, kind) in root.entries(relative)? {
+        let name = child.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match kind {
+            Kind::Symlink => {
+                let target = root.link_target(&child)?;
+                dir.symlinks.push(reapi::SymlinkNode { name, target, node_properties: None });
+            }
+            Kind::Dir => {
+                let sub = read_tree(root, &child, uploads, children)?;
+                let digest = uploads.add(Bytes::from(sub.encode_to_vec()));
+                children.push(sub);
+                dir.directories.push(reapi::DirectoryNode { name, digest: Some(to_proto(&digest)) });
+            }
+            Kind::File => {
+                let (digest, is_executable) = uploads.add_file(root, &child)?;
+                dir.files.push(reapi::FileNode { name, digest: Some(to_proto(&digest)), is_executable, node_properties: None });
+            }
+            Kind::Other => {}
         }
     }
     Ok(dir)
@@ -196,10 +175,18 @@ pub fn collect(
     result: &mut reapi::ActionResult,
     uploads: &mut Uploads,
 ) -> Result<(), BotError> {
-    for relative in crate::protocol::outputs(command) {
-        let Some((path, meta)) = locate(root, workdir, relative)? else { continue };
-        if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&path).map_err(|e| BotError::io(&path, e))?.to_string_lossy().into_owned();
+    let outputs = crate::protocol::outputs(command);
+    // Only outputs are read below the root: an action that asks for none may leave it as it likes.
+    if outputs.is_empty() {
+        return Ok(());
+    }
+    let root = &Beneath::open(root)?;
+    for relative in outputs {
+        let parts = paths::resolve(workdir, relative).map_err(|e| BotError::Invalid(format!("output path: {e}")))?;
+        let path: PathBuf = parts.iter().collect();
+        let Some(kind) = root.kind(&path)? else { continue };
+        if kind == Kind::Symlink {
+            let target = root.link_target(&path)?;
             let link = reapi::OutputSymlink { path: relative.clone(), target, node_properties: None };
             if command.output_paths.is_empty() {
                 if command.output_directories.contains(relative) {
@@ -209,10 +196,10 @@ pub fn collect(
                 }
             }
             result.output_symlinks.push(link);
-        } else if meta.is_dir() {
+        } else if kind == Kind::Dir {
             let mut children = Vec::new();
-            let root = read_tree(&path, uploads, &mut children)?;
-            let tree = reapi::Tree { root: Some(root), children };
+            let tree_root = read_tree(root, &path, uploads, &mut children)?;
+            let tree = reapi::Tree { root: Some(tree_root), children };
             let tree_digest = uploads.add(Bytes::from(tree.encode_to_vec()));
             result.output_directories.push(reapi::OutputDirectory {
                 path: relative.clone(),
@@ -220,8 +207,8 @@ pub fn collect(
                 is_topologically_sorted: false,
                 root_directory_digest: None,
             });
-        } else if meta.is_file() {
-            let (digest, is_executable) = uploads.add_file(&path)?;
+        } else if kind == Kind::File {
+            let (digest, is_executable) = uploads.add_file(root, &path)?;
             result.output_files.push(reapi::OutputFile {
                 path: relative.clone(),
                 digest: Some(to_proto(&digest)),
@@ -243,10 +230,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for len in [0, 5, 4095, 4096, 4097, FILE_CHUNK - 1, FILE_CHUNK, 2 * FILE_CHUNK + 3] {
             let data: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
-            let path = dir.path().join(format!("out-{len}"));
-            std::fs::write(&path, &data).unwrap();
+            let name = format!("out-{len}");
+            std::fs::write(dir.path().join(&name), &data).unwrap();
             let mut uploads = Uploads::default();
-            let (digest, executable) = uploads.add_file(&path).unwrap();
+            let (digest, executable) = uploads.add_file(&Beneath::open(dir.path()).unwrap(), Path::new(&name)).unwrap();
             assert_eq!(digest, DigestFunction::Sha256.digest_of(&data), "a file of {len} bytes");
             assert!(!executable);
         }
@@ -255,13 +242,14 @@ mod tests {
     #[test]
     fn small_files_are_held_within_the_budget_and_the_rest_streamed_from_disk() {
         let dir = tempfile::tempdir().unwrap();
+        let beneath = Beneath::open(dir.path()).unwrap();
         let mut uploads = Uploads::default();
         let files = KEPT_IN_MEMORY / FILE_CHUNK;
         for i in 0..=files {
             let data = vec![i as u8; FILE_CHUNK];
-            let path = dir.path().join(format!("out-{i}"));
-            std::fs::write(&path, &data).unwrap();
-            let (digest, _) = uploads.add_file(&path).unwrap();
+            let name = format!("out-{i}");
+            std::fs::write(dir.path().join(&name), &data).unwrap();
+            let (digest, _) = uploads.add_file(&beneath, Path::new(&name)).unwrap();
             assert_eq!(digest, DigestFunction::Sha256.digest_of(&data));
             // The budget holds `files` whole chunks; the one past it is read again when uploaded.
             assert_eq!(uploads.reads_files(), i == files, "after file {i}");
@@ -270,9 +258,8 @@ mod tests {
         assert_eq!(uploads.kept, KEPT_IN_MEMORY);
         // A file larger than a chunk is never held, however much budget is left.
         let mut uploads = Uploads::default();
-        let path = dir.path().join("large");
-        std::fs::write(&path, vec![7u8; FILE_CHUNK + 1]).unwrap();
-        uploads.add_file(&path).unwrap();
+        std::fs::write(dir.path().join("large"), vec![7u8; FILE_CHUNK + 1]).unwrap();
+        uploads.add_file(&beneath, Path::new("large")).unwrap();
         assert!(uploads.reads_files());
         assert_eq!(uploads.kept, 0);
     }

@@ -1,0 +1,246 @@
+//! An action's directory as the bot reads it after the run: every path is resolved from a directory
+//! the bot holds open, by the kernel, refusing any symlink on the way (`openat2` with
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`). A process the action left running can still change its
+//! tree after the bot looked at it; what it swaps in for a directory or a file cannot lead the bot
+//! out of the action's directory, nor make it wait on a FIFO.
+
+use std::ffi::OsStr;
+use std::fs::{File, Metadata};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+
+use super::BotError;
+
+/// A directory the bot holds open.
+#[derive(Clone)]
+pub struct Beneath {
+    fd: Arc<OwnedFd>,
+    /// Its path, for messages.
+    path: PathBuf,
+}
+
+/// What is at a path, not following a symlink.
+#[derive(Debug, PartialEq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    /// A FIFO, socket or device: not an output.
+    Other,
+}
+
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
+
+impl Beneath {
+    /// A directory of the bot's own (an action's directory, or its `root`), itself never a symlink.
+    pub fn open(path: &Path) -> Result<Beneath, BotError> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::open(path, flags, Mode::empty()).map_err(|e| match e {
+            rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
+                BotError::Invalid(format!("{} is no longer a directory: the action replaced it (with a symlink or a file)", path.display()))
+            }
+            other => BotError::io(path, other.into()),
+        })?;
+        Ok(Beneath { fd: Arc::new(fd), path: path.to_path_buf() })
+    }
+
+    /// The path of `relative` below this directory, for messages.
+    pub fn shown(&self, relative: &Path) -> PathBuf {
+        self.path.join(relative)
+    }
+
+    fn at(&self, relative: &Path, flags: OFlags) -> Result<OwnedFd, Refused> {
+        // "" names the directory itself, which openat2 spells ".".
+        let relative = if relative.as_os_str().is_empty() { Path::new(".") } else { relative };
+        rustix::fs::openat2(&*self.fd, relative, flags | OFlags::CLOEXEC, Mode::empty(), RESOLVE).map_err(|errno| match errno {
+            rustix::io::Errno::NOENT => Refused::Absent,
+            rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR | rustix::io::Errno::XDEV => Refused::NotBeneath,
+            // A kernel before 5.6, or a seccomp filter that does not know the call.
+            rustix::io::Errno::NOSYS => Refused::Io(std::io::Error::other("the bot needs openat2 (Linux 5.6 or later) to read an action's outputs")),
+            other => Refused::Io(other.into()),
+        })
+    }
+
+    /// What is at `relative`, if anything; `Err` if a symlink or a file stands where a directory
+    /// of its path should be.
+    pub fn kind(&self, relative: &Path) -> Result<Option<Kind>, BotError> {
+        // O_PATH with O_NOFOLLOW opens a symlink itself when it is the last component.
+        let fd = match self.at(relative, OFlags::PATH | OFlags::NOFOLLOW) {
+            Ok(fd) => fd,
+            Err(Refused::Absent) => return Ok(None),
+            Err(e) => return Err(e.into_error(self, relative)),
+        };
+        let stat = rustix::fs::fstat(&fd).map_err(|e| BotError::io(&self.shown(relative), e.into()))?;
+        Ok(Some(match FileType::from_raw_mode(stat.st_mode) {
+            FileType::RegularFile => Kind::File,
+            FileType::Directory => Kind::Dir,
+            FileType::Symlink => Kind::Symlink,
+            _ => Kind::Other,
+        }))
+    }
+
+    /// A regular file's contents, with its metadata. Something else there now (a FIFO, a device,
+    /// a symlink) is refused at once.
+    pub fn file(&self, relative: &Path) -> Result<(File, Metadata), BotError> {
+        // O_NONBLOCK makes the open of a FIFO return at once; reads of a regular file ignore it.
+        let fd = self.at(relative, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK).map_err(|e| e.into_error(self, relative))?;
+        let file = File::from(fd);
+        let meta = file.metadata().map_err(|e| BotError::io(&self.shown(relative), e))?;
+        if !meta.is_file() {
+            return Err(changed(&self.shown(relative), "a regular file"));
+        }
+        Ok((file, meta))
+    }
+
+    /// The names in the directory at `relative` and what each is, sorted by name.
+    pub fn entries(&self, relative: &Path) -> Result<Vec<(PathBuf, Kind)>, BotError> {
+        let shown = self.shown(relative);
+        let fd = self.at(relative, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW).map_err(|e| e.into_error(self, relative))?;
+        let mut entries = Vec::new();
+        for entry in rustix::fs::Dir::new(fd).map_err(|e| BotError::io(&shown, e.into()))? {
+            let entry = entry.map_err(|e| BotError::io(&shown, e.into()))?;
+            let name = OsStr::from_bytes(entry.file_name().to_bytes());
+            if name == "." || name == ".." {
+                continue;
+            }
+            let child = relative.join(name);
+            let kind = match entry.file_type() {
+                FileType::RegularFile => Kind::File,
+                FileType::Directory => Kind::Dir,
+                FileType::Symlink => Kind::Symlink,
+                FileType::Unknown => match self.kind(&child)? {
+                    Some(kind) => kind,
+                    None => continue,
+                },
+                _ => Kind::Other,
+            };
+            entries.push((child, kind));
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(entries)
+    }
+
+    /// The target of the symlink at `relative`.
+    pub fn link_target(&self, relative: &Path) -> Result<String, BotError> {
+        let fd = self.at(relative, OFlags::PATH | OFlags::NOFOLLOW).map_err(|e| e.into_error(self, relative))?;
+        // An O_PATH descriptor of a symlink: readlinkat with an empty path reads it.
+        let target = rustix::fs::readlinkat(&fd, "", Vec::new()).map_err(|e| match e {
+            rustix::io::Errno::NOENT | rustix::io::Errno::INVAL => changed(&self.shown(relative), "a symlink"),
+            other => BotError::io(&self.shown(relative), other.into()),
+        })?;
+        Ok(String::from_utf8_lossy(target.as_bytes()).into_owned())
+    }
+}
+
+/// Why a path below the directory could not be opened.
+enum Refused {
+    Absent,
+    /// A symlink, or a file where a directory should be, on the way: it no longer leads below.
+    NotBeneath,
+    Io(std::io::Error),
+}
+
+impl Refused {
+    fn into_error(self, dir: &Beneath, relative: &Path) -> BotError {
+        let shown = dir.shown(relative);
+        match self {
+            Refused::Absent => BotError::io(&shown, std::io::ErrorKind::NotFound.into()),
+            Refused::NotBeneath => BotError::Invalid(format!(
+                "output {} is a symlink, or is below a symlink or something else that is not a directory: outputs are never read through a symlink",
+                shown.display()
+            )),
+            Refused::Io(e) => BotError::io(&shown, e),
+        }
+    }
+}
+
+/// What was found at `path` when the action ended is no longer there.
+fn changed(path: &Path, what: &str) -> BotError {
+    BotError::Invalid(format!("output {} is no longer {what}: a process the action left running changed it", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// Runs `f` on a thread and fails the test if it has not returned within 5 s (a FIFO's open
+    /// would wait for good).
+    fn promptly<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || drop(tx.send(f())));
+        rx.recv_timeout(std::time::Duration::from_secs(5)).expect("returned within 5 s")
+    }
+
+    fn message(e: BotError) -> String {
+        assert!(matches!(e, BotError::Invalid(_)), "{e}");
+        e.to_string()
+    }
+
+    #[test]
+    fn what_an_action_left_is_read_below_its_directory_and_never_through_a_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("d/e")).unwrap();
+        std::fs::write(root.join("d/e/f"), b"output").unwrap();
+        std::fs::write(tmp.path().join("secret"), b"not the action's").unwrap();
+        symlink("../secret", root.join("link")).unwrap();
+        symlink(tmp.path(), root.join("up")).unwrap();
+        let beneath = Beneath::open(&root).unwrap();
+
+        assert_eq!(beneath.kind(Path::new("")).unwrap(), Some(Kind::Dir));
+        assert_eq!(beneath.kind(Path::new("d/e/f")).unwrap(), Some(Kind::File));
+        assert_eq!(beneath.kind(Path::new("link")).unwrap(), Some(Kind::Symlink));
+        assert_eq!(beneath.kind(Path::new("d/none")).unwrap(), None);
+        let (mut file, meta) = beneath.file(Path::new("d/e/f")).unwrap();
+        let mut read = String::new();
+        std::io::Read::read_to_string(&mut file, &mut read).unwrap();
+        assert_eq!((read.as_str(), meta.len()), ("output", 6));
+        assert_eq!(beneath.link_target(Path::new("link")).unwrap(), "../secret");
+        let names: Vec<_> = beneath.entries(Path::new("")).unwrap();
+        assert_eq!(names, [(PathBuf::from("d"), Kind::Dir), (PathBuf::from("link"), Kind::Symlink), (PathBuf::from("up"), Kind::Symlink)]);
+
+        // A symlink is never followed: not as the file, not on the way, not as the directory listed.
+        assert!(message(beneath.file(Path::new("link")).unwrap_err()).contains("symlink"));
+        for through in ["up/secret", "up/root/d/e/f"] {
+            assert!(message(beneath.kind(Path::new(through)).unwrap_err()).contains("not a directory"), "{through}");
+            assert!(message(beneath.file(Path::new(through)).unwrap_err()).contains("not a directory"), "{through}");
+        }
+        assert!(message(beneath.entries(Path::new("up")).unwrap_err()).contains("not a directory"));
+        // Nor a file on the way, nor `..`.
+        assert!(message(beneath.kind(Path::new("d/e/f/g")).unwrap_err()).contains("not a directory"));
+        assert!(message(beneath.file(Path::new("../secret")).unwrap_err()).contains("not a directory"));
+    }
+
+    #[test]
+    fn what_a_leftover_process_swaps_in_after_the_look_is_refused_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("out")).unwrap();
+        std::fs::write(root.join("out/file"), b"x").unwrap();
+        std::fs::write(root.join("plain"), b"x").unwrap();
+        let beneath = Beneath::open(&root).unwrap();
+        assert_eq!(beneath.kind(Path::new("out")).unwrap(), Some(Kind::Dir));
+        assert_eq!(beneath.kind(Path::new("plain")).unwrap(), Some(Kind::File));
+
+        // Seen as a directory, then swapped for a symlink to a directory outside.
+        std::fs::rename(root.join("out"), tmp.path().join("moved")).unwrap();
+        symlink(tmp.path().join("moved"), root.join("out")).unwrap();
+        assert!(message(beneath.entries(Path::new("out")).unwrap_err()).contains("not a directory"));
+        assert!(message(beneath.file(Path::new("out/file")).unwrap_err()).contains("not a directory"));
+
+        // Seen as a file, then swapped for a FIFO: refused without waiting for a writer.
+        std::fs::remove_file(root.join("plain")).unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, root.join("plain"), FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
+        let fifo = beneath.clone();
+        let err = promptly(move || fifo.file(Path::new("plain")).map(|_| ()).unwrap_err());
+        assert!(message(err).contains("no longer a regular file"));
+        // Seen as a symlink, then swapped for a file.
+        let err = promptly(move || beneath.link_target(Path::new("plain")).unwrap_err());
+        assert!(message(err).contains("no longer a symlink"));
+    }
+}
