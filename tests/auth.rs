@@ -365,3 +365,32 @@ async fn a_bot_session_belongs_to_the_identity_that_opened_it() {
     assert_eq!(status.code(), Code::NotFound);
     update(as_id(&server, "bot"), legit).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_is_sent_the_commands_of_its_leases_only_if_it_may_read_them() {
+    let (server, _tmp) = start().await;
+    // Both bots ask for Commands with their leases. "botter" has the bot permission alone: the
+    // Command (arguments, environment) would show it what it may not read from the CAS.
+    for (identity, sent) in [("botter", false), ("bot", true)] {
+        let mut bots = rwapi::bots_client::BotsClient::new(as_id(&server, identity));
+        let asking = rwapi::BotSession {
+            bot_id: format!("{identity}-1"),
+            status: rwapi::BotStatus::Ok as i32,
+            worker: Some(rwapi::Worker {
+                configs: vec![rwapi::Property { key: rwapi::COMMAND_IN_LEASE.into(), value: "true".into() }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let request = rwapi::CreateBotSessionRequest { parent: String::new(), bot_session: Some(asking.clone()) };
+        let name = bots.create_bot_session(request).await.unwrap().into_inner().name;
+        let digest = action(&server, "dev", &format!("echo for {identity}")).await;
+        start_execute(&server, "dev", &digest).await;
+        let request = rwapi::UpdateBotSessionRequest { name: name.clone(), bot_session: Some(rwapi::BotSession { name, ..asking }), ..Default::default() };
+        let session = bots.update_bot_session(request).await.unwrap().into_inner();
+        assert_eq!(session.leases.len(), 1, "{identity}");
+        let payload = session.leases[0].payload.as_ref().unwrap();
+        let expected = if sent { rwapi::ACTION_AND_COMMAND } else { rwapi::ACTION };
+        assert_eq!(payload.type_url, format!("type.googleapis.com/{expected}"), "{identity}");
+    }
+}

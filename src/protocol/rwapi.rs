@@ -160,6 +160,11 @@ pub struct ActionAndCommand {
 /// The worker config (`Worker.configs`) with which a bot asks for `ActionAndCommand` payloads.
 pub const COMMAND_IN_LEASE: &str = "command-in-lease";
 
+/// Command bytes one answer to a bot carries at most. gRPC clients refuse messages over 4 MiB by
+/// default, so a huge Command, or many at once, would make a bot's every call fail; a lease whose
+/// Command does not fit goes with its Action alone, and the bot fetches the Command from the CAS.
+pub const COMMAND_BYTES_PER_ANSWER: usize = 1 << 20;
+
 /// Type names of the messages that travel packed in `Any`.
 pub const ACTION: &str = "build.bazel.remote.execution.v2.Action";
 pub const ACTION_AND_COMMAND: &str = "strata.rwapi.ActionAndCommand";

@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::protobuf::Empty;
+use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Access;
+use crate::config::Permission;
 use crate::protocol;
 use crate::protocol::rwapi::{self, bots_server::Bots, BotSession, BotStatus, LeaseState};
 use crate::exec::scheduler::{LeaseReport, LeaseView, NewSession, Scheduler, SessionView};
@@ -85,9 +87,12 @@ fn config<T: std::str::FromStr>(session: &BotSession, key: &str, default: T, exp
     }
 }
 
-/// Whether the bot asks for each lease's Command with its Action (`rwapi::ActionAndCommand`).
-fn wants_command(session: &BotSession) -> Result<bool, Status> {
-    config(session, rwapi::COMMAND_IN_LEASE, false, "true or false", |_| true)
+/// Whether the bot gets each lease's Command with its Action (`rwapi::ActionAndCommand`): if it asks,
+/// and if its identity may read the Command from the CAS anyway. The `bot` permission alone does not
+/// show it the actions' arguments and environments.
+fn sends_commands(session: &BotSession, access: &Access, instance: &str) -> Result<bool, Status> {
+    let asks = config(session, rwapi::COMMAND_IN_LEASE, false, "true or false", |_| true)?;
+    Ok(asks && access.caller.may(instance, Permission::Read))
 }
 
 fn bot_status(session: &BotSession) -> BotStatus {
@@ -124,36 +129,31 @@ fn news(sent: &BotSession, view: &SessionView) -> bool {
     view.leases.iter().any(|lease| !sent.leases.iter().any(|s| s.id == lease.id && s.state == lease.state as i32))
 }
 
-/// Command bytes one answer carries at most. gRPC clients refuse messages over 4 MiB by default, so a
-/// huge Command, or many at once, would make a bot's every call fail; a lease whose Command does not
-/// fit goes with its Action alone, and the bot fetches the Command from the CAS.
-const COMMAND_BYTES_PER_ANSWER: usize = 1 << 20;
-
-/// A lease on the wire: while the bot may run it, the Action packed as its payload, with its
-/// Command when `with_command`.
-fn to_lease(view: &LeaseView, with_command: bool) -> rwapi::Lease {
-    let payload = view.work.as_ref().map(|work| match with_command {
-        true => rwapi::pack(rwapi::ACTION_AND_COMMAND, &rwapi::ActionAndCommand { action: Some(work.action.clone()), command: work.command.clone() }),
-        false => rwapi::pack(rwapi::ACTION, &work.action),
+/// A lease on the wire: while the bot may run it, the Action packed as its payload, with `command`
+/// when given.
+fn to_lease(view: &LeaseView, command: Option<&Bytes>) -> rwapi::Lease {
+    let payload = view.work.as_ref().map(|work| match command {
+        Some(command) => rwapi::pack(rwapi::ACTION_AND_COMMAND, &rwapi::ActionAndCommand { action: Some(work.action.clone()), command: command.clone() }),
+        None => rwapi::pack(rwapi::ACTION, &work.action),
     });
     rwapi::Lease { id: view.id.clone(), state: view.state as i32, payload, ..Default::default() }
 }
 
-/// The session as the bot sees it. A bot that asks gets a PENDING lease's Command, when it starts
-/// the work, within `COMMAND_BYTES_PER_ANSWER`; every answer repeats an ACTIVE lease, which carries
-/// the Action alone, so that a busy bot's answers stay small.
-fn answer(name: String, mut session: BotSession, view: SessionView, wants_command: bool) -> BotSession {
-    let mut room = if wants_command { COMMAND_BYTES_PER_ANSWER } else { 0 };
-    let mut fits = |lease: &LeaseView| {
-        let len = lease.work.as_ref().map_or(usize::MAX, |work| work.command.len());
-        let fits = lease.state == LeaseState::Pending && len <= room;
-        if fits {
-            room -= len;
-        }
-        fits
+/// The session as the bot sees it. A bot sent Commands gets a PENDING lease's, when it starts the
+/// work, within `COMMAND_BYTES_PER_ANSWER`; every answer repeats an ACTIVE lease, which carries the
+/// Action alone, so that a busy bot's answers stay small.
+fn answer(name: String, mut session: BotSession, view: SessionView, send_commands: bool) -> BotSession {
+    let mut room = if send_commands { rwapi::COMMAND_BYTES_PER_ANSWER } else { 0 };
+    let mut command = |lease: &LeaseView| {
+        let command = lease.work.as_ref()?.command.as_ref()?;
+        let fits = lease.state == LeaseState::Pending && command.len() <= room;
+        fits.then(|| {
+            room -= command.len();
+            command.clone()
+        })
     };
     session.name = name;
-    session.leases = view.leases.iter().map(|lease| to_lease(lease, fits(lease))).collect();
+    session.leases = view.leases.iter().map(|lease| to_lease(lease, command(lease).as_ref())).collect();
     session.expire_time = Some(crate::protocol::timestamp(view.expire_time));
     session
 }
@@ -169,7 +169,7 @@ impl Bots for BotsService {
             return Err(Status::invalid_argument("bot_session.bot_id is empty; every bot needs an id"));
         }
         tracing::debug!(bot_id = %session.bot_id, ?session, "CreateBotSession");
-        let with_command = wants_command(&session)?;
+        let send_commands = sends_commands(&session, &access, &req.parent)?;
         let new = NewSession {
             instance: req.parent.clone(),
             owner: access.caller.name.clone(),
@@ -182,7 +182,7 @@ impl Bots for BotsService {
             priority: config(&session, "priority", 0i32, "a valid number", |_| true)?,
         };
         let (name, view) = self.scheduler.create_session(new);
-        Ok(Response::new(answer(name, session, view, with_command)))
+        Ok(Response::new(answer(name, session, view, send_commands)))
     }
 
     async fn update_bot_session(&self, request: Request<rwapi::UpdateBotSessionRequest>) -> Result<Response<BotSession>, Status> {
@@ -196,10 +196,11 @@ impl Bots for BotsService {
         }
         tracing::trace!(session = %name, ?session, "UpdateBotSession");
         // Another identity's session is not there for this caller.
-        if self.scheduler.session_owner(&name).map_err(status::from_scheduler)? != access.caller.name {
+        let origin = self.scheduler.session_origin(&name).map_err(status::from_scheduler)?;
+        if origin.owner != access.caller.name {
             return Err(status::from_scheduler(crate::exec::scheduler::SchedulerError::UnknownSession(name)));
         }
-        let with_command = wants_command(&session)?;
+        let send_commands = sends_commands(&session, &access, &origin.instance)?;
         let calling = Calling::new(&self.scheduler, &name);
         let status = bot_status(&session);
         let reported = self.scheduler.report(&name, reports(&session), status).map_err(status::from_scheduler)?;
@@ -225,7 +226,7 @@ impl Bots for BotsService {
             view = self.scheduler.session_view(&name).map_err(status::from_scheduler)?;
         }
         drop(calling);
-        Ok(Response::new(answer(name, session, view, with_command)))
+        Ok(Response::new(answer(name, session, view, send_commands)))
     }
 
     async fn post_bot_event_temp(&self, request: Request<rwapi::PostBotEventTempRequest>) -> Result<Response<Empty>, Status> {

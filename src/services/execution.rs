@@ -10,7 +10,6 @@ use std::time::Duration;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::build::bazel::remote::execution::v2::execution_server::Execution;
 use bazel_remote_apis::google::longrunning::{operation, Operation};
-use bytes::Bytes;
 use futures::Stream;
 use strata_backends::{Digest, DigestFunction};
 use tonic::{Request, Response, Status};
@@ -141,9 +140,7 @@ impl ExecutionService {
             instance: req.instance_name,
             owner,
             action_digest,
-            // A copy of its own: a view of the storage's buffer would keep more than the Command
-            // alive for as long as the job waits.
-            work: Work { action, command: Bytes::copy_from_slice(&encoded_command) },
+            work: Work::new(action, &encoded_command),
             platform,
             priority,
             timeout,

@@ -223,10 +223,11 @@ impl Scheduler {
         (name, view)
     }
 
-    /// The identity that opened a session.
-    pub fn session_owner(&self, session: &str) -> Result<Option<Arc<str>>, SchedulerError> {
+    /// The instance a session serves and the identity that opened it.
+    pub fn session_origin(&self, session: &str) -> Result<Origin, SchedulerError> {
         let st = self.state.lock();
-        st.sessions.get(session).map(|s| s.owner.clone()).ok_or_else(|| SchedulerError::UnknownSession(session.to_string()))
+        let s = st.sessions.get(session).ok_or_else(|| SchedulerError::UnknownSession(session.to_string()))?;
+        Ok(Origin { instance: s.instance.clone(), owner: s.owner.clone() })
     }
 
     /// Applies a bot's update: its status, and accepted, completed and acknowledged-cancelled
