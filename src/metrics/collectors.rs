@@ -95,6 +95,8 @@ impl Collector for SchedulerState {
         family(&mut encoder, "strata_scheduler_queued", "Jobs waiting for a bot, by instance and platform", MetricType::Gauge, queued)?;
         let running = [(vec![], snapshot.running.len() as u64)];
         family(&mut encoder, "strata_scheduler_running", "Jobs running on bots", MetricType::Gauge, running)?;
+        let commands = [(vec![], self.0.commands().held() as u64)];
+        family(&mut encoder, "strata_scheduler_command_bytes", "Bytes of Commands jobs keep to send with their leases", MetricType::Gauge, commands)?;
         let bots = snapshot.bots.iter().map(|b| (vec![("instance", b.instance.as_str())], 1));
         let mut per_instance: std::collections::BTreeMap<Labels, u64> = std::collections::BTreeMap::new();
         for (labels, n) in bots {

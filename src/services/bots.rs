@@ -145,7 +145,7 @@ fn to_lease(view: &LeaseView, command: Option<&Bytes>) -> rwapi::Lease {
 fn answer(name: String, mut session: BotSession, view: SessionView, send_commands: bool) -> BotSession {
     let mut room = if send_commands { rwapi::COMMAND_BYTES_PER_ANSWER } else { 0 };
     let mut command = |lease: &LeaseView| {
-        let command = lease.work.as_ref()?.command.as_ref()?;
+        let command = lease.work.as_ref()?.command.as_ref()?.bytes();
         let fits = lease.state == LeaseState::Pending && command.len() <= room;
         fits.then(|| {
             room -= command.len();

@@ -140,7 +140,7 @@ impl ExecutionService {
             instance: req.instance_name,
             owner,
             action_digest,
-            work: Work::new(action, &encoded_command),
+            work: Work { action, command: self.scheduler.commands().hold(&encoded_command) },
             platform,
             priority,
             timeout,

@@ -6,6 +6,7 @@
 //! (bots), `operations` (what clients watch), `expiry` (the timeouts); successful results go to a
 //! `ResultSink` before their operations complete.
 
+mod commands;
 mod expiry;
 pub mod metrics;
 mod operations;
@@ -27,6 +28,7 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use crate::protocol::rwapi::{BotStatus, LeaseState};
+use commands::{CommandPool, COMMAND_BYTES_HELD};
 use metrics::{BotSnapshot, QueuedGroup, RunningJob, SchedulerMetrics, Snapshot};
 use operations::Operations;
 use queue::{Needs, Queue};
@@ -46,6 +48,7 @@ pub struct Scheduler {
     sink: Arc<dyn ResultSink>,
     /// Set when the server shuts down: long polls answer at once.
     closing: watch::Sender<bool>,
+    commands: Arc<CommandPool>,
 }
 
 #[derive(Default)]
@@ -79,6 +82,7 @@ impl Scheduler {
             state: Mutex::new(State::default()),
             sink,
             closing: watch::channel(false).0,
+            commands: CommandPool::new(COMMAND_BYTES_HELD),
         });
         tokio::spawn(expiry::run(Arc::downgrade(&scheduler)));
         scheduler
@@ -221,6 +225,11 @@ impl Scheduler {
         fill_session(&mut st, &name);
         let view = self.view(&st, &name).unwrap_or_else(SessionView::gone);
         (name, view)
+    }
+
+    /// Where jobs keep the Commands they send with their leases.
+    pub fn commands(&self) -> &Arc<CommandPool> {
+        &self.commands
     }
 
     /// The instance a session serves and the identity that opened it.

@@ -42,7 +42,7 @@ fn job(name: &[u8], platform: &[(&str, &str)], priority: i32, cacheable: bool) -
         owner: None,
         instance: String::new(),
         action_digest: DigestFunction::Sha256.digest_of(name),
-        work: Work::new(reapi::Action { do_not_cache: !cacheable, ..Default::default() }, b"command"),
+        work: Work { action: reapi::Action { do_not_cache: !cacheable, ..Default::default() }, command: None },
         platform: platform.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         priority,
         timeout: Duration::from_secs(10),
@@ -236,14 +236,4 @@ async fn an_unhealthy_bot_gets_no_work_and_a_terminating_one_hands_it_back() {
     assert!(leaving.view.leases.is_empty());
     assert_eq!(op.state.borrow().stage, Stage::Queued);
     assert_eq!(scheduler.counts().queued, 1);
-}
-
-#[test]
-fn a_job_keeps_a_copy_of_its_command_only_if_it_could_go_with_a_lease() {
-    let limit = crate::protocol::rwapi::COMMAND_BYTES_PER_ANSWER;
-    for (len, kept) in [(7, true), (limit, true), (limit + 1, false)] {
-        let encoded = vec![len as u8; len];
-        let work = Work::new(reapi::Action::default(), &encoded);
-        assert_eq!(work.command.as_deref(), kept.then_some(&encoded[..]), "a Command of {len} bytes");
-    }
 }

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
-use bytes::Bytes;
 use strata_backends::Digest;
 use tokio::sync::{watch, Notify};
 use tonic::Code;
 
-use crate::protocol::rwapi::{self, BotStatus, LeaseState};
+use super::commands::HeldCommand;
+use crate::protocol::rwapi::{BotStatus, LeaseState};
 
 /// The scheduler's limits (the `execution` section of the configuration).
 #[derive(Clone, Debug)]
@@ -85,17 +85,9 @@ pub struct NewJob {
 #[derive(Debug, Default, PartialEq)]
 pub struct Work {
     pub action: reapi::Action,
-    /// None for a Command too large ever to go with a lease: the bot fetches it.
-    pub command: Option<Bytes>,
-}
-
-impl Work {
-    /// The job's Action, and a copy of its Command if it could go with a lease. A copy of its own: a
-    /// view of the storage's buffer would keep more than the Command alive while the job waits.
-    pub fn new(action: reapi::Action, encoded_command: &[u8]) -> Work {
-        let command = (encoded_command.len() <= rwapi::COMMAND_BYTES_PER_ANSWER).then(|| Bytes::copy_from_slice(encoded_command));
-        Work { action, command }
-    }
+    /// None for a Command too large to go with a lease, or past `COMMAND_BYTES_HELD`: the bot
+    /// fetches it.
+    pub command: Option<HeldCommand>,
 }
 
 /// A bot opening a session, for `Scheduler::create_session`.
