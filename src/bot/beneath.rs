@@ -33,6 +33,17 @@ pub enum Kind {
     Other,
 }
 
+impl Kind {
+    fn of(file_type: FileType) -> Kind {
+        match file_type {
+            FileType::RegularFile => Kind::File,
+            FileType::Directory => Kind::Dir,
+            FileType::Symlink => Kind::Symlink,
+            _ => Kind::Other,
+        }
+    }
+}
+
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
 
 impl Beneath {
@@ -75,12 +86,7 @@ impl Beneath {
             Err(e) => return Err(e.into_error(self, relative)),
         };
         let stat = rustix::fs::fstat(&fd).map_err(|e| BotError::io(&self.shown(relative), e.into()))?;
-        Ok(Some(match FileType::from_raw_mode(stat.st_mode) {
-            FileType::RegularFile => Kind::File,
-            FileType::Directory => Kind::Dir,
-            FileType::Symlink => Kind::Symlink,
-            _ => Kind::Other,
-        }))
+        Ok(Some(Kind::of(FileType::from_raw_mode(stat.st_mode))))
     }
 
     /// A regular file's contents, with its metadata. Something else there now (a FIFO, a device,
@@ -108,15 +114,13 @@ impl Beneath {
                 continue;
             }
             let child = relative.join(name);
+            // Some file systems do not say in the listing.
             let kind = match entry.file_type() {
-                FileType::RegularFile => Kind::File,
-                FileType::Directory => Kind::Dir,
-                FileType::Symlink => Kind::Symlink,
                 FileType::Unknown => match self.kind(&child)? {
                     Some(kind) => kind,
                     None => continue,
                 },
-                _ => Kind::Other,
+                known => Kind::of(known),
             };
             entries.push((child, kind));
         }
