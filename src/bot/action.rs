@@ -169,14 +169,12 @@ fn empty(root: &Path) -> std::io::Result<()> {
 
 /// Actions may leave read-only directories behind, which could not be removed otherwise.
 fn make_writable(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            make_writable(&entry.path());
-        }
-    }
+    let writable = rustix::fs::Mode::from_raw_mode(0o755);
+    // What cannot be made writable shows when the directory is emptied.
+    let _ = super::beneath::for_each_dir(dir, &mut |fd| {
+        let _ = rustix::fs::fchmod(fd, writable);
+        Ok(())
+    });
 }
 
 /// The Action of a lease, and its Command if the server sent it along: packed with the Action (Strata,

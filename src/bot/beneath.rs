@@ -2,11 +2,12 @@
 //! the bot holds open, by the kernel, refusing any symlink on the way (`openat2` with
 //! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`). A process the action left running can still change its
 //! tree after the bot looked at it; what it swaps in for a directory or a file cannot lead the bot
-//! out of the action's directory, nor make it wait on a FIFO.
+//! out of the action's directory, nor make it wait on a FIFO. The bot's walks over the directories
+//! (chmod before emptying, chown to the actions' user) go from descriptor to descriptor the same way.
 
 use std::ffi::OsStr;
 use std::fs::{File, Metadata};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -140,6 +141,38 @@ impl Beneath {
     }
 }
 
+/// Calls `visit` with every directory at and below `dir` (the top one first), each reached from its
+/// parent's descriptor without following a symlink. The bot chmods and chowns an action's tree as
+/// root while a process the action left running may swap a directory in it for a symlink: what it
+/// changes must stay the action's own. A directory swapped away, or that the bot may not open, is
+/// skipped.
+pub fn for_each_dir(dir: &Path, visit: &mut dyn FnMut(BorrowedFd<'_>) -> std::io::Result<()>) -> std::io::Result<()> {
+    walk(rustix::fs::open(dir, DIR_FLAGS, Mode::empty())?, visit)
+}
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+
+fn walk(dir: OwnedFd, visit: &mut dyn FnMut(BorrowedFd<'_>) -> std::io::Result<()>) -> std::io::Result<()> {
+    visit(dir.as_fd())?;
+    let mut subdirs = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name != c"." && name != c".." && matches!(entry.file_type(), FileType::Directory | FileType::Unknown) {
+            subdirs.push(name.to_owned());
+        }
+    }
+    for name in subdirs {
+        use rustix::io::Errno;
+        match rustix::fs::openat(&dir, name.as_c_str(), DIR_FLAGS, Mode::empty()) {
+            Ok(sub) => walk(sub, visit)?,
+            Err(Errno::LOOP | Errno::NOTDIR | Errno::NOENT | Errno::ACCESS) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Why a path below the directory could not be opened.
 enum Refused {
     Absent,
@@ -246,5 +279,36 @@ mod tests {
         // Seen as a symlink, then swapped for a file.
         let err = promptly(move || beneath.link_target(Path::new("plain")).unwrap_err());
         assert!(message(err).contains("no longer a symlink"));
+    }
+
+    #[test]
+    fn a_walk_of_an_actions_directories_never_leaves_them_even_when_they_are_swapped_midway() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, outside) = (tmp.path().join("root"), tmp.path().join("outside"));
+        for dir in [root.join("a/deep"), root.join("z/deep"), outside.join("inner")] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        symlink(&outside, root.join("link")).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let before = (mode(&outside), mode(&outside.join("inner")));
+        let mut visits = 0;
+        for_each_dir(&root, &mut |fd| {
+            visits += 1;
+            // On the first directory below the root, whichever it is, both are swapped for symlinks
+            // to a directory outside: the one being visited is held open, the other is not entered.
+            if visits == 2 {
+                for name in ["a", "z"] {
+                    std::fs::rename(root.join(name), tmp.path().join(format!("moved-{name}"))).unwrap();
+                    symlink(&outside, root.join(name)).unwrap();
+                }
+            }
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(0o700)).map_err(Into::into)
+        })
+        .unwrap();
+        // The root, the directory visited when the swap came, and its `deep`.
+        assert_eq!(visits, 3);
+        assert_eq!((mode(&outside), mode(&outside.join("inner"))), before, "nothing outside was changed");
+        assert_eq!(mode(&root), 0o700);
     }
 }

@@ -330,14 +330,8 @@ impl RunAs {
     /// Hands the action's directories to the user (its input files stay the bot's, read-only, so
     /// the action can neither change nor chmod them).
     pub fn own(&self, dir: &Path) -> std::io::Result<()> {
-        std::os::unix::fs::chown(dir, Some(self.uid), Some(self.gid))?;
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                self.own(&entry.path())?;
-            }
-        }
-        Ok(())
+        let (uid, gid) = (rustix::fs::Uid::from_raw(self.uid), rustix::fs::Gid::from_raw(self.gid));
+        super::beneath::for_each_dir(dir, &mut |fd| Ok(rustix::fs::fchown(fd, Some(uid), Some(gid))?))
     }
 }
 
